@@ -1,0 +1,35 @@
+"""Helpers shared by every method: which parameters form the task head, and the parameter counts the tables report."""
+
+from __future__ import annotations
+
+from torch import nn
+
+# The task head is trained under every method, as in the paper's run_glue.py, but the paper's |Θ| leaves it out
+# (microsoft/LoRA issue #16): RoBERTa's classifier (dense + out_proj), DeBERTa's pooler + classifier, BERT's
+# pooler + classifier. GPT-2's LM head is tied to the input embedding and is not a head in this sense.
+HEAD_PREFIXES = ("classifier.", "pooler.", "bert.pooler.", "score.")
+
+
+def is_head(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)
+
+
+def freeze_all_but_head(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad = is_head(name)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """trainable = adapter + head; `adapter` is what the paper's tables count as |Θ| for non-FT methods."""
+    trainable = head = total = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            head += p.numel() if is_head(name) else 0
+    return {"trainable_params": trainable, "adapter_params": trainable - head, "head_params": head, "total_params": total}
+
+
+def trainable_state_dict(model: nn.Module) -> dict:
+    """Exactly the trained tensors: the adapter (or all weights, for FT) and the task head."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,113 @@
+"""One JSON record per grid cell, written atomically: the only thing tables, plots and analysis read.
+
+Layout: <results_dir>/<table>/<model>/<method>/<task>/seed<k>.json, the cell's trainable weights beside it as
+seed<k>.safetensors, and resumable Trainer checkpoints under checkpoints/seed<k>/ while the cell runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from repro import PROJECT_ROOT
+
+# Keys that do not change what a cell computes: left out of its fingerprint.
+VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides")
+VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps")
+
+
+def method_dirname(cfg: DictConfig) -> str:
+    return cfg.method.name if cfg.variant == "default" else f"{cfg.method.name}.{cfg.variant}"
+
+
+def cell_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.results_dir) / cfg.table.name / cfg.model.name / method_dirname(cfg) / cfg.task.name
+
+
+def record_path(cfg: DictConfig) -> Path:
+    return cell_dir(cfg) / f"seed{cfg.seed}.json"
+
+
+def weights_path(cfg: DictConfig) -> Path:
+    return cell_dir(cfg) / f"seed{cfg.seed}.safetensors"
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    return cell_dir(cfg) / "checkpoints" / f"seed{cfg.seed}"
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """sha256 of the resolved config, less the keys that do not change the result."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE_KEYS:
+        data.pop(key, None)
+    for key in VOLATILE_TRAIN_KEYS:
+        data.get("train", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def finished_record(cfg: DictConfig) -> dict | None:
+    """The cell's `ok` record if it exists with this config's fingerprint, else None."""
+    record = read_record(record_path(cfg))
+    if record and record.get("status") == "ok" and record.get("fingerprint") == fingerprint(cfg):
+        return record
+    return None
+
+
+def iter_records(results_dir: str | Path, table: str | None = None):
+    root = Path(results_dir) / table if table else Path(results_dir)
+    for path in sorted(root.rglob("seed*.json")):
+        record = read_record(path)
+        if record is not None:
+            yield path, record
+
+
+def provenance() -> dict:
+    import torch
+    import transformers
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+    }

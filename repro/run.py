@@ -1,0 +1,126 @@
+"""Train and score one grid cell of the paper, and write its record.
+
+    python -m repro.run +table=glue model=roberta-base method=lora task=rte seed=0
+    python -m repro.run -m +table=glue model=tiny-roberta method=lora,ft task=rte,mrpc seed=0,1   # a grid
+
+Steps: compose the config (Hydra) -> resolve the cell (table settings) -> skip if an `ok` record with the same
+fingerprint exists -> load tokenizer, data, model -> apply the method -> train and evaluate -> write the record
+and the trained weights. Bad input exits non-zero before anything is written; a cell that fails while training
+is recorded as failed, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+import traceback
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from repro import records
+from repro.cell import resolve_cell
+from repro.errors import ReproError
+from repro.methods import apply_method, parameter_counts
+from repro.models import load_model, load_tokenizer
+
+log = logging.getLogger("repro.run")
+
+
+def configure_tracking(cfg: DictConfig) -> None:
+    """wandb is off unless enabled; when on, offline by default. The API key stays in the environment only."""
+    os.environ["WANDB_MODE"] = cfg.wandb.mode if cfg.wandb.enabled else "disabled"
+    os.environ["WANDB_PROJECT"] = cfg.wandb.project
+    os.environ["WANDB_DIR"] = str(cfg.paths.log_dir)
+    if cfg.wandb.entity:
+        os.environ["WANDB_ENTITY"] = cfg.wandb.entity
+
+
+def load_data(cfg: DictConfig, tokenizer) -> dict:
+    if cfg.task.kind == "classification":
+        from repro.data.glue import load_glue
+
+        return load_glue(cfg.task, tokenizer, cfg.data, cfg.paths.data_dir, cfg.seed)
+    from repro.nlg import load_nlg_data
+
+    return load_nlg_data(cfg, tokenizer)
+
+
+def train_and_score(cfg: DictConfig, model, tokenizer, data: dict) -> dict:
+    output_dir = records.checkpoint_dir(cfg)
+    if cfg.task.kind == "classification":
+        from repro.train import train_classifier
+
+        return train_classifier(cfg, model, tokenizer, data, output_dir)
+    from repro.nlg import train_generator
+
+    return train_generator(cfg, model, tokenizer, data, output_dir)
+
+
+def run_cell(cfg: DictConfig) -> dict:
+    path = records.record_path(cfg)
+    done = records.finished_record(cfg)
+    if done is not None and not cfg.force:
+        log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
+        return done
+    start = time.time()
+    configure_tracking(cfg)
+    set_seed(cfg.seed)
+    # Bad input fails here, before anything is written.
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
+    data = load_data(cfg, tokenizer)
+    model = apply_method(load_model(cfg.model, cfg.task, tokenizer), cfg.method)
+    counts = parameter_counts(model)
+    log.info("cell %s: %s", path, json.dumps(counts))
+
+    record = {"status": "ok", "error": None, "table": cfg.table.name, "model": cfg.model.name,
+              "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed}
+    try:
+        outcome = train_and_score(cfg, model, tokenizer, data)
+    except Exception as exc:  # a diverged or crashed cell is a result too: recorded as failed, with the reason
+        log.exception("cell failed")
+        outcome = {"metrics": {}}
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
+    if record["status"] == "ok":
+        from repro.methods.checkpoint import save_trainable
+
+        save_trainable(model, records.weights_path(cfg), cfg)
+    record.update(
+        outcome,
+        **counts,
+        wall_s=round(time.time() - start, 1),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        fingerprint=records.fingerprint(cfg),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        provenance=records.provenance(),
+    )
+    records.write_json_atomic(path, record)
+    if record["status"] == "ok" and not cfg.train.keep_checkpoints:
+        shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
+    log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig):
+    try:
+        cfg = resolve_cell(cfg, list(HydraConfig.get().overrides.task))
+        record = run_cell(cfg)
+    except ReproError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if record["status"] != "ok" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)
+    return record["status"]
+
+
+if __name__ == "__main__":
+    main()
