@@ -1,0 +1,20 @@
+"""Registers `hydra/sweeper: table` (Hydra imports every module under the hydra_plugins namespace at start-up)."""
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TableSweeperConf:
+    _target_: str = "hydra_plugins.repro_table_sweeper.table_sweeper.TableSweeper"
+    # jobs handed to the launcher at once (null: all); a SLURM array never exceeds this size
+    max_batch_size: Optional[int] = None
+    # the grid, as for the basic sweeper: axis -> comma-separated values (the table configs set it)
+    params: Optional[Dict[str, str]] = None
+    # keep only (model, method, variant) combinations that are rows of the table (or stand-ins); false: plain product
+    only_table_rows: bool = True
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="table", node=TableSweeperConf, provider="repro")

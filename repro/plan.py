@@ -1,0 +1,272 @@
+"""Which cells a paper table's grid expands to, and what they would cost: the logic behind the table sweeper
+(hydra_plugins/repro_table_sweeper) and the dry run.
+
+    python -m repro.plan +table=glue                                # the whole Table 2 grid: jobs, GPU-hours
+    python -m repro.plan +table=glue model=roberta-large task=rte   # any axis narrowed on the command line
+    python -m repro.run -m +table=glue dry_run=true                 # the same, through repro.run
+
+A table's `hydra.sweeper.params` span models x methods x tasks x seeds. Their cartesian product holds
+combinations that are not rows of the paper's table (DeBERTa x AdptP): `filter_jobs` keeps a job only when its
+(model, method, variant) is a row of `table.rows`, or a stand-in model (`table.stand_ins`) for the model of a row.
+When no `variant` axis is given, every (model, method) expands to all of its rows' variants (RoBERTa-large AdptP
+3M and 0.8M are two rows); `variant=r16,dagger` on the command line makes it an ordinary, filtered axis.
+
+Cost estimate per job (a stated formula, not a measurement):
+    FLOPs  = k * N * T_train + 2 * N * T_eval
+    k      = 6 for full fine-tuning (forward 2N, backward 4N per token), 4 when the backbone is frozen
+             (LoRA, adapters, BitFit, prefix: the weight-gradient half of the backward pass is skipped)
+    N      = the backbone's non-embedding parameters, 12 * L * d^2 for d_ff = 4d (from the model's `arch`)
+    T_train = examples seen * max_seq_length   (examples seen = max_steps * global batch, or train size * epochs;
+             every sequence counted at max_seq_length: the paper's run_glue.py pads to it)
+    T_eval = dev size * max_seq_length * number of evaluations (one per epoch)
+    GPU-h  = FLOPs / (sustained V100 throughput) / 3600, with 30 TFLOP/s for fp16 (a quarter of the tensor-core
+             peak, 125) and 10 TFLOP/s for fp32 (two thirds of the 15.7 peak)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# Train / dev examples per task (GLUE: the official dev split; MNLI dev = matched). Sources: GLUE (Wang et al. 2019)
+# Table 1, E2E (Novikova et al. 2017), WebNLG 2017 and DART as prepared by microsoft/LoRA examples/NLG.
+DATASET_SIZES = {
+    "mnli": (392_702, 9_815), "sst2": (67_349, 872), "mrpc": (3_668, 408), "cola": (8_551, 1_043),
+    "qnli": (104_743, 5_463), "qqp": (363_846, 40_430), "rte": (2_490, 277), "stsb": (5_749, 1_500),
+    "e2e": (42_061, 4_672), "webnlg": (18_025, 872), "dart": (62_659, 2_768),
+}
+V100_TFLOPS = {"fp16": 30.0, "bf16": 30.0, "fp32": 10.0}
+FULL_UPDATE_METHODS = ("ft",)
+AXES = ("model", "method", "variant", "task", "seed")
+
+
+# ---------------------------------------------------------------- grid expansion and the row filter
+
+
+def _key(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def job_dict(job: list[str]) -> dict[str, str]:
+    return dict(_key(o) for o in job)
+
+
+def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
+    """(model, method) -> its rows' variants, stand-in models included (they take the rows of the model they stand in for)."""
+    out: dict[tuple[str, str], list[str]] = OrderedDict()
+    for row in table.rows:
+        out.setdefault((row.model, row.method), []).append(row.get("variant", "default"))
+    for small, big in (table.get("stand_ins") or {}).items():
+        for (model, method), variants in list(out.items()):
+            if model == big:
+                out.setdefault((small, method), list(variants))
+    return out
+
+
+@dataclass
+class Expansion:
+    kept: list[list[str]] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)   # reason -> number of jobs
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+
+def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
+    """Keep the jobs whose (model, method, variant) is a row of cfg.table (or a stand-in for one) and whose task is
+    one of the table's tasks; expand a missing variant axis to the rows' variants. Nothing is dropped silently:
+    the reasons are counted."""
+    table = cfg.table
+    allowed = row_variants(table)
+    tasks = set(table.get("tasks") or [])
+    default = {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name}
+    out = Expansion()
+    for job in jobs:
+        d = {**default, **job_dict(job)}
+        has_variant = any(_key(o)[0] == "variant" for o in job)
+        pair = (d["model"], d["method"])
+        if pair not in allowed:
+            out.dropped[f"{d['model']} x {d['method']}: not a row of table {table.name}"] += 1
+            continue
+        if tasks and d["task"] not in tasks:
+            out.dropped[f"task {d['task']}: not a task of table {table.name}"] += 1
+            continue
+        if has_variant:
+            if d["variant"] in allowed[pair]:
+                out.kept.append(list(job))
+            else:
+                out.dropped[f"{d['model']} x {d['method']} variant {d['variant']}: not a row (rows: {', '.join(allowed[pair])})"] += 1
+            continue
+        for variant in allowed[pair]:
+            out.kept.append(list(job) if variant == "default" else [*job, f"variant={variant}"])
+    return out
+
+
+def cartesian(overrides) -> list[list[str]]:
+    """Hydra's BasicSweeper product of parsed overrides, as one flat list of jobs."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+# ---------------------------------------------------------------- cost estimate
+
+
+def backbone_params(model: DictConfig) -> int:
+    """Non-embedding parameters of a transformer from its `arch`: L * (4 d^2 + 2 d d_ff)."""
+    arch = model.get("arch") or {}
+    layers = arch.get("num_hidden_layers") or arch.get("n_layer") or 0
+    d = arch.get("hidden_size") or arch.get("n_embd") or 0
+    d_ff = arch.get("intermediate_size") or arch.get("n_inner") or 4 * d
+    return int(layers * (4 * d * d + 2 * d * d_ff))
+
+
+def estimate(cfg: DictConfig) -> dict:
+    """The cost of one resolved cell (see the module docstring for the formula)."""
+    n = backbone_params(cfg.model)
+    seq = int(cfg.data.max_seq_length)
+    n_train, n_dev = DATASET_SIZES.get(cfg.task.name, (None, None))
+    n_train = cfg.task.get("num_train_examples") or n_train
+    n_dev = cfg.task.get("num_dev_examples") or n_dev
+    if n_train is None:
+        return {"params": n, "seq": seq, "examples": None, "gpu_hours": None, "note": f"no dataset size for {cfg.task.name}"}
+    if cfg.data.get("max_train_samples"):
+        n_train = min(n_train, int(cfg.data.max_train_samples))
+    if cfg.data.get("max_eval_samples"):
+        n_dev = min(n_dev, int(cfg.data.max_eval_samples))
+    t = cfg.train
+    if t.max_steps and t.max_steps > 0:
+        examples = int(t.max_steps) * int(t.global_batch_size)
+        evals = max(1, math.ceil(examples / n_train))
+    else:
+        examples = int(math.ceil(n_train * float(t.num_train_epochs)))
+        evals = max(1, math.ceil(float(t.num_train_epochs)))
+    k = 6 if cfg.method.name in FULL_UPDATE_METHODS else 4
+    flops = k * n * examples * seq + 2 * n * n_dev * seq * evals
+    tflops = V100_TFLOPS.get(str(t.get("precision", "fp32")), V100_TFLOPS["fp32"])
+    return {"params": n, "seq": seq, "examples": examples, "flops": flops, "gpu_hours": flops / (tflops * 1e12) / 3600}
+
+
+# ---------------------------------------------------------------- the dry-run report
+
+
+def describe_cell(cfg: DictConfig) -> dict:
+    from repro import records
+
+    est = estimate(cfg)
+    done = records.finished_record(cfg)
+    return {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name,
+            "seed": cfg.seed, "record": str(records.record_path(cfg)),
+            "status": "skip (ok record, same fingerprint)" if done is not None and not cfg.force else "run",
+            **est}
+
+
+def _fmt_n(n) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def render(table_name: str, cells: list[dict], expansion: Expansion, notes: list[str] | None = None) -> str:
+    """The dry-run report: one line per (model, method, variant, task) with its seeds, then totals."""
+    lines = [f"Dry run of table {table_name}: nothing is launched.", ""]
+    groups: OrderedDict = OrderedDict()
+    for c in cells:
+        groups.setdefault((c["model"], c["method"], c["variant"], c["task"]), []).append(c)
+    head = f"{'model':<20} {'method':<10} {'variant':<8} {'task':<6} {'seeds':<11} {'N':>7} {'seq':>4} {'examples':>10} {'GPU-h/job':>9} {'run/skip':>8}"
+    lines += [head, "-" * len(head)]
+    for (model, method, variant, task), cs in groups.items():
+        c = cs[0]
+        seeds = ",".join(str(x["seed"]) for x in cs)
+        gh = "?" if c.get("gpu_hours") is None else f"{c['gpu_hours']:.2f}"
+        n_run = sum(x["status"] == "run" for x in cs)
+        ex = "?" if c.get("examples") is None else f"{c['examples']:,}"
+        lines.append(f"{model:<20} {method:<10} {variant:<8} {task:<6} {seeds:<11} {_fmt_n(c['params']):>7} {c['seq']:>4} "
+                     f"{ex:>10} {gh:>9} {n_run:>3}/{len(cs) - n_run:<4}")
+    rows = OrderedDict()
+    for c in cells:
+        rows.setdefault((c["model"], c["method"], c["variant"]), []).append(c)
+    total = sum(c.get("gpu_hours") or 0 for c in cells)
+    to_run = [c for c in cells if c["status"] == "run"]
+    lines += ["", f"rows ({len(rows)}):"]
+    for (model, method, variant), cs in rows.items():
+        gh = sum(c.get("gpu_hours") or 0 for c in cs)
+        lines.append(f"  {model:<20} {method:<10} {variant:<8} {len(cs):>4} jobs  {gh:>10.1f} GPU-h")
+    if expansion.dropped:
+        lines += ["", f"left out of the cartesian product: {expansion.n_dropped} jobs"]
+        lines += [f"  {n:>5}  {reason}" for reason, n in sorted(expansion.dropped.items())]
+    for note in notes or []:
+        lines.append(f"note: {note}")
+    lines += [
+        "",
+        f"jobs: {len(cells)} ({len(to_run)} to run, {len(cells) - len(to_run)} already done and would be skipped)",
+        f"estimated GPU-hours (V100): {total:,.1f} in all, {sum(c.get('gpu_hours') or 0 for c in to_run):,.1f} still to run",
+        "formula: FLOPs = k*N*T_train + 2*N*T_eval, k=6 (FT) or 4 (frozen backbone); N = non-embedding params;",
+        "         T = examples x max_seq_length (padded); V100 at 30 TFLOP/s (fp16) or 10 TFLOP/s (fp32) sustained",
+    ]
+    return "\n".join(lines)
+
+
+def resolve_job(config_loader, primary: DictConfig, job: list[str]) -> tuple[DictConfig | None, str | None]:
+    """Compose one job as the launcher would and resolve its cell; (cfg, None) or (cfg-from-table-row, note)."""
+    from repro.cell import resolve_cell
+
+    try:
+        sweep_cfg = config_loader.load_sweep_config(primary, list(job))
+        note = None
+    except Exception as exc:  # e.g. conf/method/<name>.yaml not written yet: estimate from the table row
+        d = job_dict(job)
+        fallback = [o for o in job if _key(o)[0] != "method"]
+        sweep_cfg = config_loader.load_sweep_config(primary, fallback)
+        OmegaConf.set_struct(sweep_cfg, False)
+        sweep_cfg.method = {"name": d.get("method", primary.method.name)}
+        note = f"{d.get('method')}: {type(exc).__name__}: {str(exc).splitlines()[0]} -- estimated from the table row"
+    overrides = list(sweep_cfg.hydra.overrides.task)
+    with open_dict(sweep_cfg):
+        del sweep_cfg["hydra"]
+    return resolve_cell(sweep_cfg, overrides), note
+
+
+def plan_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], expansion: Expansion) -> str:
+    """Resolve each (model, method, variant, task) once (the seed changes nothing the estimate reads) and render."""
+    cells, notes, cache = [], [], {}
+    for job in jobs:
+        d = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
+             "task": primary.task.name, **job_dict(job)}
+        key = tuple(d.get(a) for a in ("model", "method", "variant", "task"))
+        if key not in cache:
+            cfg, note = resolve_job(config_loader, primary, job)
+            cache[key] = cfg
+            if note and note not in notes:
+                notes.append(note)
+        cfg = cache[key].copy()
+        with open_dict(cfg):
+            cfg.seed = int(d.get("seed", primary.seed))
+        cells.append(describe_cell(cfg))
+    return render(primary.table.name, cells, expansion, notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m repro.plan <overrides>`: the table sweeper's dry run, through repro.run's own Hydra entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a.split("=")[0].lstrip("+") == "table" for a in args):
+        print("usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], "--multirun", *args, "dry_run=true", "hydra/sweeper=table"]
+    from repro.run import main as run_main
+
+    run_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The shared runner, end to end on tiny models: records, skips, and bad input that writes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from repro import PROJECT_ROOT
+from repro.cell import resolve_cell
+from repro.errors import CellMismatch, DataFileMissing, ModelUnavailable
+from repro.records import record_path
+from repro.run import run_cell
+
+TINY_CELL = ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "train.max_steps=20", "data.max_eval_samples=64"]
+
+
+def cell(compose_config, overrides):
+    return resolve_cell(compose_config(overrides), overrides)
+
+
+def test_tiny_cell_writes_an_ok_record_then_skips(compose_config, data_dir):
+    cfg = cell(compose_config, TINY_CELL)
+    record = run_cell(cfg)
+    saved = json.loads(record_path(cfg).read_text())
+    assert saved["status"] == "ok" and saved == json.loads(json.dumps(record, default=str))
+    assert 0 < saved["trainable_params"] < saved["total_params"]
+    assert saved["adapter_params"] == 2 * 2 * 8 * 32 * 2  # q,v x 2 layers x (A + B) with r=8, d=32
+    assert 0.0 <= saved["metrics"]["accuracy"] <= 1.0
+    assert saved["steps"] == 20 and saved["provenance"]["torch"] and saved["config"]["seed"] == 0
+    assert record_path(cfg).with_suffix(".safetensors").exists()
+    assert not (record_path(cfg).parent / "checkpoints" / "seed0").exists()
+    again = run_cell(cell(compose_config, TINY_CELL))
+    assert again["wall_s"] == saved["wall_s"]  # the same record: skipped, not retrained
+
+
+def test_command_line_beats_table_settings(compose_config):
+    cfg = cell(compose_config, ["+table=glue", "model=roberta-base", "method=lora", "task=rte", "train.learning_rate=1e-3"])
+    assert cfg.train.learning_rate == 1e-3           # command line
+    assert cfg.train.num_train_epochs == 80          # the row's RTE setting (Table 9)
+    assert cfg.train.global_batch_size == 256        # 32 per GPU x 8 GPUs
+    assert cfg.method.alpha == 16 and cfg.method.r == 8
+
+
+@pytest.mark.parametrize(
+    "overrides,error,words",
+    [
+        (["+table=glue", "model=tiny-roberta", "method=lora", "task=mnli"], DataFileMissing, ["glue/MNLI/train.tsv"]),
+        (["+table=glue", "model=roberta-base", "method=lora", "task=rte"], ModelUnavailable, ["model=minilm", "tiny-roberta"]),
+        (["model=tiny-gpt2", "method=lora", "task=rte"], CellMismatch, ["encoder"]),
+        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=0"], CellMismatch, ["rank"]),
+        (["+table=glue", "model=gpt2-medium", "method=lora", "task=rte"], CellMismatch, ["encoder"]),
+    ],
+)
+def test_bad_input_raises_and_writes_nothing(compose_config, data_dir, tmp_path, overrides, error, words):
+    with pytest.raises(error) as err:
+        run_cell(cell(compose_config, overrides))
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert not list(tmp_path.rglob("seed*.json"))
+
+
+def test_cli_unknown_model_lists_valid_ones_and_writes_nothing(tmp_path):
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.run([sys.executable, "-m", "repro.run", "+table=glue", "model=nope", "method=lora", "task=rte"],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "roberta-base" in proc.stderr and "tiny-roberta" in proc.stderr and "minilm" in proc.stderr
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, data_dir):
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.run([sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", "task=qqp"],
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "glue/QQP/train.tsv" in proc.stderr
+    assert not list(tmp_path.rglob("seed*.json"))
+
+
+def test_diverged_cell_is_recorded_as_failed(compose_config, data_dir):
+    overrides = ["model=tiny-roberta", "method=ft", "task=rte", "train.max_steps=6", "train.logging_steps=1",
+                 "train.learning_rate=1e30", "train.max_grad_norm=0", "data.max_eval_samples=16"]
+    record = run_cell(cell(compose_config, overrides))
+    assert record["status"] == "failed" and "diverged" in record["error"]
+    assert json.loads(record_path(cell(compose_config, overrides)).read_text())["status"] == "failed"
