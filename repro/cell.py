@@ -1,8 +1,8 @@
 """From a composed config to one grid cell: check that model, method and task fit the table and each other, and
 apply the table's hyperparameters for this cell.
 
-Precedence, lowest to highest: conf/config.yaml < model/method/task options < the table's `common` block < the
-table row's `set` < the row's per-task settings < the command line. The command line always wins, so
+Precedence, lowest to highest: conf/config.yaml < model/method/task options < the table's `common` block < its
+`per_task` block < the table row's `set` < the row's per-task settings < the command line. The command line always wins, so
 `train.max_steps=20` shortens any cell of any table.
 """
 
@@ -62,7 +62,8 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         row = find_row(table, paper_model, cfg.method.name, cfg.variant)
         set_ = row.get("set") or {}
         if paper_model == cfg.model.name:
-            layers = [table.get("common") or {}, set_, (row.get("tasks") or {}).get(cfg.task.name) or {}]
+            per_task = (table.get("per_task") or {}).get(cfg.task.name) or {}
+            layers = [table.get("common") or {}, per_task, set_, (row.get("tasks") or {}).get(cfg.task.name) or {}]
         else:  # a small model standing in for a paper model: the row's method settings, the table's stand-in training
             stand_in = table.get("stand_in") or {}
             layers = [{"method": set_.get("method") or {}}, stand_in.get("common") or {},

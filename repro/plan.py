@@ -25,7 +25,6 @@ Cost estimate per job (a stated formula, not a measurement):
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from collections import Counter, OrderedDict
@@ -217,41 +216,144 @@ def render(table_name: str, cells: list[dict], expansion: Expansion, notes: list
     return "\n".join(lines)
 
 
-def resolve_job(config_loader, primary: DictConfig, job: list[str]) -> tuple[DictConfig | None, str | None]:
-    """Compose one job as the launcher would and resolve its cell; (cfg, None) or (cfg-from-table-row, note)."""
+FAST_GROUPS = ("model", "method", "task")
+
+
+_BASES: dict[int, DictConfig] = {}
+
+
+def _base(primary: DictConfig) -> DictConfig:
+    """The primary config less its `hydra` node (copied once per primary config: copies are slow)."""
+    if id(primary) not in _BASES:
+        base = primary.copy()
+        with open_dict(base):
+            base.pop("hydra", None)
+        _BASES.clear()
+        _BASES[id(primary)] = base
+    return _BASES[id(primary)]
+
+
+def cell_key(primary: DictConfig, job: list[str]) -> tuple:
+    """What identifies a job's cell up to its seed: (model, method, variant, task) and any other override."""
+    d = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
+         "task": primary.task.name, **job_dict(job)}
+    return tuple(sorted((k, v) for k, v in d.items() if k != "seed"))
+
+
+def resolve_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], fallback: bool = True):
+    """Yield (job, cfg, note) with cfg resolved once per cell and only its seed set per job (cfg is shared: read it,
+    do not keep it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    cache: dict[tuple, tuple] = {}
+    for job in jobs:
+        key = cell_key(primary, job)
+        if key not in cache:
+            try:
+                cache[key] = resolve_job(config_loader, primary, job, fallback=fallback, parser=parser)
+            except Exception as exc:  # noqa: BLE001 - only without fallback: the caller decides
+                cache[key] = (None, f"{type(exc).__name__}: {exc}")
+        cfg, note = cache[key]
+        if cfg is not None:
+            with open_dict(cfg):
+                cfg.seed = int(job_dict(job).get("seed", primary.seed))
+        yield job, cfg, note
+
+
+def fast_compose(primary: DictConfig, job: list[str], parser=None) -> DictConfig | None:
+    """The job's config without Hydra's full composition (which takes ~0.5 s a job): the primary config with the
+    job's model/method/task files swapped in and its values set, as Hydra would. None when the job needs more than
+    that (another table, a deletion, a group file with its own defaults list); the caller then composes for real.
+    Used only for planning and for skipping done cells: a difference can only change a fingerprint, so at worst a
+    done cell is launched and skips itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from repro import CONF_DIR
+
+    parser = parser or OverridesParser.create()
+    cfg = _base(primary).copy()
+    values = []
+    for o in parser.parse_overrides(list(job)):
+        key = o.key_or_group
+        if o.is_delete() or o.package:
+            return None
+        if key.startswith("hydra"):
+            continue
+        if key == "table":
+            if o.value() != cfg.table.name:
+                return None
+            continue
+        if key in FAST_GROUPS:
+            path = CONF_DIR / key / f"{o.value()}.yaml"
+            if not path.exists():
+                if key != "method":
+                    return None
+                # a method whose config is not written yet: its name only (the table row gives its settings)
+                node = OmegaConf.create({"name": o.value(), "_missing_config": str(path.relative_to(CONF_DIR.parent))})
+                with open_dict(cfg):
+                    cfg[key] = node
+                continue
+            node = OmegaConf.load(path)
+            if "defaults" in node:
+                return None
+            with open_dict(cfg):
+                cfg[key] = node
+            continue
+        if key.split("/")[0] in ("local", "paths"):
+            return None
+        values.append(o)
+    with open_dict(cfg):
+        for o in values:
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=o.is_add() or o.is_force_add())
+    return cfg
+
+
+def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bool = True,
+                parser=None) -> tuple[DictConfig, str | None]:
+    """One job's resolved cell, as the launcher would compose it: (cfg, None). With `fallback`, a job whose method
+    config does not compose yet, or whose cell does not resolve, gives (an estimate-only cfg, a note saying why)."""
     from repro.cell import resolve_cell
 
+    note = None
+    cfg = fast_compose(primary, job, parser)
+    if cfg is not None and "_missing_config" in cfg.method:
+        if not fallback:
+            raise FileNotFoundError(f"{cfg.method._missing_config} does not exist")
+        note = f"method={cfg.method.name}: {cfg.method._missing_config} does not exist yet; estimated from the table row"
+        OmegaConf.set_struct(cfg, False)
+        with open_dict(cfg):
+            del cfg.method["_missing_config"]
+    if cfg is None:
+        try:
+            cfg = config_loader.load_sweep_config(primary, list(job))
+        except Exception as exc:  # e.g. conf/method/<name>.yaml not written yet: estimate from the table row
+            if not fallback:
+                raise
+            d = job_dict(job)
+            cfg = config_loader.load_sweep_config(primary, [o for o in job if _key(o)[0] != "method"])
+            OmegaConf.set_struct(cfg, False)
+            cfg.method = {"name": d.get("method", primary.method.name)}
+            note = f"method={d.get('method')} does not compose ({str(exc).splitlines()[0]}): estimated from the table row"
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
     try:
-        sweep_cfg = config_loader.load_sweep_config(primary, list(job))
-        note = None
-    except Exception as exc:  # e.g. conf/method/<name>.yaml not written yet: estimate from the table row
-        d = job_dict(job)
-        fallback = [o for o in job if _key(o)[0] != "method"]
-        sweep_cfg = config_loader.load_sweep_config(primary, fallback)
-        OmegaConf.set_struct(sweep_cfg, False)
-        sweep_cfg.method = {"name": d.get("method", primary.method.name)}
-        note = f"{d.get('method')}: {type(exc).__name__}: {str(exc).splitlines()[0]} -- estimated from the table row"
-    overrides = list(sweep_cfg.hydra.overrides.task)
-    with open_dict(sweep_cfg):
-        del sweep_cfg["hydra"]
-    return resolve_cell(sweep_cfg, overrides), note
+        return resolve_cell(cfg, list(job)), note
+    except Exception as exc:
+        if not fallback:
+            raise
+        note = (f"{cfg.model.name}/{cfg.method.name}: cells do not resolve "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct checks")
+        OmegaConf.set_struct(cfg, False)
+        return resolve_cell(cfg, list(job)), note
 
 
 def plan_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], expansion: Expansion) -> str:
-    """Resolve each (model, method, variant, task) once (the seed changes nothing the estimate reads) and render."""
-    cells, notes, cache = [], [], {}
-    for job in jobs:
-        d = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
-             "task": primary.task.name, **job_dict(job)}
-        key = tuple(d.get(a) for a in ("model", "method", "variant", "task"))
-        if key not in cache:
-            cfg, note = resolve_job(config_loader, primary, job)
-            cache[key] = cfg
-            if note and note not in notes:
-                notes.append(note)
-        cfg = cache[key].copy()
-        with open_dict(cfg):
-            cfg.seed = int(d.get("seed", primary.seed))
+    """Resolve each cell once (the seed changes nothing the estimate reads) and render the dry-run report."""
+    cells, notes = [], []
+    for _job, cfg, note in resolve_jobs(config_loader, primary, jobs):
+        if note and note not in notes:
+            notes.append(note)
         cells.append(describe_cell(cfg))
     return render(primary.table.name, cells, expansion, notes)
 
@@ -263,9 +365,13 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], "--multirun", *args, "dry_run=true", "hydra/sweeper=table"]
+    import hydra
+
+    from repro import CONF_DIR
     from repro.run import main as run_main
 
-    run_main()
+    # repro.run's task function under an absolute config path (its relative one is resolved from the caller)
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(run_main.__wrapped__)()
 
 
 if __name__ == "__main__":

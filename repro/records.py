@@ -6,10 +6,14 @@ seed<k>.safetensors, and resumable Trainer checkpoints under checkpoints/seed<k>
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,6 +47,57 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return cell_dir(cfg) / "checkpoints" / f"seed{cfg.seed}"
 
 
+def lock_path(cfg: DictConfig) -> Path:
+    """Beside the cell's checkpoints (git-ignored), not inside them: the folder is removed when the cell is done."""
+    return cell_dir(cfg) / "checkpoints" / f"seed{cfg.seed}.lock"
+
+
+class CellBusy(RuntimeError):
+    """Another process holds this cell's lock (two jobs of one cell never run at once)."""
+
+
+@contextlib.contextmanager
+def cell_lock(cfg: DictConfig):
+    """An exclusive, non-blocking flock on the cell: released by the OS when the holder dies (a killed or requeued
+    job never leaves a stale lock behind)."""
+    path = lock_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise CellBusy(f"{record_path(cfg)} is being run by another job ({holder or 'unknown'}); lock {path}") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {platform.node()}\n")
+        f.flush()
+        yield path
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def prepare_checkpoint_dir(cfg: DictConfig) -> Path | None:
+    """The cell's checkpoint folder, stamped with the config's fingerprint. Checkpoints left by an interrupted run of
+    the *same* config are kept (the Trainer resumes from the last one); those of another config are removed, so a
+    changed cell never resumes someone else's optimizer state. Returns the last checkpoint, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    path = checkpoint_dir(cfg)
+    stamp = path / "FINGERPRINT"
+    fp = fingerprint(cfg)
+    if path.exists() and (not stamp.exists() or stamp.read_text().strip() != fp):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp + "\n")
+    last = get_last_checkpoint(str(path))
+    return Path(last) if last else None
+
+
 def fingerprint(cfg: DictConfig) -> str:
     """sha256 of the resolved config, less the keys that do not change the result."""
     data = OmegaConf.to_container(cfg, resolve=True)
@@ -53,8 +108,27 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)", re.I)
+
+
+def redact(obj):
+    """Replace the value of any secret-looking environment variable (WANDB_API_KEY, HF_TOKEN, ...) wherever it
+    appears in obj: a record or log never carries a credential, even one pasted on a command line."""
+    secrets = [v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= 8]
+    if not secrets:
+        return obj
+    text = json.dumps(obj, default=str)
+    if not any(s in text for s in secrets):
+        return obj
+    for s in secrets:
+        text = text.replace(json.dumps(s)[1:-1], "<redacted>")
+    return json.loads(text)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write to a temporary file in the same folder, then rename: a reader never sees half a record."""
+    path = Path(path)
+    obj = redact(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

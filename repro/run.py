@@ -19,6 +19,8 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -34,14 +36,36 @@ from repro.models import load_model, load_tokenizer
 
 log = logging.getLogger("repro.run")
 
+# conf/hydra/launcher/submitit_local.yaml shadows the plugin's schema of that name (to give CPU defaults); Hydra 1.3
+# accepts it and warns on every start.
+warnings.filterwarnings("ignore", message=r"(?s).*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
+
 
 def configure_tracking(cfg: DictConfig) -> None:
-    """wandb is off unless enabled; when on, offline by default. The API key stays in the environment only."""
+    """wandb is off unless enabled; when on, offline by default. The API key stays in the environment only.
+
+    The Trainer's wandb callback logs the cell (losses, dev metrics per evaluation, the run config); runs are
+    named table/model/method/task/seed and grouped by table, so a sweep shows as one group."""
     os.environ["WANDB_MODE"] = cfg.wandb.mode if cfg.wandb.enabled else "disabled"
     os.environ["WANDB_PROJECT"] = cfg.wandb.project
     os.environ["WANDB_DIR"] = str(cfg.paths.log_dir)
+    os.environ["WANDB_RUN_GROUP"] = str(cfg.table.name)
+    os.environ["WANDB_TAGS"] = ",".join(map(str, (cfg.table.name, cfg.model.name, cfg.method.name, cfg.task.name)))
     if cfg.wandb.entity:
         os.environ["WANDB_ENTITY"] = cfg.wandb.entity
+    Path(cfg.paths.log_dir).mkdir(parents=True, exist_ok=True)
+
+
+def finish_tracking(cfg: DictConfig, record: dict) -> None:
+    """The record's outcome as the wandb run's summary, then close the run (one run per cell, also in a sweep)."""
+    if not cfg.wandb.enabled:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.summary.update({"status": record["status"], **{f"final/{k}": v for k, v in record["metrics"].items()},
+                                  **{k: record.get(k) for k in ("trainable_params", "adapter_params", "wall_s")}})
+        wandb.finish(exit_code=0 if record["status"] == "ok" else 1)
 
 
 def load_data(cfg: DictConfig, tokenizer) -> dict:
@@ -70,7 +94,24 @@ def run_cell(cfg: DictConfig) -> dict:
     done = records.finished_record(cfg)
     if done is not None and not cfg.force:
         log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
-        return done
+        return {**done, "skipped": True}
+    try:
+        with records.cell_lock(cfg):
+            # another job of this cell may have finished between the check above and taking the lock
+            done = records.finished_record(cfg)
+            if done is not None and not cfg.force:
+                log.info("skipped: %s was finished by another job (fingerprint %s)", path, done["fingerprint"])
+                return {**done, "skipped": True}
+            return _run_cell(cfg, path)
+    except records.CellBusy as exc:
+        log.warning("skipped: %s", exc)
+        return {"status": "busy", "error": str(exc), "metrics": {}}
+
+
+def _run_cell(cfg: DictConfig, path) -> dict:
+    last = records.prepare_checkpoint_dir(cfg)
+    if last is not None:
+        log.info("resuming %s from its last checkpoint %s", path, last)
     start = time.time()
     configure_tracking(cfg)
     set_seed(cfg.seed)
@@ -103,6 +144,7 @@ def run_cell(cfg: DictConfig) -> dict:
         provenance=records.provenance(),
     )
     records.write_json_atomic(path, record)
+    finish_tracking(cfg, record)
     if record["status"] == "ok" and not cfg.train.keep_checkpoints:
         shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
     log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
@@ -113,13 +155,20 @@ def run_cell(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig):
     try:
         cfg = resolve_cell(cfg, list(HydraConfig.get().overrides.task))
+        if cfg.dry_run:   # one cell; a grid's dry run (-m) is the table sweeper's, and never reaches this function
+            from repro.plan import describe_cell
+
+            print(json.dumps(describe_cell(cfg), indent=2, default=str))
+            return "dry_run"
         record = run_cell(cfg)
     except ReproError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if record["status"] != "ok" and HydraConfig.get().mode == RunMode.RUN:
+    if record["status"] == "busy" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(75)   # EX_TEMPFAIL: the cell is running elsewhere
+    if record["status"] not in ("ok", "busy") and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(1)
-    return record["status"]
+    return "skipped" if record.get("skipped") else record["status"]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -51,14 +52,16 @@ class TableSweeper(BasicSweeper):
         if self.expansion.n_dropped:
             log.info("table sweeper: %d jobs, %d combinations left out (not rows of table %s)",
                      len(jobs), self.expansion.n_dropped, self.config.table.name)
+        jobs = self.skip_done(jobs)
         if not jobs:
-            log.warning("table sweeper: no job left after keeping only the table's rows")
+            print("table sweeper: nothing to launch", flush=True)
             return []
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: List[Sequence[JobReturn]] = []
+        outcomes: Counter = Counter()
         initial_job_idx = 0
         while not self.is_done():
             batch = self.get_job_batch()
@@ -67,7 +70,27 @@ class TableSweeper(BasicSweeper):
             log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
             for r in results:
-                _ = r.return_value   # re-raises a job's exception, as the basic sweeper does
+                outcomes[str(r.return_value)] += 1   # re-raises a job's exception, as the basic sweeper does
             initial_job_idx += len(batch)
             returns.append(results)
+        print(f"table sweeper: {len(jobs)} jobs ended: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), flush=True)
         return returns
+
+    def skip_done(self, jobs: List[List[str]]) -> List[List[str]]:
+        """Leave out, before launching anything, the cells whose `ok` record has this config's fingerprint (the
+        job itself checks again). A job that does not resolve is launched, to fail there with its reason."""
+        from repro import records
+        from repro.plan import resolve_jobs
+
+        if self.config.get("force"):
+            return jobs
+        todo, done = [], []
+        for job, cfg, note in resolve_jobs(self.hydra_context.config_loader, self.config, jobs, fallback=False):
+            if cfg is None or note or records.finished_record(cfg) is None:
+                todo.append(job)
+            else:
+                done.append(job)
+                print(f"skipped (done: ok record, same fingerprint): {records.record_path(cfg)}", flush=True)
+        print(f"table sweeper: {len(jobs)} jobs in the grid, {len(done)} already done and skipped, "
+              f"{len(todo)} to launch (force=true reruns done cells)", flush=True)
+        return todo

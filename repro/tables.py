@@ -1,0 +1,370 @@
+"""Records -> the paper's tables: `python -m repro.tables glue` (markdown on stdout; .md, .csv and .tex under
+results/tables/).
+
+For each row of the table config (model, method, variant) and each task column: the per-seed scores of the `ok`
+records (the task's `main_metric` x 100, taken at the selected epoch: `train.select=best` is the paper's best dev
+epoch), their mean +- std (the suite's statistic) and median (the paper's: "median over 5 random seeds"), the number
+of seeds, the paper's number beside it and the difference. Rows whose numbers the paper took from prior work (`*`,
+`cited: true`) are marked "cited": the paper did not run them. A stand-in model (minilm, tiny-*) gets its own row,
+next to the paper row of the model it stands in for. Missing cells print as "-", failed ones as "failed xN" (the
+reasons are listed under the table); records that fit no row are listed too: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+import sys
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from repro import CONF_DIR, PROJECT_ROOT
+from repro import records as rec
+
+PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
+MISSING = "-"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_table_config(name: str) -> dict:
+    """conf/table/<name>.yaml's `table` node (plain YAML: the rows, tasks, stand-ins and paper file)."""
+    path = CONF_DIR / "table" / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"no table config {path}; tables: {', '.join(p.stem for p in (CONF_DIR / 'table').glob('*.yaml'))}")
+    return yaml.safe_load(path.read_text())["table"]
+
+
+def load_paper(table: dict) -> dict | None:
+    path = PAPER_DIR / table["paper"] if table.get("paper") else None
+    return yaml.safe_load(path.read_text()) if path and path.exists() else None
+
+
+def main_metric(task: str, record: dict | None = None) -> str:
+    """The task's column metric: the record's own config, else conf/task/<task>.yaml."""
+    cfg_task = ((record or {}).get("config") or {}).get("task") or {}
+    if cfg_task.get("main_metric"):
+        return cfg_task["main_metric"]
+    path = CONF_DIR / "task" / f"{task}.yaml"
+    return yaml.safe_load(path.read_text()).get("main_metric", "accuracy") if path.exists() else "accuracy"
+
+
+def norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(s).lower())
+
+
+def parse_params(s) -> float | None:
+    """'0.3M' -> 3e5, '1500.0M' -> 1.5e9, '4.7M' -> 4.7e6."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMB]?)\s*", str(s or ""))
+    if not m:
+        return None
+    return float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}[m.group(2)]
+
+
+def parse_label(label: str) -> dict:
+    """'AdptP† (3M)' -> {method: AdptP, marker: †, params: 3e6}; 'FT*' -> {method: FT, marker: *}."""
+    m = re.fullmatch(r"\s*([A-Za-z][\w-]*?)\s*([*†‡]*)\s*(?:\(([^)]*)\))?\s*", label or "")
+    if not m:
+        return {"method": label, "marker": "", "params": None}
+    return {"method": m.group(1), "marker": m.group(2) or "", "params": parse_params(m.group(3))}
+
+
+def paper_row(paper: dict | None, row: dict) -> dict | None:
+    """The paper's row beside a table-config row. An explicit `paper_row:` wins ({model, method, marker, params},
+    any subset; `paper_row: null` = none); otherwise the row's own model and its label ("AdptP† (3M)" -> AdptP,
+    marker †, 3M params), matched on model + method label + marker + params."""
+    if not paper:
+        return None
+    if "paper_row" in row:
+        spec = row["paper_row"]
+        if not spec:
+            return None
+        want = {"model": spec.get("model", row["model"]), "method": spec.get("method") or parse_label(row.get("label", ""))["method"],
+                "marker": spec.get("marker"), "params": parse_params(spec["params"]) if spec.get("params") else None}
+    else:
+        want = {"model": row["model"], **parse_label(row.get("label", ""))}
+    for p in paper.get("rows", []):
+        if p["model"] != want["model"] or norm(p["method"]) != norm(want["method"]):
+            continue
+        if want["marker"] is not None and (p.get("marker") or "") != want["marker"]:
+            continue
+        if want["params"] is not None and not math.isclose(parse_params(p.get("params")) or -1, want["params"], rel_tol=0.05):
+            continue
+        return p
+    return None
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+@dataclass
+class Cell:
+    scores: list[float] = field(default_factory=list)     # x100, one per ok seed
+    seeds: list[int] = field(default_factory=list)
+    failed: Counter = field(default_factory=Counter)      # reason -> count
+    paper: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @property
+    def mean(self):
+        return statistics.fmean(self.scores) if self.scores else None
+
+    @property
+    def std(self):
+        return statistics.stdev(self.scores) if len(self.scores) > 1 else (0.0 if self.scores else None)
+
+    @property
+    def median(self):
+        return statistics.median(self.scores) if self.scores else None
+
+    @property
+    def diff(self):
+        return None if self.median is None or self.paper is None else self.median - self.paper
+
+
+@dataclass
+class Row:
+    model: str            # the model that ran (a stand-in, or the paper's model)
+    paper_model: str
+    method: str
+    variant: str
+    label: str
+    cited: bool
+    paper: dict | None
+    cells: "OrderedDict[str, Cell]"
+    trainable: list[int] = field(default_factory=list)
+
+    @property
+    def stand_in(self) -> bool:
+        return self.model != self.paper_model
+
+    def average(self, stat: str):
+        """Mean over the task columns of a statistic; (value, tasks present)."""
+        vals = [getattr(c, stat) for c in self.cells.values() if getattr(c, stat) is not None]
+        return (statistics.fmean(vals) if vals else None), len(vals)
+
+
+def record_score(record: dict) -> float | None:
+    metric = main_metric(record.get("task", ""), record)
+    value = (record.get("metrics") or {}).get(metric)
+    return None if value is None else 100.0 * float(value)
+
+
+def short_reason(error: str | None) -> str:
+    first = (error or "unknown").strip().splitlines()[0]
+    return first if len(first) <= 90 else first[:87] + "..."
+
+
+def build(table_name: str, results_dir: str | Path, table: dict | None = None) -> tuple[list[Row], list[tuple], dict]:
+    """(rows, unmatched records as (path, record), table config)."""
+    table = table or load_table_config(table_name)
+    paper = load_paper(table)
+    tasks = list(table["tasks"])
+    columns = paper.get("columns", []) if paper else []
+    stand_ins = table.get("stand_ins") or {}
+    by_cell: dict[tuple, list[tuple]] = {}
+    for path, r in rec.iter_records(results_dir, table_name):
+        key = (r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task"))
+        by_cell.setdefault(key, []).append((path, r))
+    present_models = {k[0] for k in by_cell}
+
+    rows, used = [], set()
+    for spec in table["rows"]:
+        variant = spec.get("variant", "default")
+        prow = paper_row(paper, spec)
+        runners = [spec["model"]] + [s for s, big in stand_ins.items() if big == spec["model"] and s in present_models]
+        for model in runners:
+            has_any = any((model, spec["method"], variant, t) in by_cell for t in tasks)
+            if model != spec["model"] and not has_any:
+                continue
+            cells: OrderedDict = OrderedDict()
+            row = Row(model, spec["model"], spec["method"], variant, spec.get("label", spec["method"]),
+                      bool(spec.get("cited")), prow, cells)
+            for i, task in enumerate(tasks):
+                cell = Cell()
+                if prow is not None:
+                    col = next((j for j, c in enumerate(columns) if norm(c) == norm(task)), None)
+                    cell.paper = prow["values"][col] if col is not None else None
+                for path, r in sorted(by_cell.get((model, spec["method"], variant, task), []), key=lambda x: x[1].get("seed", 0)):
+                    used.add(str(path))
+                    if r.get("status") == "ok" and record_score(r) is not None:
+                        cell.scores.append(record_score(r))
+                        cell.seeds.append(r.get("seed"))
+                        if r.get("adapter_params") is not None:
+                            row.trainable.append(r["adapter_params"] if spec["method"] != "ft" else r.get("trainable_params"))
+                    elif r.get("status") == "ok":
+                        cell.failed[f"no {main_metric(task, r)} in metrics"] += 1
+                    else:
+                        cell.failed[short_reason(r.get("error"))] += 1
+                cells[task] = cell
+            rows.append(row)
+    unmatched = [(p, r) for key, lst in by_cell.items() for p, r in lst if str(p) not in used]
+    return rows, unmatched, table
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def fmt(x, nd=1) -> str:
+    return MISSING if x is None else f"{x:.{nd}f}"
+
+
+def fmt_signed(x) -> str:
+    return MISSING if x is None else f"{x:+.1f}"
+
+
+def fmt_params(n) -> str:
+    if n is None:
+        return MISSING
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+def mean_cell(c: Cell) -> str:
+    if c.n == 0:
+        return f"failed ×{sum(c.failed.values())}" if c.failed else MISSING
+    s = f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})"
+    return s + (f" +{sum(c.failed.values())} failed" if c.failed else "")
+
+
+def row_title(row: Row) -> tuple[str, str]:
+    model = f"{row.model} (for {row.paper_model})" if row.stand_in else row.model
+    if row.paper and row.paper.get("model") not in (row.model, row.paper_model):
+        model += f" (paper: {row.paper['model']})"
+    label = row.label
+    if row.variant != "default":
+        label += f" [{row.variant}]"
+    return model, label
+
+
+def table_lines(rows: list[Row], tasks: list[str], columns: list[str]) -> list[list[str]]:
+    """The paper's layout, four lines per row: mean ± std (n), median (the paper's statistic), paper, Δ."""
+    header = ["Model", "Method", "# Params (paper / ours)", "Statistic", *columns, "Avg"]
+    out = [header]
+    n_tasks = len(tasks)
+    for row in rows:
+        model, label = row_title(row)
+        ours = fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING
+        params = f"{(row.paper or {}).get('params', MISSING)} / {ours}"
+        cells = list(row.cells.values())
+        avg_mean, k = row.average("mean")
+        avg_med, _ = row.average("median")
+        partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
+        paper_avg = row.paper["values"][-1] if row.paper and len(row.paper["values"]) == n_tasks + 1 else None
+        out.append([model, label, params, "mean ± std (n)", *[mean_cell(c) for c in cells],
+                    (fmt(avg_mean) + partial) if avg_mean is not None else MISSING])
+        out.append(["", "", "", "median (paper's statistic)", *[fmt(c.median) for c in cells],
+                    (fmt(avg_med) + partial) if avg_med is not None else MISSING])
+        out.append(["", "", "", "paper" + (" (cited in the paper)" if row.cited else ""),
+                    *[fmt(c.paper) for c in cells], fmt(paper_avg)])
+        out.append(["", "", "", "Δ median − paper", *[fmt_signed(c.diff) for c in cells],
+                    fmt_signed(avg_med - paper_avg) if avg_med is not None and paper_avg is not None and k == n_tasks else MISSING])
+    return out
+
+
+def markdown(lines: list[list[str]]) -> str:
+    head, *body = lines
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(x.replace("|", "\\|") for x in line) + " |" for line in body]
+    return "\n".join(out)
+
+
+def latex_escape(s: str) -> str:
+    return (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
+             .replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("−", "$-$")
+             .replace("†", "$^\\dagger$").replace("×", "$\\times$"))
+
+
+def latex(lines: list[list[str]], caption: str) -> str:
+    head, *body = lines
+    cols = "ll" + "l" + "l" + "r" * (len(head) - 4)
+    out = ["\\begin{table}[t]", "\\centering", "\\tiny", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+           " & ".join(latex_escape(h) for h in head) + " \\\\", "\\midrule"]
+    for i, line in enumerate(body):
+        if i and i % 4 == 0:
+            out.append("\\midrule")
+        out.append(" & ".join(latex_escape(x) for x in line) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{latex_escape(caption)}}}", "\\end{table}"]
+    return "\n".join(out)
+
+
+def long_rows(rows: list[Row]) -> list[dict]:
+    """One line per row x task: every statistic, for the CSV."""
+    out = []
+    for row in rows:
+        for task, c in row.cells.items():
+            out.append({"model": row.model, "paper_model": row.paper_model, "method": row.method, "variant": row.variant,
+                        "label": row.label, "cited": row.cited, "stand_in": row.stand_in, "task": task,
+                        "n": c.n, "seeds": " ".join(map(str, c.seeds)), "scores": " ".join(f"{s:.2f}" for s in c.scores),
+                        "mean": c.mean, "std": c.std, "median": c.median, "paper": c.paper, "diff_median_paper": c.diff,
+                        "failed": sum(c.failed.values()), "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items())})
+    return out
+
+
+def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None = None, table: dict | None = None) -> str:
+    """Aggregate, write <out_dir>/<table>.{md,csv,tex} (default <results_dir>/tables) and return the markdown."""
+    import csv
+
+    rows, unmatched, table = build(table_name, results_dir, table)
+    paper = load_paper(table) or {}
+    tasks = list(table["tasks"])
+    columns = [next((c for c in paper.get("columns", []) if norm(c) == norm(t)), t) for t in tasks]
+    lines = table_lines(rows, tasks, columns)
+    metrics = ", ".join(f"{c}: {main_metric(t)}" for c, t in zip(columns, tasks))
+    title = f"Table {table_name}" + (f" — {paper['source']['paper']}" if paper.get("source") else "")
+    n_records = sum(c.n + sum(c.failed.values()) for r in rows for c in r.cells.values()) + len(unmatched)
+    md = [f"# {title}", "",
+          f"Records: {n_records} under {Path(results_dir) / table_name}. Scores ×100 ({metrics}), each at the epoch the "
+          "run selected (`train.select`; `best` = the paper's best dev epoch). mean ± std over seeds (n = seeds behind "
+          "the cell) is the suite's statistic; the median over seeds is the paper's. \"paper\" is the paper's number, "
+          "Δ = median − paper. \"(cited)\": the paper copied that row from prior work (marked * there). Stand-in rows "
+          "(\"X (for Y)\") ran a small model with the row's method settings; the paper's numbers are those of Y. "
+          f"\"{MISSING}\": no record; \"failed ×k\": k failed seeds (reasons below). Avg: mean over the task columns "
+          "(\"(k/8 tasks)\" when some are missing; Δ only when complete).", "",
+          markdown(lines)]
+    failures = [(row, task, reason, n) for row in rows for task, c in row.cells.items() for reason, n in c.failed.items()]
+    if failures:
+        md += ["", "Failed cells:", ""]
+        md += [f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures]
+    if unmatched:
+        md += ["", f"Records that are no row of table {table_name} ({len(unmatched)}):", ""]
+        md += [f"- {p}: status {r.get('status')}, model {r.get('model')}, method {r.get('method')}, variant {r.get('variant')}"
+               for p, r in unmatched]
+    text = "\n".join(md) + "\n"
+    out_dir = Path(out_dir) if out_dir else Path(results_dir) / "tables"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{table_name}.md").write_text(text)
+    with open(out_dir / f"{table_name}.csv", "w", newline="") as f:
+        long = long_rows(rows)
+        writer = csv.DictWriter(f, fieldnames=list(long[0]) if long else ["model"])
+        writer.writeheader()
+        writer.writerows(long)
+    (out_dir / f"{table_name}.tex").write_text(latex(lines, title) + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", help="a table config under conf/table/ (e.g. glue)")
+    ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
+    ap.add_argument("--out-dir", default=None, help="default: <results-dir>/tables")
+    args = ap.parse_args(argv)
+    import os
+
+    results_dir = args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
+    sys.stdout.write(render(args.table, results_dir, args.out_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Each efficiency benchmark runs on tiny models (--quick) and writes well-formed JSON. No assertions on timings:
+they depend on the machine and its load; the real figures come from `python -m repro.bench <what>`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from repro.bench.__main__ import main
+
+MACHINE_KEYS = {"cpu_model", "cpu_cores_available", "torch_threads", "torch_version", "device", "gpu_name", "load_average"}
+
+
+def _reject_constant(name: str):
+    raise AssertionError(f"non-finite number {name} in the JSON")
+
+
+def run_bench(what: str, tmp_path, *extra: str) -> dict:
+    out = tmp_path / f"{what}.json"
+    assert main([what, "--quick", "--device", "cpu", "--out", str(out), *extra]) == 0
+    result = json.loads(out.read_text(), parse_constant=_reject_constant)
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write left a temporary file"
+    assert result["benchmark"] == what and result["quick"] is True
+    assert MACHINE_KEYS <= set(result["machine"])
+    assert result["machine"]["cpu_model"] and result["machine"]["torch_threads"] >= 1
+    assert set(result["machine"]["load_average"]) == {"1min", "5min", "15min"}
+    assert all_finite(result)
+    return result
+
+
+def all_finite(obj) -> bool:
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(all_finite(v) for v in obj)
+    return True
+
+
+def check_stats(stats: dict) -> None:
+    assert {"n", "median_ms", "q1_ms", "q3_ms", "iqr_ms", "std_ms", "samples_ms"} <= set(stats)
+    assert stats["n"] == len(stats["samples_ms"]) >= 1 and stats["median_ms"] > 0
+
+
+def test_latency_quick(tmp_path):
+    result = run_bench("latency", tmp_path, "--budget-s", "4")
+    assert {"settings", "cells", "errors", "load", "wall_s"} <= set(result)
+    assert [(c["batch_size"], c["seq_len"]) for c in result["cells"]] == [tuple(c) for c in result["settings"]["grid"]]
+    for cell in result["cells"]:
+        assert "skipped" not in cell   # --quick never skips a cell for lack of budget
+        assert "base" in cell["variants"] and {"noise", "rounds", "paper"} <= set(cell)
+        for name, v in cell["variants"].items():
+            check_stats(v)
+            assert {"overhead_pct", "paired_ratio"} <= set(v)
+        # every variant is either measured or reported as not measured, with the reason
+        for name in ("adapter_l", "adapter_h"):
+            assert name in cell["variants"] or name in result["errors"]
+        assert "lora_merged" in cell["variants"] or "lora" in result["errors"]
+
+
+def test_latency_grid_option_and_paper_figures(tmp_path):
+    result = run_bench("latency", tmp_path, "--grid", "1x8", "--budget-s", "1", "--min-rounds", "1")
+    assert [(c["batch_size"], c["seq_len"]) for c in result["cells"]] == [(1, 8)]
+
+
+def test_train_quick(tmp_path):
+    result = run_bench("train", tmp_path, "--methods", "ft,lora", "--models", "tiny-roberta")
+    rows = {(r["model"], r["method"]): r for r in result["rows"]}
+    assert {("tiny-roberta", "ft"), ("tiny-roberta", "lora")} <= set(rows)
+    ft = rows["tiny-roberta", "ft"]
+    assert ft["status"] == "ok", ft.get("error")
+    check_stats(ft["step"])
+    assert ft["peak_rss_mb"] > 0 and {"weights", "grads", "optimizer", "saved_activations"} <= set(ft["bytes"])
+    assert ft["params"]["trainable_params"] == ft["params"]["total_params"]
+    lora = rows["tiny-roberta", "lora"]
+    if lora["status"] == "ok":
+        assert "tiny-roberta" in result["ratios"]
+        assert lora["bytes"]["optimizer"] < ft["bytes"]["optimizer"]
+    peft = result["ours_vs_peft"]
+    if peft is not None and peft.get("status") != "error":
+        assert peft["trainable_params"]["ours"] == peft["trainable_params"]["peft"]
+        assert peft["initial_loss_abs_diff"] < 1e-4   # same weights, same LoRA: same loss
+        check_stats(peft["step"]["ours"])
+
+
+def test_storage_quick(tmp_path):
+    result = run_bench("storage", tmp_path, "--methods", "ft,lora")
+    rows = {(r["model"], r["method"]): r for r in result["checkpoints"]}
+    for model in ("tiny-roberta", "tiny-gpt2"):
+        ft = rows[model, "ft"]
+        assert ft["status"] == "ok", ft.get("error")
+        assert ft["checkpoint_bytes"] >= ft["full_model_bytes"] * 0.99
+        lora = rows[model, "lora"]
+        if lora["status"] == "ok":
+            assert lora["checkpoint_bytes"] < ft["checkpoint_bytes"]
+    for s in result["task_switch"]:
+        if s.get("status") != "error":
+            for cache in ("warm", "cold"):
+                check_stats(s[cache]["lora"])
+                check_stats(s[cache]["ft"])
+
+
+@pytest.mark.parametrize("what", ["latency", "train", "storage"])
+def test_cli_help_lists_benchmark(what, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert what in capsys.readouterr().out

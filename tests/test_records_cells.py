@@ -1,0 +1,162 @@
+"""Cells are idempotent: an `ok` record with the same fingerprint is skipped, force reruns, a changed config does not
+match, records are written atomically, two jobs of one cell never run at once, checkpoints of another config are
+never resumed, and no API key reaches a record."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from repro import PROJECT_ROOT, records
+from repro.cell import resolve_cell
+
+FAST = ["train.max_steps=2", "data.max_train_samples=16", "data.max_eval_samples=16", "train.global_batch_size=8"]
+CELL = ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "seed=0", *FAST]
+SENTINEL = "wandb-key-sentinel-0123456789abcdef"
+
+
+def resolved(compose_config, overrides):
+    return resolve_cell(compose_config(overrides), overrides)
+
+
+@pytest.fixture
+def one_cell(compose_config, data_dir, monkeypatch):
+    """A real tiny cell, run once with tracking on (mode disabled) and a WANDB_API_KEY in the environment."""
+    from repro.run import run_cell
+
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
+    overrides = [*CELL, "wandb.enabled=true", "wandb.mode=disabled"]
+    cfg = resolved(compose_config, overrides)
+    record = run_cell(cfg)
+    return cfg, overrides, record
+
+
+def test_skip_force_and_fingerprint(one_cell, compose_config, monkeypatch):
+    import repro.run as run
+
+    cfg, overrides, record = one_cell
+    assert record["status"] == "ok", record.get("error")
+    path = records.record_path(cfg)
+    assert path.exists() and records.read_record(path)["fingerprint"] == records.fingerprint(cfg)
+    assert not records.checkpoint_dir(cfg).exists()               # removed once the cell is done
+
+    calls = []
+    monkeypatch.setattr(run, "_run_cell", lambda cfg, path: calls.append(path) or {"status": "ok", "metrics": {}})
+    again = run.run_cell(resolved(compose_config, overrides))
+    assert again.get("skipped") and calls == []                   # same fingerprint: skipped, nothing run
+    run.run_cell(resolved(compose_config, [*overrides, "force=true"]))
+    assert len(calls) == 1                                        # force reruns
+    changed = resolved(compose_config, [*overrides, "train.learning_rate=1e-3"])
+    assert records.finished_record(changed) is None               # another config is another fingerprint
+    assert records.fingerprint(resolved(compose_config, [*overrides, "train.logging_steps=3"])) == records.fingerprint(cfg)
+
+
+def test_no_api_key_in_records_or_logs(one_cell):
+    cfg, _, record = one_cell
+    assert SENTINEL not in records.record_path(cfg).read_text()
+    for path in Path(cfg.paths.log_dir).rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            assert SENTINEL not in path.read_text(errors="ignore"), path
+
+
+def test_redact_secrets_on_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
+    path = tmp_path / "r.json"
+    records.write_json_atomic(path, {"cli_overrides": [f"wandb.key={SENTINEL}"], "nested": {"x": f"a{SENTINEL}b"}})
+    text = path.read_text()
+    assert SENTINEL not in text and "<redacted>" in text
+
+
+def _writer(path, n):
+    for i in range(n):
+        records.write_json_atomic(Path(path), {"i": i, "pad": "x" * 20000})
+
+
+def test_atomic_write_never_shows_half_a_record(tmp_path):
+    path = tmp_path / "a" / "seed0.json"
+    procs = [mp.get_context("fork").Process(target=_writer, args=(str(path), 60)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    seen = 0
+    while any(p.is_alive() for p in procs):
+        if path.exists():
+            json.loads(path.read_text())      # never a partial file
+            seen += 1
+    for p in procs:
+        p.join()
+    assert json.loads(path.read_text())["pad"] == "x" * 20000
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def _hold(cfg_yaml, ready, release):
+    from omegaconf import OmegaConf
+
+    with records.cell_lock(OmegaConf.create(cfg_yaml)):
+        ready.set()
+        release.wait(20)
+
+
+def test_cell_lock_excludes_a_second_job(compose_config):
+    from omegaconf import OmegaConf
+
+    cfg = resolved(compose_config, CELL)
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(OmegaConf.to_container(cfg, resolve=True), ready, release))
+    p.start()
+    assert ready.wait(20)
+    try:
+        with pytest.raises(records.CellBusy):
+            with records.cell_lock(cfg):
+                pass
+        from repro.run import run_cell
+
+        assert run_cell(cfg)["status"] == "busy"
+    finally:
+        release.set()
+        p.join()
+    with records.cell_lock(cfg):        # released when the holder ends
+        pass
+
+
+def test_checkpoints_of_another_config_are_not_resumed(compose_config):
+    cfg = resolved(compose_config, CELL)
+    ckpt = records.checkpoint_dir(cfg)
+    (ckpt / "checkpoint-4").mkdir(parents=True)
+    (ckpt / "FINGERPRINT").write_text("another-config\n")
+    assert records.prepare_checkpoint_dir(cfg) is None and not (ckpt / "checkpoint-4").exists()
+    (ckpt / "checkpoint-4").mkdir()
+    assert records.prepare_checkpoint_dir(cfg).name == "checkpoint-4"      # same config: resumed
+
+
+@pytest.mark.slow
+def test_killed_cell_resumes_from_its_last_checkpoint(tmp_path, data_dir):
+    """Kill a running cell after its first checkpoint; the same command then resumes from it and completes."""
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    cmd = [sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", "method=lora", "task=rte",
+           "train.max_steps=100", "train.eval_strategy=steps", "train.eval_steps=10", "train.global_batch_size=4",
+           "data.max_train_samples=64", "data.max_eval_samples=16", "train.logging_steps=5"]
+    ckpts = tmp_path / "results/glue/tiny-roberta/lora/rte/checkpoints/seed0"
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(ckpts.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.5)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(ckpts.glob("checkpoint-*")), "no checkpoint was written before the kill"
+    assert not (tmp_path / "results/glue/tiny-roberta/lora/rte/seed0.json").exists()
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "results/glue/tiny-roberta/lora/rte/seed0.json").read_text())
+    assert record["status"] == "ok" and record["resumed_from"] and "checkpoint-" in record["resumed_from"]
+    assert record["steps"] == 100

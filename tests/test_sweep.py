@@ -1,0 +1,143 @@
+"""The table sweeper on the real configs: the grid of conf/table/glue.yaml narrowed to the rows of the paper's Table 2,
+the variant axis, stand-ins, the launchers' configs and the dry run's estimate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import HydraContext
+from omegaconf import OmegaConf
+
+from repro import CONF_DIR, PROJECT_ROOT
+from repro import plan, records
+
+
+def sweeper_for(overrides: list[str], tmp_path):
+    """A TableSweeper as Hydra builds it for `python -m repro.run -m <overrides>`, with the real config loader."""
+    from hydra_plugins.repro_table_sweeper.table_sweeper import TableSweeper
+
+    cfg = compose(config_name="config", overrides=[*overrides, f"paths.results_dir={tmp_path}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("TableSweeper")
+    sweeper = TableSweeper(max_batch_size=cfg.hydra.sweeper.max_batch_size, params=dict(cfg.hydra.sweeper.params or {}))
+    sweeper.config = cfg
+    sweeper.hydra_context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
+    return sweeper
+
+
+@pytest.fixture
+def hydra_ctx():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+
+
+def cells(jobs):
+    out = set()
+    for job in jobs:
+        d = plan.job_dict(job)
+        out.add((d.get("model"), d.get("method"), d.get("variant", "default"), d.get("task"), d.get("seed")))
+    return out
+
+
+def test_full_grid_is_every_row_of_table2(hydra_ctx, tmp_path):
+    sweeper = sweeper_for(["+table=glue"], tmp_path)
+    jobs = sweeper.expand([])
+    table = sweeper.config.table
+    got = cells(jobs)
+    rows = {(r.model, r.method, r.get("variant", "default")) for r in table.rows}
+    assert {(m, me, v) for m, me, v, _, _ in got} == rows          # every paper row, nothing else
+    assert len(rows) == 14
+    assert len(jobs) == len(rows) * len(table.tasks) * len(table.seeds) == 560
+    # the product's non-rows are counted, not silently dropped
+    assert sweeper.expansion.n_dropped == 3 * 6 * 8 * 5 - 10 * 8 * 5
+    assert any("deberta-v2-xxlarge x adapter_p" in reason for reason in sweeper.expansion.dropped)
+
+
+def test_stand_in_grid_of_the_must_show_command(hydra_ctx, tmp_path):
+    args = ["model=tiny-roberta", "method=lora,ft", "task=rte,mrpc", "seed=0,1", "train.max_steps=5"]
+    sweeper = sweeper_for(["+table=glue", "model=tiny-roberta", "train.max_steps=5"], tmp_path)
+    jobs = sweeper.expand(args)
+    assert len(jobs) == 8
+    assert {c[:3] for c in cells(jobs)} == {("tiny-roberta", "lora", "default"), ("tiny-roberta", "ft", "default")}
+    assert all("train.max_steps=5" in job for job in jobs)
+
+
+def test_variant_axis_expands_and_filters(hydra_ctx, tmp_path):
+    sweeper = sweeper_for(["+table=glue"], tmp_path)
+    jobs = sweeper.expand(["model=roberta-large", "method=adapter_p,adapter_h,lora", "task=rte", "seed=0"])
+    assert {(c[1], c[2]) for c in cells(jobs)} == {("adapter_p", "r64"), ("adapter_p", "r16"), ("adapter_h", "r64"),
+                                                   ("adapter_h", "r8"), ("lora", "default"), ("lora", "dagger")}
+    sweeper = sweeper_for(["+table=glue"], tmp_path)
+    jobs = sweeper.expand(["model=roberta-base,roberta-large", "method=lora,adapter_d", "variant=dagger,r16", "task=rte", "seed=0"])
+    assert {c[:3] for c in cells(jobs)} == {("roberta-large", "lora", "dagger"), ("roberta-base", "adapter_d", "r16")}
+    # a stand-in takes the variants of the model it stands in for
+    jobs = sweeper_for(["+table=glue"], tmp_path).expand(["model=tiny-roberta", "method=adapter_d", "task=rte", "seed=0"])
+    assert {c[2] for c in cells(jobs)} == {"r16", "r48"}
+
+
+def test_task_outside_the_table_is_dropped_with_a_reason(hydra_ctx, tmp_path):
+    from repro.plan import filter_jobs
+
+    cfg = compose(config_name="config", overrides=["+table=glue"])
+    out = filter_jobs([["model=roberta-base", "method=lora", "task=e2e"], ["model=roberta-base", "method=lora", "task=rte"]], cfg)
+    assert len(out.kept) == 1 and out.n_dropped == 1 and "task e2e" in next(iter(out.dropped))
+
+
+def test_fast_compose_matches_hydra_composition(hydra_ctx, tmp_path):
+    """Skipping done cells before launch relies on the planner's config giving the job's own fingerprint."""
+    from repro.cell import resolve_cell
+
+    # as in a real multirun, every job carries the command line's constant overrides (sweeper_for adds results_dir)
+    job = ["model=tiny-roberta", "method=lora", "task=mrpc", "seed=1", "+table=glue", "train.max_steps=5",
+           f"paths.results_dir={tmp_path}"]
+    sweeper = sweeper_for(["+table=glue", "model=tiny-roberta", "train.max_steps=5"], tmp_path)
+    fast, note = plan.resolve_job(sweeper.hydra_context.config_loader, sweeper.config, job, fallback=False)
+    assert note is None
+    full = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, job)
+    overrides = list(full.hydra.overrides.task)
+    with __import__("omegaconf").open_dict(full):
+        del full["hydra"]
+    assert records.fingerprint(fast) == records.fingerprint(resolve_cell(full, overrides))
+
+
+def test_estimate_formula(hydra_ctx):
+    from repro.cell import resolve_cell
+
+    ov = ["+table=glue", "model=roberta-base", "method=lora", "task=rte"]
+    cfg = resolve_cell(compose(config_name="config", overrides=ov), ov)
+    est = plan.estimate(cfg)
+    n = 12 * (4 * 768**2 + 2 * 768 * 3072)
+    assert est["params"] == n
+    examples = 2490 * 80                                   # RTE train x 80 epochs (roberta_base_rte.sh)
+    flops = 4 * n * examples * 512 + 2 * n * 277 * 512 * 80
+    assert est["examples"] == examples
+    assert est["gpu_hours"] == pytest.approx(flops / 10e12 / 3600)   # fp32 at 10 TFLOP/s
+
+
+def test_launcher_configs_compose(hydra_ctx):
+    cfg = compose(config_name="config", overrides=["+table=glue", "hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    for key in ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "max_num_timeout", "setup"):
+        assert key in launcher
+    assert launcher.max_num_timeout > 0
+    local = compose(config_name="config", overrides=["+table=glue", "hydra/launcher=submitit_local"], return_hydra_config=True)
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
+    assert local.hydra.launcher.cpus_per_task == 1 and local.hydra.launcher.timeout_min > 0
+
+
+def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    out = subprocess.run([sys.executable, "-m", "repro.plan", "+table=glue", "model=roberta-base,tiny-roberta",
+                          "method=lora,adapter_p", "task=rte,mrpc", "seed=0,1"],
+                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "jobs: 8 (8 to run, 0 already done" in text
+    assert "estimated GPU-hours (V100)" in text and "formula:" in text
+    assert "roberta-base x adapter_p: not a row of table glue" in text
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()

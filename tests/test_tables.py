@@ -1,0 +1,128 @@
+"""Tables and plots from hand-built records: statistics, the paper's numbers beside ours, missing and failed cells,
+stand-in rows, cited rows, and the files written."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+
+from repro import plots, records, tables
+
+
+def write_record(root: Path, model: str, method: str, task: str, seed: int, score: float | None = None,
+                 status: str = "ok", variant: str = "default", error: str | None = None, table: str = "glue",
+                 metric: str = "accuracy", adapter_params: int = 2048) -> Path:
+    method_dir = method if variant == "default" else f"{method}.{variant}"
+    path = Path(root) / table / model / method_dir / task / f"seed{seed}.json"
+    record = {"status": status, "error": error, "table": table, "model": model, "method": method, "variant": variant,
+              "task": task, "seed": seed, "metrics": {metric: score} if score is not None else {},
+              "history": {"train_loss": [{"step": s, "epoch": s / 10, "loss": 0.7 - 0.01 * s - 0.001 * seed} for s in (1, 2, 3, 4)],
+                          "eval": []},
+              "trainable_params": adapter_params + 1000, "adapter_params": adapter_params, "head_params": 1000,
+              "config": {"task": {"name": task, "main_metric": metric}}, "fingerprint": "x"}
+    records.write_json_atomic(path, record)
+    return path
+
+
+def write_records(root: Path) -> None:
+    """tiny-roberta (stand-in for roberta-base) LoRA: rte 3 seeds, mrpc 2 seeds + 1 failed, cola 1 seed;
+    FT: rte 2 seeds, mrpc only failed; and one record of no row (adhoc variant)."""
+    for seed, s in enumerate((0.50, 0.60, 0.55)):
+        write_record(root, "tiny-roberta", "lora", "rte", seed, s)
+    write_record(root, "tiny-roberta", "lora", "mrpc", 0, 0.70)
+    write_record(root, "tiny-roberta", "lora", "mrpc", 1, 0.68)
+    write_record(root, "tiny-roberta", "lora", "mrpc", 2, status="failed", error="Diverged: diverged: training loss is not finite at step 3")
+    write_record(root, "tiny-roberta", "lora", "cola", 0, 0.12, metric="matthews_correlation")
+    write_record(root, "tiny-roberta", "ft", "rte", 0, 0.52, adapter_params=1_600_000)
+    write_record(root, "tiny-roberta", "ft", "rte", 1, 0.56, adapter_params=1_600_000)
+    for seed in (0, 1):
+        write_record(root, "tiny-roberta", "ft", "mrpc", seed, status="failed", error="RuntimeError: CUDA out of memory")
+    write_record(root, "tiny-roberta", "lora", "rte", 0, 0.5, variant="r99")
+
+
+@pytest.fixture
+def built(tmp_path):
+    write_records(tmp_path / "results")
+    return tmp_path / "results"
+
+
+def find(rows, model, method, variant="default"):
+    return next(r for r in rows if (r.model, r.method, r.variant) == (model, method, variant))
+
+
+def test_statistics_and_paper_numbers(built):
+    rows, unmatched, _ = tables.build("glue", built)
+    lora = find(rows, "tiny-roberta", "lora")
+    assert lora.stand_in and lora.paper_model == "roberta-base" and not lora.cited
+    rte = lora.cells["rte"]
+    assert rte.n == 3 and rte.seeds == [0, 1, 2]
+    assert rte.mean == pytest.approx(55.0) and rte.std == pytest.approx(statistics.stdev([50, 60, 55]))
+    assert rte.median == pytest.approx(55.0)
+    assert rte.paper == 86.6 and rte.diff == pytest.approx(55.0 - 86.6)     # roberta-base LoRA RTE in Table 2
+    assert lora.cells["cola"].median == pytest.approx(12.0) and lora.cells["cola"].paper == 63.4  # CoLA: MCC x100
+    mrpc = lora.cells["mrpc"]
+    assert mrpc.n == 2 and sum(mrpc.failed.values()) == 1
+    assert lora.cells["sst2"].n == 0 and not lora.cells["sst2"].failed    # missing
+    ft = find(rows, "tiny-roberta", "ft")
+    assert ft.cited and ft.paper["params"] == "125.0M" and ft.cells["rte"].paper == 78.7
+    assert ft.cells["mrpc"].n == 0 and ft.cells["mrpc"].failed["RuntimeError: CUDA out of memory"] == 2
+    # every paper row is there (14), plus the two stand-in rows that have records
+    assert len([r for r in rows if not r.stand_in]) == 14 and len([r for r in rows if r.stand_in]) == 2
+    assert [r.get("variant") for _, r in unmatched] == ["r99"]
+
+
+def test_paper_row_mapping_by_label():
+    paper = tables.load_paper(tables.load_table_config("glue"))
+    table = tables.load_table_config("glue")
+    mapped = {(r["model"], r["method"], r.get("variant", "default")): tables.paper_row(paper, r) for r in table["rows"]}
+    assert all(mapped.values()), [k for k, v in mapped.items() if v is None]
+    assert mapped[("roberta-large", "adapter_p", "r64")]["params"] == "3.0M"
+    assert mapped[("roberta-large", "adapter_p", "r16")]["params"] == "0.8M"
+    assert mapped[("roberta-large", "lora", "dagger")]["marker"] == "†"
+    assert mapped[("roberta-large", "lora", "default")]["marker"] == ""
+    assert mapped[("roberta-base", "adapter_d", "r48")]["params"] == "0.9M"
+    assert len({id(v) for v in mapped.values()}) == 14                      # one paper row each
+
+
+def test_render_writes_md_csv_tex(built, tmp_path):
+    md = tables.render("glue", built)
+    out = built / "tables"
+    assert (out / "glue.md").read_text() == md
+    assert "| tiny-roberta (for roberta-base) | LoRA |" in md
+    assert "55.0 ± 5.0 (n=3)" in md                          # mean ± std (n)
+    assert "69.0 ± 1.4 (n=2) +1 failed" in md                # partial cell with a failed seed
+    assert "failed ×2" in md and "CUDA out of memory ×2" in md
+    assert "| FT* |" in md and "paper (cited in the paper)" in md
+    assert "-31.6" in md                                     # Δ median − paper for RTE: 55.0 − 86.6
+    assert "(3/8 tasks)" in md                               # partial average says so
+    assert "r99" in md                                       # a record of no row is listed, not dropped
+    rows = list(csv.DictReader(open(out / "glue.csv")))
+    rte = next(r for r in rows if r["model"] == "tiny-roberta" and r["method"] == "lora" and r["task"] == "rte")
+    assert rte["n"] == "3" and float(rte["median"]) == pytest.approx(55.0) and float(rte["paper"]) == 86.6
+    tex = (out / "glue.tex").read_text()
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex
+
+
+def test_plots_written(built, tmp_path):
+    paths = plots.render("glue", built, tmp_path / "plots")
+    names = {p.name for p in paths}
+    assert "glue_score_vs_params.png" in names
+    assert "tiny-roberta__lora__rte.png" in names
+    for p in paths:
+        assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli(built, capsys):
+    tables.main(["glue", "--results-dir", str(built)])
+    assert "# Table glue" in capsys.readouterr().out
+
+
+def test_explicit_paper_row_mapping():
+    paper = tables.load_paper(tables.load_table_config("glue"))
+    ft = tables.paper_row(paper, {"model": "minilm", "method": "ft", "label": "FT", "paper_row": {"model": "roberta-base", "method": "FT"}})
+    assert ft["model"] == "roberta-base" and ft["params"] == "125.0M"
+    assert tables.paper_row(paper, {"model": "minilm", "method": "adapter_h", "label": "AdptH", "paper_row": None}) is None
+    assert tables.paper_row(paper, {"model": "minilm", "method": "lora", "label": "LoRA"}) is None   # no minilm in the paper
