@@ -81,12 +81,31 @@ def cell_lock(cfg: DictConfig):
         f.close()
 
 
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The highest-numbered `checkpoint-<step>` in folder that was written to the end, else None.
+
+    The Trainer writes a checkpoint's trainer_state.json last, and not atomically: a job killed during a save (a
+    SLURM pre-emption, a time limit) leaves a newest checkpoint without it, or with half of it. transformers'
+    `get_last_checkpoint` would pick that one and the resume would crash; this picks the newest whole one and
+    removes the broken ones, so the next save of that step can succeed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = sorted(((int(m.group(1)), p) for p in folder.iterdir()
+                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))), reverse=True)
+    for _, ckpt in steps:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return ckpt
+        except (FileNotFoundError, json.JSONDecodeError):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
 def prepare_checkpoint_dir(cfg: DictConfig) -> Path | None:
     """The cell's checkpoint folder, stamped with the config's fingerprint. Checkpoints left by an interrupted run of
-    the *same* config are kept (the Trainer resumes from the last one); those of another config are removed, so a
-    changed cell never resumes someone else's optimizer state. Returns the last checkpoint, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    the *same* config are kept (the Trainer resumes from the last complete one); those of another config are
+    removed, so a changed cell never resumes someone else's optimizer state. Returns the last checkpoint, if any."""
     path = checkpoint_dir(cfg)
     stamp = path / "FINGERPRINT"
     fp = fingerprint(cfg)
@@ -94,8 +113,7 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path | None:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp + "\n")
-    last = get_last_checkpoint(str(path))
-    return Path(last) if last else None
+    return last_complete_checkpoint(path)
 
 
 def fingerprint(cfg: DictConfig) -> str:

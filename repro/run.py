@@ -119,6 +119,10 @@ def _run_cell(cfg: DictConfig, path) -> dict:
     tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
     data = load_data(cfg, tokenizer)
     model = apply_method(load_model(cfg.model, cfg.task, tokenizer), cfg.method)
+    if cfg.train.get("init_from"):   # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
+        from repro.methods.checkpoint import init_from
+
+        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, len(init_from(model, cfg.train.init_from, cfg.method)))
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
 

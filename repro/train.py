@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
+from repro import records
 from repro.metrics.glue import glue_metrics, predictions
 
 
@@ -126,7 +126,8 @@ def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: 
         compute_metrics=compute_metrics,
         callbacks=[guard],
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    last = records.last_complete_checkpoint(output_dir)
+    last = str(last) if last else None
     trainer.train(resume_from_checkpoint=last)
     if guard.diverged_at is not None:
         raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")

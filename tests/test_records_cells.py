@@ -134,7 +134,23 @@ def test_checkpoints_of_another_config_are_not_resumed(compose_config):
     (ckpt / "FINGERPRINT").write_text("another-config\n")
     assert records.prepare_checkpoint_dir(cfg) is None and not (ckpt / "checkpoint-4").exists()
     (ckpt / "checkpoint-4").mkdir()
+    (ckpt / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
     assert records.prepare_checkpoint_dir(cfg).name == "checkpoint-4"      # same config: resumed
+
+
+def test_a_checkpoint_cut_off_mid_save_is_not_resumed(compose_config):
+    """A job killed while the Trainer saves leaves a newest checkpoint without (or with half of) trainer_state.json,
+    the file it writes last: resume from the newest complete one and remove the broken ones."""
+    cfg = resolved(compose_config, CELL)
+    ckpt = records.checkpoint_dir(cfg)
+    records.prepare_checkpoint_dir(cfg)
+    for step, state in ((10, '{"global_step": 10}'), (20, None), (30, '{"global_st')):
+        (ckpt / f"checkpoint-{step}").mkdir()
+        (ckpt / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"")
+        if state is not None:
+            (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert records.prepare_checkpoint_dir(cfg).name == "checkpoint-10"
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-10"]
 
 
 @pytest.mark.slow
@@ -156,7 +172,7 @@ def test_killed_cell_resumes_from_its_last_checkpoint(tmp_path, data_dir):
     assert list(ckpts.glob("checkpoint-*")), "no checkpoint was written before the kill"
     assert not (tmp_path / "results/glue/tiny-roberta/lora/rte/seed0.json").exists()
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     record = json.loads((tmp_path / "results/glue/tiny-roberta/lora/rte/seed0.json").read_text())
     assert record["status"] == "ok" and record["resumed_from"] and "checkpoint-" in record["resumed_from"]
     assert record["steps"] == 100

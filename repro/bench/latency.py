@@ -86,6 +86,16 @@ class Variants:
                     self.info[v] = {"adapter_params": counts["adapter_params"], **{k: LORA[k] for k in ("r", "targets")}}
             except Exception as exc:  # noqa: BLE001 - reported in the output, the other variants still run
                 errors["lora"] = f"{type(exc).__name__}: {exc}"
+        if "lora" not in self.models:
+            # Without our LoRA for this model, the merged model can still be built from its definition: W' = W + (α/r) B A
+            # folded into the q and v blocks of the fused c_attn; same modules as the base, only the weights differ
+            folded = shared_copy(base, lambda n: "c_attn" in n)
+            fold_lora_into_c_attn(folded, LORA["r"], LORA["alpha"] / LORA["r"])
+            self.models["lora_merged"] = folded.to(device=device, dtype=dtype).eval()
+            self.info["lora_merged"] = {"implementation": "folded: W + (alpha/r) B A added to c_attn's q and v blocks "
+                                        "(repro.methods LoRA unavailable for this model)",
+                                        "adapter_params": 2 * LORA["r"] * 2 * d_model * n_layer, "r": LORA["r"],
+                                        "targets": LORA["targets"]}
         for kind in ("adapter_l", "adapter_h"):
             r, formula = adapter_r(kind, adapter_target, d_model, n_layer)
             try:
@@ -100,16 +110,30 @@ class Variants:
         names = ["base"]
         if "lora" in self.models:
             names += ["lora_merged", "lora_unmerged"]
+        elif "lora_merged" in self.models:
+            names += ["lora_merged"]
         return names + [k for k in ("adapter_l", "adapter_h") if k in self.models]
 
     def get(self, name: str) -> torch.nn.Module:
-        if name.startswith("lora_"):
+        if name.startswith("lora_") and "lora" in self.models:
             want = name.removeprefix("lora_")
             if want != self.lora_state:
                 (self.merge if want == "merged" else self.unmerge)(self.models["lora"])
                 self.lora_state = want
             return self.models["lora"]
         return self.models[name]
+
+
+def fold_lora_into_c_attn(model: torch.nn.Module, r: int, scaling: float, seed: int = 0) -> None:
+    """W[:, q] += s B_q A_q and W[:, v] += s B_v A_v in every block's fused c_attn (Conv1D: weight is d_in x 3 d_out)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            w = block.attn.c_attn.weight
+            d = w.shape[0]
+            for lo in (0, 2 * d):   # q and v column blocks; k (d..2d) untouched
+                a, b = torch.randn(r, d, generator=g) / math.sqrt(d), torch.randn(d, r, generator=g) * 0.02
+                w[:, lo:lo + d] += scaling * (b @ a).T.to(w.dtype)
 
 
 def forward(model, ids) -> torch.Tensor:
@@ -150,10 +174,10 @@ def run_cell(variants: Variants, batch: int, seq: int, vocab: int, device, budge
                 model = variants.get(n)
                 samples[n].append(common.timed(lambda: forward(model, ids), device))
             k += 1
+            log(f"    round {k}: " + ", ".join(f"{n} {1000 * samples[n][-1]:.0f}ms" for n in names))
             spent = time.monotonic() - started
             if k >= min_rounds and spent + spent / k > budget_s:
                 break
-            log(f"    round {k}: " + ", ".join(f"{n} {1000 * samples[n][-1]:.0f}ms" for n in names))
     rows: dict[str, Any] = {}
     base = samples["base"]
     for n in names:
@@ -200,26 +224,47 @@ def run(args) -> dict[str, Any]:
     d_model, n_layer, vocab = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     paper = paper_table()
     paper_params = {(c["batch_size"], c["seq_len"]): parse_count(c["adapter_params"]) for c in paper["columns"]}
-    # per-cell budget: in proportion to sqrt(tokens), at least 15% of the total each; small cells first
-    order = sorted(grid, key=lambda c: c[0] * c[1])
-    weights = [math.sqrt(b * s) for b, s in order]
-    shares = [max(0.15, w / sum(weights)) for w in weights]
-    shares = [s / sum(shares) for s in shares]
     cells, errors = [], {}
     started = time.monotonic()
+    # plan: a round of a cell costs about (variants) x batch x (one sequence's forward); a cell whose rounds cannot
+    # fit `min_rounds` times into 80% of the budget is skipped (recorded with its estimate) rather than blowing it
+    first = grid[0]
+    probe = Variants(base, d_model, n_layer, QUICK_PARAMS.get(first, 4e3) if args.quick else paper_params.get(first, 11e6),
+                     dtype, device, errors)
+    n_var = len(probe.names())
+    del probe
+    order, skipped = [], []
+    for batch, seq in sorted(grid, key=lambda c: c[0] * c[1]):
+        one = torch.randint(0, vocab, (1, seq)).to(device)
+        with torch.inference_mode():
+            forward(base, one)
+            single = common.timed(lambda: forward(base, one), device)
+        est = n_var * batch * single
+        if not args.quick and est * args.min_rounds > 0.8 * budget:
+            skipped.append({"batch_size": batch, "seq_len": seq, "estimated_round_s": est, "single_sequence_base_ms": 1000 * single,
+                            "skipped": f"one round of {n_var} variants estimated at {est:.0f}s ({n_var} x batch {batch} x "
+                                       f"{1000 * single:.0f} ms for one sequence); {args.min_rounds} rounds do not fit "
+                                       f"80% of the {budget:.0f}s budget (select it alone with --grid {batch}x{seq} "
+                                       f"--budget-s {est * args.min_rounds * 1.3:.0f})"})
+            print(f"  cell batch={batch} seq={seq}: skipped, {skipped[-1]['skipped']}", flush=True)
+        else:
+            order.append((batch, seq))
+    # per-cell budget: in proportion to sqrt(tokens), at least 15% of the total each; small cells first
+    weights = [math.sqrt(b * s) for b, s in order]
+    shares = [max(0.15, w / sum(weights)) for w in weights]
+    shares = [x / sum(shares) for x in shares]
     for (batch, seq), share in zip(order, shares):
         target = QUICK_PARAMS.get((batch, seq), 0.004e6) if args.quick else paper_params.get((batch, seq), 11e6)
         print(f"  cell batch={batch} seq={seq}: budget {share * budget:.0f}s, adapters |Θ|≈{target:,.0f}", flush=True)
         variants = Variants(base, d_model, n_layer, target, dtype, device, errors)
-        left = budget - (time.monotonic() - started)
-        cell = run_cell(variants, batch, seq, vocab, device, min(share * budget, max(left, 0.0)), args.min_rounds,
-                        args.max_rounds, print, skip_above_s=None if args.quick else max(left, 0.0))
-        if "skipped" in cell:
-            print(f"    skipped: {cell['skipped']}", flush=True)
+        cell = run_cell(variants, batch, seq, vocab, device, share * budget, args.min_rounds, args.max_rounds, print)
         cell["paper"] = paper_figures(batch, seq)
         cell["adapter_target_params"] = target
         cells.append(cell)
         del variants
+    for cell in skipped:
+        cell["paper"] = paper_figures(cell["batch_size"], cell["seq_len"])
+        cells.append(cell)
     cells.sort(key=lambda c: grid.index((c["batch_size"], c["seq_len"])))
     result = {
         "benchmark": "latency", "what": "one forward pass (GPT2LMHeadModel incl. LM head, use_cache=False, inference_mode)",

@@ -59,12 +59,30 @@ def checkpoint_sizes(model_name: str, task_kind: str, weights: Path, methods: li
     return rows
 
 
+def fold(sign: float):
+    """Merge (sign=+1) or unmerge (sign=-1) LoRA modules that expose base.weight, lora_A, lora_B and scaling."""
+
+    def apply(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for m in model.modules():
+                if all(hasattr(m, a) for a in ("base", "lora_A", "lora_B", "scaling")):
+                    m.base.weight.add_(m.lora_B @ m.lora_A, alpha=sign * m.scaling)
+
+    return apply
+
+
 def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, switches: int) -> dict[str, Any]:
     """Resident LoRA model: unmerge the current task's ΔW, load the next adapter file, merge. Versus a resident
     model into which the next task's full fine-tuned checkpoint is loaded. Alternating tasks A, B, A, ..."""
     from repro.methods.common import trainable_state_dict
 
-    merge, unmerge = common.lora_merge_fns()
+    try:
+        merge, unmerge = common.lora_merge_fns()
+        merge_impl = "repro.methods.lora"
+    except AttributeError:
+        merge, unmerge = fold(+1.0), fold(-1.0)
+        merge_impl = ("bench fallback: W += (alpha/r) B A on every module with base/lora_A/lora_B/scaling "
+                      "(repro.methods.lora has no merge()/unmerge() yet)")
     over = overrides_for(model_name, "lora")
     model = common.apply_method(common.load_model_file(model_name, task_kind, weights), "lora", **over).eval()
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and "weight" in n
@@ -85,6 +103,10 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
         path.write_bytes(weights.read_bytes())   # a full checkpoint: same size and layout as the model
         ft_paths.append(path)
     ft_model = common.load_model_file(model_name, task_kind, weights).eval()
+    for path in [*adapters, *ft_paths]:   # no dirty pages under writeback while timing
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
 
     with torch.no_grad():
         state = load_file(str(adapters[0]))
@@ -105,11 +127,13 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
             common.load_weights(ft_model, path)
 
     cpu = torch.device("cpu")
-    out: dict[str, Any] = {"model": model_name, "switches": switches,
+    out: dict[str, Any] = {"model": model_name, "switches": switches, "merge_impl": merge_impl,
                            "lora_adapter_bytes": adapters[0].stat().st_size, "ft_checkpoint_bytes": ft_paths[0].stat().st_size}
     for cache in ("warm", "cold"):
         samples: dict[str, list[float]] = {"lora": [], "ft": []}
         dropped = True
+        lora_switch(adapters[1]), ft_switch(ft_paths[1])   # warm-up, not timed
+        lora_switch(adapters[0]), ft_switch(ft_paths[0])
         for k in range(switches):
             order = ("lora", "ft") if k % 2 == 0 else ("ft", "lora")
             for kind in order:
@@ -174,14 +198,17 @@ def human(n: int) -> str:
 
 def render(result: dict) -> str:
     lines = [common.header("storage: checkpoint bytes and task switching", result["machine"], result["load"])]
-    body = []
+    body, errors = [], []
     for r in result["checkpoints"]:
         if r["status"] != "ok":
-            body.append([r["model"], r["method"], "-", "-", "-", "-", "error: " + r["error"][:70]])
+            body.append([r["model"], r["method"], "-", "-", "-", "-", "-", "error*"])
+            errors.append(f"* {r['model']}/{r['method']}: {r['error'][:200]}")
             continue
-        body.append([r["model"], r["method"], f"{r['params']['trainable_params'] / 1e6:.3f}M", human(r["checkpoint_bytes"]),
+        body.append([r["model"], r["method"], f"{r['params']['adapter_params'] / 1e6:.3f}M",
+                     f"{r['params']['trainable_params'] / 1e6:.3f}M", human(r["checkpoint_bytes"]),
                      human(r["full_model_bytes"]), f"{100 * r['fraction_of_full']:.3f}%", f"{r['full_over_checkpoint']:.0f}x"])
-    lines.append(common.table(["model", "method", "saved params", "checkpoint", "full model", "of full", "smaller by"], body))
+    lines.append(common.table(["model", "method", "|Θ|", "saved params (+head)", "checkpoint", "full model", "of full", "smaller by"], body))
+    lines += errors
     body = []
     for s in result["task_switch"]:
         if s.get("status") == "error":
@@ -196,6 +223,8 @@ def render(result: dict) -> str:
         lines.append(common.table(["model", "page cache", "LoRA unmerge+load+merge ms", "FT load ms", "FT/LoRA",
                                    "adapter file", "FT file"], body))
     for s in result["task_switch"]:
+        if s.get("status") != "error" and s["merge_impl"] != "repro.methods.lora":
+            lines.append(f"{s['model']}: merge/unmerge = {s['merge_impl']}")
         if s.get("status") != "error":
             lines.append(f"{s['model']}: after {2 * s['switches']} LoRA task switches, max |W - W0| after unmerge = "
                          f"{s['weight_drift_after_switches_max_abs']:.1e} (fp32, {s['weights_checked']} attention matrices)")

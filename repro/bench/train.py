@@ -299,11 +299,11 @@ def render(result: dict) -> str:
     mb = lambda b: b / 2**20  # noqa: E731
     memcol = "CUDA peak MiB" if result["device"] == "cuda" else "peak RSS MiB"
     lines = [common.header("train: step time and peak memory", result["machine"], result["load"])]
-    body = []
+    body, errors = [], []
     for r in result["rows"]:
         if r.get("status") != "ok":
-            body.append([r["model"], r["method"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", "-", "-", "-",
-                         "error: " + r["error"][:70]])
+            body.append([r["model"], r["method"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", "-", "-", "-", "error*"])
+            errors.append(f"* {r['model']}/{r['method']}: {r['error'][:200]}")
             continue
         b = r["bytes"]
         body.append([r["model"], r["method"], f"{r['batch']}x{r['seq']}", f"{r['params']['adapter_params'] / 1e6:.2f}M",
@@ -311,6 +311,7 @@ def render(result: dict) -> str:
                      mb(b["weights"]), mb(b["grads"] + b["optimizer"]), mb(b["saved_activations"]), ""])
     lines.append(common.table(["model", "method", "BxS", "|Θ|", "trainable", "step ms (median)", "n", memcol,
                                "weights MiB", "grad+Adam MiB", "saved act MiB", "note"], body))
+    lines += errors
     for model, q in result["ratios"].items():
         lines.append(f"{model}: LoRA/FT step time {q['lora_over_ft_step_time']:.2f}, peak memory "
                      f"{common.fmt(q['lora_over_ft_peak_memory'], '.2f')} ({common.fmt(q['peak_memory_reduction_pct'], '.0f')}% less), "

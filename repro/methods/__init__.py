@@ -1,7 +1,9 @@
 """The paper's adaptation methods (Section 5.1), one small module per family, mapped by name in `registry`.
 
 A method is `apply(model, cfg) -> model`: it performs the model surgery and marks exactly the right parameters
-trainable. Low-rank methods also expose `delta_weight(module) -> Tensor` and explicit `merge()` / `unmerge()`.
+trainable. Families: finetune (ft, fttop2, bitfit), adapters (adapter_h, adapter_l, adapter_p, adapter_d),
+prefix (prefix_embed, prefix_layer), lora. Low-rank modules expose `delta_weight(module)` and explicit
+`merge()` / `unmerge()` / `merged()` (repro.methods.lora); checkpoints: repro.methods.checkpoint.
 """
 
 from repro.methods.registry import METHODS, apply_method  # noqa: F401

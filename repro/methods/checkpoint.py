@@ -1,27 +1,203 @@
-"""Adapter checkpoints: only the trained tensors, in safetensors, with the metadata needed to rebuild the method."""
+"""Adapter checkpoints: only the trained tensors, in safetensors, with the metadata needed to rebuild the method.
+
+File layout: the tensors of `trainable_state_dict(model)` under their parameter names (LoRA keys: see
+repro.methods.lora), and string metadata:
+  format = "repro-trainable-v1", method (JSON of the method config), method_name, r, alpha, targets (JSON),
+  fan_in_fan_out ("true" for GPT-2's Conv1D), init, model (our model name), model_type, base_model (hub id),
+  task, head_keys (JSON list of the task-head tensors).
+`load_trainable` refuses a file that does not fit the model or the method config, so that evaluating, say, a
+LoRA checkpoint with another alpha is impossible (alpha/r lives outside the tensors: microsoft/LoRA #151).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from repro.methods.common import trainable_state_dict
+from repro.errors import CellMismatch, ReproError
+from repro.methods.common import is_head, trainable_state_dict
+
+FORMAT = "repro-trainable-v1"
+# method fields that change the model's function or its tensors' shapes (training-only fields may differ)
+STRUCTURAL = ("name", "r", "alpha", "targets", "sites", "activation", "adapter_layernorm", "train_layernorm", "drop",
+              "l_p", "l_i", "mode", "top_layers")
+
+
+def _method_dict(method_cfg) -> dict:
+    d = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
+    return {k: d[k] for k in STRUCTURAL if k in d}
+
+
+def metadata_for(model: nn.Module, cfg: DictConfig) -> dict[str, str]:
+    m = cfg.method
+    state_keys = [n for n, p in model.named_parameters() if p.requires_grad]
+    return {
+        "format": FORMAT,
+        "method": json.dumps(OmegaConf.to_container(m, resolve=True)),
+        "method_name": str(m.name),
+        "r": json.dumps(m.get("r")),
+        "alpha": json.dumps(m.get("alpha")),
+        "targets": json.dumps(list(m.targets) if m.get("targets") is not None else None),
+        "fan_in_fan_out": json.dumps(model.config.model_type == "gpt2"),
+        "init": str(m.get("init")),
+        "model": str(cfg.model.name),
+        "model_type": str(model.config.model_type),
+        "base_model": str(cfg.model.get("hub_id") or cfg.model.name),
+        "task": str(cfg.task.name) if "task" in cfg else "",
+        "head_keys": json.dumps([k for k in state_keys if is_head(k)]),
+    }
 
 
 def save_trainable(model: nn.Module, path: Path, cfg: DictConfig) -> None:
-    """Atomic: written to a temporary name, then renamed."""
+    """Atomic: written to a temporary name in the same folder, then renamed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "method": json.dumps(OmegaConf.to_container(cfg.method, resolve=True)),
-        "model": cfg.model.name,
-        "base_model": str(cfg.model.get("hub_id") or cfg.model.name),
-        "task": cfg.task.name,
-    }
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(trainable_state_dict(model), str(tmp), metadata=metadata)
+    save_file(trainable_state_dict(model), str(tmp), metadata=metadata_for(model, cfg))
     os.replace(tmp, path)
+
+
+def read_trainable(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        raise ReproError(f"adapter checkpoint {path} does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != FORMAT:
+        raise CellMismatch(f"{path} is not a repro adapter checkpoint (metadata format={meta.get('format')!r})")
+    return tensors, meta
+
+
+def load_trainable(model: nn.Module, path: Path, method_cfg: DictConfig, only: str | None = None,
+                   model_name: str | None = None) -> list[str]:
+    """Copy the checkpoint's tensors into `model` (already adapted by `apply_method(model, method_cfg)`).
+
+    Refuses (CellMismatch) a checkpoint whose method or structural settings (r, alpha, targets, ...) differ from
+    `method_cfg`, whose model type (or `model_name`) differs, with missing/unexpected keys or shape mismatches.
+    only="lora": load just the LoRA tensors (`lora_A`/`lora_B`): e.g. the MNLI start for RTE/MRPC/STS-B, whose
+    3-way head does not fit. Returns the loaded keys."""
+    tensors, meta = read_trainable(path)
+    saved, wanted = _method_dict(json.loads(meta["method"])), _method_dict(method_cfg)
+    diff = {k: (saved.get(k), wanted.get(k)) for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)}
+    if only == "lora":   # the LoRA part must match; the rest of the method config is the new cell's business
+        diff = {k: v for k, v in diff.items() if k in ("name", "r", "alpha", "targets")}
+    if diff:
+        raise CellMismatch(f"{path} was trained with a different method config; (checkpoint, requested): "
+                           + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items())))
+    if meta.get("model_type") != model.config.model_type or (model_name and meta.get("model") != model_name):
+        raise CellMismatch(f"{path} is for model {meta.get('model')} ({meta.get('model_type')}), "
+                           f"not {model_name or ''} ({model.config.model_type})")
+    if any(getattr(m, "merged", False) for m in model.modules()):
+        raise CellMismatch("the model's LoRA weights are merged: unmerge before loading new LoRA tensors")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if only == "lora":
+        params = {n: p for n, p in params.items() if ".lora_" in n}
+        tensors = {n: t for n, t in tensors.items() if ".lora_" in n}
+    elif only is not None:
+        raise ValueError(f"only={only!r}; allowed: None, 'lora'")
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise CellMismatch(f"{path} does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                           f"({len(missing)}), unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+    bad = [f"{n}: {tuple(tensors[n].shape)} vs {tuple(p.shape)}" for n, p in params.items() if tensors[n].shape != p.shape]
+    if bad:
+        raise CellMismatch(f"{path} does not fit the model (checkpoint vs model shapes): {'; '.join(bad[:5])}")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[n].to(p.dtype))
+    return sorted(params)
+
+
+def init_from(model: nn.Module, path: str | Path, method_cfg: DictConfig) -> list[str]:
+    """cfg.train.init_from: start from another cell's LoRA (the paper's MNLI start for MRPC, RTE, STS-B)."""
+    path = Path(path)
+    if not path.exists():
+        raise ReproError(f"train.init_from={path} does not exist: run the cell that writes it first "
+                         f"(the MNLI cell of the same model, method and seed)")
+    return load_trainable(model, path, method_cfg, only="lora")
+
+
+_LAYER = re.compile(r"\.(\d+)\.(.+)\.lora_A(?:\.(\w+))?$")
+
+
+def load_delta_weights(path: Path) -> list[tuple[int, str, torch.Tensor]]:
+    """(layer, target, ΔW = (alpha/r) B A in fp32, d_out × d_in) for every LoRA matrix of a checkpoint, without a model."""
+    from repro.methods.targets import BLOCK_MODULES
+
+    tensors, meta = read_trainable(path)
+    method = json.loads(meta["method"])
+    scaling = method["alpha"] / method["r"]
+    by_path = {p: t for t, p in BLOCK_MODULES[meta["model_type"]].items()}
+    out = []
+    for key in sorted(tensors):
+        m = _LAYER.search(key)
+        if not m:
+            continue
+        layer, module_path, part = int(m.group(1)), m.group(2), m.group(3)
+        target = part or by_path[module_path]
+        B = tensors[key.replace(".lora_A", ".lora_B")]
+        out.append((layer, target, scaling * (B.float() @ tensors[key].float())))
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
+PEFT_TARGET_NAMES = {"roberta": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
+                     "bert": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
+                     "deberta-v2": {"q": "query_proj", "k": "key_proj", "v": "value_proj", "o": "attention.output.dense"}}
+
+
+def export_peft(model: nn.Module, cfg: DictConfig, out_dir: Path) -> Path:
+    """Write the LoRA adapter in PEFT's on-disk format (adapter_config.json + adapter_model.safetensors, the task head
+    in modules_to_save), so `PeftModel.from_pretrained(base, out_dir)` gives the same outputs.
+
+    Refused for GPT-2: the paper's LoRA adapts W_q and W_v *inside* the fused c_attn with two independent rank-r
+    pairs; PEFT can only adapt c_attn as a whole (one shared A, updates to q, k and v), which is another model."""
+    from repro.methods.lora import LoRAConv1D, LoRALinear
+
+    m = cfg.method
+    if m.name != "lora":
+        raise CellMismatch(f"PEFT export is for LoRA adapters; method={m.name}")
+    mt = model.config.model_type
+    if any(isinstance(x, LoRAConv1D) for x in model.modules()) or mt not in PEFT_TARGET_NAMES:
+        raise CellMismatch(
+            f"cannot export {mt} LoRA in PEFT's format: PEFT has no module for LoRA on q and v only inside GPT-2's fused "
+            "c_attn (two separate rank-r pairs, loralib MergedLinear(enable_lora=[True, False, True])); targeting c_attn "
+            "in PEFT adapts q, k and v with one shared A -- a different model (peft #706, #852). Use our checkpoint.")
+    if any(getattr(x, "merged", False) for x in model.modules()):
+        raise CellMismatch("unmerge the LoRA weights before exporting")
+    targets = [PEFT_TARGET_NAMES[mt][t] for t in m.targets if t in PEFT_TARGET_NAMES[mt]]
+    if len(targets) != len(m.targets):
+        raise CellMismatch(f"targets {list(m.targets)}: only {sorted(PEFT_TARGET_NAMES[mt])} are exported to PEFT")
+    state, heads = {}, set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if ".lora_" in name:
+            state[f"base_model.model.{name}.weight"] = p.detach().cpu().contiguous()
+        elif is_head(name):
+            state[f"base_model.model.{name}"] = p.detach().cpu().contiguous()
+            heads.add("pooler" if "pooler." in name else name.split(".")[0])
+        else:
+            raise CellMismatch(f"{name} is trained but is neither LoRA nor head: PEFT's LoRA format cannot hold it")
+    dropout = next((x.lora_dropout.p for x in model.modules() if isinstance(x, LoRALinear)
+                    and isinstance(x.lora_dropout, nn.Dropout)), 0.0)
+    config = {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": int(m.r), "lora_alpha": m.alpha, "lora_dropout": dropout,
+              "target_modules": targets, "fan_in_fan_out": False, "bias": "none", "modules_to_save": sorted(heads),
+              "init_lora_weights": True, "inference_mode": True, "use_rslora": False, "use_dora": False,
+              "base_model_name_or_path": str(cfg.model.get("hub_id") or cfg.model.name)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for fname, write in (("adapter_model.safetensors", lambda t: save_file(state, str(t), metadata={"format": "pt"})),
+                         ("adapter_config.json", lambda t: t.write_text(json.dumps(config, indent=2)))):
+        tmp = out_dir / f".{fname}.tmp"
+        write(tmp)
+        os.replace(tmp, out_dir / fname)
+    return out_dir

@@ -1,6 +1,9 @@
-"""Helpers shared by every method: which parameters form the task head, and the parameter counts the tables report."""
+"""Helpers shared by every method: which parameters form the task head, marking parameters trainable, and the
+parameter counts the tables report."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import nn
 
@@ -14,13 +17,19 @@ def is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES)
 
 
-def freeze_all_but_head(model: nn.Module) -> None:
+def mark_trainable(model: nn.Module, keep: Callable[[str], bool]) -> nn.Module:
+    """requires_grad = keep(name) or is_head(name), for every parameter."""
     for name, p in model.named_parameters():
-        p.requires_grad = is_head(name)
+        p.requires_grad = bool(keep(name)) or is_head(name)
+    return model
+
+
+def freeze_all_but_head(model: nn.Module) -> None:
+    mark_trainable(model, lambda name: False)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """trainable = adapter + head; `adapter` is what the paper's tables count as |Θ| for non-FT methods."""
+    """trainable = adapter + head; `adapter` is what the paper's tables count as |Θ| (for FT: all but the head)."""
     trainable = head = total = 0
     for name, p in model.named_parameters():
         total += p.numel()

@@ -1,4 +1,7 @@
-"""Method name (the Hydra option under conf/method/) -> the function that adapts a model."""
+"""Method name (the Hydra option under conf/method/, its field `name`) -> the function that adapts a model.
+
+Every function is `apply(model, method_cfg) -> model`: it performs the model surgery and marks exactly the right
+parameters trainable (the task head always, counted apart: repro.methods.common.parameter_counts)."""
 
 from __future__ import annotations
 
@@ -6,13 +9,24 @@ from omegaconf import DictConfig
 from torch import nn
 
 from repro.errors import CellMismatch
-from repro.methods.finetune import apply_ft
+from repro.methods.adapters import apply_adapter
+from repro.methods.finetune import apply_bitfit, apply_ft, apply_fttop
 from repro.methods.lora import apply_lora
+from repro.methods.prefix import apply_prefix
 
 METHODS = {
     "ft": apply_ft,
+    "fttop2": apply_fttop,
+    "bitfit": apply_bitfit,
+    "adapter_h": apply_adapter,
+    "adapter_l": apply_adapter,
+    "adapter_p": apply_adapter,
+    "adapter_d": apply_adapter,
+    "prefix_embed": apply_prefix,
+    "prefix_layer": apply_prefix,
     "lora": apply_lora,
 }
+DECODER_ONLY = ("prefix_embed", "prefix_layer")
 
 
 def apply_method(model: nn.Module, cfg: DictConfig) -> nn.Module:

@@ -1,4 +1,10 @@
-"""Names of the paper's weight matrices (Wq, Wk, Wv, Wo, and the MLP's two) in each transformers architecture."""
+"""Where the paper's weight matrices live in each transformers architecture (Section 4.2: W_q, W_k, W_v, W_o, and the
+MLP's two matrices), and the block-level places adapters hook into.
+
+Targets are named in the paper's words: q, k, v, o (attention) and mlp_in, mlp_out (the MLP, ablations only).
+GPT-2 fuses W_q, W_k, W_v into one `attn.c_attn` Conv1D (weight stored (d_in, 3 d_model)); q, k, v name its
+three column blocks, in that order.
+"""
 
 from __future__ import annotations
 
@@ -12,29 +18,63 @@ BLOCK_MODULES = {
                 "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"},
     "deberta-v2": {"q": "attention.self.query_proj", "k": "attention.self.key_proj", "v": "attention.self.value_proj",
                    "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"},
+    "gpt2": {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
+             "o": "attn.c_proj", "mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj"},
 }
 BLOCK_MODULES["bert"] = BLOCK_MODULES["roberta"]
+FUSED_QKV = {"gpt2": ("attn.c_attn", ("q", "k", "v"))}   # module path, the order of its column blocks
+
+# Adapter sites, the output projection of each sub-layer (before dropout, the residual add and the LayerNorm):
+# attention output W_o and MLP output; and the LayerNorms of a block (Houlsby et al. train them).
+ADAPTER_SITES = {
+    "roberta": {"attn": "attention.output.dense", "mlp": "output.dense",
+                "layernorms": ("attention.output.LayerNorm", "output.LayerNorm")},
+    "deberta-v2": {"attn": "attention.output.dense", "mlp": "output.dense",
+                   "layernorms": ("attention.output.LayerNorm", "output.LayerNorm")},
+    "gpt2": {"attn": "attn.c_proj", "mlp": "mlp.c_proj", "layernorms": ("ln_1", "ln_2")},
+}
+ADAPTER_SITES["bert"] = ADAPTER_SITES["roberta"]
+
+
+def model_type(model: nn.Module) -> str:
+    mt = model.config.model_type
+    if mt not in BLOCK_MODULES:
+        raise CellMismatch(f"no module names for model_type={mt}; known: {sorted(BLOCK_MODULES)}")
+    return mt
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks, bottom to top."""
+    """The transformer blocks, bottom (index 0) to top."""
     base = model.base_model
     if hasattr(base, "encoder"):
         return list(base.encoder.layer)
     return list(base.h)  # GPT-2
 
 
-def find_targets(model: nn.Module, targets: list[str]):
-    """Yield (parent module, attribute name, layer index) for every target matrix in every block."""
-    model_type = model.config.model_type
-    names = BLOCK_MODULES.get(model_type)
-    if names is None:
-        raise CellMismatch(f"no target names for model_type={model_type}; known: {sorted(BLOCK_MODULES)}")
+def block_prefix(model: nn.Module) -> str:
+    """The parameter-name prefix of block i is f'{block_prefix(model)}.{i}.'."""
+    for name, module in model.named_modules():
+        if module is blocks(model)[0]:
+            return name.rsplit(".", 1)[0]
+    raise CellMismatch("cannot locate the transformer blocks")
+
+
+def check_targets(model: nn.Module, targets: list[str]) -> None:
+    names = BLOCK_MODULES[model_type(model)]
     unknown = [t for t in targets if t not in names]
-    if unknown:
-        raise CellMismatch(f"target(s) {unknown} do not exist in {model_type}; allowed: {sorted(names)}")
+    if unknown or not targets:
+        raise CellMismatch(f"target(s) {unknown or targets} do not exist in {model.config.model_type}; allowed: {list(names)}")
+
+
+def find_targets(model: nn.Module, targets: list[str]):
+    """Yield (parent module, attribute name, layer index, [targets in that module]) for every block; a fused module
+    (GPT-2 c_attn) is yielded once with all of its requested targets."""
+    check_targets(model, targets)
+    names = BLOCK_MODULES[model_type(model)]
     for i, block in enumerate(blocks(model)):
+        by_path: dict[str, list[str]] = {}
         for t in targets:
-            *path, attr = names[t].split(".")
-            parent = block.get_submodule(".".join(path))
-            yield parent, attr, i
+            by_path.setdefault(names[t], []).append(t)
+        for path, ts in by_path.items():
+            *parent, attr = path.split(".")
+            yield block.get_submodule(".".join(parent)), attr, i, ts

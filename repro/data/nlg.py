@@ -1,0 +1,170 @@
+"""E2E, WebNLG 2017 and DART, formatted as microsoft/LoRA examples/NLG formats them, and encoded as its gpt2_encode.py
+(--add_bos --add_eos) encodes them.
+
+- E2E (format_converting_e2e.py): each line `MR||reference` -> context = MR, completion = reference (line stripped).
+  The paper's files are pre-tokenized ("... called Blue Spice ."); the hub's `e2e_nlg` is raw text (and has a
+  "cleaned" sibling), so scores on it are not comparable with Table 3.
+- WebNLG (format_converting_webnlg.py): entries numbered from 1; context = "subj : property : obj | ..." over the
+  modified triple set, one example per lexicalisation whose comment is "good"; `seen` = category in the 10 seen
+  categories of the WebNLG 2017 challenge (the script's list).
+- DART (format_converting_dart.py): context as WebNLG with the property lowercased; one example per annotation.
+- Encoding: context ids + [50256], then ids of ' ' + completion + [50256]; the loss is on the completion only
+  (data_utils.FT_Dataset's mask: labels are -100 on the context and its separator).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig
+
+from repro.errors import DataFileMissing
+from repro.metrics.nlg import SEEN_CATEGORIES_2017
+
+log = logging.getLogger(__name__)
+EOS = 50256
+
+HOW_TO_GET = {
+    "e2e": "The paper's files are microsoft/LoRA examples/NLG/data/e2e/{train,valid,test}.txt (../shared/data/e2e has all three).",
+    "webnlg": "The paper's files are microsoft/LoRA examples/NLG/data/webnlg_challenge_2017/{train,dev,test}.json "
+              "(../shared/data/webnlg has all three).",
+    "dart": "Get dart-v1.1.1-full-train.json from github.com/Yale-LILY/dart (data/v1.1.1/) or microsoft/LoRA's "
+            "create_datasets.sh on a machine with internet and save it as $REPRO_DATA_DIR/dart/train.json "
+            "(../shared/data/dart has only dev.json and test.json), or unset REPRO_DATA_DIR to read DART from the hub.",
+}
+
+
+def triples_context(triples: list[tuple[str, str, str]], lower_property: bool = False) -> str:
+    return " | ".join(f"{s} : {p.lower() if lower_property else p} : {o}" for s, p, o in triples)
+
+
+# ------------------------------------------------------------------ readers: local files (the paper's)
+
+
+def read_e2e(path: Path) -> list[dict]:
+    out = []
+    with open(path, encoding="utf8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            items = line.strip().split("||")
+            out.append({"context": items[0], "completion": items[1].strip("\n")})
+    return out
+
+
+def read_webnlg(path: Path) -> list[dict]:
+    data = json.loads(Path(path).read_text(encoding="utf8"))
+    out = []
+    for i, example in enumerate(data["entries"]):
+        entry = example[str(i + 1)]
+        triples = [(t["subject"], t["property"], t["object"]) for t in entry["modifiedtripleset"]]
+        context = triples_context(triples)
+        for lex in entry["lexicalisations"]:
+            if lex["comment"] == "good":
+                out.append({"context": context, "completion": lex["lex"], "category": entry["category"],
+                            "seen": entry["category"] in SEEN_CATEGORIES_2017})
+    return out
+
+
+def read_dart(path: Path) -> list[dict]:
+    data = json.loads(Path(path).read_text(encoding="utf8"))
+    out = []
+    for example in data:
+        context = triples_context([tuple(t) for t in example["tripleset"]], lower_property=True)
+        for ann in example["annotations"]:
+            out.append({"context": context, "completion": ann["text"]})
+    return out
+
+
+READERS = {"e2e": read_e2e, "webnlg": read_webnlg, "dart": read_dart}
+
+
+# ------------------------------------------------------------------ readers: the hub (not the paper's files)
+
+E2E_KEYS = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}
+
+
+def e2e_mr_from_hub(mr: str) -> str:
+    """'name[The Eagle], eatType[coffee shop]' -> 'name : The Eagle | Type : coffee shop' (the LoRA files' layout,
+    untokenized)."""
+    parts = []
+    for item in mr.split("],"):
+        item = item.strip().rstrip("]")
+        if not item:
+            continue
+        key, _, value = item.partition("[")
+        parts.append(f"{E2E_KEYS.get(key.strip(), key.strip())} : {value}")
+    return " | ".join(parts)
+
+
+def read_hub(task: DictConfig, split: str) -> list[dict]:
+    hub_split = task.splits[split].hub
+    if task.name == "e2e":
+        log.warning("E2E from the hub (%s): raw, untokenized references, unlike the paper's pre-tokenized files "
+                    "(\"... called Blue Spice .\"); BLEU/NIST/... are NOT comparable with Table 3. Set REPRO_DATA_DIR "
+                    "to a folder with e2e/{train,valid,test}.txt for the paper's data.", task.hub.path)
+        ds = datasets.load_dataset(task.hub.path, split=hub_split)
+        return [{"context": e2e_mr_from_hub(r["meaning_representation"]), "completion": r["human_reference"]} for r in ds]
+    if task.name == "webnlg":
+        ds = datasets.load_dataset(task.hub.path, task.hub.name, split=hub_split)
+        out = []
+        for r in ds:
+            triples = [tuple(x.strip() for x in t.split(" | ")) for t in r["modified_triple_sets"]["mtriple_set"][0]]
+            context = triples_context(triples)
+            for text, comment in zip(r["lex"]["text"], r["lex"]["comment"]):
+                if comment == "good":
+                    out.append({"context": context, "completion": text, "category": r["category"],
+                                "seen": r["category"] in SEEN_CATEGORIES_2017})
+        return out
+    ds = datasets.load_dataset(task.hub.path, split=hub_split)
+    out = []
+    for r in ds:
+        context = triples_context([tuple(t) for t in r["tripleset"]], lower_property=True)
+        out.extend({"context": context, "completion": text} for text in r["annotations"]["text"])
+    return out
+
+
+def nlg_file(task: DictConfig, split: str, data_dir: str) -> Path:
+    path = Path(data_dir) / task.data_subdir / task.splits[split].local
+    if not path.exists():
+        raise DataFileMissing(f"task={task.name}: the {split} split is missing: {path} does not exist. {HOW_TO_GET[task.name]}")
+    return path
+
+
+def load_examples(task: DictConfig, split: str, data_dir: str | None) -> list[dict]:
+    """One split as examples {context, completion[, category, seen]}, in file order."""
+    if data_dir:
+        return READERS[task.name](nlg_file(task, split, data_dir))
+    return read_hub(task, split)
+
+
+# ------------------------------------------------------------------ encoding (gpt2_encode.py + FT_Dataset)
+
+
+def encode_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer, context: str, completion: str, max_length: int) -> dict:
+    """input_ids = context + [eos] + (' ' + completion) + [eos], cut at max_length; labels -100 on the context."""
+    ctx = encode_ids(tokenizer, context) + [EOS]
+    comp = encode_ids(tokenizer, " " + completion) + [EOS]
+    ids = (ctx + comp)[:max_length]
+    labels = ([-100] * len(ctx) + comp)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def prompt_ids(tokenizer, context: str, max_length: int) -> list[int]:
+    """The decoding query: context + [eos], keeping its last `max_length` tokens (FT_Dataset's query, direct=-1)."""
+    ids = encode_ids(tokenizer, context) + [EOS]
+    return ids[-max_length:] if max_length > 0 else ids
+
+
+def encode_split(examples: list[dict], tokenizer, max_length: int, desc: str) -> datasets.Dataset:
+    ds = datasets.Dataset.from_dict({"context": [e["context"] for e in examples],
+                                     "completion": [e["completion"] for e in examples]})
+    return ds.map(lambda r: encode_example(tokenizer, r["context"], r["completion"], max_length),
+                  remove_columns=["context", "completion"], desc=desc)

@@ -1,0 +1,140 @@
+"""Prefix tuning baselines (Section 5.1, after Li & Liang 2021), for decoders (GPT-2; the paper uses them on
+GPT-2 and GPT-3 only).
+
+l_p special tokens are put before the prompt ("prefixing") and l_i after it ("infixing"), i.e. right before the
+first supervised token: [P_1..P_lp] context [I_1..I_li] completion. The special tokens are not in the vocabulary:
+
+* PreEmbed (prefix_embed): their input embeddings are trainable.                  |Θ| = d_model × (l_p + l_i)
+* PreLayer (prefix_layer): their activations entering every Transformer block are trainable; what earlier layers
+  computed at those positions is simply replaced (the hidden state entering block 0 is the embedding layer's
+  output, so no separate embedding is trained).                                   |Θ| = L × d_model × (l_p + l_i)
+
+Implementation: a forward pre-hook on the LM rewrites its inputs (inputs_embeds, attention_mask, position_ids and
+labels get the l_p + l_i extra positions; labels there are -100), and for PreLayer a pre-hook on every block
+writes the trainable vectors into the hidden states at those positions. Later tokens see them through attention,
+so at decoding time they sit in the KV cache like real tokens (the hook only widens the attention mask then).
+The returned logits keep the extra positions (the last position still predicts the next token).
+Where the context ends: the first position whose label is not -100 in training, the end of the input when there
+are no labels (generation: the whole input is the prompt, left-padded).
+Initialisation: activations/embeddings of random real vocabulary tokens (Li & Liang: real-word init is more stable).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from repro.errors import CellMismatch
+from repro.methods.common import mark_trainable
+from repro.methods.targets import blocks
+
+
+class PrefixTuning(nn.Module):
+    def __init__(self, mode: str, l_p: int, l_i: int, n_layers: int, d_model: int, like: torch.Tensor):
+        super().__init__()
+        if l_p < 0 or l_i < 0 or l_p + l_i == 0:
+            raise CellMismatch(f"prefix tuning needs l_p >= 0, l_i >= 0 and l_p + l_i > 0 (got l_p={l_p}, l_i={l_i})")
+        self.mode, self.l_p, self.l_i, self.n = mode, l_p, l_i, l_p + l_i
+        kw = {"device": like.device, "dtype": like.dtype}
+        if mode == "embed":
+            self.embedding = nn.Parameter(torch.zeros(self.n, d_model, **kw))
+        else:
+            self.activations = nn.Parameter(torch.zeros(n_layers, self.n, d_model, **kw))
+        self.slots: torch.Tensor | None = None   # (B, T + n): slot index of each position, -1 for real tokens
+
+    @torch.no_grad()
+    def init_from_real_tokens(self, lm: nn.Module, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, lm.config.vocab_size, (1, self.n), generator=g).to(lm.device)
+        if self.mode == "embed":
+            self.embedding.copy_(lm.transformer.wte(ids)[0])
+            return
+        self.slots = None
+        out = lm.transformer(input_ids=ids, output_hidden_states=True, use_cache=False)
+        for i in range(self.activations.shape[0]):   # hidden_states[i] enters block i
+            self.activations[i].copy_(out.hidden_states[i][0])
+
+
+def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
+    """Insert the l_p prefix and l_i infix positions into the LM's inputs (see the module docstring)."""
+    kwargs = dict(kwargs)
+    if args:
+        kwargs["input_ids"] = args[0]
+    ids, embeds = kwargs.pop("input_ids", None), kwargs.get("inputs_embeds")
+    embeds = lm.transformer.wte(ids) if embeds is None else embeds
+    B, T, _ = embeds.shape
+    past = kwargs.get("past_key_values")
+    mask = kwargs.get("attention_mask")
+    mask = torch.ones(B, T, dtype=torch.long, device=embeds.device) if mask is None else mask
+    kwargs["inputs_embeds"] = embeds
+    if past is not None and past.get_seq_length() > 0:   # decoding with a cache: the special tokens are in it
+        pt.slots = None
+        need = past.get_seq_length() + T   # generate's mask lacks the l_p + l_i special positions: visible
+        if mask.shape[1] < need:
+            mask = torch.cat([mask.new_ones(B, need - mask.shape[1]), mask], dim=1)
+        kwargs["attention_mask"] = mask
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        return (), kwargs
+    labels = kwargs.get("labels")
+    n, l_p, l_i = pt.n, pt.l_p, pt.l_i
+    if labels is not None and l_i:
+        supervised = labels != -100
+        ctx = torch.where(supervised.any(1), supervised.float().argmax(1), torch.full_like(supervised[:, 0], T, dtype=torch.long))
+    else:
+        ctx = torch.full((B,), T, dtype=torch.long, device=embeds.device)
+    t = torch.arange(T, device=embeds.device).expand(B, T)
+    new_pos = t + l_p + l_i * (t >= ctx[:, None])                     # where each real token goes
+    rows = torch.arange(B, device=embeds.device)[:, None]
+    slots = torch.full((B, T + n), -1, dtype=torch.long, device=embeds.device)
+    slots[:, :l_p] = torch.arange(l_p, device=embeds.device)
+    if l_i:
+        infix = l_p + ctx[:, None] + torch.arange(l_i, device=embeds.device)
+        slots[rows, infix] = l_p + torch.arange(l_i, device=embeds.device)
+    if pt.mode == "embed":
+        new_embeds = pt.embedding.to(embeds.dtype)[slots.clamp(min=0)]
+    else:   # replaced at the entry of block 0 by the trainable activations
+        new_embeds = embeds.new_zeros(B, T + n, embeds.shape[-1])
+    new_embeds = new_embeds.index_put((rows.expand(B, T), new_pos), embeds)
+    new_mask = mask.new_ones(B, T + n).index_put((rows.expand(B, T), new_pos), mask)
+    kwargs.update(inputs_embeds=new_embeds, attention_mask=new_mask,
+                  position_ids=(new_mask.cumsum(-1) - 1).clamp(min=0))
+    if labels is not None:
+        kwargs["labels"] = labels.new_full((B, T + n), -100).index_put((rows.expand(B, T), new_pos), labels)
+    pt.slots = slots if pt.mode == "layer" else None
+    return (), kwargs
+
+
+def _replace_activations(pt: PrefixTuning, layer: int, block: nn.Module, args, kwargs):
+    """PreLayer: the hidden state entering `block` at the special positions := the trainable activations."""
+    if pt.slots is None:
+        return None
+    hidden = args[0] if args else kwargs["hidden_states"]
+    trained = pt.activations[layer].to(hidden.dtype)[pt.slots.clamp(min=0)]
+    hidden = torch.where((pt.slots >= 0)[..., None], trained, hidden)
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def apply_prefix(model: nn.Module, cfg: DictConfig) -> nn.Module:
+    mode = cfg.get("mode") or {"prefix_embed": "embed", "prefix_layer": "layer"}.get(cfg.name)
+    if mode not in ("embed", "layer"):
+        raise CellMismatch(f"method.mode={mode!r}; allowed: embed (PreEmbed), layer (PreLayer)")
+    if model.config.model_type != "gpt2" or not hasattr(model, "transformer"):
+        raise CellMismatch(
+            f"method={cfg.name} (prefix tuning) is implemented for decoders (GPT-2 causal LMs), as the paper uses it "
+            f"(GPT-2 Tables 3/13/14, GPT-3 Table 4); got {type(model).__name__}. For encoders use lora, adapter_*, bitfit or ft.")
+    L, d = len(blocks(model)), model.config.n_embd
+    pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like=model.transformer.wte.weight)
+    model.prefix_tuning = pt
+    mark_trainable(model, lambda name: name.startswith("prefix_tuning."))
+    if next(pt.parameters()).device.type != "meta":
+        pt.init_from_real_tokens(model, seed=int(cfg.get("init_seed", 0)))
+    model.register_forward_pre_hook(partial(_expand_inputs, pt), with_kwargs=True)
+    if mode == "layer":
+        for i, block in enumerate(blocks(model)):
+            block.register_forward_pre_hook(partial(_replace_activations, pt, i), with_kwargs=True)
+    return model

@@ -1,0 +1,180 @@
+"""Generation cells (Tables 3, 13, 14): GPT-2 on E2E, WebNLG, DART.
+
+load_nlg_data: the task's splits formatted and encoded as microsoft/LoRA examples/NLG does it (repro.data.nlg).
+train_generator: Trainer-based training with the original loss (completion tokens only, label smoothing as
+gpt2_ft.py computes it: (1 - eps) * nll + eps * mean over the vocabulary of -log p), dev loss per epoch, then the
+paper's beam search (repro.decode) on the test inputs with the chosen checkpoint, gpt2_decode.py's post-processing,
+and the official metrics. Hypotheses and references are written beside the record (seed<k>.hyp.txt,
+seed<k>.ref.txt in the E2E challenge's multi-reference format; WebNLG also seed<k>.seen.txt), so
+`python -m repro.score` re-scores them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from transformers import DataCollatorForSeq2Seq, Trainer
+
+from repro import records
+from repro.data.glue import subsample
+from repro.data.nlg import encode_split, load_examples, prompt_ids
+from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens, group_references
+from repro.errors import CellMismatch
+from repro.metrics.nlg import decode_postprocess
+from repro.train import Diverged, DivergenceGuard, batch_plan, history_from_logs, training_arguments, world_size
+
+log = logging.getLogger(__name__)
+
+
+def load_nlg_data(cfg: DictConfig, tokenizer) -> dict:
+    """{"train": Dataset, "dev": Dataset, "test": [{context, prompt, references[, seen]}] (unique inputs)}."""
+    task, data_dir = cfg.task, cfg.paths.data_dir
+    max_len = cfg.data.max_seq_length
+    out = {}
+    train = load_examples(task, "train", data_dir)
+    if cfg.data.max_train_samples:
+        idx = subsample(_index_ds(len(train)), cfg.data.max_train_samples, cfg.seed)["i"]
+        train = [train[i] for i in idx]
+    out["train"] = encode_split(train, tokenizer, max_len, f"encode {task.name} train")
+    dev = load_examples(task, "dev", data_dir)
+    if cfg.data.max_eval_samples:
+        dev = dev[: cfg.data.max_eval_samples]
+    out["dev"] = encode_split(dev, tokenizer, max_len, f"encode {task.name} dev")
+    test = group_references(load_examples(task, cfg.decode.split, data_dir))
+    if cfg.decode.max_inputs:
+        test = test[: cfg.decode.max_inputs]
+    for entry in test:   # the query: at most seq_len - eval_len context tokens (FT_Dataset)
+        entry["prompt"] = prompt_ids(tokenizer, entry["context"], max_len - cfg.decode.max_new_tokens)
+    out["test"] = test
+    log.info("%s: %d train, %d dev examples; %d unique %s inputs to decode", task.name, len(out["train"]),
+             len(out["dev"]), len(test), cfg.decode.split)
+    return out
+
+
+def _index_ds(n: int):
+    import datasets
+
+    return datasets.Dataset.from_dict({"i": list(range(n))})
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, num_items=None) -> torch.Tensor:
+    """gpt2_ft.py / model.py's loss on shifted targets, masked to the completion: with smoothing eps,
+    (1 - eps) * (-log p[target]) + eps * mean_v(-log p[v]); averaged over the completion tokens."""
+    logits = logits[:, :-1, :].float()
+    labels = labels[:, 1:]
+    mask = labels.ne(-100)
+    logprobs = F.log_softmax(logits, dim=-1)
+    nll = -logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    loss = nll if smoothing <= 0 else (1.0 - smoothing) * nll + smoothing * (-logprobs.mean(dim=-1))
+    total = (loss * mask).sum()
+    denom = num_items if num_items is not None else mask.sum()
+    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+def beam_settings(cfg: DictConfig) -> BeamSettings:
+    d = cfg.decode
+    return BeamSettings(num_beams=d.num_beams, length_penalty=d.length_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
+                        eos_token_ids=tuple(d.eos_token_ids), max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
+                        early_stop=d.get("early_stop", True))
+
+
+def score_outputs(task: DictConfig, hyps: list[str], refs: list[list[str]], seen: list[bool] | None = None) -> dict:
+    if task.name == "e2e":
+        from repro.metrics.e2e import e2e_scores
+
+        return e2e_scores(hyps, refs)
+    if task.name == "webnlg":
+        from repro.metrics.nlg import webnlg_scores
+
+        return webnlg_scores(hyps, refs, seen)
+    from repro.metrics.nlg import gem_scores
+
+    return gem_scores(hyps, refs)
+
+
+def write_outputs(base: Path, hyps: list[str], refs: list[list[str]], seen: list[bool] | None) -> dict:
+    """E2E challenge formats: one hypothesis per line; references of one input on consecutive lines, a blank line
+    after each input."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"hyp": f"{base}.hyp.txt", "ref": f"{base}.ref.txt"}
+    Path(paths["hyp"]).write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf8")
+    Path(paths["ref"]).write_text("".join("".join(r.replace("\n", " ") + "\n" for r in rs) + "\n" for rs in refs), encoding="utf8")
+    if seen is not None:
+        paths["seen"] = f"{base}.seen.txt"
+        Path(paths["seen"]).write_text("".join(f"{int(s)}\n" for s in seen), encoding="utf8")
+    return paths
+
+
+def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
+    settings = beam_settings(cfg)
+    start = time.time()
+    outputs = beam_search(model, [e["prompt"] for e in test], settings, progress_every=50)
+    decode_s = time.time() - start
+    pp = cfg.task.postprocess
+    hyps = [decode_postprocess(clean_output(decode_tokens(tokenizer, ids)), pp.tokenize, pp.lower) for ids in outputs]
+    refs = [[decode_postprocess(r, pp.tokenize, pp.lower) for r in e["references"]] for e in test]
+    seen = [bool(e["seen"]) for e in test] if cfg.task.name == "webnlg" else None
+    files = write_outputs(records.record_path(cfg).with_suffix(""), hyps, refs, seen)
+    start = time.time()
+    metrics = score_outputs(cfg.task, hyps, refs, seen) if test else {}
+    info = {"settings": OmegaConf.to_container(cfg.decode, resolve=True), "inputs": len(test),
+            "decode_s": round(decode_s, 1), "score_s": round(time.time() - start, 1), "files": files,
+            "empty_hypotheses": sum(1 for h in hyps if not h)}
+    return metrics, info
+
+
+def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: Path) -> dict:
+    if cfg.decode.checkpoint not in ("last", "best"):
+        raise CellMismatch(f"decode.checkpoint={cfg.decode.checkpoint!r}; allowed: last, best")
+    main_key = "eval_loss"
+    args = training_arguments(cfg, output_dir, main_key)
+    args.prediction_loss_only = True          # never gather B x T x 50257 logits
+    args.greater_is_better = False            # the selection metric is the dev loss
+    args.load_best_model_at_end = cfg.decode.checkpoint == "best"
+    args.per_device_eval_batch_size = batch_plan(cfg.train)[0]
+    smoothing = float(cfg.train.label_smoothing)
+
+    def loss_fn(outputs, labels, num_items_in_batch=None):
+        # label smoothing while training only; the dev loss is the plain completion NLL (gpt2_ft.py's evaluate)
+        return completion_loss(outputs.logits, labels, smoothing if model.training else 0.0, num_items_in_batch)
+
+    guard = DivergenceGuard()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["dev"],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        compute_loss_func=loss_fn,
+        callbacks=[guard],
+    )
+    last = records.last_complete_checkpoint(output_dir)
+    last = str(last) if last else None
+    trainer.train(resume_from_checkpoint=last)
+    if guard.diverged_at is not None:
+        raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")
+    dev_loss = trainer.evaluate()["eval_loss"]   # of the weights that will decode (best or last)
+    history = history_from_logs(trainer.state.log_history, main_key)
+    best_step = None
+    if cfg.decode.checkpoint == "best" and trainer.state.best_model_checkpoint:
+        best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
+
+    metrics, decode_info = decode_and_score(cfg, trainer.model, tokenizer, data["test"])
+    metrics["dev_loss"] = dev_loss
+    decode_info["checkpoint"] = cfg.decode.checkpoint
+    step = best_step or trainer.state.global_step
+    return {
+        "metrics": metrics,
+        "history": history,
+        "selected": {"rule": cfg.decode.checkpoint, "step": step,
+                     "epoch": next((e["epoch"] for e in history["eval"] if e["step"] == step), None)},
+        "decode": decode_info,
+        "steps": trainer.state.global_step,
+        "resumed_from": last,
+        "batch": dict(zip(("per_device", "accumulation"), batch_plan(cfg.train))) | {"world_size": world_size()},
+    }

@@ -1,0 +1,52 @@
+"""Tiny random models of each architecture (no download) and method configs from conf/method/."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from repro import CONF_DIR
+
+ENCODERS = ("roberta", "bert", "deberta-v2")
+ARCHS = (*ENCODERS, "gpt2")
+
+
+def tiny(model_type: str, seed: int = 0, num_labels: int = 3) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if model_type == "gpt2":
+        cfg = AutoConfig.for_model("gpt2", n_layer=3, n_embd=32, n_head=4, vocab_size=120, n_positions=64,
+                                   bos_token_id=0, eos_token_id=0)
+        return AutoModelForCausalLM.from_config(cfg).eval()
+    cfg = AutoConfig.for_model(model_type, num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                               intermediate_size=64, vocab_size=120, num_labels=num_labels, pooler_hidden_size=32,
+                               max_position_embeddings=64, pad_token_id=1)
+    return AutoModelForSequenceClassification.from_config(cfg).eval()
+
+
+def method(name: str, **overrides):
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"), overrides)
+
+
+def batch(model_type: str, seed: int = 1, T: int = 9):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 120, (2, T), generator=g)
+    if model_type == "gpt2":
+        labels = ids.clone()
+        labels[:, :4] = -100
+        return {"input_ids": ids, "labels": labels}
+    return {"input_ids": ids, "labels": torch.tensor([0, 2])}
+
+
+def randomize_B(model, std: float = 0.1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny

@@ -1,0 +1,37 @@
+"""|Θ| of our methods on the paper's models (meta device) equals the paper's formulas (Section 5.1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from repro import params
+
+
+@pytest.mark.parametrize("model,method,over,expected", [
+    ("roberta-base", "lora", {"r": 8}, 2 * (2 * 12) * 768 * 8),                 # 294,912  "0.3M"
+    ("roberta-large", "lora", {"r": 8}, 2 * (2 * 24) * 1024 * 8),               # 786,432  "0.8M"
+    ("deberta-v2-xxlarge", "lora", {"r": 16}, 2 * (2 * 48) * 1536 * 16),        # 4,718,592 "4.7M"
+    ("gpt2-medium", "lora", {"r": 4}, 2 * (2 * 24) * 1024 * 4),                 # 393,216 (printed 0.35M)
+    ("roberta-base", "adapter_d", {"r": 16}, 12 * (2 * 768 * 16 + 16 + 768)),   # 304,320 "0.3M"
+    ("roberta-large", "adapter_p", {"r": 64}, 24 * (2 * 1024 * 64 + 64 + 1024)),   # 3,171,840 "3.0M"
+    ("roberta-large", "adapter_p", {"r": 16}, 24 * (2 * 1024 * 16 + 16 + 1024)),   # 811,392 "0.8M"
+    ("roberta-large", "adapter_h", {"r": 8}, 48 * (2 * 1024 * 8 + 8 + 1024) + 2 * 48 * 1024),   # LNs trained
+    ("gpt2-medium", "adapter_l", {"r": 224}, 24 * (2 * 1024 * 224 + 224 + 1024) + 2 * 24 * 1024),  # 11,089,152
+    ("gpt2-medium", "prefix_layer", {"l_p": 10, "l_i": 4}, 24 * 1024 * 14),
+    ("gpt2-medium", "prefix_embed", {"l_p": 10, "l_i": 4}, 1024 * 14),
+    ("gpt2-medium", "fttop2", {}, 25_192_448),                                      # "25.19M"
+    ("roberta-base", "bitfit", {}, 102_144),                                        # "0.1M"
+])
+def test_counts_equal_formulas(model, method, over, expected):
+    assert params.count(model, method, **over) == expected
+
+
+def test_rows_and_json_keys():
+    rows = [r for r in params.all_rows()]
+    assert len(rows) == 48
+    for r in rows:
+        assert {"table", "model", "method", "ours", "paper", "formula"} <= set(r)
+        if r["formula_value"] is not None:
+            assert r["ours"] == r["formula_value"], r
+    gpt2_lora = next(r for r in rows if r["table"] == "table3" and r["model"] == "gpt2-medium" and r["method"] == "LoRA")
+    assert gpt2_lora["ours"] == 393_216 and gpt2_lora["paper_matches_formula"] is False
