@@ -39,6 +39,10 @@ def find_row(table: DictConfig, model: str, method: str, variant: str) -> DictCo
     raise CellMismatch(f"model={model} method={method} variant={variant} is not a row of table {table.name}; its rows: {rows}")
 
 
+def has_row(table: DictConfig, model: str, method: str, variant: str) -> bool:
+    return any(r.model == model and r.method == method and r.get("variant", "default") == variant for r in table.rows)
+
+
 def check_kinds(cfg: DictConfig) -> None:
     wants = "encoder" if cfg.task.kind == "classification" else "decoder"
     if cfg.model.kind != wants:
@@ -59,7 +63,10 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             raise CellMismatch(f"task={cfg.task.name} is not in table {table.name}; its tasks: {', '.join(table.tasks)}")
         stand_ins = table.get("stand_ins") or {}
         paper_model = stand_ins.get(cfg.model.name, cfg.model.name)
-        row = find_row(table, paper_model, cfg.method.name, cfg.variant)
+        if paper_model != cfg.model.name and cfg.variant == "default" and not has_row(table, paper_model, cfg.method.name, "default"):
+            row = {}   # a stand-in runs any method; with no such paper row, the method's own conf/method/<name>.yaml
+        else:
+            row = find_row(table, paper_model, cfg.method.name, cfg.variant)
         set_ = row.get("set") or {}
         if paper_model == cfg.model.name:
             per_task = (table.get("per_task") or {}).get(cfg.task.name) or {}

@@ -7,7 +7,8 @@
 
 A table's `hydra.sweeper.params` span models x methods x tasks x seeds. Their cartesian product holds
 combinations that are not rows of the paper's table (DeBERTa x AdptP): `filter_jobs` keeps a job only when its
-(model, method, variant) is a row of `table.rows`, or a stand-in model (`table.stand_ins`) for the model of a row.
+(model, method, variant) is a row of `table.rows`, or a stand-in model (`table.stand_ins`) for the model of a row
+(a stand-in also runs the methods its paper model has no row for, with the method's own config).
 When no `variant` axis is given, every (model, method) expands to all of its rows' variants (RoBERTa-large AdptP
 3M and 0.8M are two rows); `variant=r16,dagger` on the command line makes it an ordinary, filtered axis.
 
@@ -56,8 +57,17 @@ def job_dict(job: list[str]) -> dict[str, str]:
     return dict(_key(o) for o in job)
 
 
+def method_names() -> list[str]:
+    """Every method option (conf/method/*.yaml)."""
+    from repro import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+
+
 def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
-    """(model, method) -> its rows' variants, stand-in models included (they take the rows of the model they stand in for)."""
+    """(model, method) -> its rows' variants. A stand-in model takes the rows of the model it stands in for, and runs
+    every other method too (variant default: the method's own config), so baselines the paper did not run on that
+    model can be compared under the same CPU schedule."""
     out: dict[tuple[str, str], list[str]] = OrderedDict()
     for row in table.rows:
         out.setdefault((row.model, row.method), []).append(row.get("variant", "default"))
@@ -65,6 +75,8 @@ def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
         for (model, method), variants in list(out.items()):
             if model == big:
                 out.setdefault((small, method), list(variants))
+        for method in method_names():
+            out.setdefault((small, method), ["default"])
     return out
 
 

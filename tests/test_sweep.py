@@ -137,7 +137,9 @@ def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    assert "jobs: 8 (8 to run, 0 already done" in text
+    # roberta-base: lora is a row, adapter_p is not (dropped, with the reason); the stand-in tiny-roberta runs both
+    assert "jobs: 12 (12 to run, 0 already done" in text
     assert "estimated GPU-hours (V100)" in text and "formula:" in text
     assert "roberta-base x adapter_p: not a row of table glue" in text
+    assert "tiny-roberta x adapter_p" not in text
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
