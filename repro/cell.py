@@ -75,6 +75,8 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             stand_in = table.get("stand_in") or {}
             layers = [{"method": set_.get("method") or {}}, stand_in.get("common") or {},
                       (stand_in.get("methods") or {}).get(cfg.method.name) or {}]
+    if "config_overrides" in cfg.model:   # open: tables set per-task model settings (DeBERTa's cls_dropout, Table 10)
+        OmegaConf.set_struct(cfg.model.config_overrides, False)
     cfg = OmegaConf.merge(cfg, *layers)
     with open_dict(cfg):
         for key, value in cli_value_overrides(overrides):

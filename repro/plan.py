@@ -306,7 +306,10 @@ def fast_compose(primary: DictConfig, job: list[str], parser=None) -> DictConfig
                 with open_dict(cfg):
                     cfg[key] = node
                 continue
-            node = OmegaConf.load(path)
+            text = path.read_text()
+            if "@package _global_" in text:   # e.g. task/e2e.yaml also sets `decode:`: Hydra's loader places it
+                return None
+            node = OmegaConf.create(text)
             if "defaults" in node:
                 return None
             with open_dict(cfg):

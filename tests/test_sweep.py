@@ -57,6 +57,19 @@ def test_full_grid_is_every_row_of_table2(hydra_ctx, tmp_path):
     assert any("deberta-v2-xxlarge x adapter_p" in reason for reason in sweeper.expansion.dropped)
 
 
+@pytest.mark.parametrize("table", sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml")))
+def test_every_cell_of_every_table_resolves(hydra_ctx, tmp_path, table):
+    """Each job of a table's full grid composes and resolves strictly (no fallback), as the launcher would run it."""
+    sweeper = sweeper_for([f"+table={table}"], tmp_path)
+    jobs = sweeper.expand([])
+    assert jobs
+    loader = GlobalHydra.instance().config_loader()
+    primary = sweeper.config
+    for job in {tuple(j for j in job if not j.startswith("seed=")) for job in jobs}:   # the seed changes nothing here
+        cfg, note = plan.resolve_job(loader, primary, [f"+table={table}", *job], fallback=False)
+        assert note is None and cfg.task.name in cfg.table.tasks, job
+
+
 def test_stand_in_grid_of_the_must_show_command(hydra_ctx, tmp_path):
     args = ["model=tiny-roberta", "method=lora,ft", "task=rte,mrpc", "seed=0,1", "train.max_steps=5"]
     sweeper = sweeper_for(["+table=glue", "model=tiny-roberta", "train.max_steps=5"], tmp_path)
