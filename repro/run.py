@@ -95,6 +95,8 @@ def run_cell(cfg: DictConfig) -> dict:
     if done is not None and not cfg.force:
         log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
         return {**done, "skipped": True}
+    start = time.time()
+    setup = set_up_cell(cfg)   # bad input fails here, before any file or folder of the cell is written
     try:
         with records.cell_lock(cfg):
             # another job of this cell may have finished between the check above and taking the lock
@@ -102,20 +104,17 @@ def run_cell(cfg: DictConfig) -> dict:
             if done is not None and not cfg.force:
                 log.info("skipped: %s was finished by another job (fingerprint %s)", path, done["fingerprint"])
                 return {**done, "skipped": True}
-            return _run_cell(cfg, path)
+            return _run_cell(cfg, path, start, *setup)
     except records.CellBusy as exc:
         log.warning("skipped: %s", exc)
         return {"status": "busy", "error": str(exc), "metrics": {}}
 
 
-def _run_cell(cfg: DictConfig, path) -> dict:
-    last = records.prepare_checkpoint_dir(cfg)
-    if last is not None:
-        log.info("resuming %s from its last checkpoint %s", path, last)
-    start = time.time()
+def set_up_cell(cfg: DictConfig) -> tuple:
+    """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
+    missing data file, a rank or target the model cannot take, an init_from checkpoint that does not fit) breaks."""
     configure_tracking(cfg)
     set_seed(cfg.seed)
-    # Bad input fails here, before anything is written.
     tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
     data = load_data(cfg, tokenizer)
     model = apply_method(load_model(cfg.model, cfg.task, tokenizer), cfg.method)
@@ -123,6 +122,13 @@ def _run_cell(cfg: DictConfig, path) -> dict:
         from repro.methods.checkpoint import init_from
 
         log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, len(init_from(model, cfg.train.init_from, cfg.method)))
+    return tokenizer, data, model
+
+
+def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model) -> dict:
+    last = records.prepare_checkpoint_dir(cfg)
+    if last is not None:
+        log.info("resuming %s from its last checkpoint %s", path, last)
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
 

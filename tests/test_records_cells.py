@@ -49,7 +49,7 @@ def test_skip_force_and_fingerprint(one_cell, compose_config, monkeypatch):
     assert not records.checkpoint_dir(cfg).exists()               # removed once the cell is done
 
     calls = []
-    monkeypatch.setattr(run, "_run_cell", lambda cfg, path: calls.append(path) or {"status": "ok", "metrics": {}})
+    monkeypatch.setattr(run, "_run_cell", lambda cfg, path, *setup: calls.append(path) or {"status": "ok", "metrics": {}})
     again = run.run_cell(resolved(compose_config, overrides))
     assert again.get("skipped") and calls == []                   # same fingerprint: skipped, nothing run
     run.run_cell(resolved(compose_config, [*overrides, "force=true"]))

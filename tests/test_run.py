@@ -43,6 +43,10 @@ def test_command_line_beats_table_settings(compose_config):
     assert cfg.method.alpha == 16 and cfg.method.r == 8
 
 
+def written_outside_logs(root):
+    return [p for p in root.rglob("*") if p.is_file() and "logs" not in p.relative_to(root).parts]
+
+
 @pytest.mark.parametrize(
     "overrides,error,words",
     [
@@ -57,7 +61,7 @@ def test_bad_input_raises_and_writes_nothing(compose_config, data_dir, tmp_path,
     with pytest.raises(error) as err:
         run_cell(cell(compose_config, overrides))
     assert all(w in str(err.value) for w in words), str(err.value)
-    assert not list(tmp_path.rglob("seed*.json"))
+    assert written_outside_logs(tmp_path) == []     # no record, no lock, no checkpoint folder
 
 
 def test_cli_unknown_model_lists_valid_ones_and_writes_nothing(tmp_path):
@@ -75,7 +79,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, data_dir):
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "glue/QQP/train.tsv" in proc.stderr
-    assert not list(tmp_path.rglob("seed*.json"))
+    assert written_outside_logs(tmp_path) == []
 
 
 def test_diverged_cell_is_recorded_as_failed(compose_config, data_dir):
