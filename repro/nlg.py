@@ -2,7 +2,8 @@
 
 load_nlg_data: the task's splits formatted and encoded as microsoft/LoRA examples/NLG does it (repro.data.nlg).
 train_generator: Trainer-based training with the original loss (completion tokens only, label smoothing as
-gpt2_ft.py computes it: (1 - eps) * nll + eps * mean over the vocabulary of -log p), dev loss per epoch, then the
+gpt2_ft.py computes it: (1 - eps) * nll + eps * mean over the vocabulary of -log p; CompletionTrainer: the labels
+reach the method's forward hooks, the LM head runs on the completion positions only), dev loss per epoch, then the
 paper's beam search (repro.decode) on the test inputs with the chosen checkpoint, gpt2_decode.py's post-processing,
 and the official metrics. Hypotheses and references are written beside the record (seed<k>.hyp.txt,
 seed<k>.ref.txt in the E2E challenge's multi-reference format; WebNLG also seed<k>.seen.txt), so
@@ -11,8 +12,10 @@ seed<k>.ref.txt in the E2E challenge's multi-reference format; WebNLG also seed<
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +29,7 @@ from repro.data.nlg import encode_split, load_examples, prompt_ids
 from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens, group_references
 from repro.errors import CellMismatch
 from repro.metrics.nlg import decode_postprocess
-from repro.train import Diverged, DivergenceGuard, batch_plan, history_from_logs, training_arguments, world_size
+from repro.train import DivergenceGuard, batch_plan, history_from_logs, train_resuming, training_arguments, world_size
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +65,95 @@ def _index_ds(n: int):
     return datasets.Dataset.from_dict({"i": list(range(n))})
 
 
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """gpt2_ft.py / model.py's per-token loss: with smoothing eps, (1 - eps) * (-log p[target]) + eps * mean_v(-log p[v])."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    nll = -logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return nll if smoothing <= 0 else (1.0 - smoothing) * nll + smoothing * (-logprobs.mean(dim=-1))
+
+
+def _mean(total: torch.Tensor, count, num_items) -> torch.Tensor:
+    denom = num_items if num_items is not None else count
+    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
 def completion_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, num_items=None) -> torch.Tensor:
-    """gpt2_ft.py / model.py's loss on shifted targets, masked to the completion: with smoothing eps,
-    (1 - eps) * (-log p[target]) + eps * mean_v(-log p[v]); averaged over the completion tokens."""
-    logits = logits[:, :-1, :].float()
+    """gpt2_ft.py / model.py's loss on shifted targets, masked to the completion (token_loss), averaged over the
+    completion tokens (or over `num_items`, the Trainer's count for the whole accumulated batch)."""
     labels = labels[:, 1:]
     mask = labels.ne(-100)
-    logprobs = F.log_softmax(logits, dim=-1)
-    nll = -logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    loss = nll if smoothing <= 0 else (1.0 - smoothing) * nll + smoothing * (-logprobs.mean(dim=-1))
-    total = (loss * mask).sum()
-    denom = num_items if num_items is not None else mask.sum()
-    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+    loss = token_loss(logits[:, :-1, :], labels, smoothing)
+    return _mean((loss * mask).sum(), mask.sum(), num_items)
+
+
+class CompletionLoss:
+    """The training/dev loss of a causal LM as gpt2_ft.py computes it, for the Trainer (`CompletionTrainer`).
+
+    While a batch is in the model (`attach`), three forward pre-hooks are in place:
+    - on the model, first: the labels are handed to the model's forward, so that the method's own pre-hooks see them
+      (prefix tuning inserts its l_p + l_i positions into labels and inputs alike; with the labels popped, as
+      Trainer's `compute_loss_func` path pops them, logits and labels came out misaligned and PreLayer/PreEmbed NLG
+      cells crashed);
+    - on the model, last: the labels as the model will see them are taken back out (the model never computes
+      transformers' own loss) and kept;
+    - on the output embeddings (the LM head): only the positions that predict a completion token go through it.
+      The loss is the same; the 50257-way head, ~95% of a small model's step, is skipped on context and padding.
+    """
+
+    def __init__(self, model, smoothing: float):
+        self.model, self.smoothing = model, smoothing
+        self.labels = self.positions = None
+        self.selected = False
+
+    def _give_labels(self, labels, module, args, kwargs):
+        return args, {**kwargs, "labels": labels}
+
+    def _take_labels(self, module, args, kwargs):
+        kwargs = dict(kwargs)
+        self.labels = kwargs.pop("labels", None)
+        self.positions = None if self.labels is None else self.labels[:, 1:].ne(-100)
+        return args, kwargs
+
+    def _select(self, module, args):
+        hidden = args[0]
+        if self.positions is None or hidden.dim() != 3 or hidden.shape[:2] != self.labels.shape:
+            return None
+        self.selected = True
+        return (hidden[:, :-1][self.positions], *args[1:])
+
+    @contextlib.contextmanager
+    def attach(self, labels: torch.Tensor):
+        """The hooks in place for one forward pass of `labels`' batch."""
+        self.labels = self.positions = None
+        self.selected = False
+        handles = [
+            self.model.register_forward_pre_hook(partial(self._give_labels, labels), with_kwargs=True, prepend=True),
+            self.model.register_forward_pre_hook(self._take_labels, with_kwargs=True),
+            self.model.get_output_embeddings().register_forward_pre_hook(self._select),
+        ]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def __call__(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+        # label smoothing while training only; the dev loss is the plain completion NLL (gpt2_ft.py's evaluate)
+        smoothing = self.smoothing if self.model.training else 0.0
+        seen = self.labels if self.labels is not None else labels
+        if not self.selected:
+            return completion_loss(outputs.logits, seen, smoothing, num_items_in_batch)
+        targets = seen[:, 1:][self.positions]
+        loss = token_loss(outputs.logits, targets, smoothing)
+        return _mean(loss.sum(), targets.numel(), num_items_in_batch)
+
+
+class CompletionTrainer(Trainer):
+    """Trainer with `compute_loss_func=CompletionLoss(...)`: each batch's forward runs with its hooks attached."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.compute_loss_func.attach(inputs["labels"]):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 def beam_settings(cfg: DictConfig) -> BeamSettings:
@@ -137,27 +217,17 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     args.greater_is_better = False            # the selection metric is the dev loss
     args.load_best_model_at_end = cfg.decode.checkpoint == "best"
     args.per_device_eval_batch_size = batch_plan(cfg.train)[0]
-    smoothing = float(cfg.train.label_smoothing)
-
-    def loss_fn(outputs, labels, num_items_in_batch=None):
-        # label smoothing while training only; the dev loss is the plain completion NLL (gpt2_ft.py's evaluate)
-        return completion_loss(outputs.logits, labels, smoothing if model.training else 0.0, num_items_in_batch)
-
     guard = DivergenceGuard()
-    trainer = Trainer(
+    trainer = CompletionTrainer(
         model=model,
         args=args,
         train_dataset=data["train"],
         eval_dataset=data["dev"],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        compute_loss_func=loss_fn,
+        compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
         callbacks=[guard],
     )
-    last = records.last_complete_checkpoint(output_dir)
-    last = str(last) if last else None
-    trainer.train(resume_from_checkpoint=last)
-    if guard.diverged_at is not None:
-        raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")
+    last = train_resuming(trainer, output_dir, guard)
     dev_loss = trainer.evaluate()["eval_loss"]   # of the weights that will decode (best or last)
     history = history_from_logs(trainer.state.log_history, main_key)
     best_step = None

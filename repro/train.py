@@ -96,6 +96,17 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
     )
 
 
+def train_resuming(trainer: Trainer, output_dir: Path, guard: DivergenceGuard) -> str | None:
+    """trainer.train() from the cell's last complete checkpoint, if any (a requeued or interrupted cell); raise Diverged
+    if the guard stopped it. Returns the checkpoint it resumed from."""
+    last = records.last_complete_checkpoint(output_dir)
+    last = str(last) if last else None
+    trainer.train(resume_from_checkpoint=last)
+    if guard.diverged_at is not None:
+        raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")
+    return last
+
+
 def history_from_logs(log_history: list[dict], main_metric_key: str | None) -> dict:
     """Loss curve and per-evaluation dev metrics, from the Trainer's log."""
     loss = [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"]} for e in log_history if "loss" in e]
@@ -126,11 +137,7 @@ def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: 
         compute_metrics=compute_metrics,
         callbacks=[guard],
     )
-    last = records.last_complete_checkpoint(output_dir)
-    last = str(last) if last else None
-    trainer.train(resume_from_checkpoint=last)
-    if guard.diverged_at is not None:
-        raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")
+    last = train_resuming(trainer, output_dir, guard)
 
     metrics = {}
     for split, ds in eval_sets.items():
