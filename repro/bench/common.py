@@ -190,16 +190,6 @@ def apply_method(model: torch.nn.Module, name: str, **overrides: Any) -> torch.n
     return METHODS[name](model, method_cfg(name, **overrides))
 
 
-def lora_merge_fns() -> tuple[Callable, Callable]:
-    """(merge, unmerge) of our LoRA: functions of the whole model, whatever the lora module names them."""
-    from repro.methods import lora
-
-    for merge_name, unmerge_name in (("merge", "unmerge"), ("merge_lora", "unmerge_lora"), ("merge_model", "unmerge_model")):
-        if hasattr(lora, merge_name) and hasattr(lora, unmerge_name):
-            return getattr(lora, merge_name), getattr(lora, unmerge_name)
-    raise AttributeError("repro.methods.lora exposes no merge(model) / unmerge(model)")
-
-
 def randomize_lora_B(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -> None:
     """LoRA starts with B = 0, which makes ΔW = 0: give B trained-looking values so merging really changes W."""
     g = torch.Generator().manual_seed(seed)

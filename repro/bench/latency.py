@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from repro.bench import common
+from repro.methods.lora import merge, unmerge
 
 LORA = {"r": 4, "alpha": 32, "dropout": 0.0, "targets": ["q", "v"]}   # Table 1 / E2E recipe: r=4 on Wq, Wv
 VARIANTS = ["base", "lora_merged", "lora_unmerged", "adapter_l", "adapter_h"]
@@ -77,7 +78,7 @@ class Variants:
             try:
                 lora = common.apply_method(shared_copy(base, lambda n: "c_attn" in n), "lora", **LORA)
                 common.randomize_lora_B(lora)
-                self.merge, self.unmerge = common.lora_merge_fns()
+                self.merge, self.unmerge = merge, unmerge
                 lora.to(device=device, dtype=dtype).eval()
                 self.models["lora"] = lora
                 self.lora_state = "unmerged"
@@ -86,16 +87,6 @@ class Variants:
                     self.info[v] = {"adapter_params": counts["adapter_params"], **{k: LORA[k] for k in ("r", "targets")}}
             except Exception as exc:  # noqa: BLE001 - reported in the output, the other variants still run
                 errors["lora"] = f"{type(exc).__name__}: {exc}"
-        if "lora" not in self.models:
-            # Without our LoRA for this model, the merged model can still be built from its definition: W' = W + (α/r) B A
-            # folded into the q and v blocks of the fused c_attn; same modules as the base, only the weights differ
-            folded = shared_copy(base, lambda n: "c_attn" in n)
-            fold_lora_into_c_attn(folded, LORA["r"], LORA["alpha"] / LORA["r"])
-            self.models["lora_merged"] = folded.to(device=device, dtype=dtype).eval()
-            self.info["lora_merged"] = {"implementation": "folded: W + (alpha/r) B A added to c_attn's q and v blocks "
-                                        "(repro.methods LoRA unavailable for this model)",
-                                        "adapter_params": 2 * LORA["r"] * 2 * d_model * n_layer, "r": LORA["r"],
-                                        "targets": LORA["targets"]}
         for kind in ("adapter_l", "adapter_h"):
             r, formula = adapter_r(kind, adapter_target, d_model, n_layer)
             try:
@@ -110,8 +101,6 @@ class Variants:
         names = ["base"]
         if "lora" in self.models:
             names += ["lora_merged", "lora_unmerged"]
-        elif "lora_merged" in self.models:
-            names += ["lora_merged"]
         return names + [k for k in ("adapter_l", "adapter_h") if k in self.models]
 
     def get(self, name: str) -> torch.nn.Module:
@@ -122,18 +111,6 @@ class Variants:
                 self.lora_state = want
             return self.models["lora"]
         return self.models[name]
-
-
-def fold_lora_into_c_attn(model: torch.nn.Module, r: int, scaling: float, seed: int = 0) -> None:
-    """W[:, q] += s B_q A_q and W[:, v] += s B_v A_v in every block's fused c_attn (Conv1D: weight is d_in x 3 d_out)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in model.transformer.h:
-            w = block.attn.c_attn.weight
-            d = w.shape[0]
-            for lo in (0, 2 * d):   # q and v column blocks; k (d..2d) untouched
-                a, b = torch.randn(r, d, generator=g) / math.sqrt(d), torch.randn(d, r, generator=g) * 0.02
-                w[:, lo:lo + d] += scaling * (b @ a).T.to(w.dtype)
 
 
 def forward(model, ids) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from repro.bench import common
+from repro.methods.lora import merge, unmerge
 from repro.bench.train import FULL_MODELS, QUICK_MODELS, overrides_for
 
 
@@ -59,30 +60,12 @@ def checkpoint_sizes(model_name: str, task_kind: str, weights: Path, methods: li
     return rows
 
 
-def fold(sign: float):
-    """Merge (sign=+1) or unmerge (sign=-1) LoRA modules that expose base.weight, lora_A, lora_B and scaling."""
-
-    def apply(model: torch.nn.Module) -> None:
-        with torch.no_grad():
-            for m in model.modules():
-                if all(hasattr(m, a) for a in ("base", "lora_A", "lora_B", "scaling")):
-                    m.base.weight.add_(m.lora_B @ m.lora_A, alpha=sign * m.scaling)
-
-    return apply
-
-
 def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, switches: int) -> dict[str, Any]:
     """Resident LoRA model: unmerge the current task's ΔW, load the next adapter file, merge. Versus a resident
     model into which the next task's full fine-tuned checkpoint is loaded. Alternating tasks A, B, A, ..."""
     from repro.methods.common import trainable_state_dict
 
-    try:
-        merge, unmerge = common.lora_merge_fns()
-        merge_impl = "repro.methods.lora"
-    except AttributeError:
-        merge, unmerge = fold(+1.0), fold(-1.0)
-        merge_impl = ("bench fallback: W += (alpha/r) B A on every module with base/lora_A/lora_B/scaling "
-                      "(repro.methods.lora has no merge()/unmerge() yet)")
+    merge_impl = "repro.methods.lora"
     over = overrides_for(model_name, "lora")
     model = common.apply_method(common.load_model_file(model_name, task_kind, weights), "lora", **over).eval()
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and "weight" in n

@@ -89,9 +89,13 @@ class LoRALinear(nn.Linear):
         return {self.targets[0]: self.scaling * (self.lora_B.float() @ self.lora_A.float())}
 
     def _fold(self, sign: int) -> None:
+        """W += sign (alpha/r) B A, in fp32."""
         with torch.no_grad():
-            w = self.weight.float() + sign * self.delta_weights()[self.targets[0]]
-            self.weight.copy_(w.to(self.weight.dtype))
+            update = (sign * self.scaling) * (self.lora_B.float() @ self.lora_A.float())
+            if self.weight.dtype == torch.float32:
+                self.weight.add_(update)
+            else:
+                self.weight.copy_((self.weight.float() + update).to(self.weight.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, target={self.targets[0]}, r={self.r}, alpha={self.alpha}"
@@ -134,12 +138,16 @@ class LoRAConv1D(Conv1D):
         return {t: self.scaling * (self.lora_B[t].float() @ self.lora_A[t].float()) for t in self.targets}
 
     def _fold(self, sign: int) -> None:
+        """W[:, block] += sign (alpha/r) (B A)ᵀ for each adapted block, computed as Aᵀ Bᵀ (Conv1D stores Wᵀ) in fp32."""
         with torch.no_grad():
-            w = self.weight.float()
-            for t, dw in self.delta_weights().items():
+            for t in self.targets:
                 lo = self.parts.index(t) * self.d_part
-                w[:, lo:lo + self.d_part] += sign * dw.T                            # Conv1D stores Wᵀ
-            self.weight.copy_(w.to(self.weight.dtype))
+                block = self.weight[:, lo:lo + self.d_part]
+                update = (sign * self.scaling) * (self.lora_A[t].float().T @ self.lora_B[t].float().T)
+                if block.dtype == torch.float32:
+                    block.add_(update)
+                else:
+                    block.copy_((block.float() + update).to(block.dtype))
 
     def extra_repr(self) -> str:
         return f"nf={self.nf}, nx={self.nx}, parts={self.parts}, targets={self.targets}, r={self.r}, alpha={self.alpha}"

@@ -166,3 +166,44 @@ def test_webnlg_scores_split_seen_unseen():
     assert 0 < s["BLEU_all"] < 1
     with pytest.raises(ValueError):
         nlg.webnlg_scores(h, r, [True])
+
+
+# ------------------------------------------------------------------ independent oracles: the definitions, by hand
+
+
+def test_rouge_l_hand_computed_from_the_definition():
+    """coco-caption ROUGE-L (the E2E script's): LCS-based precision and recall, each the max over the references,
+    combined with beta = 1.2: hyp 'the cat sat down'; ref 1 'the cat is down' (LCS 3: P 3/4, R 3/4), ref 2 'the cat'
+    (LCS 2: P 2/4, R 2/2), so P = 3/4, R = 1 and F = (1 + 1.44) P R / (R + 1.44 P)."""
+    scores = e2e.e2e_scores(["the cat sat down"], [["the cat is down", "the cat"]])
+    p, r, b2 = 0.75, 1.0, 1.2 ** 2
+    assert math.isclose(scores["ROUGE_L"], (1 + b2) * p * r / (r + b2 * p), rel_tol=1e-12)
+
+
+def test_cider_of_exact_matches_is_ten():
+    """CIDEr (Vedantam et al. 2015, coco-caption's Cider): 10 x the mean over n = 1..4 of the cosine between tf-idf
+    n-gram vectors, times a Gaussian length penalty. A hypothesis equal to its single reference, with n-grams of
+    every order, has cosine 1 for each n and no length penalty: 10 exactly."""
+    hyps = ["alpha beta gamma delta", "one two three four five"]
+    scores = e2e.e2e_scores(hyps, [[h] for h in hyps])
+    assert math.isclose(scores["CIDEr"], 10.0, rel_tol=1e-9)
+    assert math.isclose(scores["BLEU"], 1.0) and math.isclose(scores["ROUGE_L"], 1.0)
+
+
+def test_empty_hypothesis_scores_zero_where_the_definitions_say_so():
+    """An empty output (a beam that ended at once) is scored, not dropped: ROUGE-L 0 for it (no common subsequence),
+    so the corpus ROUGE-L is the mean of 0 and 1; every metric stays finite.
+
+    BLEU as pymteval computes it (e2e-metrics `-p`, the paper's scorer): the empty output is one empty token, and
+    each hypothesis adds len - (n-1) to the n-gram denominators even when negative, so cand = [1+5, 0+4, -1+3,
+    -2+2] = [6, 4, 2, 0] against hits [5, 4, 3, 2]; a 0 denominator is floored at 1e-9. The official E2E BLEU is
+    therefore unbounded on corpora with outputs shorter than 4 tokens (here 135.6): reported as computed."""
+    hyps = ["", "one two three four five"]
+    refs = [["alpha beta gamma delta"], ["one two three four five"]]
+    scores = e2e.e2e_scores(hyps, refs)
+    assert all(math.isfinite(v) for v in scores.values())
+    assert math.isclose(scores["ROUGE_L"], 0.5, rel_tol=1e-12)
+    assert 0 < scores["METEOR"] < 1
+    bp = math.exp(1 - (4 + 5) / 6)                        # closest reference lengths 4 and 5; candidate length 6
+    precisions = [5 / 6, 4 / 4, 3 / 2, 2 / 1e-9]
+    assert math.isclose(scores["BLEU"], bp * math.exp(sum(map(math.log, precisions)) / 4), rel_tol=1e-9)
