@@ -28,19 +28,21 @@ def cli_value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
     return out
 
 
-def find_row(table: DictConfig, model: str, method: str, variant: str) -> DictConfig:
+_REQUIRED = object()
+
+
+def find_row(table: DictConfig, model: str, method: str, variant: str, default=_REQUIRED):
+    """The table's row for (model, method, variant); `default` if given and there is none, else CellMismatch."""
     for row in table.rows:
         if row.model == model and row.method == method and row.get("variant", "default") == variant:
             return row
+    if default is not _REQUIRED:
+        return default
     rows = ", ".join(
         f"{r.model}/{r.method}" + (f"(variant={r.variant})" if r.get("variant", "default") != "default" else "")
         for r in table.rows
     )
     raise CellMismatch(f"model={model} method={method} variant={variant} is not a row of table {table.name}; its rows: {rows}")
-
-
-def has_row(table: DictConfig, model: str, method: str, variant: str) -> bool:
-    return any(r.model == model and r.method == method and r.get("variant", "default") == variant for r in table.rows)
 
 
 def check_kinds(cfg: DictConfig) -> None:
@@ -63,8 +65,9 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             raise CellMismatch(f"task={cfg.task.name} is not in table {table.name}; its tasks: {', '.join(table.tasks)}")
         stand_ins = table.get("stand_ins") or {}
         paper_model = stand_ins.get(cfg.model.name, cfg.model.name)
-        if paper_model != cfg.model.name and cfg.variant == "default" and not has_row(table, paper_model, cfg.method.name, "default"):
-            row = {}   # a stand-in runs any method; with no such paper row, the method's own conf/method/<name>.yaml
+        if paper_model != cfg.model.name and cfg.variant == "default":
+            # a stand-in runs any method; with no such paper row, the method's own conf/method/<name>.yaml
+            row = find_row(table, paper_model, cfg.method.name, "default", default={})
         else:
             row = find_row(table, paper_model, cfg.method.name, cfg.variant)
         set_ = row.get("set") or {}

@@ -26,6 +26,7 @@ Cost estimate per job (a stated formula, not a measurement):
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections import Counter, OrderedDict
@@ -57,11 +58,12 @@ def job_dict(job: list[str]) -> dict[str, str]:
     return dict(_key(o) for o in job)
 
 
-def method_names() -> list[str]:
+@functools.cache
+def method_names() -> tuple[str, ...]:
     """Every method option (conf/method/*.yaml)."""
     from repro import CONF_DIR
 
-    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+    return tuple(sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")))
 
 
 def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:

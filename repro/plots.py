@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from repro import records as rec  # noqa: E402
-from repro.tables import build, load_paper, norm, parse_label, parse_params  # noqa: E402
+from repro.tables import build, load_paper, norm, paper_average, parse_label, parse_params  # noqa: E402
 
 
 def _colour(method: str, cache: dict):
@@ -58,10 +58,10 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
             # the paper's: hollow marker at the paper's count
             if row.paper:
                 px = parse_params(row.paper.get("params"))
-                j = len(tasks) if col == "Avg" else i
-                if px and j < len(row.paper["values"]):
-                    ax.scatter([px], [row.paper["values"][j]], facecolors="none", edgecolors=[c], marker="s",
-                               label=f"{method} (paper, {row.paper_model})")
+                py = paper_average(row, len(tasks)) if col == "Avg" else row.cells[tasks[i]].paper
+                if px and py is not None:
+                    ax.scatter([px], [py], facecolors="none", edgecolors=[c], marker="s",
+                               label=f"{method} (paper, {row.paper['model']})")
         ax.set_xscale("log")
         ax.set_title(col)
         ax.set_xlabel("trainable parameters (log)")

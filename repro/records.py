@@ -102,10 +102,10 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def prepare_checkpoint_dir(cfg: DictConfig) -> Path | None:
+def prepare_checkpoint_dir(cfg: DictConfig) -> Path:
     """The cell's checkpoint folder, stamped with the config's fingerprint. Checkpoints left by an interrupted run of
-    the *same* config are kept (the Trainer resumes from the last complete one); those of another config are
-    removed, so a changed cell never resumes someone else's optimizer state. Returns the last checkpoint, if any."""
+    the *same* config are kept (`train.train_resuming` resumes from the last complete one); those of another config
+    are removed, so a changed cell never resumes someone else's optimizer state. Returns the folder."""
     path = checkpoint_dir(cfg)
     stamp = path / "FINGERPRINT"
     fp = fingerprint(cfg)
@@ -113,7 +113,7 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path | None:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fp + "\n")
-    return last_complete_checkpoint(path)
+    return path
 
 
 def fingerprint(cfg: DictConfig) -> str:

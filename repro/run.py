@@ -126,9 +126,7 @@ def set_up_cell(cfg: DictConfig) -> tuple:
 
 
 def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model) -> dict:
-    last = records.prepare_checkpoint_dir(cfg)
-    if last is not None:
-        log.info("resuming %s from its last checkpoint %s", path, last)
+    records.prepare_checkpoint_dir(cfg)
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
 

@@ -120,7 +120,7 @@ class Cell:
 
     @property
     def std(self):
-        return statistics.stdev(self.scores) if len(self.scores) > 1 else (0.0 if self.scores else None)
+        return statistics.stdev(self.scores) if len(self.scores) > 1 else None    # undefined for one seed
 
     @property
     def median(self):
@@ -187,8 +187,9 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
             if model != spec["model"] and not has_any:
                 continue
             cells: OrderedDict = OrderedDict()
+            cited = bool(spec.get("cited")) or (prow or {}).get("marker") == "*"    # * = "published in prior works"
             row = Row(model, spec["model"], spec["method"], variant, spec.get("label", spec["method"]),
-                      bool(spec.get("cited")), prow, cells)
+                      cited, prow, cells)
             for i, task in enumerate(tasks):
                 cell = Cell()
                 if prow is not None:
@@ -234,7 +235,7 @@ def fmt_params(n) -> str:
 def mean_cell(c: Cell) -> str:
     if c.n == 0:
         return f"failed ×{sum(c.failed.values())}" if c.failed else MISSING
-    s = f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})"
+    s = f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})" if c.std is not None else f"{c.mean:.1f} (n=1)"
     return s + (f" +{sum(c.failed.values())} failed" if c.failed else "")
 
 
@@ -246,6 +247,17 @@ def row_title(row: Row) -> tuple[str, str]:
     if row.variant != "default":
         label += f" [{row.variant}]"
     return model, label
+
+
+def paper_average(row: Row, n_tasks: int) -> float | None:
+    """The paper's printed Avg when the table has all its task columns; else the mean of its numbers on ours."""
+    if not row.paper:
+        return None
+    values = row.paper["values"]
+    if len(values) == n_tasks + 1:
+        return values[-1]
+    papers = [c.paper for c in row.cells.values()]
+    return statistics.fmean(papers) if papers and None not in papers else None
 
 
 def table_lines(rows: list[Row], tasks: list[str], columns: list[str]) -> list[list[str]]:
@@ -261,7 +273,7 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[str]) -> list[l
         avg_mean, k = row.average("mean")
         avg_med, _ = row.average("median")
         partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
-        paper_avg = row.paper["values"][-1] if row.paper and len(row.paper["values"]) == n_tasks + 1 else None
+        paper_avg = paper_average(row, n_tasks)
         out.append([model, label, params, "mean ± std (n)", *[mean_cell(c) for c in cells],
                     (fmt(avg_mean) + partial) if avg_mean is not None else MISSING])
         out.append(["", "", "", "median (paper's statistic)", *[fmt(c.median) for c in cells],
@@ -331,7 +343,9 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
           "Δ = median − paper. \"(cited)\": the paper copied that row from prior work (marked * there). Stand-in rows "
           "(\"X (for Y)\") ran a small model with the row's method settings; the paper's numbers are those of Y. "
           f"\"{MISSING}\": no record; \"failed ×k\": k failed seeds (reasons below). Avg: mean over the task columns "
-          "(\"(k/8 tasks)\" when some are missing; Δ only when complete).", "",
+          f"(\"(k/{len(tasks)} tasks)\" when some are missing; Δ only when complete)"
+          + ("" if len(tasks) + 1 == len(paper.get("columns", [])) else
+             f"; the paper's Avg here is the mean of its numbers on these {len(tasks)} tasks, not its printed Avg") + ".", "",
           markdown(lines)]
     failures = [(row, task, reason, n) for row in rows for task, c in row.cells.items() for reason, n in c.failed.items()]
     if failures:

@@ -3,6 +3,7 @@ precision, distributed launch (torchrun), checkpoints and resume, per-epoch eval
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 
 from repro import records
 from repro.metrics.glue import glue_metrics, predictions
+
+log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
@@ -101,6 +104,8 @@ def train_resuming(trainer: Trainer, output_dir: Path, guard: DivergenceGuard) -
     if the guard stopped it. Returns the checkpoint it resumed from."""
     last = records.last_complete_checkpoint(output_dir)
     last = str(last) if last else None
+    if last:
+        log.info("resuming from the last complete checkpoint %s", last)
     trainer.train(resume_from_checkpoint=last)
     if guard.diverged_at is not None:
         raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")

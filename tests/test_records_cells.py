@@ -101,7 +101,7 @@ def _hold(cfg_yaml, ready, release):
 
     with records.cell_lock(OmegaConf.create(cfg_yaml)):
         ready.set()
-        release.wait(20)
+        release.wait(300)    # released by the test; the timeout only bounds a broken test
 
 
 def test_cell_lock_excludes_a_second_job(compose_config):
@@ -132,10 +132,11 @@ def test_checkpoints_of_another_config_are_not_resumed(compose_config):
     ckpt = records.checkpoint_dir(cfg)
     (ckpt / "checkpoint-4").mkdir(parents=True)
     (ckpt / "FINGERPRINT").write_text("another-config\n")
-    assert records.prepare_checkpoint_dir(cfg) is None and not (ckpt / "checkpoint-4").exists()
+    assert records.prepare_checkpoint_dir(cfg) == ckpt and not (ckpt / "checkpoint-4").exists()
     (ckpt / "checkpoint-4").mkdir()
     (ckpt / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
-    assert records.prepare_checkpoint_dir(cfg).name == "checkpoint-4"      # same config: resumed
+    records.prepare_checkpoint_dir(cfg)                                     # same config: kept, and resumed
+    assert records.last_complete_checkpoint(ckpt).name == "checkpoint-4"
 
 
 def test_a_checkpoint_cut_off_mid_save_is_not_resumed(compose_config):
@@ -149,7 +150,8 @@ def test_a_checkpoint_cut_off_mid_save_is_not_resumed(compose_config):
         (ckpt / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"")
         if state is not None:
             (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    assert records.prepare_checkpoint_dir(cfg).name == "checkpoint-10"
+    records.prepare_checkpoint_dir(cfg)
+    assert records.last_complete_checkpoint(ckpt).name == "checkpoint-10"
     assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-10"]
 
 

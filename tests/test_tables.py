@@ -126,3 +126,42 @@ def test_explicit_paper_row_mapping():
     assert ft["model"] == "roberta-base" and ft["params"] == "125.0M"
     assert tables.paper_row(paper, {"model": "minilm", "method": "adapter_h", "label": "AdptH", "paper_row": None}) is None
     assert tables.paper_row(paper, {"model": "minilm", "method": "lora", "label": "LoRA"}) is None   # no minilm in the paper
+
+
+def test_glue_cpu_marks_cited_rows_and_averages_the_paper_over_its_own_tasks(tmp_path):
+    """glue_cpu maps its rows to the paper's RoBERTa-base rows with `paper_row:`; those the paper copied from prior work
+    (marker *) are cited there too, and with 5 of the paper's 8 tasks the paper's Avg is the mean over those 5."""
+    root = tmp_path / "results"
+    for task, metric in (("rte", "accuracy"), ("mrpc", "accuracy"), ("stsb", "pearson"),
+                         ("cola", "matthews_correlation"), ("sst2", "accuracy")):
+        write_record(root, "minilm", "ft", task, 0, 0.5, table="glue_cpu", metric=metric)
+    write_record(root, "minilm", "lora", "rte", 0, 0.6, table="glue_cpu")
+    rows, _, _ = tables.build("glue_cpu", root)
+    ft, bitfit, lora = find(rows, "minilm", "ft"), find(rows, "minilm", "bitfit"), find(rows, "minilm", "lora")
+    assert ft.cited and bitfit.cited and not lora.cited                     # Table 2: FT* and BitFit* are cited
+    assert tables.paper_average(ft, 5) == pytest.approx(statistics.fmean([78.7, 90.2, 91.2, 63.6, 94.8]))
+    md = tables.render("glue_cpu", root)
+    assert "| 50.0 |" in md                                                 # FT's own 5-task average
+    assert "-33.7 |" in md                                                  # FT Avg Δ: 50.0 − 83.7
+    assert "60.0 (n=1)" in md and "± 0.0" not in md                         # one seed: no std is printed
+    assert "(1/5 tasks)" in md
+
+
+def test_glue_cpu_plot_puts_each_paper_point_in_its_task_panel(tmp_path, monkeypatch):
+    """glue_cpu's columns are 5 of the paper's 9 in another order: the paper's RTE number goes in the RTE panel."""
+    root = tmp_path / "results"
+    write_record(root, "minilm", "ft", "rte", 0, 0.5, table="glue_cpu")
+    from matplotlib.collections import PathCollection
+
+    figs = []
+    monkeypatch.setattr(plots.plt, "close", figs.append)
+    plots.score_vs_params("glue_cpu", root, tmp_path / "plots")
+    panels = {ax.get_title(): ax for ax in figs[0].axes}
+    paper_ys = lambda title: sorted(float(y) for c in panels[title].collections if isinstance(c, PathCollection)  # noqa: E731
+                                      for _, y in c.get_offsets())                   # the hollow paper markers
+    assert 78.7 in paper_ys("RTE") and 87.6 not in paper_ys("RTE")          # roberta-base FT: RTE 78.7, MNLI 87.6
+    assert paper_ys("Avg") == pytest.approx(sorted([statistics.fmean([78.7, 90.2, 91.2, 63.6, 94.8]),
+                                                    statistics.fmean([81.5, 92.7, 90.8, 62.0, 93.7]),
+                                                    statistics.fmean([86.6, 89.7, 91.5, 63.4, 95.1])]))
+    labels = {t for ax in figs[0].axes for t in ax.get_legend_handles_labels()[1]}
+    assert "FT (paper, roberta-base)" in labels and "FT (minilm)" in labels

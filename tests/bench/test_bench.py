@@ -76,14 +76,14 @@ def test_train_quick(tmp_path):
     assert ft["peak_rss_mb"] > 0 and {"weights", "grads", "optimizer", "saved_activations"} <= set(ft["bytes"])
     assert ft["params"]["trainable_params"] == ft["params"]["total_params"]
     lora = rows["tiny-roberta", "lora"]
-    if lora["status"] == "ok":
-        assert "tiny-roberta" in result["ratios"]
-        assert lora["bytes"]["optimizer"] < ft["bytes"]["optimizer"]
-    peft = result["ours_vs_peft"]
-    if peft is not None and peft.get("status") != "error":
-        assert peft["trainable_params"]["ours"] == peft["trainable_params"]["peft"]
-        assert peft["initial_loss_abs_diff"] < 1e-4   # same weights, same LoRA: same loss
-        check_stats(peft["step"]["ours"])
+    assert lora["status"] == "ok", lora.get("error")
+    assert "tiny-roberta" in result["ratios"]
+    assert lora["bytes"]["optimizer"] < ft["bytes"]["optimizer"]
+    peft = result["ours_vs_peft"]                  # PEFT is a test dependency: the comparison must have run
+    assert peft is not None and peft.get("status") != "error", peft
+    assert peft["trainable_params"]["ours"] == peft["trainable_params"]["peft"]
+    assert peft["initial_loss_abs_diff"] < 1e-4       # same weights, same LoRA: same loss
+    check_stats(peft["step"]["ours"])
 
 
 def test_storage_quick(tmp_path):
