@@ -73,12 +73,10 @@ class Variants:
         self.info: dict[str, dict[str, Any]] = {"base": {"params": common.param_counts(base)["total_params"]}}
         self.errors = errors
         self.lora_state = None
-        self.merge = self.unmerge = None
         if "lora" not in errors:
             try:
                 lora = common.apply_method(shared_copy(base, lambda n: "c_attn" in n), "lora", **LORA)
                 common.randomize_lora_B(lora)
-                self.merge, self.unmerge = merge, unmerge
                 lora.to(device=device, dtype=dtype).eval()
                 self.models["lora"] = lora
                 self.lora_state = "unmerged"
@@ -107,7 +105,7 @@ class Variants:
         if name.startswith("lora_") and "lora" in self.models:
             want = name.removeprefix("lora_")
             if want != self.lora_state:
-                (self.merge if want == "merged" else self.unmerge)(self.models["lora"])
+                (merge if want == "merged" else unmerge)(self.models["lora"])
                 self.lora_state = want
             return self.models["lora"]
         return self.models[name]

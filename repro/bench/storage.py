@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from repro.bench import common
-from repro.methods.lora import merge, unmerge
 from repro.bench.train import FULL_MODELS, QUICK_MODELS, overrides_for
+from repro.methods.lora import merge, unmerge
 
 
 def drop_page_cache(path: Path) -> bool:
@@ -65,7 +65,6 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
     model into which the next task's full fine-tuned checkpoint is loaded. Alternating tasks A, B, A, ..."""
     from repro.methods.common import trainable_state_dict
 
-    merge_impl = "repro.methods.lora"
     over = overrides_for(model_name, "lora")
     model = common.apply_method(common.load_model_file(model_name, task_kind, weights), "lora", **over).eval()
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and "weight" in n
@@ -110,7 +109,7 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
             common.load_weights(ft_model, path)
 
     cpu = torch.device("cpu")
-    out: dict[str, Any] = {"model": model_name, "switches": switches, "merge_impl": merge_impl,
+    out: dict[str, Any] = {"model": model_name, "switches": switches, "merge_impl": "repro.methods.lora",
                            "lora_adapter_bytes": adapters[0].stat().st_size, "ft_checkpoint_bytes": ft_paths[0].stat().st_size}
     for cache in ("warm", "cold"):
         samples: dict[str, list[float]] = {"lora": [], "ft": []}
@@ -206,8 +205,6 @@ def render(result: dict) -> str:
         lines.append(common.table(["model", "page cache", "LoRA unmerge+load+merge ms", "FT load ms", "FT/LoRA",
                                    "adapter file", "FT file"], body))
     for s in result["task_switch"]:
-        if s.get("status") != "error" and s["merge_impl"] != "repro.methods.lora":
-            lines.append(f"{s['model']}: merge/unmerge = {s['merge_impl']}")
         if s.get("status") != "error":
             lines.append(f"{s['model']}: after {2 * s['switches']} LoRA task switches, max |W - W0| after unmerge = "
                          f"{s['weight_drift_after_switches_max_abs']:.1e} (fp32, {s['weights_checked']} attention matrices)")

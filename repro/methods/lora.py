@@ -63,6 +63,14 @@ def _init_A(A: torch.Tensor, r: int, init: str) -> None:
         raise CellMismatch(f"method.init={init!r}; allowed: kaiming, gaussian")
 
 
+def _add_in_fp32(weight: torch.Tensor, update: torch.Tensor) -> None:
+    """weight += update (an fp32 ΔW), in place; a weight of lower precision is summed in fp32 and cast back."""
+    if weight.dtype == torch.float32:
+        weight.add_(update)
+    else:
+        weight.copy_((weight.float() + update).to(weight.dtype))
+
+
 class LoRALinear(nn.Linear):
     """nn.Linear with h = W0 x + b + (alpha/r) · B A dropout(x). W0 and b are the base layer's own Parameters."""
 
@@ -91,11 +99,7 @@ class LoRALinear(nn.Linear):
     def _fold(self, sign: int) -> None:
         """W += sign (alpha/r) B A, in fp32."""
         with torch.no_grad():
-            update = (sign * self.scaling) * (self.lora_B.float() @ self.lora_A.float())
-            if self.weight.dtype == torch.float32:
-                self.weight.add_(update)
-            else:
-                self.weight.copy_((self.weight.float() + update).to(self.weight.dtype))
+            _add_in_fp32(self.weight, sign * self.delta_weights()[self.targets[0]])
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, target={self.targets[0]}, r={self.r}, alpha={self.alpha}"
@@ -142,12 +146,8 @@ class LoRAConv1D(Conv1D):
         with torch.no_grad():
             for t in self.targets:
                 lo = self.parts.index(t) * self.d_part
-                block = self.weight[:, lo:lo + self.d_part]
                 update = (sign * self.scaling) * (self.lora_A[t].float().T @ self.lora_B[t].float().T)
-                if block.dtype == torch.float32:
-                    block.add_(update)
-                else:
-                    block.copy_((block.float() + update).to(block.dtype))
+                _add_in_fp32(self.weight[:, lo:lo + self.d_part], update)
 
     def extra_repr(self) -> str:
         return f"nf={self.nf}, nx={self.nx}, parts={self.parts}, targets={self.targets}, r={self.r}, alpha={self.alpha}"
