@@ -375,6 +375,53 @@ def plan_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], expansi
     return render(primary.table.name, cells, expansion, notes)
 
 
+# ---------------------------------------------------------------- launch order: train.init_from chains
+
+
+def init_sources(config_loader, primary: DictConfig, jobs: list[list[str]]) -> dict[int, int]:
+    """{job index: index of the job whose weights its train.init_from loads} (Table 2: RTE, MRPC and STS-B LoRA start
+    from the MNLI cell of the same model and seed). A job whose init_from no job of `jobs` writes has no entry."""
+    import os
+
+    from repro import records
+
+    writes, reads = {}, {}
+    for i, (_job, cfg, _note) in enumerate(resolve_jobs(config_loader, primary, jobs, fallback=False)):
+        if cfg is None:   # does not resolve: launched in the first wave, to fail there with its reason
+            continue
+        writes[os.path.abspath(records.weights_path(cfg))] = i
+        if cfg.train.get("init_from"):
+            reads[i] = os.path.abspath(cfg.train.init_from)
+    return {i: writes[path] for i, path in reads.items() if writes.get(path, i) != i}
+
+
+def launch_waves(n_jobs: int, sources: dict[int, int]) -> list[list[int]]:
+    """Job indices in waves, grid order kept within each: a job is one wave after the job it starts from."""
+    depth: dict[int, int] = {}
+
+    def wave(i: int, chain: tuple = ()) -> int:
+        if i in chain:
+            raise ValueError(f"train.init_from cycle between jobs {chain}")
+        if i not in depth:
+            depth[i] = 0 if i not in sources else 1 + wave(sources[i], (*chain, i))
+        return depth[i]
+
+    waves: list[list[int]] = []
+    for i in range(n_jobs):
+        while len(waves) <= wave(i):
+            waves.append([])
+        waves[wave(i)].append(i)
+    return waves
+
+
+def describe_waves(waves: list[list[int]]) -> str:
+    if len(waves) < 2:
+        return "launch order: one wave (no job starts from another job's weights)"
+    parts = [f"wave {k + 1}: {len(w)} jobs" for k, w in enumerate(waves)]
+    return ("launch order: " + "; ".join(parts) + ". A job that starts from another job's weights (train.init_from) "
+            "is in a later wave; each wave is launched when the one before it has ended")
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m repro.plan <overrides>`: the table sweeper's dry run, through repro.run's own Hydra entry point."""
     args = list(sys.argv[1:] if argv is None else argv)

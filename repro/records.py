@@ -24,7 +24,7 @@ from repro import PROJECT_ROOT
 
 # Keys that do not change what a cell computes: left out of its fingerprint.
 VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides")
-VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps")
+VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps", "allow_smoke_init")
 
 
 def method_dirname(cfg: DictConfig) -> str:
@@ -117,12 +117,19 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path:
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """sha256 of the resolved config, less the keys that do not change the result."""
+    """sha256 of the resolved config, less the keys that do not change the result. A cell that starts from another
+    cell's weights (train.init_from) also hashes that checkpoint's source fingerprint (None while it does not exist),
+    so re-running the source (e.g. MNLI with another config) makes its dependents not done. A cell without init_from
+    hashes exactly what it always did (committed records keep their fingerprints)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE_KEYS:
         data.pop(key, None)
     for key in VOLATILE_TRAIN_KEYS:
         data.get("train", {}).pop(key, None)
+    if data.get("train", {}).get("init_from"):
+        from repro.methods.checkpoint import source_fingerprint
+
+        data["train"]["init_from_fingerprint"] = source_fingerprint(data["train"]["init_from"])
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

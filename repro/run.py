@@ -121,7 +121,8 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     if cfg.train.get("init_from"):   # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
         from repro.methods.checkpoint import init_from
 
-        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, len(init_from(model, cfg.train.init_from, cfg.method)))
+        keys = init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init")))
+        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, len(keys))
     return tokenizer, data, model
 
 
@@ -141,7 +142,7 @@ def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model)
     if record["status"] == "ok":
         from repro.methods.checkpoint import save_trainable
 
-        save_trainable(model, records.weights_path(cfg), cfg)
+        save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
     record.update(
         outcome,
         **counts,

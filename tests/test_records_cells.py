@@ -178,3 +178,41 @@ def test_killed_cell_resumes_from_its_last_checkpoint(tmp_path, data_dir):
     record = json.loads((tmp_path / "results/glue/tiny-roberta/lora/rte/seed0.json").read_text())
     assert record["status"] == "ok" and record["resumed_from"] and "checkpoint-" in record["resumed_from"]
     assert record["steps"] == 100
+
+
+def _fingerprint_d925454(cfg) -> str:
+    """records.fingerprint as it was before init_from chains (commit d925454), verbatim."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("force", "dry_run", "paths", "wandb", "cli_overrides"):
+        data.pop(key, None)
+    for key in ("keep_checkpoints", "logging_steps"):
+        data.get("train", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_cells_without_init_from_keep_their_fingerprints():
+    """Every record committed under results/ keeps its fingerprint: its stored config hashes as the old function did,
+    and its cell, composed again from its command line today (with train.allow_smoke_init in the config), hashes to
+    the record's fingerprint, so done cells stay done. Composed with the default results_dir: Table 2's rows hold
+    init_from paths under it, and the whole table is part of every cell's fingerprint."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_cfg
+
+    found = 0
+    for path in sorted((PROJECT_ROOT / "results").rglob("seed*.json")):
+        record = records.read_record(path)
+        if not record or "config" not in record:
+            continue
+        found += 1
+        stored = OmegaConf.create(record["config"])
+        assert not stored.train.get("init_from")
+        assert records.fingerprint(stored) == _fingerprint_d925454(stored) == record["fingerprint"], path
+        overrides = list(stored.cli_overrides)
+        cfg = resolve_cell(compose_cfg([*overrides, "paths.results_dir=results"]), overrides)   # as the records were made
+        assert records.fingerprint(cfg) == record["fingerprint"], path
+    assert found >= 50

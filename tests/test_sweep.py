@@ -156,3 +156,57 @@ def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
     assert "roberta-base x adapter_p: not a row of table glue" in text
     assert "tiny-roberta x adapter_p" not in text
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_glue_grid_puts_every_mnli_source_in_an_earlier_wave(hydra_ctx, tmp_path):
+    """Table 2's full grid: the 45 LoRA cells that start from MNLI (3 models x RTE, MRPC, STS-B x 5 seeds) are in the
+    second wave, each after the MNLI cell of its model and seed."""
+    sweeper = sweeper_for(["+table=glue"], tmp_path)
+    jobs = sweeper.expand([])
+    sources = plan.init_sources(sweeper.hydra_context.config_loader, sweeper.config, jobs)
+    waves = plan.launch_waves(len(jobs), sources)
+    assert [len(w) for w in waves] == [515, 45]
+    wave_of = {i: k for k, w in enumerate(waves) for i in w}
+    for i, src in sources.items():
+        d, s = plan.job_dict(jobs[i]), plan.job_dict(jobs[src])
+        assert d["method"] == "lora" and "variant" not in d and d["task"] in ("rte", "mrpc", "stsb")
+        assert s == {**d, "task": "mnli"} and wave_of[src] < wave_of[i]
+    assert {plan.job_dict(jobs[i])["model"] for i in sources} == {"roberta-base", "roberta-large", "deberta-v2-xxlarge"}
+
+
+class RecordingLauncher:
+    """Stands in for the SLURM launcher: launch() returns when its jobs have ended (as submitit's does); each job
+    writes its cell's record, `ok` unless its overrides are in `fail`."""
+
+    def __init__(self, sweeper, fail=()):
+        self.sweeper, self.fail, self.calls = sweeper, [set(f) for f in fail], []
+
+    def launch(self, batch, initial_job_idx):
+        from hydra.core.utils import JobReturn, JobStatus
+
+        self.calls.append([plan.job_dict(job) for job in batch])
+        returns = []
+        for job, cfg, _ in plan.resolve_jobs(self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False):
+            status = "failed" if set(job) in self.fail else "ok"
+            records.write_json_atomic(records.record_path(cfg), {"status": status, "error": "boom" if status == "failed" else None,
+                                                                 "fingerprint": records.fingerprint(cfg)})
+            returns.append(JobReturn(overrides=job, status=JobStatus.COMPLETED, _return_value=status))
+        return returns
+
+
+def test_sweep_launches_dependents_after_their_mnli_cell(hydra_ctx, tmp_path, capsys):
+    """The sweep as `-m +table=glue` runs it on SLURM: MNLI cells are launched (and have ended) before the cells that
+    start from them; a cell whose MNLI cell failed is not launched, and the sweep says why."""
+    sweeper = sweeper_for(["+table=glue", f"paths.log_dir={tmp_path}/logs"], tmp_path)
+    failing = ["model=roberta-base", "method=lora", "task=mnli", "seed=1"]
+    sweeper.launcher = launcher = RecordingLauncher(sweeper, fail=[failing])
+    sweeper.sweep(["model=roberta-base", "method=lora", "task=mnli,sst2,mrpc,rte,stsb", "seed=0,1"])
+    order = [(d["task"], d["seed"]) for call in launcher.calls for d in call]
+    first_call = {(d["task"], d["seed"]) for d in launcher.calls[0]}
+    assert {("mnli", "0"), ("mnli", "1")} <= first_call and not first_call & {(t, s) for t in ("rte", "mrpc", "stsb") for s in "01"}
+    assert sorted(order) == sorted([(t, "0") for t in ("mnli", "sst2", "mrpc", "rte", "stsb")] + [("mnli", "1"), ("sst2", "1")])
+    out = capsys.readouterr().out
+    for task in ("mrpc", "rte", "stsb"):
+        assert f"not run: model=roberta-base method=lora task={task} seed=1: its train.init_from source " \
+               f"({' '.join(failing)}) ended failed: boom" in out
+    assert "table sweeper: 10 jobs: 1 failed, 3 not run (init_from source not ok), 6 ok" in out

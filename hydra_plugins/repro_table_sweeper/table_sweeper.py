@@ -2,6 +2,7 @@
 
 Selected by a table config with `defaults: [override /hydra/sweeper: table]`; its grid is `hydra.sweeper.params`.
 `dry_run=true` prints the expanded grid, its job count and a GPU-hour estimate (repro.plan) and launches nothing.
+Jobs are launched in waves so that a cell starting from another cell's weights (train.init_from) runs after it.
 """
 
 from __future__ import annotations
@@ -42,41 +43,80 @@ class TableSweeper(BasicSweeper):
         return self.expansion.kept
 
     def sweep(self, arguments: List[str]) -> Any:
+        """Launch the grid in waves: a cell that starts from another cell's weights (train.init_from: Table 2's RTE,
+        MRPC, STS-B LoRA from MNLI) is launched only after that cell's wave has ended (a launcher's launch() returns
+        when its jobs have ended, submitit's too), and not at all, with the reason, when that cell did not end ok."""
+        from repro.plan import describe_waves, init_sources, launch_waves
+
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         jobs = self.expand(arguments)
+        loader = self.hydra_context.config_loader
+        sources = init_sources(loader, self.config, jobs)
+        waves = launch_waves(len(jobs), sources)
         if self.config.get("dry_run"):
             from repro.plan import plan_jobs
 
-            print(plan_jobs(self.hydra_context.config_loader, self.config, jobs, self.expansion), flush=True)
+            print(plan_jobs(loader, self.config, jobs, self.expansion), flush=True)
+            print(describe_waves(waves), flush=True)
             return []
         if self.expansion.n_dropped:
             log.info("table sweeper: %d jobs, %d combinations left out (not rows of table %s)",
                      len(jobs), self.expansion.n_dropped, self.config.table.name)
-        jobs = self.skip_done(jobs)
-        if not jobs:
-            print("table sweeper: nothing to launch", flush=True)
-            return []
-        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        if len(waves) > 1:
+            print(f"table sweeper: {describe_waves(waves)}", flush=True)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: List[Sequence[JobReturn]] = []
         outcomes: Counter = Counter()
+        errors: List[Exception] = []
         initial_job_idx = 0
-        while not self.is_done():
-            batch = self.get_job_batch()
-            tic = time.perf_counter()
-            self.validate_batch_is_legal(batch)
-            log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
-            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            for r in results:
-                outcomes[str(r.return_value)] += 1   # re-raises a job's exception, as the basic sweeper does
-            initial_job_idx += len(batch)
-            returns.append(results)
-        print(f"table sweeper: {len(jobs)} jobs ended: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), flush=True)
+        for k, wave in enumerate(waves):
+            blocked = self.sources_not_ok({i: jobs[sources[i]] for i in wave if i in sources})
+            for i in wave:
+                if i in blocked:
+                    print(f"not run: {' '.join(jobs[i])}: its train.init_from source ({' '.join(jobs[sources[i]])}) "
+                          f"{blocked[i]}", flush=True)
+                    outcomes["not run (init_from source not ok)"] += 1
+            todo = self.skip_done([jobs[i] for i in wave if i not in blocked], f"wave {k + 1}" if len(waves) > 1 else "the grid")
+            for batch in self.split_overrides_to_chunks(todo, self.max_batch_size):
+                tic = time.perf_counter()
+                self.validate_batch_is_legal(batch)
+                log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                for r in results:
+                    try:
+                        outcomes[str(r.return_value)] += 1
+                    except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
+                        outcomes["error"] += 1
+                        errors.append(exc)
+                initial_job_idx += len(batch)
+                returns.append(results)
+        if not outcomes:
+            print("table sweeper: nothing to launch", flush=True)
+        else:
+            print(f"table sweeper: {sum(outcomes.values())} jobs: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), flush=True)
+        if errors:   # as the basic sweeper, a job's exception fails the sweep (after every other job has run)
+            raise errors[0]
         return returns
 
-    def skip_done(self, jobs: List[List[str]]) -> List[List[str]]:
+    def sources_not_ok(self, sources: Dict[int, List[str]]) -> Dict[int, str]:
+        """{job index: why} for the jobs whose init_from source job has no `ok` record with its config's fingerprint."""
+        from repro import records
+        from repro.plan import resolve_jobs
+
+        unique = [list(j) for j in dict.fromkeys(tuple(j) for j in sources.values())]
+        why = {}
+        for job, cfg, note in resolve_jobs(self.hydra_context.config_loader, self.config, unique, fallback=False):
+            if cfg is None:
+                why[tuple(job)] = f"does not resolve ({note})"
+            elif records.finished_record(cfg) is None:
+                record = records.read_record(records.record_path(cfg)) or {}
+                why[tuple(job)] = (f"ended {record['status']}: {record.get('error')}" if record.get("status") not in (None, "ok")
+                                   else f"has no ok record with its config's fingerprint ({records.record_path(cfg)})")
+        return {i: why[tuple(src)] for i, src in sources.items() if tuple(src) in why}
+
+    def skip_done(self, jobs: List[List[str]], label: str = "the grid") -> List[List[str]]:
         """Leave out, before launching anything, the cells whose `ok` record has this config's fingerprint (the
         job itself checks again). A job that does not resolve is launched, to fail there with its reason."""
         from repro import records
@@ -91,6 +131,6 @@ class TableSweeper(BasicSweeper):
             else:
                 done.append(job)
                 print(f"skipped (done: ok record, same fingerprint): {records.record_path(cfg)}", flush=True)
-        print(f"table sweeper: {len(jobs)} jobs in the grid, {len(done)} already done and skipped, "
+        print(f"table sweeper: {len(jobs)} jobs in {label}, {len(done)} already done and skipped, "
               f"{len(todo)} to launch (force=true reruns done cells)", flush=True)
         return todo

@@ -4,7 +4,9 @@ File layout: the tensors of `trainable_state_dict(model)` under their parameter 
 repro.methods.lora), and string metadata:
   format = "repro-trainable-v1", method (JSON of the method config), method_name, r, alpha, targets (JSON),
   fan_in_fan_out ("true" for GPT-2's Conv1D), init, model (our model name), model_type, base_model (hub id),
-  task, head_keys (JSON list of the task-head tensors).
+  task, head_keys (JSON list of the task-head tensors), and where the cell is known: source_fingerprint (the
+  fingerprint of the cell that wrote it, as in its record), steps (JSON: optimizer steps taken), smoke (JSON: null, or
+  why the run was a smoke run; see `smoke_reason`).
 `load_trainable` refuses a file that does not fit the model or the method config, so that evaluating, say, a
 LoRA checkpoint with another alpha is impossible (alpha/r lives outside the tensors: microsoft/LoRA #151).
 """
@@ -36,7 +38,22 @@ def _method_dict(method_cfg) -> dict:
     return {k: d[k] for k in STRUCTURAL if k in d}
 
 
-def metadata_for(model: nn.Module, cfg: DictConfig) -> dict[str, str]:
+def smoke_reason(cfg: DictConfig) -> str | None:
+    """Why a cell is a smoke run, else None. A smoke run is one whose command line shortens the training its config
+    and table define: it sets `train.max_steps` > 0 or a `data.max_train_samples` (a table's own subsample or
+    step count, e.g. glue_cpu's, is the cell's schedule, not smoke)."""
+    from repro.cell import cli_value_overrides
+
+    for key, value in cli_value_overrides(list(cfg.get("cli_overrides") or [])):
+        if (key == "train.max_steps" and value is not None and int(value) > 0) or \
+                (key == "data.max_train_samples" and value is not None):
+            return f"{key}={value} on the command line"
+    return None
+
+
+def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None) -> dict[str, str]:
+    from repro.records import fingerprint
+
     m = cfg.method
     state_keys = [n for n, p in model.named_parameters() if p.requires_grad]
     return {
@@ -53,15 +70,18 @@ def metadata_for(model: nn.Module, cfg: DictConfig) -> dict[str, str]:
         "base_model": str(cfg.model.get("hub_id") or cfg.model.name),
         "task": str(cfg.task.name) if "task" in cfg else "",
         "head_keys": json.dumps([k for k in state_keys if is_head(k)]),
+        "source_fingerprint": fingerprint(cfg),
+        "steps": json.dumps(steps),
+        "smoke": json.dumps(smoke_reason(cfg)),
     }
 
 
-def save_trainable(model: nn.Module, path: Path, cfg: DictConfig) -> None:
-    """Atomic: written to a temporary name in the same folder, then renamed."""
+def save_trainable(model: nn.Module, path: Path, cfg: DictConfig, steps: int | None = None) -> None:
+    """Atomic: written to a temporary name in the same folder, then renamed. `steps`: optimizer steps taken."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(trainable_state_dict(model), str(tmp), metadata=metadata_for(model, cfg))
+    save_file(trainable_state_dict(model), str(tmp), metadata=metadata_for(model, cfg, steps))
     os.replace(tmp, path)
 
 
@@ -117,12 +137,31 @@ def load_trainable(model: nn.Module, path: Path, method_cfg: DictConfig, only: s
     return sorted(params)
 
 
-def init_from(model: nn.Module, path: str | Path, method_cfg: DictConfig) -> list[str]:
-    """cfg.train.init_from: start from another cell's LoRA (the paper's MNLI start for MRPC, RTE, STS-B)."""
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """A checkpoint's metadata, without reading its tensors ({} if the file does not exist)."""
+    if not Path(path).exists():
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def source_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of the cell that wrote the checkpoint at `path`; None if there is none (yet)."""
+    return read_metadata(path).get("source_fingerprint")
+
+
+def init_from(model: nn.Module, path: str | Path, method_cfg: DictConfig, allow_smoke: bool = False) -> list[str]:
+    """cfg.train.init_from: start from another cell's LoRA (the paper's MNLI start for MRPC, RTE, STS-B).
+    A smoke run's checkpoint is refused unless `allow_smoke` (train.allow_smoke_init)."""
     path = Path(path)
     if not path.exists():
         raise ReproError(f"train.init_from={path} does not exist: run the cell that writes it first "
                          f"(the MNLI cell of the same model, method and seed)")
+    smoke = json.loads(read_metadata(path).get("smoke") or "null")
+    if smoke and not allow_smoke:
+        raise ReproError(f"train.init_from={path} was written by a smoke run ({smoke}): not a start for a table cell. "
+                         "Re-run that cell without shortening it on the command line (force=true), or pass "
+                         "train.allow_smoke_init=true to chain smoke cells on purpose")
     return load_trainable(model, path, method_cfg, only="lora")
 
 

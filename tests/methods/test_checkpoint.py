@@ -110,3 +110,28 @@ def test_peft_export_refused_for_gpt2(tmp_path):
     m = method("lora", r=2)
     with pytest.raises(CellMismatch, match="c_attn"):
         export_peft(apply_method(tiny("gpt2"), m), cell("tiny-gpt2", m), tmp_path)
+
+
+def test_checkpoint_carries_source_fingerprint_steps_and_smoke(tmp_path):
+    """An init_from checkpoint names the record that wrote it (fingerprint, steps); a smoke run's is refused as an
+    init unless train.allow_smoke_init. Smoke: the command line sets train.max_steps > 0 or data.max_train_samples."""
+    from repro import records
+    from repro.methods.checkpoint import read_metadata, smoke_reason, source_fingerprint
+
+    m = method("lora", r=2, alpha=4)
+    full, smoke = cell("tiny-roberta", m), cell("tiny-roberta", m)
+    smoke.cli_overrides = ["task=mnli", "train.max_steps=5"]
+    assert smoke_reason(full) is None and "train.max_steps=5" in smoke_reason(smoke)
+    assert smoke_reason(OmegaConf.create({"cli_overrides": ["train.max_steps=-1", "seed=1"]})) is None
+    assert smoke_reason(OmegaConf.create({"cli_overrides": ["data.max_train_samples=64"]})) is not None
+    for name, cfg in (("full", full), ("smoke", smoke)):
+        save_trainable(trained("roberta", m), tmp_path / f"{name}.safetensors", cfg, steps=7)
+    meta = read_metadata(tmp_path / "full.safetensors")
+    assert meta["source_fingerprint"] == records.fingerprint(full) == source_fingerprint(tmp_path / "full.safetensors")
+    assert json.loads(meta["steps"]) == 7 and json.loads(meta["smoke"]) is None
+    assert source_fingerprint(tmp_path / "missing.safetensors") is None
+    rte = apply_method(tiny("roberta", num_labels=2), m)
+    assert init_from(rte, tmp_path / "full.safetensors", m)
+    with pytest.raises(ReproError, match=r"smoke run \(train.max_steps=5 on the command line\).*allow_smoke_init=true"):
+        init_from(rte, tmp_path / "smoke.safetensors", m)
+    assert init_from(rte, tmp_path / "smoke.safetensors", m, allow_smoke=True)
