@@ -10,6 +10,7 @@ from torch import nn
 
 from repro.errors import CellMismatch
 from repro.methods.adapters import apply_adapter
+from repro.methods.dora import apply_dora
 from repro.methods.finetune import apply_bitfit, apply_ft, apply_fttop
 from repro.methods.lora import apply_lora
 from repro.methods.prefix import apply_prefix
@@ -24,8 +25,13 @@ METHODS = {
     "adapter_d": apply_adapter,
     "prefix_embed": apply_prefix,
     "prefix_layer": apply_prefix,
-    "lora": apply_lora,
+    "lora": apply_lora,          # also with `targets: all_linear`
+    "lora_all_linear": apply_lora,   # the same, targets: all_linear as its default
+    "rslora": apply_lora,        # rslora: true -- scaling alpha/√r
+    "pissa": apply_lora,         # init: pissa -- A, B from W's top-r SVD, W0 <- the residual
+    "dora": apply_dora,
 }
+LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
 DECODER_ONLY = ("prefix_embed", "prefix_layer")
 
 

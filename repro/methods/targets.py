@@ -1,9 +1,14 @@
 """Where the paper's weight matrices live in each transformers architecture (Section 4.2: W_q, W_k, W_v, W_o, and the
 MLP's two matrices), and the block-level places adapters hook into.
 
-Targets are named in the paper's words: q, k, v, o (attention) and mlp_in, mlp_out (the MLP, ablations only).
+Targets are named in the paper's words: q, k, v, o (attention) and mlp_in, mlp_out (the MLP, ablations only);
+Llama's gated MLP has a third matrix, mlp_gate (gate_proj; up_proj is mlp_in, down_proj mlp_out).
 GPT-2 fuses W_q, W_k, W_v into one `attn.c_attn` Conv1D (weight stored (d_in, 3 d_model)); q, k, v name its
 three column blocks, in that order.
+
+`targets: all_linear` (QLoRA's choice, Dettmers et al. 2023, Sec. 4: "LoRA on all linear transformer block layers")
+means every linear layer of each block: ALL_LINEAR[model_type]. The task head and the LM head are never targets
+(PEFT's target_modules="all-linear" picks the same block matrices).
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ BLOCK_MODULES = {
     "gpt2": {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
              "o": "attn.c_proj", "mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj"},
 }
+BLOCK_MODULES["llama"] = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                          "o": "self_attn.o_proj", "mlp_gate": "mlp.gate_proj", "mlp_in": "mlp.up_proj",
+                          "mlp_out": "mlp.down_proj"}
 BLOCK_MODULES["bert"] = BLOCK_MODULES["roberta"]
+ALL_LINEAR = {mt: list(names) for mt, names in BLOCK_MODULES.items()}   # every linear layer of a block
 FUSED_QKV = {"gpt2": ("attn.c_attn", ("q", "k", "v"))}   # module path, the order of its column blocks
 
 # Adapter sites, the output projection of each sub-layer (before dropout, the residual add and the LayerNorm):
@@ -48,6 +57,8 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     base = model.base_model
     if hasattr(base, "encoder"):
         return list(base.encoder.layer)
+    if hasattr(base, "layers"):
+        return list(base.layers)  # Llama
     return list(base.h)  # GPT-2
 
 
@@ -57,6 +68,15 @@ def block_prefix(model: nn.Module) -> str:
         if module is blocks(model)[0]:
             return name.rsplit(".", 1)[0]
     raise CellMismatch("cannot locate the transformer blocks")
+
+
+def resolve_targets(model: nn.Module, targets) -> list[str]:
+    """A method config's `targets`: a list of target names, or "all_linear" (every linear layer of each block)."""
+    if isinstance(targets, str):
+        if targets != "all_linear":
+            raise CellMismatch(f"targets={targets!r}: a list of target names or 'all_linear'")
+        return ALL_LINEAR[model_type(model)]
+    return list(targets)
 
 
 def check_targets(model: nn.Module, targets: list[str]) -> None:
@@ -69,6 +89,7 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
 def find_targets(model: nn.Module, targets: list[str]):
     """Yield (parent module, attribute name, layer index, [targets in that module]) for every block; a fused module
     (GPT-2 c_attn) is yielded once with all of its requested targets."""
+    targets = resolve_targets(model, targets)
     check_targets(model, targets)
     names = BLOCK_MODULES[model_type(model)]
     for i, block in enumerate(blocks(model)):
