@@ -5,7 +5,9 @@ The only contract relied on (repro/methods/lora.py):
 * a plain Linear module at path P has trained tensors `P.lora_A` (r × d_in) and `P.lora_B` (d_out × r);
 * GPT-2's fused `attn.c_attn` has one pair per adapted projection: `P.lora_A.q`, `P.lora_B.q`, `P.lora_A.v`, ...
   (other Conv1D targets the same with their own part name: `attn.c_proj.lora_A.o`, ...);
-* ΔW = (alpha / r) · B A, d_out × d_in (h = ΔW x), in fp32;
+* ΔW = (alpha / r) · B A, d_out × d_in (h = ΔW x), in fp32; rsLoRA (method `rslora: true`): (alpha / √r) · B A;
+* DoRA and PiSSA have no such factorisation (ΔW = W' − W0, resp. γ(B A − B0 A0)): they are refused here; their ΔW
+  comes from repro.methods.checkpoint.load_delta_weights(path, base_model) or repro.methods.lora.delta_weights(model);
 * the checkpoint `<cell>/seed<k>.safetensors` carries metadata `method` = JSON of the method config (r, alpha,
   targets) and `model` = the model config name (conf/model/<model>.yaml).
 
@@ -32,7 +34,9 @@ SUFFIX_TARGET = [
     ("attention.output.dense", "o"), ("intermediate.dense", "mlp_in"), ("output.dense", "mlp_out"),
     ("attn.c_proj", "o"), ("mlp.c_fc", "mlp_in"), ("mlp.c_proj", "mlp_out"),
     ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
+    ("gate_proj", "mlp_gate"), ("up_proj", "mlp_in"), ("down_proj", "mlp_out"),
 ]
+FACTORED_METHODS = (None, "lora", "lora_all_linear", "rslora")   # ΔW = γ B A exactly
 FUSED_PARTS = {"attn.c_attn": ("q", "k", "v")}   # GPT-2: W_q | W_k | W_v column blocks of the Conv1D weight
 
 
@@ -88,7 +92,9 @@ class Adapter:
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        from repro.methods.lora import lora_scaling
+
+        return lora_scaling(self.alpha, self.r, bool(self.method.get("rslora", False)))
 
     @property
     def layers(self) -> list[int]:
@@ -115,9 +121,11 @@ def _orient(A: torch.Tensor, B: torch.Tensor, r: int | None, key: str) -> tuple[
 
 
 def factors_from_state_dict(state: dict[str, torch.Tensor], r: int | None, alpha: float | None,
-                            scalings: dict[str, float] | None = None) -> dict[tuple[int, str], Factor]:
+                            scalings: dict[str, float] | None = None, rslora: bool = False) -> dict[tuple[int, str], Factor]:
     """Pair up `<module>.lora_A[.part]` / `<module>.lora_B[.part]` keys. scalings: per module path (from a model);
-    else alpha / r for all."""
+    else alpha / r for all (alpha / √r if rslora)."""
+    from repro.methods.lora import lora_scaling
+
     pairs: dict[tuple[str, str | None], dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         m = KEY.match(key)
@@ -131,7 +139,7 @@ def factors_from_state_dict(state: dict[str, torch.Tensor], r: int | None, alpha
         if scalings and module in scalings:
             scale = scalings[module]
         elif alpha is not None:
-            scale = float(alpha) / A.shape[0]
+            scale = lora_scaling(float(alpha), A.shape[0], rslora)
         else:
             raise ValueError("alpha unknown: cannot form ΔW = (alpha/r) B A")
         key = (layer_of(module), target_of(module, part))
@@ -166,10 +174,11 @@ def load_adapter(path: str | Path) -> Adapter:
         record = json.loads(rec_path.read_text())
         if not method:
             method = (record.get("config") or {}).get("method") or {}
-    if method.get("name") not in (None, "lora"):
-        raise ValueError(f"{path}: method {method.get('name')!r} is not LoRA")
+    if method.get("name") not in FACTORED_METHODS or method.get("init") == "pissa":
+        raise ValueError(f"{path}: method {method.get('name')!r} is not LoRA with ΔW = γ B A (DoRA, PiSSA: use "
+                         "repro.methods.checkpoint.load_delta_weights(path, base_model))")
     r, alpha = method.get("r"), method.get("alpha")
-    factors = factors_from_state_dict(state, r, alpha)
+    factors = factors_from_state_dict(state, r, alpha, rslora=bool(method.get("rslora", False)))
     r = r if r is not None else next(iter(factors.values())).r
     return Adapter(factors, int(r), float(alpha), model=meta.get("model") or (record or {}).get("model"),
                    task=meta.get("task") or (record or {}).get("task"), source=str(path), method=method, record=record)
@@ -181,6 +190,9 @@ def adapter_from_model(model: torch.nn.Module, model_name: str | None = None) ->
     state = {k: p for k, p in model.named_parameters() if ".lora_" in k}
     scalings, r, alpha = {}, None, None
     for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and not getattr(module, "factored", True):
+            raise ValueError(f"{name}: ΔW is not γ B A ({type(module).__name__}, init={getattr(module, 'init', None)}); "
+                             "use repro.methods.lora.delta_weights(model)")
         if hasattr(module, "lora_A") and hasattr(module, "r"):
             r, alpha = int(module.r), float(getattr(module, "alpha", module.r))
             scalings[name] = float(getattr(module, "scaling", alpha / r))

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -30,12 +30,16 @@ from repro.methods.common import is_head, trainable_state_dict
 FORMAT = "repro-trainable-v1"
 # method fields that change the model's function or its tensors' shapes (training-only fields may differ)
 STRUCTURAL = ("name", "r", "alpha", "targets", "sites", "activation", "adapter_layernorm", "train_layernorm", "drop",
-              "l_p", "l_i", "mode", "top_layers")
+              "l_p", "l_i", "mode", "top_layers", "rslora")
+LORA_KEYS = ("name", "r", "alpha", "targets", "rslora", "pissa")   # what must match for init_from (only="lora")
 
 
 def _method_dict(method_cfg) -> dict:
     d = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
-    return {k: d[k] for k in STRUCTURAL if k in d}
+    out = {k: d[k] for k in STRUCTURAL if k in d}
+    if d.get("init") == "pissa":   # PiSSA's A, B only fit the residual W_res its own SVD left in the base
+        out["pissa"] = True
+    return out
 
 
 def smoke_reason(cfg: DictConfig) -> str | None:
@@ -62,7 +66,8 @@ def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None) ->
         "method_name": str(m.name),
         "r": json.dumps(m.get("r")),
         "alpha": json.dumps(m.get("alpha")),
-        "targets": json.dumps(list(m.targets) if m.get("targets") is not None else None),
+        "targets": json.dumps(OmegaConf.to_container(m.targets) if isinstance(m.get("targets"), ListConfig)
+                              else m.get("targets")),   # a list, or "all_linear"
         "fan_in_fan_out": json.dumps(model.config.model_type == "gpt2"),
         "init": str(m.get("init")),
         "model": str(cfg.model.name),
@@ -109,7 +114,7 @@ def load_trainable(model: nn.Module, path: Path, method_cfg: DictConfig, only: s
     saved, wanted = _method_dict(json.loads(meta["method"])), _method_dict(method_cfg)
     diff = {k: (saved.get(k), wanted.get(k)) for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)}
     if only == "lora":   # the LoRA part must match; the rest of the method config is the new cell's business
-        diff = {k: v for k, v in diff.items() if k in ("name", "r", "alpha", "targets")}
+        diff = {k: v for k, v in diff.items() if k in LORA_KEYS}
     if diff:
         raise CellMismatch(f"{path} was trained with a different method config; (checkpoint, requested): "
                            + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items())))
@@ -168,13 +173,31 @@ def init_from(model: nn.Module, path: str | Path, method_cfg: DictConfig, allow_
 _LAYER = re.compile(r"\.(\d+)\.(.+)\.lora_A(?:\.(\w+))?$")
 
 
-def load_delta_weights(path: Path) -> list[tuple[int, str, torch.Tensor]]:
-    """(layer, target, ΔW = (alpha/r) B A in fp32, d_out × d_in) for every LoRA matrix of a checkpoint, without a model."""
+def load_delta_weights(path: Path, base_model: nn.Module | None = None) -> list[tuple[int, str, torch.Tensor]]:
+    """(layer, target, ΔW) in fp32, d_out × d_in, for every adapted matrix of a LoRA-family checkpoint.
+
+    Without `base_model`: from the factors alone, ΔW = γ B A with γ = alpha/r (alpha/√r for rsLoRA): LoRA, rsLoRA,
+    all-linear. DoRA (ΔW = W' − W0) and PiSSA (ΔW = γ(B A − B0 A0), B0 A0 from W's SVD) need the pretrained weights:
+    pass `base_model` (the unadapted model the cell started from); it is adapted with the checkpoint's method
+    config, loaded, and ΔW taken from the modules (repro.methods.lora.delta_weights)."""
+    from repro.methods.lora import lora_scaling
     from repro.methods.targets import BLOCK_MODULES
 
     tensors, meta = read_trainable(path)
     method = json.loads(meta["method"])
-    scaling = method["alpha"] / method["r"]
+    if base_model is not None:
+        import copy
+
+        from repro.methods import apply_method
+        from repro.methods.lora import delta_weights
+
+        cfg = OmegaConf.create(method)
+        model = apply_method(copy.deepcopy(base_model), cfg)
+        load_trainable(model, path, cfg, only="lora")
+        return sorted(delta_weights(model), key=lambda x: (x[0], x[1]))
+    if method.get("name") == "dora" or method.get("init") == "pissa":
+        raise CellMismatch(f"{path}: {method.get('name')}'s ΔW is not γ B A; pass base_model= (the pretrained model)")
+    scaling = lora_scaling(method["alpha"], method["r"], bool(method.get("rslora", False)))
     by_path = {p: t for t, p in BLOCK_MODULES[meta["model_type"]].items()}
     out = []
     for key in sorted(tensors):

@@ -259,3 +259,80 @@ def test_pissa_residual_plus_BA_is_W_at_init(arch):
                 got = (merged_w[name] - pre[name].weight)[:, lo:lo + mod.d_part].T
                 assert torch.allclose(got, dw[t], atol=1e-5)
         assert not mod.factored
+
+
+# ---------------------------------------------------------------- checkpoints and ΔW for the analysis
+
+
+def _cell(model_name, m):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"method": OmegaConf.to_container(m), "model": {"name": model_name}, "task": {"name": "rte"}})
+
+
+VARIANTS = [("roberta", "rslora", {}), ("gpt2", "rslora", {}), ("roberta", "lora_all_linear", {}),
+            ("gpt2", "lora_all_linear", {}), ("llama", "lora_all_linear", {}), ("roberta", "dora", {}),
+            ("gpt2", "dora", {"targets": ["q", "v", "o"]}), ("roberta", "pissa", {}), ("gpt2", "pissa", {})]
+
+
+@pytest.mark.parametrize("arch,name,over", VARIANTS)
+def test_checkpoint_round_trip_and_delta_weights(tmp_path, arch, name, over):
+    from repro.methods.checkpoint import load_delta_weights, load_trainable, save_trainable
+
+    m = method(name, r=2, alpha=4, **over)
+    base = tiny(arch)
+    model = apply_method(copy.deepcopy(base), m).eval()
+    perturb(model, seed=5)
+    path = tmp_path / "w.safetensors"
+    save_trainable(model, path, _cell(f"tiny-{arch}", m))
+    fresh = apply_method(copy.deepcopy(base), m).eval()
+    load_trainable(fresh, path, m, model_name=f"tiny-{arch}")
+    b = batch(arch)
+    assert torch.equal(fresh(input_ids=b["input_ids"]).logits, model(input_ids=b["input_ids"]).logits)
+    expect = sorted(delta_weights(model), key=lambda x: (x[0], x[1]))
+    got = load_delta_weights(path, base_model=base)
+    assert [(l, t) for l, t, _ in got] == [(l, t) for l, t, _ in expect]
+    assert all(torch.allclose(a[2], e[2], atol=1e-6) for a, e in zip(got, expect))
+    if name in ("dora", "pissa"):
+        from repro.errors import CellMismatch
+
+        with pytest.raises(CellMismatch, match="base_model"):
+            load_delta_weights(path)
+    else:
+        got = load_delta_weights(path)   # from the factors alone
+        assert all(torch.allclose(a[2], e[2], atol=1e-6) for a, e in zip(got, expect))
+
+
+def test_rslora_checkpoint_refused_as_lora(tmp_path):
+    from repro.errors import CellMismatch
+    from repro.methods.checkpoint import load_trainable, save_trainable
+
+    m = method("rslora", r=2, alpha=4)
+    path = tmp_path / "w.safetensors"
+    save_trainable(apply_method(tiny("roberta"), m), path, _cell("tiny-roberta", m))
+    plain = method("lora", r=2, alpha=4)
+    with pytest.raises(CellMismatch, match="different method config"):
+        load_trainable(apply_method(tiny("roberta"), plain), path, plain, only="lora")
+
+
+def test_analysis_reads_rslora_and_refuses_dora(tmp_path):
+    from repro.analysis.factors import adapter_from_model, load_adapter
+    from repro.methods.checkpoint import save_trainable
+
+    m = method("rslora", r=4, alpha=8, targets="all_linear")
+    model = apply_method(tiny("llama"), m)
+    randomize_B(model)
+    path = tmp_path / "w.safetensors"
+    save_trainable(model, path, _cell("tiny-llama", m))
+    ad = load_adapter(path)
+    assert ad.scaling == pytest.approx(8 / 2) and set(ad.targets) == set(ALL_LINEAR["llama"])
+    ref = {(l, t): dw for l, t, dw in delta_weights(model)}
+    assert all(torch.allclose(f.delta(), ref[k], atol=1e-6) for k, f in ad.factors.items())
+    assert all(torch.allclose(f.delta(), ref[k], atol=1e-6) for k, f in adapter_from_model(model).factors.items())
+    d = method("dora", r=2)
+    dora = apply_method(tiny("roberta"), d)
+    with pytest.raises(ValueError, match="delta_weights"):
+        adapter_from_model(dora)
+    save_trainable(dora, tmp_path / "d.safetensors", _cell("tiny-roberta", d))
+    with pytest.raises(ValueError, match="load_delta_weights"):
+        load_adapter(tmp_path / "d.safetensors")
