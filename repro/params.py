@@ -4,6 +4,7 @@ paper's printed figure and its formula (Section 5.1). Models are built on the me
 
     python -m repro.params                 # a text table
     python -m repro.params --format json   # [{table, model, method, config, ours, paper, formula, formula_value, ...}]
+    python -m repro.params --variants      # the LoRA variants (issue 14) beside LoRA, ours and their formulas
 
 Paper label -> our method config:
   FT -> ft; FTTop2 -> fttop2 (last 2 blocks); BitFit -> bitfit; LoRA -> lora on q,v with r = 8 (RoBERTa, Table 9),
@@ -151,6 +152,43 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
             "paper_matches_formula": agrees if fval is not None else None, "note": "; ".join(note)}
 
 
+VARIANT_MODELS = {"roberta-base": 8, "roberta-large": 8, "gpt2-medium": 4}   # model -> r (LoRA's r in the paper)
+VARIANTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear")
+
+
+def d_ff(name: str) -> int:
+    a = model_cfg(name).arch
+    return a.get("intermediate_size") or a.get("n_inner") or 4 * dims(name)[1]
+
+
+def variant_formula(model: str, method: str, r: int) -> tuple[str, int]:
+    """|Θ| of a LoRA variant on (q, v), or on every block matrix for lora_all_linear. L̂_LoRA = 2L matrices of d × d."""
+    L, d = dims(model)
+    if method in ("lora", "rslora", "pissa"):   # rsLoRA, PiSSA change γ and the init, not the shapes
+        return f"2·L̂_LoRA·d·r = 2·{2 * L}·{d}·{r}", 2 * 2 * L * d * r
+    if method == "dora":                       # + a magnitude per output row of each adapted matrix
+        return f"2·L̂_LoRA·d·r + L̂_LoRA·d = 2·{2 * L}·{d}·{r} + {2 * L}·{d}", 2 * 2 * L * d * r + 2 * L * d
+    if method == "lora_all_linear":            # Σ over a block's matrices of r·(d_in + d_out): q,k,v,o, mlp_in, mlp_out
+        f = d_ff(model)
+        return (f"L·r·(4·2d + 2·(d+d_ff)) = {L}·{r}·(8·{d} + 2·({d}+{f}))", L * r * (8 * d + 2 * (d + f)))
+    raise KeyError(method)
+
+
+def variant_rows() -> list[dict]:
+    """Our |Θ| of each LoRA variant (task head excluded) on the paper's models, with its formula; no printed count
+    (the paper has none of these methods)."""
+    out = []
+    for model, r in VARIANT_MODELS.items():
+        for method in VARIANTS:
+            formula, fval = variant_formula(model, method, r)
+            ours = count(model, method, r=r, alpha=r)
+            out.append({"table": "variants", "model": model, "method": method, "config": f"{method} r={r}",
+                        "ours": ours, "paper": "-", "formula": formula, "formula_value": fval,
+                        "paper_matches_formula": None,
+                        "note": "" if ours == fval else f"ours != formula ({ours:,} vs {fval:,})"})
+    return out
+
+
 def all_rows() -> list[dict]:
     out, precise = [], {}
     for row in OmegaConf.to_container(OmegaConf.load(PAPER_DIR / TABLES["table3"]), resolve=True)["rows"]:
@@ -176,8 +214,9 @@ def fmt_text(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m repro.params", description=__doc__.split("\n\n")[0])
     p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--variants", action="store_true", help="the LoRA variants (rsLoRA, PiSSA, DoRA, all-linear)")
     args = p.parse_args(argv)
-    rows = all_rows()
+    rows = variant_rows() if args.variants else all_rows()
     print(json.dumps(rows, indent=2) if args.format == "json" else fmt_text(rows))
     return 0
 

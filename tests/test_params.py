@@ -35,3 +35,14 @@ def test_rows_and_json_keys():
             assert r["ours"] == r["formula_value"], r
     gpt2_lora = next(r for r in rows if r["table"] == "table3" and r["model"] == "gpt2-medium" and r["method"] == "LoRA")
     assert gpt2_lora["ours"] == 393_216 and gpt2_lora["paper_matches_formula"] is False
+
+
+def test_variant_rows_equal_formulas():
+    rows = params.variant_rows()
+    assert {(r["model"], r["method"]) for r in rows} == {(m, v) for m in params.VARIANT_MODELS for v in params.VARIANTS}
+    for r in rows:
+        assert r["ours"] == r["formula_value"], r
+    by = {(r["model"], r["method"]): r["ours"] for r in rows}
+    assert by[("roberta-base", "dora")] == 2 * 24 * 768 * 8 + 24 * 768             # LoRA + one magnitude per row
+    assert by[("roberta-base", "rslora")] == by[("roberta-base", "pissa")] == by[("roberta-base", "lora")]
+    assert by[("gpt2-medium", "lora_all_linear")] == 24 * 4 * (8 * 1024 + 2 * (1024 + 4096))
