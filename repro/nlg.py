@@ -28,6 +28,7 @@ from repro.data.glue import subsample
 from repro.data.nlg import encode_split, load_examples, prompt_ids
 from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens, group_references
 from repro.errors import CellMismatch
+from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
 from repro.train import DivergenceGuard, batch_plan, history_from_logs, train_resuming, training_arguments, world_size
 
@@ -225,7 +226,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         eval_dataset=data["dev"],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
-        callbacks=[guard],
+        callbacks=[guard, *trainer_callbacks(model)],
     )
     last = train_resuming(trainer, output_dir, guard)
     dev_loss = trainer.evaluate()["eval_loss"]   # of the weights that will decode (best or last)

@@ -153,7 +153,7 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
 
 
 VARIANT_MODELS = {"roberta-base": 8, "roberta-large": 8, "gpt2-medium": 4}   # model -> r (LoRA's r in the paper)
-VARIANTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear")
+VARIANTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear", "adalora")
 
 
 def d_ff(name: str) -> int:
@@ -171,18 +171,30 @@ def variant_formula(model: str, method: str, r: int) -> tuple[str, int]:
     if method == "lora_all_linear":            # Σ over a block's matrices of r·(d_in + d_out): q,k,v,o, mlp_in, mlp_out
         f = d_ff(model)
         return (f"L·r·(4·2d + 2·(d+d_ff)) = {L}·{r}·(8·{d} + 2·({d}+{f}))", L * r * (8 * d + 2 * (d + f)))
+    if method == "adalora":   # P, Q, Λ at init_r on all six block matrices; GPT-2's fused c_attn is one 3d × d matrix
+        f, r0 = d_ff(model), _method_yaml("adalora").init_r
+        if model_cfg(model).model_type == "gpt2":
+            return (f"L·(r₀(d+3d)+r₀ + r₀·2d+r₀ + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = "
+                    f"{L}·({r0}·4·{d}+{r0} + {r0}·2·{d}+{r0} + 2·({r0}·({d}+{f})+{r0}))",
+                    L * (r0 * 4 * d + r0 + r0 * 2 * d + r0 + 2 * (r0 * (d + f) + r0)))
+        return (f"L·(4·(2d·r₀+r₀) + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = {L}·(4·(2·{d}·{r0}+{r0}) + 2·({r0}·({d}+{f})+{r0}))",
+                L * (4 * (2 * d * r0 + r0) + 2 * (r0 * (d + f) + r0)))
     raise KeyError(method)
 
 
 def variant_rows() -> list[dict]:
     """Our |Θ| of each LoRA variant (task head excluded) on the paper's models, with its formula; no printed count
-    (the paper has none of these methods)."""
+    (the paper has none of these methods). AdaLoRA: the tensors' size at init_r; pruning zeroes triplets down to an
+    average target_r but keeps the shapes (PEFT's masking), so the stored |Θ| does not shrink."""
     out = []
     for model, r in VARIANT_MODELS.items():
         for method in VARIANTS:
             formula, fval = variant_formula(model, method, r)
-            ours = count(model, method, r=r, alpha=r)
-            out.append({"table": "variants", "model": model, "method": method, "config": f"{method} r={r}",
+            if method == "adalora":
+                ours, config = count(model, method), f"adalora init_r={_method_yaml('adalora').init_r}"
+            else:
+                ours, config = count(model, method, r=r, alpha=r), f"{method} r={r}"
+            out.append({"table": "variants", "model": model, "method": method, "config": config,
                         "ours": ours, "paper": "-", "formula": formula, "formula_value": fval,
                         "paper_matches_formula": None,
                         "note": "" if ours == fval else f"ours != formula ({ours:,} vs {fval:,})"})

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from repro import records
+from repro.methods.registry import trainer_callbacks
 from repro.metrics.glue import glue_metrics, predictions
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: 
         eval_dataset=eval_sets,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[guard],
+        callbacks=[guard, *trainer_callbacks(model)],
     )
     last = train_resuming(trainer, output_dir, guard)
 

@@ -46,3 +46,4 @@ def test_variant_rows_equal_formulas():
     assert by[("roberta-base", "dora")] == 2 * 24 * 768 * 8 + 24 * 768             # LoRA + one magnitude per row
     assert by[("roberta-base", "rslora")] == by[("roberta-base", "pissa")] == by[("roberta-base", "lora")]
     assert by[("gpt2-medium", "lora_all_linear")] == 24 * 4 * (8 * 1024 + 2 * (1024 + 4096))
+    assert by[("roberta-base", "adalora")] == 12 * (4 * (2 * 768 * 12 + 12) + 2 * (12 * (768 + 3072) + 12))

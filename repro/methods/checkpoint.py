@@ -177,7 +177,7 @@ def load_delta_weights(path: Path, base_model: nn.Module | None = None) -> list[
     """(layer, target, ΔW) in fp32, d_out × d_in, for every adapted matrix of a LoRA-family checkpoint.
 
     Without `base_model`: from the factors alone, ΔW = γ B A with γ = alpha/r (alpha/√r for rsLoRA): LoRA, rsLoRA,
-    all-linear. DoRA (ΔW = W' − W0) and PiSSA (ΔW = γ(B A − B0 A0), B0 A0 from W's SVD) need the pretrained weights:
+    all-linear. AdaLoRA (ΔW = (alpha/r_k) B (A ⊙ E), r_k a frozen tensor of the module), DoRA (ΔW = W' − W0) and PiSSA (ΔW = γ(B A − B0 A0), B0 A0 from W's SVD) need the pretrained weights:
     pass `base_model` (the unadapted model the cell started from); it is adapted with the checkpoint's method
     config, loaded, and ΔW taken from the modules (repro.methods.lora.delta_weights)."""
     from repro.methods.lora import lora_scaling
@@ -195,7 +195,7 @@ def load_delta_weights(path: Path, base_model: nn.Module | None = None) -> list[
         model = apply_method(copy.deepcopy(base_model), cfg)
         load_trainable(model, path, cfg, only="lora")
         return sorted(delta_weights(model), key=lambda x: (x[0], x[1]))
-    if method.get("name") == "dora" or method.get("init") == "pissa":
+    if method.get("name") in ("dora", "adalora") or method.get("init") == "pissa":
         raise CellMismatch(f"{path}: {method.get('name')}'s ΔW is not γ B A; pass base_model= (the pretrained model)")
     scaling = lora_scaling(method["alpha"], method["r"], bool(method.get("rslora", False)))
     by_path = {p: t for t, p in BLOCK_MODULES[meta["model_type"]].items()}

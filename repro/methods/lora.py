@@ -280,7 +280,13 @@ def lora_modules(model: nn.Module):
 
 
 def delta_weights(model: nn.Module):
-    """Yield (layer index, target, ΔW) for every adapted weight matrix (ΔW: d_out × d_in, fp32)."""
+    """Yield (layer index, target, ΔW) for every adapted weight matrix (ΔW: d_out × d_in, fp32), any LoRA variant
+    (AdaLoRA's PEFT modules included)."""
+    if hasattr(model, "_adalora_tuner"):
+        from repro.methods.adalora import delta_weights as adalora_delta_weights
+
+        yield from adalora_delta_weights(model)
+        return
     for _, layer, module in lora_modules(model):
         for target, dw in module.delta_weights().items():
             yield layer, target, dw

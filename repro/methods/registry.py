@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from repro.errors import CellMismatch
+from repro.methods.adalora import apply_adalora
 from repro.methods.adapters import apply_adapter
 from repro.methods.dora import apply_dora
 from repro.methods.finetune import apply_bitfit, apply_ft, apply_fttop
@@ -30,9 +31,15 @@ METHODS = {
     "rslora": apply_lora,        # rslora: true -- scaling alpha/√r
     "pissa": apply_lora,         # init: pissa -- A, B from W's top-r SVD, W0 <- the residual
     "dora": apply_dora,
+    "adalora": apply_adalora,    # PEFT's AdaLoRA injected in place; its Trainer callback: trainer_callbacks(model)
 }
 LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
 DECODER_ONLY = ("prefix_embed", "prefix_layer")
+
+
+def trainer_callbacks(model: nn.Module) -> list:
+    """Trainer callbacks a method needs in the training loop (AdaLoRA: the rank allocation after each optimizer step)."""
+    return list(getattr(model, "repro_callbacks", []))
 
 
 def apply_method(model: nn.Module, cfg: DictConfig) -> nn.Module:
