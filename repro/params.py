@@ -153,7 +153,7 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
 
 
 VARIANT_MODELS = {"roberta-base": 8, "roberta-large": 8, "gpt2-medium": 4}   # model -> r (LoRA's r in the paper)
-VARIANTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear", "adalora")
+VARIANTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear", "qlora", "adalora")
 
 
 def d_ff(name: str) -> int:
@@ -168,7 +168,7 @@ def variant_formula(model: str, method: str, r: int) -> tuple[str, int]:
         return f"2·L̂_LoRA·d·r = 2·{2 * L}·{d}·{r}", 2 * 2 * L * d * r
     if method == "dora":                       # + a magnitude per output row of each adapted matrix
         return f"2·L̂_LoRA·d·r + L̂_LoRA·d = 2·{2 * L}·{d}·{r} + {2 * L}·{d}", 2 * 2 * L * d * r + 2 * L * d
-    if method == "lora_all_linear":            # Σ over a block's matrices of r·(d_in + d_out): q,k,v,o, mlp_in, mlp_out
+    if method in ("lora_all_linear", "qlora"):  # QLoRA: LoRA on all linears; the 4-bit base is not counted. Σ over a block's matrices of r·(d_in + d_out): q,k,v,o, mlp_in, mlp_out
         f = d_ff(model)
         return (f"L·r·(4·2d + 2·(d+d_ff)) = {L}·{r}·(8·{d} + 2·({d}+{f}))", L * r * (8 * d + 2 * (d + f)))
     if method == "adalora":   # P, Q, Λ at init_r on all six block matrices; GPT-2's fused c_attn is one 3d × d matrix
@@ -189,6 +189,8 @@ def variant_rows() -> list[dict]:
     out = []
     for model, r in VARIANT_MODELS.items():
         for method in VARIANTS:
+            if method == "qlora" and model_cfg(model).model_type == "gpt2":
+                continue   # Conv1D is not quantized (repro.methods.qlora)
             formula, fval = variant_formula(model, method, r)
             if method == "adalora":
                 ours, config = count(model, method), f"adalora init_r={_method_yaml('adalora').init_r}"

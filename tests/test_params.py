@@ -39,11 +39,13 @@ def test_rows_and_json_keys():
 
 def test_variant_rows_equal_formulas():
     rows = params.variant_rows()
-    assert {(r["model"], r["method"]) for r in rows} == {(m, v) for m in params.VARIANT_MODELS for v in params.VARIANTS}
+    assert {(r["model"], r["method"]) for r in rows} == {(m, v) for m in params.VARIANT_MODELS for v in params.VARIANTS
+                                                          if (m, v) != ("gpt2-medium", "qlora")}
     for r in rows:
         assert r["ours"] == r["formula_value"], r
     by = {(r["model"], r["method"]): r["ours"] for r in rows}
     assert by[("roberta-base", "dora")] == 2 * 24 * 768 * 8 + 24 * 768             # LoRA + one magnitude per row
     assert by[("roberta-base", "rslora")] == by[("roberta-base", "pissa")] == by[("roberta-base", "lora")]
     assert by[("gpt2-medium", "lora_all_linear")] == 24 * 4 * (8 * 1024 + 2 * (1024 + 4096))
+    assert by[("roberta-base", "qlora")] == by[("roberta-base", "lora_all_linear")] == 12 * 8 * (8 * 768 + 2 * (768 + 3072))
     assert by[("roberta-base", "adalora")] == 12 * (4 * (2 * 768 * 12 + 12) + 2 * (12 * (768 + 3072) + 12))

@@ -36,7 +36,7 @@ SUFFIX_TARGET = [
     ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
     ("gate_proj", "mlp_gate"), ("up_proj", "mlp_in"), ("down_proj", "mlp_out"),
 ]
-FACTORED_METHODS = (None, "lora", "lora_all_linear", "rslora")   # ΔW = γ B A exactly
+FACTORED_METHODS = (None, "lora", "lora_all_linear", "rslora", "qlora")   # ΔW = γ B A exactly
 FUSED_PARTS = {"attn.c_attn": ("q", "k", "v")}   # GPT-2: W_q | W_k | W_v column blocks of the Conv1D weight
 
 

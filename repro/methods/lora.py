@@ -274,7 +274,7 @@ def delta_weight(module: nn.Module) -> torch.Tensor | dict[str, torch.Tensor]:
 def lora_modules(model: nn.Module):
     """Yield (qualified name, layer index, module) for every LoRA module, bottom block first."""
     for name, module in model.named_modules():
-        if isinstance(module, LORA_LAYERS):
+        if isinstance(module, _LoRAMath):   # LoRA, rsLoRA, PiSSA, DoRA, QLoRA modules
             layer = next(int(p) for p in name.split(".") if p.isdigit())
             yield name, layer, module
 

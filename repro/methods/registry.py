@@ -15,6 +15,7 @@ from repro.methods.dora import apply_dora
 from repro.methods.finetune import apply_bitfit, apply_ft, apply_fttop
 from repro.methods.lora import apply_lora
 from repro.methods.prefix import apply_prefix
+from repro.methods.qlora import apply_qlora
 
 METHODS = {
     "ft": apply_ft,
@@ -31,9 +32,10 @@ METHODS = {
     "rslora": apply_lora,        # rslora: true -- scaling alpha/√r
     "pissa": apply_lora,         # init: pissa -- A, B from W's top-r SVD, W0 <- the residual
     "dora": apply_dora,
+    "qlora": apply_qlora,        # base in 4-bit NF4 (bitsandbytes), LoRA on top
     "adalora": apply_adalora,    # PEFT's AdaLoRA injected in place; its Trainer callback: trainer_callbacks(model)
 }
-LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
+LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora", "qlora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
 DECODER_ONLY = ("prefix_embed", "prefix_layer")
 
 

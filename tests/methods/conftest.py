@@ -14,19 +14,21 @@ ARCHS = (*ENCODERS, "gpt2")
 DECODERS = ("gpt2", "llama")
 
 
-def tiny(model_type: str, seed: int = 0, num_labels: int = 3) -> torch.nn.Module:
+def tiny(model_type: str, seed: int = 0, num_labels: int = 3, hidden: int = 32, ffn: int | None = None) -> torch.nn.Module:
+    """hidden / ffn: d_model and the MLP width (defaults 32 and 2·hidden, Llama 1.5·hidden)."""
     torch.manual_seed(seed)
     if model_type == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", n_layer=3, n_embd=32, n_head=4, vocab_size=120, n_positions=64,
+        cfg = AutoConfig.for_model("gpt2", n_layer=3, n_embd=hidden, n_head=4, n_inner=ffn, vocab_size=120, n_positions=64,
                                    bos_token_id=0, eos_token_id=0)
         return AutoModelForCausalLM.from_config(cfg).eval()
     if model_type == "llama":
-        cfg = AutoConfig.for_model("llama", num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                                   num_key_value_heads=2, intermediate_size=48, vocab_size=120,
+        cfg = AutoConfig.for_model("llama", num_hidden_layers=2, hidden_size=hidden, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=ffn or hidden * 3 // 2, vocab_size=120,
                                    max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
         return AutoModelForCausalLM.from_config(cfg).eval()
-    cfg = AutoConfig.for_model(model_type, num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
-                               intermediate_size=64, vocab_size=120, num_labels=num_labels, pooler_hidden_size=32,
+    cfg = AutoConfig.for_model(model_type, num_hidden_layers=3, hidden_size=hidden, num_attention_heads=4,
+                               intermediate_size=ffn or 2 * hidden, vocab_size=120, num_labels=num_labels,
+                               pooler_hidden_size=hidden,
                                max_position_embeddings=64, pad_token_id=1)
     return AutoModelForSequenceClassification.from_config(cfg).eval()
 
