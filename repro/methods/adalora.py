@@ -1,12 +1,12 @@
 """AdaLoRA (Zhang et al. 2023, "Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning"), run through PEFT.
 
-    W = W0 + ΔW = W0 + P Λ Q            (Eq. 3; P = lora_B: d_out × r, Λ = diag(lora_E), Q = lora_A: r × d_in)
+    W = W0 + ΔW = W0 + P Λ Q            (P = lora_B: d_out × r, Λ = diag(lora_E), Q = lora_A: r × d_in)
     h = W0 x + (alpha / r_k) · P (Λ ⊙ Q) x,   r_k = ranknum (PEFT: scaling · B (A ⊙ E) / (ranknum + 1e-5))
 
-Training prunes the triplets (P_i, λ_i, Q_i) of lowest importance (Eq. 9-11: sensitivity |w · ∇w| smoothed by EMAs,
-beta1/beta2) from a budget of init_r per matrix down to target_r on average, with the cubic schedule of Eq. 12
+Training prunes the triplets (P_i, λ_i, Q_i) of lowest importance (sensitivity |w · ∇w| smoothed by EMAs,
+beta1/beta2) from a budget of init_r per matrix down to target_r on average, with a cubic schedule
 (init_r budget up to step tinit, down to target_r at step total_step − tfinal, re-allocated every deltaT steps),
-and adds the orthogonality penalty R(P, Q) = ‖PᵀP − I‖_F² + ‖QQᵀ − I‖_F² (Eq. 4; PEFT: the mean Frobenius norm) with
+and adds the orthogonality penalty R(P, Q) = ‖PᵀP − I‖_F² + ‖QQᵀ − I‖_F² (PEFT: the mean of the Frobenius norms) with
 weight orth_reg_weight.
 
 Why PEFT and not a port: the method is the SVD parametrisation *plus* a stateful allocator (importance EMAs,

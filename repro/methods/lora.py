@@ -68,7 +68,7 @@ def lora_scaling(alpha: float, r: int, rslora: bool = False) -> float:
     """γ_r in h = W0 x + γ_r · B A x.
 
     LoRA (Hu et al. 2021, Eq. 3):   γ_r = alpha / r.
-    rsLoRA (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", Thm. 3.2):
+    rsLoRA (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", Sec. 3):
                                     γ_r = alpha / √r  -- the scaling γ_r ∈ Θ(1/√r) under which the adapter's outputs and
     gradients stay Θ(1) as r grows, so that a larger rank keeps learning (with alpha / r they vanish as 1/√r)."""
     return alpha / math.sqrt(r) if rslora else alpha / r
@@ -126,7 +126,7 @@ class _LoRAMath:
                 _add_in_fp32(self.w0(t), sign * self.update(t))
 
     def _pissa_init(self) -> None:
-        """PiSSA (Meng et al. 2024, Eq. 2-4): W = U S Vᵀ; A = √(S_r/γ) V_rᵀ, B = U_r √(S_r/γ) (so γ B A is the top-r part
+        """PiSSA (Meng et al. 2024, Sec. 3): W = U S Vᵀ; A = √(S_r/γ) V_rᵀ, B = U_r √(S_r/γ) (so γ B A is the top-r part
         of W), and the frozen weight becomes W_res = W − γ B A. The model is unchanged at init: W_res + γ B A = W.
         (PEFT's init_lora_weights="pissa": the full SVD, in fp32.) B0, A0 are kept (buffers) for ΔW."""
         if self.weight.is_meta:   # repro.params counts on the meta device: shapes only

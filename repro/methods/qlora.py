@@ -1,4 +1,4 @@
-"""QLoRA (Dettmers et al. 2023, Eq. 5-6): the frozen base held in 4-bit NormalFloat (NF4), LoRA on top in fp32:
+"""QLoRA (Dettmers et al. 2023, Sec. 3): the frozen base held in 4-bit NormalFloat (NF4), LoRA on top in fp32:
 
     Y = dequant(W_NF4) X + s · B A X,        s = alpha / r (alpha / √r with rslora),
 
