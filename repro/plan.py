@@ -43,6 +43,8 @@ DATASET_SIZES = {
 }
 V100_TFLOPS = {"fp16": 30.0, "bf16": 30.0, "fp32": 10.0}
 FULL_UPDATE_METHODS = ("ft",)
+# issue 14's LoRA variants (= repro.methods.registry.VARIANT_METHODS; kept here so planning does not import torch)
+VARIANT_METHODS = ("lora_all_linear", "rslora", "pissa", "dora", "qlora", "adalora")
 AXES = ("model", "method", "variant", "task", "seed")
 
 
@@ -78,7 +80,8 @@ def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
             if model == big:
                 out.setdefault((small, method), list(variants))
         for method in method_names():
-            out.setdefault((small, method), ["default"])
+            if method not in VARIANT_METHODS:   # the LoRA variants run only where a table lists them
+                out.setdefault((small, method), ["default"])
     return out
 
 

@@ -35,7 +35,9 @@ METHODS = {
     "qlora": apply_qlora,        # base in 4-bit NF4 (bitsandbytes), LoRA on top
     "adalora": apply_adalora,    # PEFT's AdaLoRA injected in place; its Trainer callback: trainer_callbacks(model)
 }
-LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora", "qlora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
+LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora", "qlora")
+# Issue 14's variants: run only in tables whose rows name them (a stand-in model does not pick them up by default)
+VARIANT_METHODS = ("lora_all_linear", "rslora", "pissa", "dora", "qlora", "adalora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
 DECODER_ONLY = ("prefix_embed", "prefix_layer")
 
 

@@ -336,3 +336,15 @@ def test_analysis_reads_rslora_and_refuses_dora(tmp_path):
     save_trainable(dora, tmp_path / "d.safetensors", _cell("tiny-roberta", d))
     with pytest.raises(ValueError, match="load_delta_weights"):
         load_adapter(tmp_path / "d.safetensors")
+
+
+def test_stand_ins_do_not_pick_up_the_variants():
+    from repro.methods.registry import VARIANT_METHODS
+    from repro.plan import VARIANT_METHODS as PLAN_VARIANTS, filter_jobs
+    from tests.conftest import compose_cfg
+
+    assert PLAN_VARIANTS == VARIANT_METHODS
+    cfg = compose_cfg(["+table=glue"])
+    jobs = [["model=minilm", f"method={m}", "task=rte"] for m in ("lora", *VARIANT_METHODS)]
+    out = filter_jobs(jobs, cfg)
+    assert [j[1] for j in out.kept] == ["method=lora"] and out.n_dropped == len(VARIANT_METHODS)
