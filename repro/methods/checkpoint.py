@@ -6,7 +6,7 @@ repro.methods.lora), and string metadata:
   fan_in_fan_out ("true" for GPT-2's Conv1D), init, model (our model name), model_type, base_model (hub id),
   task, head_keys (JSON list of the task-head tensors), and where the cell is known: source_fingerprint (the
   fingerprint of the cell that wrote it, as in its record), steps (JSON: optimizer steps taken), smoke (JSON: null, or
-  why the run was a smoke run; see `smoke_reason`).
+  why the run was a smoke run; see `smoke_reason`); AdaLoRA: rank_pattern (JSON {module: allocated rank}).
 `load_trainable` refuses a file that does not fit the model or the method config, so that evaluating, say, a
 LoRA checkpoint with another alpha is impossible (alpha/r lives outside the tensors: microsoft/LoRA #151).
 """
@@ -78,7 +78,17 @@ def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None) ->
         "source_fingerprint": fingerprint(cfg),
         "steps": json.dumps(steps),
         "smoke": json.dumps(smoke_reason(cfg)),
+        **_adalora_metadata(model),
     }
+
+
+def _adalora_metadata(model: nn.Module) -> dict[str, str]:
+    """AdaLoRA: the allocated rank of each matrix (PEFT's rank_pattern; not the non-zero entries of E)."""
+    if not hasattr(model, "_adalora_tuner"):
+        return {}
+    from repro.methods.adalora import rank_pattern
+
+    return {"rank_pattern": json.dumps(rank_pattern(model))}
 
 
 def save_trainable(model: nn.Module, path: Path, cfg: DictConfig, steps: int | None = None) -> None:

@@ -4,6 +4,7 @@ loop the budget schedule reaches its target budget (target_r × matrices) at ste
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -86,6 +87,14 @@ def test_schedule_reaches_target_budget_in_trainer_loop(tmp_path):
     assert seen[final] == 2 * n_mat                               # the target budget at total_step − tfinal
     assert all(seen[s] == 2 * n_mat for s in range(final, 12))
     assert all(seen[s] is None or seen[s] >= 2 * n_mat for s in range(final))
+    from omegaconf import OmegaConf
+
+    from repro.methods.checkpoint import read_metadata, save_trainable
+
+    save_trainable(model, tmp_path / "w.safetensors", OmegaConf.create({"method": {"name": "adalora", "targets": ["q", "v"]},
+                                                                        "model": {"name": "tiny-roberta"}}))
+    saved = json.loads(read_metadata(tmp_path / "w.safetensors")["rank_pattern"])
+    assert saved == rank_pattern(model) and sum(saved.values()) == 2 * n_mat
     # masked triplets stay masked after the final allocation
     for name, module in model.named_modules():
         if hasattr(module, "lora_E") and "default" in getattr(module, "lora_E", {}):
