@@ -56,7 +56,6 @@ def test_loss_and_grads_equal_peft_adalora(arch):
     for n, p in ours.named_parameters():
         if ".lora_" in n and p.requires_grad:
             assert torch.allclose(p.grad, tp[f"base_model.model.{n}"].grad, atol=1e-6), n
-    mods = dict(theirs.named_modules())
     for layer, t, dw in delta_weights(ours):   # ΔW = (alpha/r_k) B (A ⊙ E), d_out × d_in
         assert dw.shape[0] == 32 and dw.shape[1] == 32
     assert len(list(delta_weights(ours))) == 3 * len(targets)
