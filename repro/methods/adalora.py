@@ -61,12 +61,16 @@ def _orth_penalty(model: nn.Module) -> torch.Tensor:
     return total / n if n else total
 
 
+def loss_term(model: nn.Module) -> torch.Tensor:
+    """orth_reg_weight · R(P, Q): what AdaLoRA adds to each forward's loss. For a Trainer whose loss is computed
+    outside the model (compute_loss_func), add this to that loss and set `model._adalora_penalty_added = True`."""
+    return getattr(model, TUNER).peft_config["default"].orth_reg_weight * _orth_penalty(model)
+
+
 def _add_penalty(module, args, kwargs, outputs):
     """loss += orth_reg_weight · R(P, Q) whenever the model computes a loss (AdaLoraModel.forward's rule)."""
-    tuner = getattr(module, TUNER)
     if getattr(outputs, "loss", None) is not None and isinstance(outputs.loss, torch.Tensor):
-        w = tuner.peft_config["default"].orth_reg_weight
-        outputs.loss = outputs.loss + w * _orth_penalty(module)
+        outputs.loss = outputs.loss + loss_term(module)
         module._adalora_penalty_added = True
     return outputs
 
