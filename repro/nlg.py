@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from transformers import DataCollatorForSeq2Seq, Trainer
+from transformers import DataCollatorForSeq2Seq
 
 from repro import records
 from repro.data.glue import subsample
@@ -29,7 +29,7 @@ from repro.data.nlg import encode_split, load_examples, prompt_ids
 from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens, group_references
 from repro.errors import CellMismatch
 from repro.metrics.nlg import decode_postprocess
-from repro.train import DivergenceGuard, batch_plan, history_from_logs, train_resuming, training_arguments, world_size
+from repro.train import DivergenceGuard, ReproTrainer, batch_plan, batch_record, history_from_logs, train_resuming, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,12 @@ class CompletionLoss:
         return _mean(loss.sum(), targets.numel(), num_items_in_batch)
 
 
-class CompletionTrainer(Trainer):
-    """Trainer with `compute_loss_func=CompletionLoss(...)`: each batch's forward runs with its hooks attached."""
+class CompletionTrainer(ReproTrainer):
+    """Trainer with `compute_loss_func=CompletionLoss(...)`: each batch's forward runs with its hooks attached.
+
+    Gradient accumulation: CompletionLoss divides the loss summed over a micro-batch's target tokens by
+    `num_items_in_batch`, the Trainer's count of target tokens (labels[:, 1:] != -100) in the whole accumulated batch
+    on all processes, so 2 x 4 gives the token mean of the unaccumulated batch of 8 (tests/test_train.py)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.compute_loss_func.attach(inputs["labels"]):
@@ -217,7 +221,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     args.greater_is_better = False            # the selection metric is the dev loss
     args.load_best_model_at_end = cfg.decode.checkpoint == "best"
     args.per_device_eval_batch_size = batch_plan(cfg.train)[0]
-    guard = DivergenceGuard()
+    guard = DivergenceGuard(cfg.train.divergence_patience)
     trainer = CompletionTrainer(
         model=model,
         args=args,
@@ -225,7 +229,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         eval_dataset=data["dev"],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
-        callbacks=[guard],
+        guard=guard,
     )
     last = train_resuming(trainer, output_dir, guard)
     dev_loss = trainer.evaluate()["eval_loss"]   # of the weights that will decode (best or last)
@@ -246,5 +250,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         "decode": decode_info,
         "steps": trainer.state.global_step,
         "resumed_from": last,
-        "batch": dict(zip(("per_device", "accumulation"), batch_plan(cfg.train))) | {"world_size": world_size()},
+        "batch": batch_record(cfg.train),
+        "skipped_steps": guard.skipped_steps,
+        "nonfinite_steps": guard.nonfinite_steps,
     }

@@ -112,7 +112,11 @@ def run_cell(cfg: DictConfig) -> dict:
 
 def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
-    missing data file, a rank or target the model cannot take, an init_from checkpoint that does not fit) breaks."""
+    missing data file, a rank or target the model cannot take, an init_from checkpoint that does not fit, several GPUs
+    without torchrun) breaks."""
+    from repro.train import check_devices
+
+    check_devices()
     configure_tracking(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
