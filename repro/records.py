@@ -24,7 +24,8 @@ from repro import PROJECT_ROOT
 
 # Keys that do not change what a cell computes: left out of its fingerprint.
 VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides")
-VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps", "allow_smoke_init")
+# How a cell runs, not what it computes: a guard policy, a switch for a smoke init.
+VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps", "allow_smoke_init", "divergence_patience")
 
 
 def method_dirname(cfg: DictConfig) -> str:
