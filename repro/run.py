@@ -131,8 +131,8 @@ def check_device(cfg: DictConfig) -> None:
         return
     raise ReproError(
         f"model={cfg.model.name} in table={cfg.table.name} is a paper cell sized for GPUs, and no CUDA device is "
-        f"available here: pass allow_cpu=true to train it on the CPU anyway, or run a stand-in "
-        f"({', '.join(cfg.table.get('stand_ins') or {}) or 'a tiny-* model'}) or table glue_cpu.")
+        f"available here: pass allow_cpu=true to train it on the CPU anyway, or run one of the table's stand-ins "
+        f"({', '.join(cfg.table.get('stand_ins') or {}) or 'none'}) instead.")
 
 
 def check_tools(cfg: DictConfig) -> None:
