@@ -7,9 +7,11 @@ seed<k>.safetensors, and resumable Trainer checkpoints under checkpoints/seed<k>
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -22,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro import PROJECT_ROOT
 
+log = logging.getLogger(__name__)
+
 # Keys that do not change what a cell computes: left out of its fingerprint.
-VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides")
+VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu")
 # How a cell runs, not what it computes: a guard policy, a switch for a smoke init.
 VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps", "allow_smoke_init", "divergence_patience")
 
@@ -57,10 +61,17 @@ class CellBusy(RuntimeError):
     """Another process holds this cell's lock (two jobs of one cell never run at once)."""
 
 
+# flock errors that mean "this filesystem has no flock" (NFS without lockd, Lustre mounted without -o flock)
+NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+_warned_no_flock = False
+
+
 @contextlib.contextmanager
 def cell_lock(cfg: DictConfig):
     """An exclusive, non-blocking flock on the cell: released by the OS when the holder dies (a killed or requeued
-    job never leaves a stale lock behind)."""
+    job never leaves a stale lock behind). Where the filesystem has no flock, an exclusive lock file instead
+    (`exclusive_file_lock`), with one warning."""
+    global _warned_no_flock
     path = lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")
@@ -71,6 +82,23 @@ def cell_lock(cfg: DictConfig):
         holder = f.read().strip()
         f.close()
         raise CellBusy(f"{record_path(cfg)} is being run by another job ({holder or 'unknown'}); lock {path}") from None
+    except OSError as exc:
+        f.close()
+        if exc.errno not in NO_FLOCK:
+            raise
+        no_flock = exc.errno
+    else:
+        no_flock = None
+    if no_flock is not None:
+        if not _warned_no_flock:
+            _warned_no_flock = True
+            log.warning("flock is not supported on %s (%s): cell locks fall back to exclusive lock files "
+                        "(seed<k>.lock.pid, holding pid, host and SLURM job). A job killed with SIGKILL on another host "
+                        "leaves its file behind: delete it by hand if no job of that cell runs (the same SLURM job, "
+                        "requeued, and a dead pid on the same host take it over).", path.parent, os.strerror(no_flock))
+        with exclusive_file_lock(cfg, path.with_name(path.name + ".pid")) as held:
+            yield held
+        return
     try:
         f.seek(0)
         f.truncate()
@@ -80,6 +108,58 @@ def cell_lock(cfg: DictConfig):
     finally:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
+
+
+def _lock_owner() -> dict:
+    return {"pid": os.getpid(), "host": platform.node(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+
+
+def _stale(holder: dict) -> bool:
+    """A lock file left by a holder that cannot be running: on this host, a pid that no longer exists; on another
+    host, the same SLURM job (a requeued job is this job again, on whatever node). Any other holder is assumed alive."""
+    me = _lock_owner()
+    if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return bool(holder.get("slurm_job")) and holder.get("slurm_job") == me["slurm_job"]
+
+
+@contextlib.contextmanager
+def exclusive_file_lock(cfg: DictConfig, path: Path):
+    """The cell lock without flock: O_CREAT | O_EXCL creates the file only if it does not exist (atomic on NFS v3+ and
+    Lustre), with the holder's pid, host and SLURM job id; removed on release. A stale file (`_stale`) is replaced."""
+    me = _lock_owner()
+    for attempt in (1, 2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            if attempt == 1 and _stale(holder):
+                log.warning("removing the stale cell lock %s (%s)", path, holder)
+                path.unlink(missing_ok=True)
+                continue
+            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "unknown"
+            raise CellBusy(f"{record_path(cfg)} is being run by another job ({who}); lock file {path} (no flock on "
+                           f"this filesystem: if no job of this cell is running, delete the file)") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text()) == me:
+                path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:

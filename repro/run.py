@@ -11,6 +11,7 @@ is recorded as failed, with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,12 +24,13 @@ import warnings
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from repro import records
+from repro import dist, records
 from repro.cell import resolve_cell
 from repro.errors import ReproError
 from repro.methods import apply_method, parameter_counts
@@ -90,33 +92,67 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict) -> dict:
 
 
 def run_cell(cfg: DictConfig) -> dict:
+    """Skip, or set up, lock, train, score and record the cell. Under torchrun every rank calls this: rank 0 decides
+    (skip, busy, run) and the others follow it (repro/dist.py); only rank 0 holds the lock and writes."""
+    dist.init()
     path = records.record_path(cfg)
-    done = records.finished_record(cfg)
+    done = dist.broadcast(records.finished_record(cfg) if dist.is_main() else None)
     if done is not None and not cfg.force:
         log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
         return {**done, "skipped": True}
     start = time.time()
     setup = set_up_cell(cfg)   # bad input fails here, before any file or folder of the cell is written
-    try:
-        with records.cell_lock(cfg):
-            # another job of this cell may have finished between the check above and taking the lock
-            done = records.finished_record(cfg)
-            if done is not None and not cfg.force:
-                log.info("skipped: %s was finished by another job (fingerprint %s)", path, done["fingerprint"])
-                return {**done, "skipped": True}
-            return _run_cell(cfg, path, start, *setup)
-    except records.CellBusy as exc:
-        log.warning("skipped: %s", exc)
-        return {"status": "busy", "error": str(exc), "metrics": {}}
+    with contextlib.ExitStack() as lock:
+        verdict = None
+        if dist.is_main():
+            try:
+                lock.enter_context(records.cell_lock(cfg))
+                # another job of this cell may have finished between the check above and taking the lock
+                done = records.finished_record(cfg)
+                verdict = {"done": done} if done is not None and not cfg.force else {"run": True}
+            except records.CellBusy as exc:
+                verdict = {"busy": str(exc)}
+        verdict = dist.broadcast(verdict)
+        if "busy" in verdict:
+            log.warning("skipped: %s", verdict["busy"])
+            return {"status": "busy", "error": verdict["busy"], "metrics": {}}
+        if "done" in verdict:
+            log.info("skipped: %s was finished by another job (fingerprint %s)", path, verdict["done"]["fingerprint"])
+            return {**verdict["done"], "skipped": True}
+        return _run_cell(cfg, path, start, *setup)
+
+
+def check_cpu_allowed(cfg: DictConfig) -> None:
+    """A paper model in its paper table (not a stand-in, not the adhoc table) is a GPU job: on a machine without CUDA
+    it would run for days, so it is refused unless allow_cpu=true."""
+    if cfg.table.name == "adhoc" or cfg.model.get("source") != "hub" or cfg.get("allow_cpu", False):
+        return
+    if cfg.model.name in (cfg.table.get("stand_ins") or {}) or torch.cuda.is_available():
+        return
+    raise ReproError(
+        f"model={cfg.model.name} in table={cfg.table.name} is a paper cell sized for GPUs, and no CUDA device is "
+        f"available here: pass allow_cpu=true to train it on the CPU anyway, or run one of the table's stand-ins "
+        f"({', '.join(cfg.table.get('stand_ins') or {}) or 'none'}) instead.")
+
+
+def check_tools(cfg: DictConfig) -> None:
+    """Java for METEOR (and the PTB tokenizer of E2E's COCO metrics), checked before training, not after decoding."""
+    if any("METEOR" in str(m) for m in cfg.task.get("metrics") or []) and shutil.which("java") is None:
+        raise ReproError(
+            f"task={cfg.task.name} is scored with METEOR (meteor-1.5.jar), which needs Java 1.8+ on PATH, and there is "
+            f"no `java` on PATH: install a JRE (e.g. `apt-get install default-jre-headless`, or `module load java` on "
+            f"a cluster) before training the cell.")
 
 
 def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
     missing data file, a rank or target the model cannot take, an init_from checkpoint that does not fit, several GPUs
-    without torchrun) breaks."""
+    without torchrun, a paper cell on a CPU, no Java for METEOR) breaks."""
     from repro.train import check_devices
 
     check_devices()
+    check_cpu_allowed(cfg)
+    check_tools(cfg)
     configure_tracking(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
@@ -131,22 +167,28 @@ def set_up_cell(cfg: DictConfig) -> tuple:
 
 
 def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model) -> dict:
-    records.prepare_checkpoint_dir(cfg)
+    main = dist.is_main()
+    if main:
+        records.prepare_checkpoint_dir(cfg)
+    dist.barrier()   # the folder is ready (an other config's checkpoints gone) before any rank's Trainer uses it
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
 
     record = {"status": "ok", "error": None, "table": cfg.table.name, "model": cfg.model.name,
-              "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed}
+              "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed,
+              "world_size": dist.world_size()}
+    in_step = True   # every rank reaches the end of the cell (ok, or diverged: the logged loss is the all-ranks mean)
     try:
         outcome = train_and_score(cfg, model, tokenizer, data)
     except Exception as exc:  # a diverged or crashed cell is a result too: recorded as failed, with the reason
+        from repro.train import Diverged
+
+        in_step = isinstance(exc, Diverged)
+        if not main and not in_step:
+            raise   # this rank alone crashed: its exit makes torchrun stop the cell; nothing is recorded, it resumes
         log.exception("cell failed")
         outcome = {"metrics": {}}
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
-    if record["status"] == "ok":
-        from repro.methods.checkpoint import save_trainable
-
-        save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
     record.update(
         outcome,
         **counts,
@@ -154,13 +196,20 @@ def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model)
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
-        provenance=records.provenance(),
     )
-    records.write_json_atomic(path, record)
-    finish_tracking(cfg, record)
-    if record["status"] == "ok" and not cfg.train.keep_checkpoints:
-        shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
-    log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
+    if main:   # rank 0 alone writes the weights and the record and removes the checkpoints
+        if record["status"] == "ok":
+            from repro.methods.checkpoint import save_trainable
+
+            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
+        record["provenance"] = records.provenance()
+        records.write_json_atomic(path, record)
+        finish_tracking(cfg, record)
+        if record["status"] == "ok" and not cfg.train.keep_checkpoints:
+            shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
+        log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
+    if in_step:
+        dist.barrier()   # no rank exits (and makes torchrun stop the others) before rank 0 has written
     return record
 
 

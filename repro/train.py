@@ -176,7 +176,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
         eval_steps=t.eval_steps,
         save_strategy=t.eval_strategy if evaluate else "epoch",
         save_steps=t.eval_steps,
-        save_total_limit=2,
+        save_total_limit=1,          # one per cell (the Trainer also keeps the best one while it differs from the last)
         load_best_model_at_end=evaluate and t.select == "best",
         metric_for_best_model=main_metric_key,
         greater_is_better=True,
