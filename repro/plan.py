@@ -346,7 +346,7 @@ def render(table_name: str, cells: list[dict], expansion: Expansion, notes: list
     for c in cells:
         groups.setdefault((c["model"], c["method"], c["variant"], c["task"]), []).append(c)
     head = (f"{'model':<20} {'method':<10} {'variant':<8} {'task':<6} {'seeds':<11} {'N':>7} {'seq':>4} {'examples':>10} "
-            f"{'GPU-h/job':>9} {'GiB/GPU':>7} {'b/dev':>5} {'ckpt':>4} {'disk/job':>9} {'run/skip':>8}")
+            f"{'GPU-h/job':>9} {'GiB/GPU':>7} {'b/dev':>5} {'GC':>4} {'disk/job':>9} {'run/skip':>8}")
     lines += [head, "-" * len(head)]
     for (model, method, variant, task), cs in groups.items():
         c = cs[0]
