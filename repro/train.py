@@ -170,6 +170,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
         adam_epsilon=t.adam_epsilon,
         max_grad_norm=t.max_grad_norm,
         label_smoothing_factor=t.label_smoothing,
+        activation_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),   # transformers 5's name for it
         fp16=t.precision == "fp16",
         bf16=t.precision == "bf16",
         eval_strategy=t.eval_strategy if evaluate else "no",
