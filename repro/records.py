@@ -26,10 +26,12 @@ from repro import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-# Keys that do not change what a cell computes: left out of its fingerprint.
-VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu")
-# How a cell runs, not what it computes: a guard policy, a switch for a smoke init.
-VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps", "allow_smoke_init", "divergence_patience")
+# Keys that do not change what a cell computes, left out of its fingerprint (dotted paths): where results and logs
+# go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
+# over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan).
+VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu",
+                 "train.keep_checkpoints", "train.logging_steps", "train.allow_smoke_init", "train.divergence_patience",
+                 "model.max_per_device_batch_size", "model.gradient_checkpointing")
 
 
 def method_dirname(cfg: DictConfig) -> str:
@@ -204,9 +206,11 @@ def fingerprint(cfg: DictConfig) -> str:
     hashes exactly what it always did (committed records keep their fingerprints)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE_KEYS:
-        data.pop(key, None)
-    for key in VOLATILE_TRAIN_KEYS:
-        data.get("train", {}).pop(key, None)
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(leaf, None)
     if data.get("train", {}).get("init_from"):
         from repro.methods.checkpoint import source_fingerprint
 
