@@ -66,11 +66,12 @@ def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> D
     return cfg
 
 
-def check_cell(cfg: DictConfig, table_rules: bool = True) -> None:
-    """The resolved cell against the schema: ConfigError `<field>=<value>: <what is allowed>` if it does not fit.
-    `table_rules=False`: the groups only, as composed before the table's settings (the table is then read as adhoc)."""
+def check_cell(cfg: DictConfig | dict, table_rules: bool = True) -> None:
+    """The resolved cell (or its plain-dict form) against the schema: ConfigError `<field>=<value>: <what is allowed>`
+    if it does not fit. `table_rules=False`: the groups only, as composed before the table's settings (the table is
+    then read as adhoc)."""
     try:
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     except OmegaConfBaseException as exc:   # an interpolation that does not resolve (${oc.env:...}, ${nope})
         raise ConfigError(one_line_omegaconf(exc)) from None
     container.pop("hydra", None)

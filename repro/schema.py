@@ -482,10 +482,11 @@ def describe(err: dict) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "cell_rule":
         return f"{'.'.join([*path, ctx['field']])}={ctx['value']!r}: {ctx['why']}"
-    if kind == "method_name":
-        return f"{'.'.join([*path, 'name'])}={value.get('name') if isinstance(value, dict) else value!r}: {err['msg']}"
-    if kind == "task_kind":
-        return f"{'.'.join([*path, 'kind'])}={value.get('kind') if isinstance(value, dict) else value!r}: {err['msg']}"
+    if kind in ("method_name", "task_kind"):   # the discriminator of a union of groups
+        key = "name" if kind == "method_name" else "kind"
+        if isinstance(value, dict):
+            return f"{'.'.join([*path, key])}={value.get(key)!r}: {err['msg']}"
+        return f"{'.'.join(path)}={value!r}: must be a mapping whose {key} is {err['msg'].removeprefix('allowed: ')}"
     dotted = ".".join(path)
     if kind == "extra_forbidden":
         allowed = allowed_keys(list(err["loc"][:-1]))
