@@ -531,14 +531,14 @@ def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bo
         with open_dict(cfg):
             cfg.pop("hydra", None)
     try:
-        return resolve_cell(cfg, list(job)), note
+        return resolve_cell(cfg, list(job), check=note is None), note
     except Exception as exc:
         if not fallback:
             raise
         note = (f"{cfg.model.name}/{cfg.method.name}: cells do not resolve "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct checks")
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct or schema checks")
         OmegaConf.set_struct(cfg, False)
-        return resolve_cell(cfg, list(job)), note
+        return resolve_cell(cfg, list(job), check=False), note
 
 
 def plan_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], expansion: Expansion) -> str:

@@ -3,10 +3,16 @@
     python -m repro.run +table=glue model=roberta-base method=lora task=rte seed=0
     python -m repro.run -m +table=glue model=tiny-roberta method=lora,ft task=rte,mrpc seed=0,1   # a grid
 
-Steps: compose the config (Hydra) -> resolve the cell (table settings) -> skip if an `ok` record with the same
-fingerprint exists -> load tokenizer, data, model -> apply the method -> train and evaluate -> write the record
-and the trained weights. Bad input exits non-zero before anything is written; a cell that fails while training
-is recorded as failed, with the reason.
+Steps: compose the config (Hydra) -> resolve the cell (table settings) and check it against the schema
+(repro/schema.py) -> skip if an `ok` record with the same fingerprint exists -> load tokenizer, data, model -> apply
+the method -> take the cell's lock -> train and evaluate -> write the record and the trained weights.
+
+The boundary between bad input and a failed run is the cell's lock (run_cell):
+  * before it (composing, the schema, loading the tokenizer, data and model, the method's surgery, init_from) any error
+    is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell. Errors that are not already
+    a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the traceback instead.
+  * after it (training, evaluation, decoding, scoring) an error is a result: a `failed` record with the reason
+    (divergence, out of memory, a crash in a library), exit 1 for a single run.
 """
 
 from __future__ import annotations
@@ -144,25 +150,52 @@ def check_tools(cfg: DictConfig) -> None:
             f"a cluster) before training the cell.")
 
 
+class SetupFailed(ReproError):
+    """A step of a cell's set-up raised an error that is not a ReproError: still bad input (a data file whose columns
+    do not fit, a checkpoint that does not load), reported in one line."""
+
+
+@contextlib.contextmanager
+def setup_step(what: str):
+    """Run one set-up step; any error in it is bad input: a ReproError as it is, anything else as SetupFailed."""
+    try:
+        yield
+    except ReproError:
+        raise
+    except Exception as exc:
+        if debug():
+            raise
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise SetupFailed(f"{what} failed: {reason}") from exc
+
+
 def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
-    missing data file, a rank or target the model cannot take, an init_from checkpoint that does not fit, several GPUs
-    without torchrun, a paper cell on a CPU, no Java for METEOR) breaks."""
+    missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
+    several GPUs without torchrun, a paper cell on a CPU, no Java for METEOR) breaks. Every error here is a ReproError
+    (exit 2, nothing written); see the module's docstring."""
     from repro.train import check_devices
 
     check_devices()
     check_cpu_allowed(cfg)
     check_tools(cfg)
-    configure_tracking(cfg)
-    set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
-    data = load_data(cfg, tokenizer)
-    model = apply_method(load_model(cfg.model, cfg.task, tokenizer), cfg.method)
+    with setup_step("tracking set-up"):
+        configure_tracking(cfg)
+        set_seed(cfg.seed)
+    with setup_step(f"loading the tokenizer of model={cfg.model.name}"):
+        tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
+    with setup_step(f"loading the data of task={cfg.task.name}"):
+        data = load_data(cfg, tokenizer)
+    with setup_step(f"loading model={cfg.model.name}"):
+        model = load_model(cfg.model, cfg.task, tokenizer)
+    with setup_step(f"applying method={cfg.method.name} to model={cfg.model.name}"):
+        model = apply_method(model, cfg.method)
     if cfg.train.get("init_from"):   # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
         from repro.methods.checkpoint import init_from
 
-        keys = init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init")))
-        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, len(keys))
+        with setup_step(f"train.init_from={cfg.train.init_from}"):
+            n = len(init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init"))))
+        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, n)
     return tokenizer, data, model
 
 
@@ -224,7 +257,9 @@ def main(cfg: DictConfig):
             return "dry_run"
         record = run_cell(cfg)
     except ReproError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug():
+            raise
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     if record["status"] == "busy" and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(75)   # EX_TEMPFAIL: the cell is running elsewhere
@@ -233,5 +268,62 @@ def main(cfg: DictConfig):
     return "skipped" if record.get("skipped") else record["status"]
 
 
+def debug() -> bool:
+    """REPRO_DEBUG=1: bad input raises with its traceback instead of the one-line error."""
+    return os.environ.get("REPRO_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (Hydra's lists of options are tab-indented) as one line."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if out and raw[:1] in ("\t", " "):
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
+        else:
+            out.append(line)
+    return "; ".join(out)
+
+
+def hydra_error(exc: BaseException) -> str:
+    """A command line that Hydra cannot compose (a group option that does not exist, a key the config does not have,
+    an override it cannot parse) as one line; an unknown key lists the keys the schema allows there."""
+    from repro.schema import allowed_keys
+
+    cause = exc.__cause__
+    if cause is not None and "not in struct" in str(cause) and getattr(cause, "full_key", None):
+        path = str(cause.full_key).split(".")
+        allowed = allowed_keys(path[:-1])
+        if allowed:
+            return f"{cause.full_key}: unknown key; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}"
+    text = str(exc).split("\nConfig search path:")[0]   # Hydra's search path says nothing about the mistake
+    if cause is not None and str(cause) not in text:
+        text += f"\n{cause}"
+    return one_line(text)
+
+
+def cli() -> None:
+    """`python -m repro.run`: Hydra's own errors (composing the command line) as one line and exit 2, like bad values."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if debug():
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        main()
+        return
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"     # Hydra raises instead of printing its report: formatted below
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {hydra_error(exc)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
