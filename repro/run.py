@@ -149,8 +149,9 @@ def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model)
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
-        provenance=records.provenance(),
+        provenance=records.provenance(diff := records.code_diff()),
     )
+    records.write_diff(path, diff)   # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
     records.write_json_atomic(path, record)
     finish_tracking(cfg, record)
     if record["status"] == "ok" and not cfg.train.keep_checkpoints:
