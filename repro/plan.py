@@ -598,8 +598,16 @@ def describe_waves(waves: list[list[int]]) -> str:
             "is in a later wave; each wave is launched when the one before it has ended")
 
 
+def _launch_nothing(cfg: DictConfig) -> None:
+    """The task function of `python -m repro.plan`: never called, since with dry_run=true the table sweeper prints
+    the plan and launches no job."""
+    raise RuntimeError("repro.plan launches no job: the table sweeper's dry run should have stopped before this")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m repro.plan <overrides>`: the table sweeper's dry run, through repro.run's own Hydra entry point."""
+    """`python -m repro.plan <overrides>`: the table sweeper's dry run (`--multirun ... dry_run=true`), under the
+    runner's config but with a task function of its own, so the planner never imports the runner (repro.run
+    imports this module for a single cell's dry run)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.split("=")[0].lstrip("+") == "table" for a in args):
         print("usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)", file=sys.stderr)
@@ -608,10 +616,8 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     from repro import CONF_DIR
-    from repro.run import main as run_main
 
-    # repro.run's task function under an absolute config path (its relative one is resolved from the caller)
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(run_main.__wrapped__)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_launch_nothing)()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One JSON record per grid cell, written atomically: the only thing tables, plots and analysis read.
 
 Layout: <results_dir>/<table>/<model>/<method>/<task>/seed<k>.json, the cell's trainable weights beside it as
-seed<k>.safetensors, and resumable Trainer checkpoints under checkpoints/seed<k>/ while the cell runs.
+seed<k>.safetensors, the uncommitted code change it ran with (if any) as seed<k>.diff, and resumable Trainer checkpoints under checkpoints/seed<k>/ while the cell runs.
 """
 
 from __future__ import annotations
@@ -283,7 +283,62 @@ def iter_records(results_dir: str | Path, table: str | None = None):
             yield path, record
 
 
-def provenance() -> dict:
+def diff_path(record: Path) -> Path:
+    """seed<k>.diff beside seed<k>.json: the uncommitted code change the record ran with."""
+    return Path(record).with_suffix(".diff")
+
+
+def code_diff() -> str:
+    """`git diff HEAD` of the tracked files outside results/ (staged and unstaged): what the working tree's code
+    adds to its commit; "" for a clean tree (or no git). Untracked files are not part of it (nor of git_dirty).
+    Secret-looking environment values are redacted, as in records."""
+    try:
+        out = subprocess.run(["git", "diff", "HEAD", "--no-color", "--no-ext-diff", "--binary", "--", ".", ":(exclude)results"],
+                             cwd=PROJECT_ROOT, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return redact(out.stdout.decode("utf-8", "replace")) if out.returncode == 0 else ""
+
+
+def write_diff(record: Path, diff: str) -> None:
+    """Write the record's seed<k>.diff (before the record itself), or remove a stale one when the tree is clean."""
+    path = diff_path(record)
+    if not diff:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(diff)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def untraced(path: Path, record: dict) -> str | None:
+    """Why the code behind a record cannot be traced (no commit; uncommitted changes with no seed<k>.diff beside it,
+    or one whose sha256 is not the record's), else None."""
+    prov = record.get("provenance") or {}
+    if not prov.get("git_commit"):
+        return "no git commit"
+    if not prov.get("git_dirty"):
+        return None
+    if not prov.get("git_diff_sha256"):
+        return "uncommitted changes, not recorded"
+    diff = diff_path(path)
+    if not diff.exists():
+        return f"uncommitted changes, {diff.name} missing"
+    if hashlib.sha256(diff.read_bytes()).hexdigest() != prov["git_diff_sha256"]:
+        return f"uncommitted changes, {diff.name} does not match git_diff_sha256"
+    return None
+
+
+def provenance(diff: str | None = None) -> dict:
+    """git commit, whether the code had uncommitted changes (and the sha256 of seed<k>.diff that holds them), versions,
+    host. `diff`: code_diff(), taken once by the caller that also writes it beside the record."""
     import torch
     import transformers
 
@@ -293,9 +348,11 @@ def provenance() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    diff = code_diff() if diff is None else diff
     return {
         "git_commit": git("rev-parse", "HEAD") or None,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": bool(diff),
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -230,12 +230,13 @@ def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model)
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    if main:   # rank 0 alone writes the weights and the record and removes the checkpoints
+    if main:   # rank 0 alone writes the weights, the record and its code diff, and removes the checkpoints
         if record["status"] == "ok":
             from repro.methods.checkpoint import save_trainable
 
             save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
-        record["provenance"] = records.provenance()
+        record["provenance"] = records.provenance(diff := records.code_diff())
+        records.write_diff(path, diff)   # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
         records.write_json_atomic(path, record)
         finish_tracking(cfg, record)
         if record["status"] == "ok" and not cfg.train.keep_checkpoints:
