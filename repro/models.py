@@ -101,10 +101,10 @@ def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
         elif hub_offline():
             raise ModelUnavailable(
                 f"model={model_cfg.name} needs a tokenizer: set REPRO_DATA_DIR to a folder holding gpt2-tokenizer/ "
-                f"(../shared/data has one), or go online for {model_cfg.tokenizer_hub_id}."
+                f"(../shared/data has one), or go online for {model_cfg.tokenizer_hub_id or model_cfg.hub_id}."
             )
         else:
-            tok = AutoTokenizer.from_pretrained(model_cfg.tokenizer_hub_id)
+            tok = AutoTokenizer.from_pretrained(model_cfg.tokenizer_hub_id or model_cfg.hub_id)
     if tok.pad_token is None:  # GPT-2 has none; the original code pads with <|endoftext|>
         tok.pad_token = tok.eos_token
     return tok

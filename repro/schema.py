@@ -110,8 +110,9 @@ class ModelConfig(Group):
             raise bad("hub_id", self.hub_id, "source=hub needs the hub id")
         if self.source == "package" and not self.package:
             raise bad("package", self.package, "source=package needs the package name")
-        if self.source == "tiny" and not self.tokenizer_hub_id:
-            raise bad("tokenizer_hub_id", self.tokenizer_hub_id, "source=tiny needs the tokenizer's hub id")
+        if self.source == "tiny" and not (self.tokenizer_hub_id or self.hub_id):
+            raise bad("tokenizer_hub_id", self.tokenizer_hub_id,
+                      "source=tiny needs the tokenizer's hub id (or the model's hub_id), for when no local tokenizer is set")
         d, heads = self.d_model, self.arch.n_head or self.arch.num_attention_heads
         if d % heads:
             raise bad("arch.hidden_size" if self.model_type != "gpt2" else "arch.n_embd", d,

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from repro import records
+from repro.dist import world_size
 from repro.errors import ReproError
 from repro.metrics.glue import glue_metrics, predictions
 
@@ -23,10 +24,6 @@ log = logging.getLogger(__name__)
 
 class Diverged(RuntimeError):
     pass
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_devices() -> None:
@@ -151,7 +148,6 @@ class ReproTrainer(Trainer):
 
 def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str | None) -> TrainingArguments:
     t = cfg.train
-    check_devices()
     per_device, accumulation = batch_plan(t)
     evaluate = main_metric_key is not None
     return TrainingArguments(
