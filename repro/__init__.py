@@ -8,3 +8,10 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
+
+# bitsandbytes (the 4-bit base of QLoRA; peft imports it when installed) warns at import, on CPUs with avx512-bf16, that
+# it cannot fetch an optional kernel from the hub ("pip install kernels"): harmless offline (its own CPU path runs),
+# and it would be the first line of every command's output. Its other warnings stay.
+import logging as _logging
+
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

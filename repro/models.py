@@ -49,12 +49,18 @@ def model_class(kind: str, task_kind: str):
     return transformers.AutoModelForSequenceClassification
 
 
+SENTENCEPIECE_PIN = "sentencepiece==0.2.3"   # as in pyproject.toml
+
+
 def _source_dir(model_cfg: DictConfig) -> str:
-    """Where from_pretrained reads: a package folder for MiniLM when installed, else the hub id."""
+    """Where from_pretrained reads: a package folder for MiniLM when installed, a local folder when `hub_id` names one
+    (a downloaded snapshot; works offline), else the hub id."""
     if model_cfg.source == "package":
         path = package_model_dir(model_cfg.package)
         if path is not None:
             return str(path)
+    if Path(str(model_cfg.hub_id)).expanduser().is_dir():
+        return str(Path(str(model_cfg.hub_id)).expanduser())
     if hub_offline():
         raise ModelUnavailable(
             f"model={model_cfg.name} ({model_cfg.hub_id}) needs the Hugging Face hub, and HF_HUB_OFFLINE=1 is set. "
@@ -64,9 +70,30 @@ def _source_dir(model_cfg: DictConfig) -> str:
     return model_cfg.hub_id
 
 
+def needs_sentencepiece(folder: str) -> bool:
+    """A local tokenizer folder with only a SentencePiece model (DeBERTa-v2 XXL ships spm.model, no tokenizer.json):
+    transformers 5 converts it with `sentencepiece`, and without it falls back to tiktoken and raises."""
+    path = Path(folder)
+    return path.is_dir() and not (path / "tokenizer.json").exists() and any(path.glob("*.model"))
+
+
+def sentencepiece_available() -> bool:
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
     if model_cfg.source != "tiny":
-        tok = AutoTokenizer.from_pretrained(_source_dir(model_cfg))
+        source = _source_dir(model_cfg)
+        if needs_sentencepiece(source) and not sentencepiece_available():
+            raise ModelUnavailable(
+                f"model={model_cfg.name}: {source} holds only a SentencePiece model; loading it needs the `sentencepiece` "
+                f"package (a dependency of this project: pip install {SENTENCEPIECE_PIN})"
+            )
+        tok = AutoTokenizer.from_pretrained(source)
     else:
         local = Path(data_dir) / "gpt2-tokenizer" if data_dir else None
         if local is not None and (local / "tokenizer.json").exists():
@@ -74,10 +101,10 @@ def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
         elif hub_offline():
             raise ModelUnavailable(
                 f"model={model_cfg.name} needs a tokenizer: set REPRO_DATA_DIR to a folder holding gpt2-tokenizer/ "
-                f"(../shared/data has one), or go online for {model_cfg.tokenizer_hub_id}."
+                f"(../shared/data has one), or go online for {model_cfg.tokenizer_hub_id or model_cfg.hub_id}."
             )
         else:
-            tok = AutoTokenizer.from_pretrained(model_cfg.tokenizer_hub_id)
+            tok = AutoTokenizer.from_pretrained(model_cfg.tokenizer_hub_id or model_cfg.hub_id)
     if tok.pad_token is None:  # GPT-2 has none; the original code pads with <|endoftext|>
         tok.pad_token = tok.eos_token
     return tok

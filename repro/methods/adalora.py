@@ -13,14 +13,15 @@ Why PEFT and not a port: the method is the SVD parametrisation *plus* a stateful
 uncertainty, the budget schedule, masking after the last allocation) whose exact semantics are in PEFT's
 RankAllocator; a port would be ~300 lines to maintain against the same oracle we would test it with. The parts the
 suite owns are small and are here: the surgery (PEFT's AdaLoraModel injected in place into our model, so parameter
-names, the task head and checkpoints stay ours), the orthogonality penalty on the model's loss (a forward hook doing what
-AdaLoraModel.forward does, since our runner calls the model, not the tuner), and the Trainer callback that calls
-`update_and_allocate(step)` after `optimizer.step()` and before `zero_grad()` (it reads the gradients).
+names, the task head and checkpoints stay ours), the orthogonality penalty (`loss_term`: what AdaLoraModel.forward adds
+to each forward's loss; our Trainers compute the task loss outside the model, so ReproTrainer.compute_loss adds it, once
+per optimizer step under gradient accumulation, through repro.methods.registry.loss_term), and the Trainer callback
+that calls `update_and_allocate(step)` after `optimizer.step()` and before `zero_grad()` (it reads the gradients).
 
 Rules (shared/research/variants.md): the allocated ranks are `rank_pattern()` (PEFT's config.rank_pattern), not the
 non-zero entries of E (pruned entries regrow under AdamW between allocations); the final mask is applied only at step
 total_step − tfinal, so `total_step` is the Trainer's max_steps (set at train begin; a run must reach it); the penalty
-needs the loss computed by the model (a step without it raises); a run resumed from a Trainer checkpoint restarts the
+is added by the trainer (repro.train.ReproTrainer; an optimizer step without it raises); a run resumed from a Trainer checkpoint restarts the
 importance EMAs (they are not checkpointed). Keys: `<module>.lora_{A,B,E}.default` (trained), ΔW: `delta_weights`.
 """
 
@@ -62,17 +63,11 @@ def _orth_penalty(model: nn.Module) -> torch.Tensor:
 
 
 def loss_term(model: nn.Module) -> torch.Tensor:
-    """orth_reg_weight · R(P, Q): what AdaLoRA adds to each forward's loss. For a Trainer whose loss is computed
-    outside the model (compute_loss_func), add this to that loss and set `model._adalora_penalty_added = True`."""
+    """orth_reg_weight · R(P, Q): what AdaLoraModel.forward adds to each forward's loss. The model's own forward does not
+    add it (its loss is computed outside the model, compute_loss_func): ReproTrainer.compute_loss adds it to the
+    training loss (registry.loss_term), and calling this marks the step as having it (AdaLoraCallback checks)."""
+    model._adalora_penalty_added = True
     return getattr(model, TUNER).peft_config["default"].orth_reg_weight * _orth_penalty(model)
-
-
-def _add_penalty(module, args, kwargs, outputs):
-    """loss += orth_reg_weight · R(P, Q) whenever the model computes a loss (AdaLoraModel.forward's rule)."""
-    if getattr(outputs, "loss", None) is not None and isinstance(outputs.loss, torch.Tensor):
-        outputs.loss = outputs.loss + loss_term(module)
-        module._adalora_penalty_added = True
-    return outputs
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -89,8 +84,8 @@ class AdaLoraCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         tuner = getattr(model, TUNER)
         if tuner.peft_config["default"].orth_reg_weight > 0 and not getattr(model, "_adalora_penalty_added", False):
-            raise CellMismatch("AdaLoRA: the training loss was not computed by the model, so the orthogonality "
-                               "penalty was not added (set orth_reg_weight: 0 to train without it)")
+            raise CellMismatch("AdaLoRA: the orthogonality penalty was not added to the training loss (train with "
+                               "repro.train.ReproTrainer, which adds adalora.loss_term; or set orth_reg_weight: 0)")
         model._adalora_penalty_added = False
         with torch.no_grad():
             tuner.update_and_allocate(state.global_step)
@@ -111,7 +106,7 @@ def apply_adalora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     tuner = AdaLoraModel(model, {"default": pcfg}, "default")   # injects SVDLinear modules into `model` in place
     object.__setattr__(model, TUNER, tuner)
     mark_trainable(model, lambda n: ".lora_" in n and ".default" in n)   # A, B, E (ranknum stays frozen)
-    model.register_forward_hook(_add_penalty, with_kwargs=True)
+    model.repro_loss_term = loss_term          # added to the training loss by ReproTrainer (registry.loss_term)
     model.repro_callbacks = [AdaLoraCallback()]
     return model
 

@@ -46,6 +46,13 @@ def trainer_callbacks(model: nn.Module) -> list:
     return list(getattr(model, "repro_callbacks", []))
 
 
+def loss_term(model: nn.Module):
+    """A term the method adds to the training loss (AdaLoRA: orth_reg_weight · R(P, Q)), or None. ReproTrainer adds it
+    to each training micro-batch's loss (repro.train.ReproTrainer.compute_loss: once per optimizer step)."""
+    term = getattr(model, "repro_loss_term", None)
+    return term(model) if term is not None else None
+
+
 def apply_method(model: nn.Module, cfg: DictConfig) -> nn.Module:
     if cfg.name not in METHODS:
         raise CellMismatch(f"unknown method {cfg.name!r}; allowed: {sorted(METHODS)}")

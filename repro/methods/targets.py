@@ -70,13 +70,21 @@ def block_prefix(model: nn.Module) -> str:
     raise CellMismatch("cannot locate the transformer blocks")
 
 
-def resolve_targets(model: nn.Module, targets) -> list[str]:
-    """A method config's `targets`: a list of target names, or "all_linear" (every linear layer of each block)."""
+def target_names(mt: str, targets) -> list[str]:
+    """A method config's `targets` for model_type `mt`: a list of target names, or "all_linear" (every linear layer of
+    each block). By model_type, so that the config schema (repro.schema) resolves them before any model is built."""
     if isinstance(targets, str):
         if targets != "all_linear":
             raise CellMismatch(f"targets={targets!r}: a list of target names or 'all_linear'")
-        return ALL_LINEAR[model_type(model)]
+        if mt not in ALL_LINEAR:
+            raise CellMismatch(f"no module names for model_type={mt}; known: {sorted(BLOCK_MODULES)}")
+        return list(ALL_LINEAR[mt])
     return list(targets)
+
+
+def resolve_targets(model: nn.Module, targets) -> list[str]:
+    """target_names for this model."""
+    return target_names(model.config.model_type, targets)
 
 
 def check_targets(model: nn.Module, targets: list[str]) -> None:

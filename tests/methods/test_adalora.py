@@ -1,5 +1,6 @@
-"""AdaLoRA through PEFT: the surgery keeps our names and head, the penalty equals PeftModel's, and in a real Trainer
-loop the budget schedule reaches its target budget (target_r × matrices) at step total_step − tfinal."""
+"""AdaLoRA through PEFT: the surgery keeps our names and head, the loss with the penalty equals PeftModel's (per
+forward, and through ReproTrainer under gradient accumulation: the penalty once per optimizer step), and in a real
+Trainer loop the budget schedule reaches its target budget (target_r × matrices) at step total_step − tfinal."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from repro.methods import apply_method, parameter_counts
-from repro.methods.adalora import rank_pattern
+from repro.methods.adalora import loss_term, rank_pattern
 from repro.methods.lora import delta_weights
 from repro.methods.registry import trainer_callbacks
+from repro.train import ReproTrainer, classifier_loss
 from tests.methods.conftest import batch, method, tiny
 
 peft = pytest.importorskip("peft")
@@ -51,14 +53,67 @@ def test_loss_and_grads_equal_peft_adalora(arch):
     b = batch(arch)
     lo, lt = ours(**b), theirs(**b)
     assert torch.allclose(lo.logits, lt.logits, atol=1e-6)
-    assert torch.allclose(lo.loss, lt.loss, atol=1e-6)   # the orthogonality penalty included, as PEFT adds it
-    lo.loss.backward(), lt.loss.backward()
+    loss = lo.loss + loss_term(ours)   # the penalty: what ReproTrainer adds to the training loss (PEFT: its forward)
+    assert not torch.allclose(lo.loss, lt.loss, atol=1e-6)
+    assert torch.allclose(loss, lt.loss, atol=1e-6)
+    loss.backward(), lt.loss.backward()
     for n, p in ours.named_parameters():
         if ".lora_" in n and p.requires_grad:
             assert torch.allclose(p.grad, tp[f"base_model.model.{n}"].grad, atol=1e-6), n
     for layer, t, dw in delta_weights(ours):   # ΔW = (alpha/r_k) B (A ⊙ E), d_out × d_in
         assert dw.shape[0] == 32 and dw.shape[1] == 32
     assert len(list(delta_weights(ours))) == 3 * len(targets)
+
+
+@pytest.mark.parametrize("per_device", [8, 2])
+def test_reprotrainer_adds_the_penalty_once_per_optimizer_step(tmp_path, per_device):
+    """The runner's path (ReproTrainer, classifier_loss outside the model): one optimizer step on a batch of 8, as 8 x 1
+    and as 2 x 4, hands the optimizer PeftModel's gradient of (mean loss over the 8 + orth_reg_weight · R) and logs that
+    loss: the penalty enters once per step, not once per micro-batch."""
+    base = tiny("roberta")
+    for m in base.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ours = apply_method(copy.deepcopy(base), method("adalora", init_r=4, target_r=2, targets=["q", "v"], tinit=0, tfinal=1))
+    from repro.methods.adalora import target_module_names
+
+    cfg = peft.AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8, total_step=2, tinit=0, tfinal=1, task_type="SEQ_CLS",
+                             target_modules=target_module_names(base, ["q", "v"]))
+    theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        tp = dict(theirs.named_parameters())
+        for n, p in ours.named_parameters():
+            if ".lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+                tp[f"base_model.model.{n}"].copy_(p)
+    ids = torch.randint(2, 120, (8, 7), generator=g)
+    labels = torch.randint(0, 3, (8,), generator=g)
+    theirs.train()
+    expected = theirs(input_ids=ids, labels=labels).loss
+    expected.backward()
+    ds = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=per_device,
+                             gradient_accumulation_steps=8 // per_device, learning_rate=1e-3, max_grad_norm=0,
+                             lr_scheduler_type="constant", report_to=[], save_strategy="no", logging_steps=1,
+                             use_cpu=True, disable_tqdm=True)
+    grads = {}
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            if state.global_step == 0:
+                grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+    trainer = ReproTrainer(model=ours, args=args, train_dataset=ds, compute_loss_func=classifier_loss,
+                           callbacks=[*trainer_callbacks(ours), Grab()])
+    trainer.train()
+    logged = next(e["loss"] for e in trainer.state.log_history if "loss" in e)
+    assert logged == pytest.approx(expected.item(), rel=1e-5)
+    lora = [n for n in grads if ".lora_" in n]
+    assert lora
+    for n in lora:
+        theirs_grad = tp[f"base_model.model.{n}"].grad
+        assert torch.allclose(grads[n], theirs_grad, rtol=1e-4, atol=1e-6 * theirs_grad.abs().max().item() + 1e-9), n
 
 
 def test_schedule_reaches_target_budget_in_trainer_loop(tmp_path):
@@ -76,7 +131,7 @@ def test_schedule_reaches_target_budget_in_trainer_loop(tmp_path):
         def on_optimizer_step(self, args, state, control, model=None, **kw):
             seen[state.global_step] = sum(rank_pattern(model).values()) if rank_pattern(model) else None
 
-    trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[*trainer_callbacks(model), Probe()])
+    trainer = ReproTrainer(model=model, args=args, train_dataset=ds, callbacks=[*trainer_callbacks(model), Probe()])
     trainer.train()
     cfg = model._adalora_tuner.peft_config["default"]
     n_mat = 2 * 3
