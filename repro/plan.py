@@ -41,8 +41,8 @@ conf/hydra/launcher/slurm.yaml's `constraint` names (volta32gb, the paper's V100
 A cell fits when peak <= 90% of the GPU's memory (the margin: allocator fragmentation and caching). Each
 conf/model/*.yaml sets max_per_device_batch_size and gradient_checkpointing so that every paper cell fits.
 
-Scratch disk per job (`disk_estimate`): a Trainer checkpoint holds the whole model's weights (the Trainer saves
-model.state_dict(), all P parameters in fp32, also for a frozen backbone) + Adam's two moments for P_t (8 B each) +
+Scratch disk per job (`disk_estimate`): a Trainer checkpoint holds the trainable tensors (repro.train.ReproTrainer
+saves a frozen backbone's trainable tensors only; FT's are all P) in fp32 + Adam's two moments for them: 12 B x P_t, +
 scheduler/RNG/state files (~0); save_total_limit keeps one, but the best and the last may coexist: 2 checkpoints
 per running job, deleted when the cell ends (unless train.keep_checkpoints). The final weights file holds the
 trainable tensors only (repro.methods.checkpoint.save_trainable, 4 B x P_t) and stays.
@@ -292,8 +292,8 @@ def memory_estimate(cfg: DictConfig) -> dict:
 
 def disk_estimate(cfg: DictConfig, checkpoints: int = 2) -> dict:
     """Scratch disk of one job, in bytes: `checkpoints` Trainer checkpoints while it runs + its final weights file."""
-    p, pt = param_counts(cfg)
-    ckpt = 4 * p + 8 * pt
+    _, pt = param_counts(cfg)
+    ckpt = 12 * pt   # trainable weights (4 B) + Adam's two moments (8 B): ReproTrainer._save
     final = 4 * pt
     return {"ckpt_bytes": ckpt, "final_bytes": final, "disk_bytes": checkpoints * ckpt + final}
 
