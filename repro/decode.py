@@ -72,8 +72,9 @@ def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings) -> list[list[int]
     logits = out.logits[:, -1, :].float()
     past.batch_repeat_interleave(K)
     vocab = logits.shape[-1]
-    batch_offset = (torch.arange(B) * K).unsqueeze(-1)
-    beam_scores = torch.zeros(B, K)
+    device = logits.device   # every tensor follows the model's outputs (CUDA after training), never the default device
+    batch_offset = (torch.arange(B, device=device) * K).unsqueeze(-1)
+    beam_scores = torch.zeros(B, K, device=device)
     history = None
     best_score: dict[int, float] = {}
     best_seq: dict[int, list[int]] = {}

@@ -136,3 +136,16 @@ def test_clean_output():
     assert clean_output("A pub .\n\nname : x") == "A pub ."
     assert clean_output("<|endoftext|>") == ""
     assert clean_output(" no end token ") == "no end token"
+
+
+def test_every_tensor_follows_the_model_device():
+    """Issue 16 item 4: beam offsets and scores were made on the default device (CPU), so beam search crashed on CUDA
+    after training. Here the default device is `meta` while the model stays on the CPU: any tensor the decoder makes
+    without naming the model's device lands on meta and mixes devices; the outputs must equal the plain run's."""
+    model = tiny_lm(seed=3)
+    s = BeamSettings(num_beams=4, length_penalty=0.8, no_repeat_ngram_size=2, eos_token_ids=(1, 11), max_new_tokens=8,
+                     batch_size=8, early_stop=True)
+    expected = beam_search(model, PROMPTS, s)
+    with torch.device("meta"):
+        got = beam_search(model, PROMPTS, s)
+    assert got == expected
