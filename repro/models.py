@@ -211,4 +211,6 @@ def build_on_meta(model_cfg: DictConfig, task_kind: str = "classification", num_
     config = model_config(model_cfg, num_labels=num_labels if task_kind == "classification" else None)
     cls = model_class(model_cfg.kind, task_kind)
     with torch.device("meta"):
-        return cls.from_config(config)
+        model = cls.from_config(config)
+    model.repro_model_name = model_cfg.name
+    return model
