@@ -80,6 +80,8 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                       (stand_in.get("methods") or {}).get(cfg.method.name) or {}]
     if "config_overrides" in cfg.model:   # open: tables set per-task model settings (DeBERTa's cls_dropout, Table 10)
         OmegaConf.set_struct(cfg.model.config_overrides, False)
+    if "decode" in cfg:   # open for the optional keys (OPTIONAL_DECODE_KEYS), checked by `validate`
+        OmegaConf.set_struct(cfg.decode, False)
     cfg = OmegaConf.merge(cfg, *layers)
     with open_dict(cfg):
         for key, value in cli_value_overrides(overrides):
@@ -89,7 +91,22 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+# decode keys a table or the command line may add to a task's `decode:` (absent = the default; not written into the
+# task configs, so that the cells recorded before them keep their fingerprints)
+OPTIONAL_DECODE_KEYS = {"pad_batches": bool}   # left-pad prompts of different lengths into full batches (repro.decode)
+DECODE_KEYS = {"num_beams", "length_penalty", "no_repeat_ngram_size", "eos_token_ids", "max_new_tokens", "batch_size",
+               "checkpoint", "max_inputs", "split", "early_stop", *OPTIONAL_DECODE_KEYS}
+
+
 def validate(cfg: DictConfig) -> None:
+    if "decode" in cfg:
+        unknown = sorted(set(cfg.decode) - DECODE_KEYS)
+        if unknown:
+            raise CellMismatch(f"decode.{unknown[0]}: not a decode setting; allowed: {', '.join(sorted(DECODE_KEYS))}")
+        for key, typ in OPTIONAL_DECODE_KEYS.items():
+            if key in cfg.decode and not isinstance(cfg.decode[key], typ):
+                raise CellMismatch(f"decode.{key}={cfg.decode[key]!r}: must be a {typ.__name__}")
+        OmegaConf.set_struct(cfg.decode, True)
     m = cfg.method
     if "r" in m and m.r is not None and m.r <= 0:
         raise CellMismatch(f"method.r={m.r}: the rank must be a positive integer")
