@@ -50,13 +50,26 @@ def check_kinds(cfg: DictConfig) -> None:
     if cfg.model.kind != wants:
         raise CellMismatch(
             f"task={cfg.task.name} is a {cfg.task.kind} task and needs an {wants} model; model={cfg.model.name} is a "
-            f"{cfg.model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, tiny-gpt2)"
+            f"{cfg.model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, "
+            "smollm2-135m, tiny-gpt2, tiny-llama)"
         )
+
+
+def check_method_fits_model(cfg: DictConfig) -> None:
+    """Refusals that the model config alone decides, before any table lookup or download: BitFit on a model whose
+    config declares no biases (Llama/SmolLM2). The method surgery refuses it too (repro.methods.finetune), with
+    the same words, for a model built outside the runner."""
+    arch = cfg.model.get("arch") or {}
+    if cfg.method.name == "bitfit" and cfg.model.get("model_type") == "llama" and \
+            arch.get("attention_bias", False) is False and arch.get("mlp_bias", False) is False:
+        raise CellMismatch(f"method=bitfit: model {cfg.model.name} has no bias parameters (Llama: attention_bias=False, "
+                           "mlp_bias=False); BitFit trains biases only")
 
 
 def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The cell's full config: table settings merged in, then the command line applied again on top."""
     check_kinds(cfg)
+    check_method_fits_model(cfg)
     table = cfg.table
     if table.name == "adhoc":
         layers = []
