@@ -9,8 +9,11 @@ Precedence, lowest to highest: conf/config.yaml < model/method/task options < th
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from repro import schema
 from repro.errors import CellMismatch
+from repro.schema import ConfigError
 
 GROUPS = ("model", "method", "task", "table", "paths", "local", "hydra")
 
@@ -45,16 +48,6 @@ def find_row(table: DictConfig, model: str, method: str, variant: str, default=_
     raise CellMismatch(f"model={model} method={method} variant={variant} is not a row of table {table.name}; its rows: {rows}")
 
 
-def check_kinds(cfg: DictConfig) -> None:
-    wants = "encoder" if cfg.task.kind == "classification" else "decoder"
-    if cfg.model.kind != wants:
-        raise CellMismatch(
-            f"task={cfg.task.name} is a {cfg.task.kind} task and needs an {wants} model; model={cfg.model.name} is a "
-            f"{cfg.model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, "
-            "smollm2-135m, tiny-gpt2, tiny-llama)"
-        )
-
-
 def check_method_fits_model(cfg: DictConfig) -> None:
     """Refusals that the model config alone decides, before any table lookup or download: BitFit on a model whose
     config declares no biases (Llama/SmolLM2). The method surgery refuses it too (repro.methods.finetune), with
@@ -66,16 +59,49 @@ def check_method_fits_model(cfg: DictConfig) -> None:
                            "mlp_bias=False); BitFit trains biases only")
 
 
-def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The cell's full config: table settings merged in, then the command line applied again on top."""
-    check_kinds(cfg)
+def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:
+    """The cell's full config: table settings merged in, then the command line applied again on top, then checked
+    against the schema (repro.schema; `check=False` only for the planner's estimates of cells that cannot run).
+    Any bad value raises a ReproError with one line; nothing has been loaded or written yet."""
     check_method_fits_model(cfg)
+    try:
+        resolved = _resolve(cfg, overrides)
+    except OmegaConfBaseException as exc:   # e.g. a table layer with a key the config does not have
+        raise ConfigError(one_line_omegaconf(exc)) from None
+    except CellMismatch:   # not a row of the table: when the groups themselves do not fit (a decoder for GLUE), say that
+        if check:
+            check_cell(cfg, table_rules=False)
+        raise
+    cfg = resolved
+    if check:
+        check_cell(cfg)
+    return cfg
+
+
+def check_cell(cfg: DictConfig | dict, table_rules: bool = True) -> None:
+    """The resolved cell (or its plain-dict form) against the schema: ConfigError `<field>=<value>: <what is allowed>`
+    if it does not fit. `table_rules=False`: the groups only, as composed before the table's settings (the table is
+    then read as adhoc)."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    except OmegaConfBaseException as exc:   # an interpolation that does not resolve (${oc.env:...}, ${nope})
+        raise ConfigError(one_line_omegaconf(exc)) from None
+    container.pop("hydra", None)
+    if not table_rules:
+        container["table"] = {"name": "adhoc"}
+    schema.check_cell(container)
+
+
+def one_line_omegaconf(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+def _resolve(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     table = cfg.table
     if table.name == "adhoc":
         layers = []
     else:
-        if cfg.task.name not in table.tasks:
-            raise CellMismatch(f"task={cfg.task.name} is not in table {table.name}; its tasks: {', '.join(table.tasks)}")
         stand_ins = table.get("stand_ins") or {}
         paper_model = stand_ins.get(cfg.model.name, cfg.model.name)
         if paper_model != cfg.model.name and cfg.variant == "default":
@@ -93,37 +119,12 @@ def resolve_cell(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                       (stand_in.get("methods") or {}).get(cfg.method.name) or {}]
     if "config_overrides" in cfg.model:   # open: tables set per-task model settings (DeBERTa's cls_dropout, Table 10)
         OmegaConf.set_struct(cfg.model.config_overrides, False)
-    if "decode" in cfg:   # open for the optional keys (OPTIONAL_DECODE_KEYS), checked by `validate`
+    if "decode" in cfg:   # open for the optional keys (decode.pad_batches), which the schema checks
         OmegaConf.set_struct(cfg.decode, False)
     cfg = OmegaConf.merge(cfg, *layers)
     with open_dict(cfg):
         for key, value in cli_value_overrides(overrides):
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         cfg.cli_overrides = list(overrides)
-    validate(cfg)
     return cfg
 
-
-# decode keys a table or the command line may add to a task's `decode:` (absent = the default; not written into the
-# task configs, so that the cells recorded before them keep their fingerprints)
-OPTIONAL_DECODE_KEYS = {"pad_batches": bool}   # left-pad prompts of different lengths into full batches (repro.decode)
-DECODE_KEYS = {"num_beams", "length_penalty", "no_repeat_ngram_size", "eos_token_ids", "max_new_tokens", "batch_size",
-               "checkpoint", "max_inputs", "split", "early_stop", *OPTIONAL_DECODE_KEYS}
-
-
-def validate(cfg: DictConfig) -> None:
-    if "decode" in cfg:
-        unknown = sorted(set(cfg.decode) - DECODE_KEYS)
-        if unknown:
-            raise CellMismatch(f"decode.{unknown[0]}: not a decode setting; allowed: {', '.join(sorted(DECODE_KEYS))}")
-        for key, typ in OPTIONAL_DECODE_KEYS.items():
-            if key in cfg.decode and not isinstance(cfg.decode[key], typ):
-                raise CellMismatch(f"decode.{key}={cfg.decode[key]!r}: must be a {typ.__name__}")
-        OmegaConf.set_struct(cfg.decode, True)
-    m = cfg.method
-    if "r" in m and m.r is not None and m.r <= 0:
-        raise CellMismatch(f"method.r={m.r}: the rank must be a positive integer")
-    if cfg.train.global_batch_size <= 0:
-        raise CellMismatch(f"train.global_batch_size={cfg.train.global_batch_size} must be positive")
-    if cfg.train.select not in ("best", "last"):
-        raise CellMismatch(f"train.select={cfg.train.select!r}; allowed: best, last")

@@ -68,9 +68,13 @@ def model_class(kind: str, task_kind: str):
     return transformers.AutoModelForSequenceClassification
 
 
+SENTENCEPIECE_PIN = "sentencepiece==0.2.3"   # as in pyproject.toml
+
+
 def _source(model_cfg: DictConfig) -> tuple[str, dict]:
     """Where from_pretrained reads, and its extra arguments: the installed package's folder (with `gguf_file` for a
-    GGUF package) when present, else the hub id."""
+    GGUF package) when present, a local folder when `hub_id` names one (a downloaded snapshot; works offline), else
+    the hub id."""
     if model_cfg.source == "package":
         gguf = model_cfg.get("gguf_file")
         path = package_model_dir(model_cfg.package, gguf)
@@ -78,6 +82,8 @@ def _source(model_cfg: DictConfig) -> tuple[str, dict]:
             if gguf:
                 _require_gguf(model_cfg)
             return str(path), ({"gguf_file": gguf} if gguf else {})
+    if Path(str(model_cfg.hub_id)).expanduser().is_dir():
+        return str(Path(str(model_cfg.hub_id)).expanduser()), {}
     if hub_offline():
         raise ModelUnavailable(
             f"model={model_cfg.name} ({model_cfg.hub_id}) needs the Hugging Face hub, and HF_HUB_OFFLINE=1 is set. "
@@ -114,8 +120,29 @@ def _pretrained_tokenizer(model_cfg: DictConfig):
     return copy.deepcopy(_TOKENIZERS[key])
 
 
+def needs_sentencepiece(folder: str) -> bool:
+    """A local tokenizer folder with only a SentencePiece model (DeBERTa-v2 XXL ships spm.model, no tokenizer.json):
+    transformers 5 converts it with `sentencepiece`, and without it falls back to tiktoken and raises."""
+    path = Path(folder)
+    return path.is_dir() and not (path / "tokenizer.json").exists() and any(path.glob("*.model"))
+
+
+def sentencepiece_available() -> bool:
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
     if model_cfg.source != "tiny":
+        source = _source(model_cfg)[0]
+        if needs_sentencepiece(source) and not sentencepiece_available():
+            raise ModelUnavailable(
+                f"model={model_cfg.name}: {source} holds only a SentencePiece model; loading it needs the `sentencepiece` "
+                f"package (a dependency of this project: pip install {SENTENCEPIECE_PIN})"
+            )
         tok = _pretrained_tokenizer(model_cfg)
     elif model_cfg.get("tokenizer_model") and _tokenizer_model_available(model_cfg.tokenizer_model):
         # a tiny model with a real model's tokenizer (tiny-llama: SmolLM2's, from the installed package's GGUF)
@@ -127,10 +154,10 @@ def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
         elif hub_offline():
             raise ModelUnavailable(
                 f"model={model_cfg.name} needs a tokenizer: set REPRO_DATA_DIR to a folder holding gpt2-tokenizer/ "
-                f"(../shared/data has one), or go online for {model_cfg.tokenizer_hub_id}."
+                f"(../shared/data has one), or go online for {model_cfg.tokenizer_hub_id or model_cfg.hub_id}."
             )
         else:
-            tok = AutoTokenizer.from_pretrained(model_cfg.tokenizer_hub_id)
+            tok = AutoTokenizer.from_pretrained(model_cfg.tokenizer_hub_id or model_cfg.hub_id)
     if tok.pad_token is None:  # GPT-2 has none; the original code pads with <|endoftext|>
         tok.pad_token = tok.eos_token
     return tok

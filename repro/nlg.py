@@ -21,16 +21,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from transformers import DataCollatorForSeq2Seq, Trainer
+from transformers import DataCollatorForSeq2Seq
 
-from repro import records
+from repro import dist, records
 from repro.data.glue import subsample
-from repro.data.nlg import encode_split, load_examples, prompt_ids
+from repro.data.nlg import HOW_TO_GET, encode_split, load_examples, prompt_ids
 from repro.decode import (EOS_TEXT, BeamSettings, beam_search, clean_output, decode_tokens, group_references,
                           resolve_end_token_ids)
-from repro.errors import CellMismatch
+from repro.errors import CellMismatch, DataFileMissing
 from repro.metrics.nlg import decode_postprocess
-from repro.train import DivergenceGuard, batch_plan, history_from_logs, train_resuming, training_arguments, world_size
+from repro.train import DivergenceGuard, ReproTrainer, batch_plan, batch_record, history_from_logs, train_resuming, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,16 @@ def load_nlg_data(cfg: DictConfig, tokenizer) -> dict:
     max_len = cfg.data.max_seq_length
     resolve_end_token_ids(cfg.decode.eos_token_ids, tokenizer)   # end tokens that do not fit the tokenizer: refused now
     out = {}
-    train = load_examples(task, "train", data_dir)
+    train = _load_examples(task, "train", data_dir)
     if cfg.data.max_train_samples:
         idx = subsample(_index_ds(len(train)), cfg.data.max_train_samples, cfg.seed)["i"]
         train = [train[i] for i in idx]
     out["train"] = encode_split(train, tokenizer, max_len, f"encode {task.name} train")
-    dev = load_examples(task, "dev", data_dir)
+    dev = _load_examples(task, "dev", data_dir)
     if cfg.data.max_eval_samples:
         dev = dev[: cfg.data.max_eval_samples]
     out["dev"] = encode_split(dev, tokenizer, max_len, f"encode {task.name} dev")
-    test = group_references(load_examples(task, cfg.decode.split, data_dir))
+    test = group_references(_load_examples(task, cfg.decode.split, data_dir))
     if cfg.decode.max_inputs:
         test = test[: cfg.decode.max_inputs]
     for entry in test:   # the query: at most seq_len - eval_len context tokens (FT_Dataset)
@@ -59,6 +59,26 @@ def load_nlg_data(cfg: DictConfig, tokenizer) -> dict:
     log.info("%s: %d train, %d dev examples; %d unique %s inputs to decode", task.name, len(out["train"]),
              len(out["dev"]), len(test), cfg.decode.split)
     return out
+
+
+def _load_examples(task: DictConfig, split: str, data_dir: str | None) -> list[dict]:
+    """repro.data.nlg.load_examples; with no data_dir (the hub), a hub dataset that cannot be read says so and how to
+    get the files instead: offline the hub is unreachable, and online `datasets` 4+ runs no loading scripts, which
+    the hub's e2e_nlg, web_nlg and dart are (or were) built on."""
+    if data_dir:
+        return load_examples(task, split, data_dir)
+    try:
+        return load_examples(task, split, data_dir)
+    except Exception as exc:   # ConnectionError offline, RuntimeError "Dataset scripts are no longer supported", ...
+        script = "loading script" in str(exc).lower() or "scripts are no longer supported" in str(exc).lower()
+        raise DataFileMissing(
+            f"task={task.name}: no data folder is set (REPRO_DATA_DIR unset, paths.data_dir=null), so the {split} split "
+            f"was read from the hub dataset {task.hub.path!r}, and that failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. "
+            + ("It needs a loading script, and the installed `datasets` runs none. " if script else
+               "Offline the hub is unreachable, and online the installed `datasets` runs no loading scripts. ")
+            + f"Write the paper's files with `python scripts/prepare_data.py nlg --out DIR` (on a machine with internet) "
+            f"and set REPRO_DATA_DIR=DIR. {HOW_TO_GET[task.name]}") from exc
 
 
 def _index_ds(n: int):
@@ -150,8 +170,12 @@ class CompletionLoss:
         return _mean(loss.sum(), targets.numel(), num_items_in_batch)
 
 
-class CompletionTrainer(Trainer):
-    """Trainer with `compute_loss_func=CompletionLoss(...)`: each batch's forward runs with its hooks attached."""
+class CompletionTrainer(ReproTrainer):
+    """Trainer with `compute_loss_func=CompletionLoss(...)`: each batch's forward runs with its hooks attached.
+
+    Gradient accumulation: CompletionLoss divides the loss summed over a micro-batch's target tokens by
+    `num_items_in_batch`, the Trainer's count of target tokens (labels[:, 1:] != -100) in the whole accumulated batch
+    on all processes, so 2 x 4 gives the token mean of the unaccumulated batch of 8 (tests/test_train.py)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.compute_loss_func.attach(inputs["labels"]):
@@ -197,8 +221,13 @@ def write_outputs(base: Path, hyps: list[str], refs: list[list[str]], seen: list
 def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
     settings = beam_settings(cfg, tokenizer)
     start = time.time()
-    outputs = beam_search(model, [e["prompt"] for e in test], settings, progress_every=50)
+    mine = dist.shard(test)   # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
+    outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
+    if dist.active():
+        outputs = dist.unshard(dist.all_gather(outputs), len(test))
     decode_s = time.time() - start
+    if not dist.is_main():
+        return {}, {"inputs": len(test), "decode_s": round(decode_s, 1)}
     pp = cfg.task.postprocess
     eos_text = tokenizer.eos_token or EOS_TEXT
     hyps = [decode_postprocess(clean_output(decode_tokens(tokenizer, ids), eos_text), pp.tokenize, pp.lower) for ids in outputs]
@@ -223,7 +252,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     args.greater_is_better = False            # the selection metric is the dev loss
     args.load_best_model_at_end = cfg.decode.checkpoint == "best"
     args.per_device_eval_batch_size = batch_plan(cfg.train)[0]
-    guard = DivergenceGuard()
+    guard = DivergenceGuard(cfg.train.divergence_patience)
     trainer = CompletionTrainer(
         model=model,
         args=args,
@@ -231,7 +260,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         eval_dataset=data["dev"],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
-        callbacks=[guard],
+        guard=guard,
     )
     last = train_resuming(trainer, output_dir, guard)
     dev_loss = trainer.evaluate()["eval_loss"]   # of the weights that will decode (best or last)
@@ -252,5 +281,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         "decode": decode_info,
         "steps": trainer.state.global_step,
         "resumed_from": last,
-        "batch": dict(zip(("per_device", "accumulation"), batch_plan(cfg.train))) | {"world_size": world_size()},
+        "batch": batch_record(cfg.train),
+        "skipped_steps": guard.skipped_steps,
+        "nonfinite_steps": guard.nonfinite_steps,
     }

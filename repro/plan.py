@@ -22,6 +22,30 @@ Cost estimate per job (a stated formula, not a measurement):
     T_eval = dev size * max_seq_length * number of evaluations (one per epoch)
     GPU-h  = FLOPs / (sustained V100 throughput) / 3600, with 30 TFLOP/s for fp16 (a quarter of the tensor-core
              peak, 125) and 10 TFLOP/s for fp32 (two thirds of the 15.7 peak)
+
+Peak memory per GPU (a stated formula, not a measurement; `memory_estimate`), for the GPU that
+conf/hydra/launcher/slurm.yaml's `constraint` names (volta32gb, the paper's V100 32 GB, when it names none):
+    static = 4 B x P                (weights: fp32, also under fp16/bf16 mixed precision, which keeps fp32 masters)
+           + 2 B x P                (fp16/bf16 only: autocast's half-precision copy of the weights)
+           + 4 B x P_t + 8 B x P_t  (fp32 gradients and Adam's two moments, trainable parameters P_t only)
+    P, P_t = all and trainable parameters of the model with its method and task head, counted on the meta device
+    act    = L x A_layer (no checkpointing), or L x 4 B x s*b*h + A_layer (gradient checkpointing: each layer keeps its
+             fp32 input, one layer's activations live again during its recomputation)
+    A_layer = s*b*h*34 + 5*a*s^2*b bytes in 16-bit (Korthikanti et al. 2022, eq. 2, no parallelism; d_ff = 4h, true of
+             every paper model) + per relative-attention term of DeBERTa (c2p, p2c) 2*a*b*s*(2k) + 2*a*b*s^2 (its
+             s x 2k position scores and their s x s gather, k = position_buckets); x2 when the cell runs in fp32
+    logits = decoders only: 3 x 4 B x s*b*V (fp32 logits, their log-softmax and its gradient)
+    peak   = static + act + logits + 1 GiB (CUDA context, cuBLAS workspace)
+    s = max_seq_length (padded), b = the per-device batch of repro.train.batch_plan (the model's
+    max_per_device_batch_size cap, accumulation for the rest), h, a, L, V from the model's `arch`.
+A cell fits when peak <= 90% of the GPU's memory (the margin: allocator fragmentation and caching). Each
+conf/model/*.yaml sets max_per_device_batch_size and gradient_checkpointing so that every paper cell fits.
+
+Scratch disk per job (`disk_estimate`): a Trainer checkpoint holds the whole model's weights (the Trainer saves
+model.state_dict(), all P parameters in fp32, also for a frozen backbone) + Adam's two moments for P_t (8 B each) +
+scheduler/RNG/state files (~0); save_total_limit keeps one, but the best and the last may coexist: 2 checkpoints
+per running job, deleted when the cell ends (unless train.keep_checkpoints). The final weights file holds the
+trainable tensors only (repro.methods.checkpoint.save_trainable, 4 B x P_t) and stays.
 """
 
 from __future__ import annotations
@@ -42,6 +66,13 @@ DATASET_SIZES = {
     "e2e": (42_061, 4_672), "webnlg": (18_025, 872), "dart": (62_659, 2_768),
 }
 V100_TFLOPS = {"fp16": 30.0, "bf16": 30.0, "fp32": 10.0}
+# GPU memory (GiB) by SLURM constraint (conf/hydra/launcher/slurm.yaml); the paper's GPU when none is named
+GPU_MEMORY_GIB = {"volta32gb": 32, "volta16gb": 16, "v100": 32, "a100": 40, "a100_40gb": 40, "a100_80gb": 80,
+                  "h100": 80, "h200": 141}
+DEFAULT_GPU = "volta32gb"
+GPU_MARGIN = 0.9          # a cell fits when its estimate is at most this share of the GPU's memory
+CUDA_OVERHEAD = 1 << 30   # CUDA context and cuBLAS workspace
+GiB = float(1 << 30)
 FULL_UPDATE_METHODS = ("ft",)
 AXES = ("model", "method", "variant", "task", "seed")
 
@@ -183,6 +214,106 @@ def estimate(cfg: DictConfig) -> dict:
     return {"params": n, "seq": seq, "examples": examples, "flops": flops, "gpu_hours": flops / (tflops * 1e12) / 3600}
 
 
+# ---------------------------------------------------------------- memory per GPU and scratch disk
+
+
+@functools.cache
+def slurm_config() -> DictConfig:
+    from repro import CONF_DIR
+
+    return OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml")
+
+
+def slurm_gpu() -> tuple[str, float]:
+    """(the GPU, its memory in GiB) that conf/hydra/launcher/slurm.yaml's `constraint` names; the paper's V100 32 GB
+    when it names none (or one not in GPU_MEMORY_GIB)."""
+    constraint = slurm_config().get("constraint")
+    name = str(constraint).lower() if constraint else DEFAULT_GPU
+    if name not in GPU_MEMORY_GIB:
+        name = DEFAULT_GPU
+    return name, float(GPU_MEMORY_GIB[name])
+
+
+def _arch(model: DictConfig) -> dict:
+    arch = model.get("arch") or {}
+    h = arch.get("hidden_size") or arch.get("n_embd") or 0
+    rel = list(arch.get("pos_att_type") or []) if arch.get("relative_attention") else []
+    buckets = arch.get("position_buckets") or 0
+    span = 2 * (buckets if buckets > 0 else (arch.get("max_position_embeddings") or 512))
+    return {"L": arch.get("num_hidden_layers") or arch.get("n_layer") or 0, "h": h,
+            "a": arch.get("num_attention_heads") or arch.get("n_head") or 1,
+            "V": arch.get("vocab_size") or 50257, "rel_terms": len(rel), "rel_span": span}
+
+
+@functools.lru_cache(maxsize=None)
+def _counts(model_yaml: str, method_yaml: str, task_kind: str, num_labels: int) -> tuple[int, int]:
+    """(all, trainable) parameters of the model with its method and head, built on the meta device."""
+    import copy
+
+    import torch
+
+    from repro.methods import apply_method, parameter_counts
+
+    net = copy.deepcopy(_meta(model_yaml, task_kind, num_labels))
+    with torch.device("meta"):
+        net = apply_method(net, OmegaConf.create(method_yaml))
+    c = parameter_counts(net)
+    return c["total_params"], c["trainable_params"]
+
+
+@functools.lru_cache(maxsize=4)
+def _meta(model_yaml: str, task_kind: str, num_labels: int):
+    from repro.models import build_on_meta
+
+    return build_on_meta(OmegaConf.create(model_yaml), task_kind, num_labels=num_labels)
+
+
+def param_counts(cfg: DictConfig) -> tuple[int, int]:
+    """(P, P_t) of the cell; FT when the method does not build (e.g. its config is not written yet: all trainable
+    only for ft, else the backbone's non-embedding count as P and 0 trainable)."""
+    kind = cfg.task.get("kind", "classification")
+    labels = int(cfg.task.get("num_labels") or 2) if kind == "classification" else 2
+    model_yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg.model, [k for k in ("name", "model_type", "kind", "arch") if k in cfg.model]))
+    try:
+        return _counts(model_yaml, OmegaConf.to_yaml(cfg.method), kind, labels)
+    except Exception:  # noqa: BLE001 - an estimate for a row whose method does not build yet
+        n = backbone_params(cfg.model)
+        return n, n if cfg.method.get("name") in FULL_UPDATE_METHODS else 0
+
+
+def per_device_batch(cfg: DictConfig) -> int:
+    from repro.train import batch_plan
+
+    return batch_plan(cfg.train)[0]
+
+
+def memory_estimate(cfg: DictConfig) -> dict:
+    """Peak memory per GPU of one cell, in bytes, by the formula of the module docstring."""
+    p, pt = param_counts(cfg)
+    a = _arch(cfg.model)
+    s, b, h, L = int(cfg.data.max_seq_length), per_device_batch(cfg), a["h"], a["L"]
+    precision = str(cfg.train.get("precision", "fp32"))
+    half = precision in ("fp16", "bf16")
+    static = 4 * p + (2 * p if half else 0) + 12 * pt
+    layer = s * b * h * 34 + 5 * a["a"] * s * s * b
+    layer += a["rel_terms"] * (2 * a["a"] * b * s * a["rel_span"] + 2 * a["a"] * b * s * s)
+    layer *= 1 if half else 2
+    checkpointing = bool(cfg.model.get("gradient_checkpointing", False))
+    act = L * 4 * s * b * h + layer if checkpointing else L * layer
+    logits = 3 * 4 * s * b * a["V"] if cfg.model.get("kind") == "decoder" else 0
+    peak = static + act + logits + CUDA_OVERHEAD
+    return {"mem_bytes": peak, "per_device_batch": b, "checkpointing": checkpointing, "total_params": p,
+            "trainable_params": pt}
+
+
+def disk_estimate(cfg: DictConfig, checkpoints: int = 2) -> dict:
+    """Scratch disk of one job, in bytes: `checkpoints` Trainer checkpoints while it runs + its final weights file."""
+    p, pt = param_counts(cfg)
+    ckpt = 4 * p + 8 * pt
+    final = 4 * pt
+    return {"ckpt_bytes": ckpt, "final_bytes": final, "disk_bytes": checkpoints * ckpt + final}
+
+
 # ---------------------------------------------------------------- the dry-run report
 
 
@@ -190,6 +321,10 @@ def describe_cell(cfg: DictConfig) -> dict:
     from repro import records
 
     est = estimate(cfg)
+    try:
+        est |= memory_estimate(cfg) | disk_estimate(cfg)
+    except Exception as exc:  # noqa: BLE001 - a cell the formula cannot size still gets its FLOPs line
+        est |= {"mem_bytes": None, "disk_bytes": None, "mem_note": f"{type(exc).__name__}: {exc}"}
     done = records.finished_record(cfg)
     return {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name,
             "seed": cfg.seed, "record": str(records.record_path(cfg)),
@@ -206,13 +341,28 @@ def _fmt_n(n) -> str:
     return str(n)
 
 
+def _gib(n) -> str:
+    return "?" if n is None else f"{n / GiB:.1f}"
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "?"
+    for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n / 1e3:.1f} KB"
+
+
 def render(table_name: str, cells: list[dict], expansion: Expansion, notes: list[str] | None = None) -> str:
     """The dry-run report: one line per (model, method, variant, task) with its seeds, then totals."""
+    gpu, gpu_gib = slurm_gpu()
     lines = [f"Dry run of table {table_name}: nothing is launched.", ""]
     groups: OrderedDict = OrderedDict()
     for c in cells:
         groups.setdefault((c["model"], c["method"], c["variant"], c["task"]), []).append(c)
-    head = f"{'model':<20} {'method':<10} {'variant':<8} {'task':<6} {'seeds':<11} {'N':>7} {'seq':>4} {'examples':>10} {'GPU-h/job':>9} {'run/skip':>8}"
+    head = (f"{'model':<20} {'method':<10} {'variant':<8} {'task':<6} {'seeds':<11} {'N':>7} {'seq':>4} {'examples':>10} "
+            f"{'GPU-h/job':>9} {'GiB/GPU':>7} {'b/dev':>5} {'GC':>4} {'disk/job':>9} {'run/skip':>8}")
     lines += [head, "-" * len(head)]
     for (model, method, variant, task), cs in groups.items():
         c = cs[0]
@@ -220,17 +370,25 @@ def render(table_name: str, cells: list[dict], expansion: Expansion, notes: list
         gh = "?" if c.get("gpu_hours") is None else f"{c['gpu_hours']:.2f}"
         n_run = sum(x["status"] == "run" for x in cs)
         ex = "?" if c.get("examples") is None else f"{c['examples']:,}"
+        gc = "?" if c.get("mem_bytes") is None else ("yes" if c["checkpointing"] else "no")
         lines.append(f"{model:<20} {method:<10} {variant:<8} {task:<6} {seeds:<11} {_fmt_n(c['params']):>7} {c['seq']:>4} "
-                     f"{ex:>10} {gh:>9} {n_run:>3}/{len(cs) - n_run:<4}")
+                     f"{ex:>10} {gh:>9} {_gib(c.get('mem_bytes')):>7} {c.get('per_device_batch', '?'):>5} {gc:>4} "
+                     f"{_fmt_bytes(c.get('disk_bytes')):>9} {n_run:>3}/{len(cs) - n_run:<4}")
     rows = OrderedDict()
     for c in cells:
         rows.setdefault((c["model"], c["method"], c["variant"]), []).append(c)
     total = sum(c.get("gpu_hours") or 0 for c in cells)
     to_run = [c for c in cells if c["status"] == "run"]
-    lines += ["", f"rows ({len(rows)}):"]
+    lines += ["", f"rows ({len(rows)}): GPU-hours, peak memory per GPU (the row's largest cell, {gpu} {gpu_gib:.0f} GiB), "
+                  "scratch disk (2 checkpoints + final weights per job, all jobs)"]
     for (model, method, variant), cs in rows.items():
         gh = sum(c.get("gpu_hours") or 0 for c in cs)
-        lines.append(f"  {model:<20} {method:<10} {variant:<8} {len(cs):>4} jobs  {gh:>10.1f} GPU-h")
+        mems = [c["mem_bytes"] for c in cs if c.get("mem_bytes") is not None]
+        peak = max(mems) if mems else None
+        fits = "" if peak is None else ("  fits" if peak <= GPU_MARGIN * gpu_gib * GiB else "  DOES NOT FIT")
+        disk = sum(c.get("disk_bytes") or 0 for c in cs)
+        lines.append(f"  {model:<20} {method:<10} {variant:<8} {len(cs):>4} jobs  {gh:>10.1f} GPU-h  "
+                     f"{_gib(peak):>6} GiB/GPU{fits:<14} {_fmt_bytes(disk):>9} disk")
     if expansion.dropped:
         lines += ["", f"left out of the cartesian product: {expansion.n_dropped} jobs"]
         lines += [f"  {n:>5}  {reason}" for reason, n in sorted(expansion.dropped.items())]
@@ -243,6 +401,24 @@ def render(table_name: str, cells: list[dict], expansion: Expansion, notes: list
         "formula: FLOPs = k*N*T_train + 2*N*T_eval, k=6 (FT) or 4 (frozen backbone); N = non-embedding params;",
         "         T = examples x max_seq_length (padded); V100 at 30 TFLOP/s (fp16) or 10 TFLOP/s (fp32) sustained",
     ]
+    mems = [c["mem_bytes"] for c in cells if c.get("mem_bytes") is not None]
+    if mems:
+        over = sum(m > GPU_MARGIN * gpu_gib * GiB for m in mems)
+        lines += [
+            f"peak memory per GPU: largest cell {_gib(max(mems))} GiB on a {gpu} ({gpu_gib:.0f} GiB, cells fit under "
+            f"{GPU_MARGIN:.0%} of it): {len(mems) - over} of {len(mems)} jobs fit",
+            "formula: 4 B x P (+2 B x P fp16 autocast copy) + 12 B x trainable (grads, Adam) + L x (34sbh + 5as^2b) B per "
+            "layer (x2 fp32; checkpointing: L x 4sbh + one layer) + decoder logits + 1 GiB (repro/plan.py docstring)",
+        ]
+    disks = [c for c in cells if c.get("disk_bytes") is not None]
+    if disks:
+        ckpt_all = sum(c["disk_bytes"] for c in disks)
+        final = sum(c["final_bytes"] for c in disks)
+        biggest = sorted((c["disk_bytes"] - c["final_bytes"] for c in disks), reverse=True)
+        at_once = int(slurm_config().get("array_parallelism") or len(disks))
+        lines.append(f"scratch disk: {_fmt_bytes(ckpt_all)} in all (every job's 2 checkpoints + final weights); final "
+                     f"weights kept after the grid {_fmt_bytes(final)}; checkpoints are deleted when a cell ends, so with "
+                     f"{at_once} jobs at once (slurm array_parallelism) at most {_fmt_bytes(sum(biggest[:at_once]) + final)}")
     return "\n".join(lines)
 
 
@@ -371,14 +547,14 @@ def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bo
         with open_dict(cfg):
             cfg.pop("hydra", None)
     try:
-        return resolve_cell(cfg, list(job)), note
+        return resolve_cell(cfg, list(job), check=note is None), note
     except Exception as exc:
         if not fallback:
             raise
         note = (f"{cfg.model.name}/{cfg.method.name}: cells do not resolve "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct checks")
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct or schema checks")
         OmegaConf.set_struct(cfg, False)
-        return resolve_cell(cfg, list(job)), note
+        return resolve_cell(cfg, list(job), check=False), note
 
 
 def plan_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], expansion: Expansion) -> str:
@@ -438,8 +614,16 @@ def describe_waves(waves: list[list[int]]) -> str:
             "is in a later wave; each wave is launched when the one before it has ended")
 
 
+def _launch_nothing(cfg: DictConfig) -> None:
+    """The task function of `python -m repro.plan`: never called, since with dry_run=true the table sweeper prints
+    the plan and launches no job."""
+    raise RuntimeError("repro.plan launches no job: the table sweeper's dry run should have stopped before this")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m repro.plan <overrides>`: the table sweeper's dry run, through repro.run's own Hydra entry point."""
+    """`python -m repro.plan <overrides>`: the table sweeper's dry run (`--multirun ... dry_run=true`), under the
+    runner's config but with a task function of its own, so the planner never imports the runner (repro.run
+    imports this module for a single cell's dry run)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.split("=")[0].lstrip("+") == "table" for a in args):
         print("usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)", file=sys.stderr)
@@ -448,10 +632,8 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     from repro import CONF_DIR
-    from repro.run import main as run_main
 
-    # repro.run's task function under an absolute config path (its relative one is resolved from the caller)
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(run_main.__wrapped__)()
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_launch_nothing)()
 
 
 if __name__ == "__main__":

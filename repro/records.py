@@ -1,15 +1,17 @@
 """One JSON record per grid cell, written atomically: the only thing tables, plots and analysis read.
 
 Layout: <results_dir>/<table>/<model>/<method>/<task>/seed<k>.json, the cell's trainable weights beside it as
-seed<k>.safetensors, and resumable Trainer checkpoints under checkpoints/seed<k>/ while the cell runs.
+seed<k>.safetensors, the uncommitted code change it ran with (if any) as seed<k>.diff, and resumable Trainer checkpoints under checkpoints/seed<k>/ while the cell runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -22,9 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from repro import PROJECT_ROOT
 
-# Keys that do not change what a cell computes: left out of its fingerprint.
-VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides")
-VOLATILE_TRAIN_KEYS = ("keep_checkpoints", "logging_steps", "allow_smoke_init")
+log = logging.getLogger(__name__)
+
+# Keys that do not change what a cell computes, left out of its fingerprint (dotted paths): where results and logs
+# go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
+# over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan).
+VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu",
+                 "train.keep_checkpoints", "train.logging_steps", "train.allow_smoke_init", "train.divergence_patience",
+                 "model.max_per_device_batch_size", "model.gradient_checkpointing")
 
 
 def method_dirname(cfg: DictConfig) -> str:
@@ -56,10 +63,17 @@ class CellBusy(RuntimeError):
     """Another process holds this cell's lock (two jobs of one cell never run at once)."""
 
 
+# flock errors that mean "this filesystem has no flock" (NFS without lockd, Lustre mounted without -o flock)
+NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+_warned_no_flock = False
+
+
 @contextlib.contextmanager
 def cell_lock(cfg: DictConfig):
     """An exclusive, non-blocking flock on the cell: released by the OS when the holder dies (a killed or requeued
-    job never leaves a stale lock behind)."""
+    job never leaves a stale lock behind). Where the filesystem has no flock, an exclusive lock file instead
+    (`exclusive_file_lock`), with one warning."""
+    global _warned_no_flock
     path = lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+")
@@ -70,6 +84,23 @@ def cell_lock(cfg: DictConfig):
         holder = f.read().strip()
         f.close()
         raise CellBusy(f"{record_path(cfg)} is being run by another job ({holder or 'unknown'}); lock {path}") from None
+    except OSError as exc:
+        f.close()
+        if exc.errno not in NO_FLOCK:
+            raise
+        no_flock = exc.errno
+    else:
+        no_flock = None
+    if no_flock is not None:
+        if not _warned_no_flock:
+            _warned_no_flock = True
+            log.warning("flock is not supported on %s (%s): cell locks fall back to exclusive lock files "
+                        "(seed<k>.lock.pid, holding pid, host and SLURM job). A job killed with SIGKILL on another host "
+                        "leaves its file behind: delete it by hand if no job of that cell runs (the same SLURM job, "
+                        "requeued, and a dead pid on the same host take it over).", path.parent, os.strerror(no_flock))
+        with exclusive_file_lock(cfg, path.with_name(path.name + ".pid")) as held:
+            yield held
+        return
     try:
         f.seek(0)
         f.truncate()
@@ -79,6 +110,58 @@ def cell_lock(cfg: DictConfig):
     finally:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
+
+
+def _lock_owner() -> dict:
+    return {"pid": os.getpid(), "host": platform.node(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+
+
+def _stale(holder: dict) -> bool:
+    """A lock file left by a holder that cannot be running: on this host, a pid that no longer exists; on another
+    host, the same SLURM job (a requeued job is this job again, on whatever node). Any other holder is assumed alive."""
+    me = _lock_owner()
+    if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return bool(holder.get("slurm_job")) and holder.get("slurm_job") == me["slurm_job"]
+
+
+@contextlib.contextmanager
+def exclusive_file_lock(cfg: DictConfig, path: Path):
+    """The cell lock without flock: O_CREAT | O_EXCL creates the file only if it does not exist (atomic on NFS v3+ and
+    Lustre), with the holder's pid, host and SLURM job id; removed on release. A stale file (`_stale`) is replaced."""
+    me = _lock_owner()
+    for attempt in (1, 2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            if attempt == 1 and _stale(holder):
+                log.warning("removing the stale cell lock %s (%s)", path, holder)
+                path.unlink(missing_ok=True)
+                continue
+            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "unknown"
+            raise CellBusy(f"{record_path(cfg)} is being run by another job ({who}); lock file {path} (no flock on "
+                           f"this filesystem: if no job of this cell is running, delete the file)") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text()) == me:
+                path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -123,9 +206,11 @@ def fingerprint(cfg: DictConfig) -> str:
     hashes exactly what it always did (committed records keep their fingerprints)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE_KEYS:
-        data.pop(key, None)
-    for key in VOLATILE_TRAIN_KEYS:
-        data.get("train", {}).pop(key, None)
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(leaf, None)
     if data.get("train", {}).get("init_from"):
         from repro.methods.checkpoint import source_fingerprint
 
@@ -198,7 +283,62 @@ def iter_records(results_dir: str | Path, table: str | None = None):
             yield path, record
 
 
-def provenance() -> dict:
+def diff_path(record: Path) -> Path:
+    """seed<k>.diff beside seed<k>.json: the uncommitted code change the record ran with."""
+    return Path(record).with_suffix(".diff")
+
+
+def code_diff() -> str:
+    """`git diff HEAD` of the tracked files outside results/ (staged and unstaged): what the working tree's code
+    adds to its commit; "" for a clean tree (or no git). Untracked files are not part of it (nor of git_dirty).
+    Secret-looking environment values are redacted, as in records."""
+    try:
+        out = subprocess.run(["git", "diff", "HEAD", "--no-color", "--no-ext-diff", "--binary", "--", ".", ":(exclude)results"],
+                             cwd=PROJECT_ROOT, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return redact(out.stdout.decode("utf-8", "replace")) if out.returncode == 0 else ""
+
+
+def write_diff(record: Path, diff: str) -> None:
+    """Write the record's seed<k>.diff (before the record itself), or remove a stale one when the tree is clean."""
+    path = diff_path(record)
+    if not diff:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(diff)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def untraced(path: Path, record: dict) -> str | None:
+    """Why the code behind a record cannot be traced (no commit; uncommitted changes with no seed<k>.diff beside it,
+    or one whose sha256 is not the record's), else None."""
+    prov = record.get("provenance") or {}
+    if not prov.get("git_commit"):
+        return "no git commit"
+    if not prov.get("git_dirty"):
+        return None
+    if not prov.get("git_diff_sha256"):
+        return "uncommitted changes, not recorded"
+    diff = diff_path(path)
+    if not diff.exists():
+        return f"uncommitted changes, {diff.name} missing"
+    if hashlib.sha256(diff.read_bytes()).hexdigest() != prov["git_diff_sha256"]:
+        return f"uncommitted changes, {diff.name} does not match git_diff_sha256"
+    return None
+
+
+def provenance(diff: str | None = None) -> dict:
+    """git commit, whether the code had uncommitted changes (and the sha256 of seed<k>.diff that holds them), versions,
+    host. `diff`: code_diff(), taken once by the caller that also writes it beside the record."""
     import torch
     import transformers
 
@@ -208,9 +348,11 @@ def provenance() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    diff = code_diff() if diff is None else diff
     return {
         "git_commit": git("rev-parse", "HEAD") or None,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": bool(diff),
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -3,14 +3,21 @@
     python -m repro.run +table=glue model=roberta-base method=lora task=rte seed=0
     python -m repro.run -m +table=glue model=tiny-roberta method=lora,ft task=rte,mrpc seed=0,1   # a grid
 
-Steps: compose the config (Hydra) -> resolve the cell (table settings) -> skip if an `ok` record with the same
-fingerprint exists -> load tokenizer, data, model -> apply the method -> train and evaluate -> write the record
-and the trained weights. Bad input exits non-zero before anything is written; a cell that fails while training
-is recorded as failed, with the reason.
+Steps: compose the config (Hydra) -> resolve the cell (table settings) and check it against the schema
+(repro/schema.py) -> skip if an `ok` record with the same fingerprint exists -> load tokenizer, data, model -> apply
+the method -> take the cell's lock -> train and evaluate -> write the record and the trained weights.
+
+The boundary between bad input and a failed run is the cell's lock (run_cell):
+  * before it (composing, the schema, loading the tokenizer, data and model, the method's surgery, init_from) any error
+    is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell. Errors that are not already
+    a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the traceback instead.
+  * after it (training, evaluation, decoding, scoring) an error is a result: a `failed` record with the reason
+    (divergence, out of memory, a crash in a library), exit 1 for a single run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,12 +30,13 @@ import warnings
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from repro import records
+from repro import dist, records
 from repro.cell import resolve_cell
 from repro.errors import ReproError
 from repro.methods import apply_method, parameter_counts
@@ -90,59 +98,130 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict) -> dict:
 
 
 def run_cell(cfg: DictConfig) -> dict:
+    """Skip, or set up, lock, train, score and record the cell. Under torchrun every rank calls this: rank 0 decides
+    (skip, busy, run) and the others follow it (repro/dist.py); only rank 0 holds the lock and writes."""
+    dist.init()
     path = records.record_path(cfg)
-    done = records.finished_record(cfg)
+    done = dist.broadcast(records.finished_record(cfg) if dist.is_main() else None)
     if done is not None and not cfg.force:
         log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
         return {**done, "skipped": True}
     start = time.time()
     setup = set_up_cell(cfg)   # bad input fails here, before any file or folder of the cell is written
+    with contextlib.ExitStack() as lock:
+        verdict = None
+        if dist.is_main():
+            try:
+                lock.enter_context(records.cell_lock(cfg))
+                # another job of this cell may have finished between the check above and taking the lock
+                done = records.finished_record(cfg)
+                verdict = {"done": done} if done is not None and not cfg.force else {"run": True}
+            except records.CellBusy as exc:
+                verdict = {"busy": str(exc)}
+        verdict = dist.broadcast(verdict)
+        if "busy" in verdict:
+            log.warning("skipped: %s", verdict["busy"])
+            return {"status": "busy", "error": verdict["busy"], "metrics": {}}
+        if "done" in verdict:
+            log.info("skipped: %s was finished by another job (fingerprint %s)", path, verdict["done"]["fingerprint"])
+            return {**verdict["done"], "skipped": True}
+        return _run_cell(cfg, path, start, *setup)
+
+
+def check_cpu_allowed(cfg: DictConfig) -> None:
+    """A paper model in its paper table (not a stand-in, not the adhoc table) is a GPU job: on a machine without CUDA
+    it would run for days, so it is refused unless allow_cpu=true."""
+    if cfg.table.name == "adhoc" or cfg.model.get("source") != "hub" or cfg.get("allow_cpu", False):
+        return
+    if cfg.model.name in (cfg.table.get("stand_ins") or {}) or torch.cuda.is_available():
+        return
+    raise ReproError(
+        f"model={cfg.model.name} in table={cfg.table.name} is a paper cell sized for GPUs, and no CUDA device is "
+        f"available here: pass allow_cpu=true to train it on the CPU anyway, or run one of the table's stand-ins "
+        f"({', '.join(cfg.table.get('stand_ins') or {}) or 'none'}) instead.")
+
+
+def check_tools(cfg: DictConfig) -> None:
+    """Java for METEOR (and the PTB tokenizer of E2E's COCO metrics), checked before training, not after decoding."""
+    if any("METEOR" in str(m) for m in cfg.task.get("metrics") or []) and shutil.which("java") is None:
+        raise ReproError(
+            f"task={cfg.task.name} is scored with METEOR (meteor-1.5.jar), which needs Java 1.8+ on PATH, and there is "
+            f"no `java` on PATH: install a JRE (e.g. `apt-get install default-jre-headless`, or `module load java` on "
+            f"a cluster) before training the cell.")
+
+
+class SetupFailed(ReproError):
+    """A step of a cell's set-up raised an error that is not a ReproError: still bad input (a data file whose columns
+    do not fit, a checkpoint that does not load), reported in one line."""
+
+
+@contextlib.contextmanager
+def setup_step(what: str):
+    """Run one set-up step; any error in it is bad input: a ReproError as it is, anything else as SetupFailed."""
     try:
-        with records.cell_lock(cfg):
-            # another job of this cell may have finished between the check above and taking the lock
-            done = records.finished_record(cfg)
-            if done is not None and not cfg.force:
-                log.info("skipped: %s was finished by another job (fingerprint %s)", path, done["fingerprint"])
-                return {**done, "skipped": True}
-            return _run_cell(cfg, path, start, *setup)
-    except records.CellBusy as exc:
-        log.warning("skipped: %s", exc)
-        return {"status": "busy", "error": str(exc), "metrics": {}}
+        yield
+    except ReproError:
+        raise
+    except Exception as exc:
+        if debug():
+            raise
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise SetupFailed(f"{what} failed: {reason}") from exc
 
 
 def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
-    missing data file, a rank or target the model cannot take, an init_from checkpoint that does not fit) breaks."""
-    configure_tracking(cfg)
-    set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
-    data = load_data(cfg, tokenizer)
-    model = apply_method(load_model(cfg.model, cfg.task, tokenizer), cfg.method)
+    missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
+    several GPUs without torchrun, a paper cell on a CPU, no Java for METEOR) breaks. Every error here is a ReproError
+    (exit 2, nothing written); see the module's docstring."""
+    from repro.train import check_devices
+
+    check_devices()
+    check_cpu_allowed(cfg)
+    check_tools(cfg)
+    with setup_step("tracking set-up"):
+        configure_tracking(cfg)
+        set_seed(cfg.seed)
+    with setup_step(f"loading the tokenizer of model={cfg.model.name}"):
+        tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
+    with setup_step(f"loading the data of task={cfg.task.name}"):
+        data = load_data(cfg, tokenizer)
+    with setup_step(f"loading model={cfg.model.name}"):
+        model = load_model(cfg.model, cfg.task, tokenizer)
+    with setup_step(f"applying method={cfg.method.name} to model={cfg.model.name}"):
+        model = apply_method(model, cfg.method)
     if cfg.train.get("init_from"):   # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
         from repro.methods.checkpoint import init_from
 
-        keys = init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init")))
-        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, len(keys))
+        with setup_step(f"train.init_from={cfg.train.init_from}"):
+            n = len(init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init"))))
+        log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, n)
     return tokenizer, data, model
 
 
 def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model) -> dict:
-    records.prepare_checkpoint_dir(cfg)
+    main = dist.is_main()
+    if main:
+        records.prepare_checkpoint_dir(cfg)
+    dist.barrier()   # the folder is ready (an other config's checkpoints gone) before any rank's Trainer uses it
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
 
     record = {"status": "ok", "error": None, "table": cfg.table.name, "model": cfg.model.name,
-              "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed}
+              "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed,
+              "world_size": dist.world_size()}
+    in_step = True   # every rank reaches the end of the cell (ok, or diverged: the logged loss is the all-ranks mean)
     try:
         outcome = train_and_score(cfg, model, tokenizer, data)
     except Exception as exc:  # a diverged or crashed cell is a result too: recorded as failed, with the reason
+        from repro.train import Diverged
+
+        in_step = isinstance(exc, Diverged)
+        if not main and not in_step:
+            raise   # this rank alone crashed: its exit makes torchrun stop the cell; nothing is recorded, it resumes
         log.exception("cell failed")
         outcome = {"metrics": {}}
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
-    if record["status"] == "ok":
-        from repro.methods.checkpoint import save_trainable
-
-        save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
     record.update(
         outcome,
         **counts,
@@ -150,13 +229,21 @@ def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model)
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
-        provenance=records.provenance(),
     )
-    records.write_json_atomic(path, record)
-    finish_tracking(cfg, record)
-    if record["status"] == "ok" and not cfg.train.keep_checkpoints:
-        shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
-    log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
+    if main:   # rank 0 alone writes the weights, the record and its code diff, and removes the checkpoints
+        if record["status"] == "ok":
+            from repro.methods.checkpoint import save_trainable
+
+            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
+        record["provenance"] = records.provenance(diff := records.code_diff())
+        records.write_diff(path, diff)   # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
+        records.write_json_atomic(path, record)
+        finish_tracking(cfg, record)
+        if record["status"] == "ok" and not cfg.train.keep_checkpoints:
+            shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
+        log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
+    if in_step:
+        dist.barrier()   # no rank exits (and makes torchrun stop the others) before rank 0 has written
     return record
 
 
@@ -171,7 +258,9 @@ def main(cfg: DictConfig):
             return "dry_run"
         record = run_cell(cfg)
     except ReproError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug():
+            raise
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     if record["status"] == "busy" and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(75)   # EX_TEMPFAIL: the cell is running elsewhere
@@ -180,5 +269,62 @@ def main(cfg: DictConfig):
     return "skipped" if record.get("skipped") else record["status"]
 
 
+def debug() -> bool:
+    """REPRO_DEBUG=1: bad input raises with its traceback instead of the one-line error."""
+    return os.environ.get("REPRO_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (Hydra's lists of options are tab-indented) as one line."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if out and raw[:1] in ("\t", " "):
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
+        else:
+            out.append(line)
+    return "; ".join(out)
+
+
+def hydra_error(exc: BaseException) -> str:
+    """A command line that Hydra cannot compose (a group option that does not exist, a key the config does not have,
+    an override it cannot parse) as one line; an unknown key lists the keys the schema allows there."""
+    from repro.schema import allowed_keys
+
+    cause = exc.__cause__
+    if cause is not None and "not in struct" in str(cause) and getattr(cause, "full_key", None):
+        path = str(cause.full_key).split(".")
+        allowed = allowed_keys(path[:-1])
+        if allowed:
+            return f"{cause.full_key}: unknown key; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}"
+    text = str(exc).split("\nConfig search path:")[0]   # Hydra's search path says nothing about the mistake
+    if cause is not None and str(cause) not in text:
+        text += f"\n{cause}"
+    return one_line(text)
+
+
+def cli() -> None:
+    """`python -m repro.run`: Hydra's own errors (composing the command line) as one line and exit 2, like bad values."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if debug():
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        main()
+        return
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"     # Hydra raises instead of printing its report: formatted below
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        print(f"error: {hydra_error(exc)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -7,7 +7,9 @@ epoch), their mean +- std (the suite's statistic) and median (the paper's: "medi
 of seeds, the paper's number beside it and the difference. Rows whose numbers the paper took from prior work (`*`,
 `cited: true`) are marked "cited": the paper did not run them. A stand-in model (minilm, tiny-*) gets its own row,
 next to the paper row of the model it stands in for. Missing cells print as "-", failed ones as "failed xN" (the
-reasons are listed under the table); records that fit no row are listed too: nothing is dropped silently.
+reasons are listed under the table); records that fit no row are listed too: nothing is dropped silently. A cell
+with a record whose code cannot be traced (no git commit, or uncommitted changes without the seed<k>.diff that
+`repro.run` writes beside the record) is marked §, and those records are listed under the table.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from repro import records as rec
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
 MISSING = "-"
+UNTRACED = "§"
 
 
 # ---------------------------------------------------------------- inputs
@@ -109,6 +112,7 @@ class Cell:
     seeds: list[int] = field(default_factory=list)
     failed: Counter = field(default_factory=Counter)      # reason -> count
     paper: float | None = None
+    untraced: list = field(default_factory=list)          # (record path, why its code cannot be traced)
 
     @property
     def n(self) -> int:
@@ -197,6 +201,8 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
                     cell.paper = prow["values"][col] if col is not None else None
                 for path, r in sorted(by_cell.get((model, spec["method"], variant, task), []), key=lambda x: x[1].get("seed", 0)):
                     used.add(str(path))
+                    if (why := rec.untraced(path, r)) is not None:
+                        cell.untraced.append((path, why))
                     if r.get("status") == "ok" and record_score(r) is not None:
                         cell.scores.append(record_score(r))
                         cell.seeds.append(r.get("seed"))
@@ -233,10 +239,11 @@ def fmt_params(n) -> str:
 
 
 def mean_cell(c: Cell) -> str:
+    mark = f" {UNTRACED}" if c.untraced else ""
     if c.n == 0:
-        return f"failed ×{sum(c.failed.values())}" if c.failed else MISSING
+        return (f"failed ×{sum(c.failed.values())}" + mark) if c.failed else MISSING
     s = f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})" if c.std is not None else f"{c.mean:.1f} (n=1)"
-    return s + (f" +{sum(c.failed.values())} failed" if c.failed else "")
+    return s + (f" +{sum(c.failed.values())} failed" if c.failed else "") + mark
 
 
 def row_title(row: Row) -> tuple[str, str]:
@@ -295,7 +302,7 @@ def markdown(lines: list[list[str]]) -> str:
 def latex_escape(s: str) -> str:
     return (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
              .replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("−", "$-$")
-             .replace("†", "$^\\dagger$").replace("×", "$\\times$"))
+             .replace("†", "$^\\dagger$").replace("×", "$\\times$").replace(UNTRACED, "\\S{}"))
 
 
 def latex(lines: list[list[str]], caption: str) -> str:
@@ -320,7 +327,8 @@ def long_rows(rows: list[Row]) -> list[dict]:
                         "label": row.label, "cited": row.cited, "stand_in": row.stand_in, "task": task,
                         "n": c.n, "seeds": " ".join(map(str, c.seeds)), "scores": " ".join(f"{s:.2f}" for s in c.scores),
                         "mean": c.mean, "std": c.std, "median": c.median, "paper": c.paper, "diff_median_paper": c.diff,
-                        "failed": sum(c.failed.values()), "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items())})
+                        "failed": sum(c.failed.values()), "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
+                        "untraced": len(c.untraced)})
     return out
 
 
@@ -351,6 +359,12 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     if failures:
         md += ["", "Failed cells:", ""]
         md += [f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures]
+    untraced = [(p, why) for row in rows for c in row.cells.values() for p, why in c.untraced]
+    if untraced:
+        md += ["", f"{UNTRACED} Records whose code cannot be traced ({len(untraced)}): written from a tree with uncommitted "
+               "changes that the record does not carry (no seed<k>.diff), or with no git commit. Re-run them from a "
+               "clean tree (force=true) when the table is re-run:", ""]
+        md += [f"- {p}: {why}" for p, why in untraced]
     if unmatched:
         md += ["", f"Records that are no row of table {table_name} ({len(unmatched)}):", ""]
         md += [f"- {p}: status {r.get('status')}, model {r.get('model')}, method {r.get('method')}, variant {r.get('variant')}"

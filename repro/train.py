@@ -4,16 +4,19 @@ precision, distributed launch (torchrun), checkpoints and resume, per-epoch eval
 from __future__ import annotations
 
 import logging
-import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from repro import records
+from repro.dist import world_size
+from repro.errors import ReproError
 from repro.metrics.glue import glue_metrics, predictions
 
 log = logging.getLogger(__name__)
@@ -23,8 +26,18 @@ class Diverged(RuntimeError):
     pass
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def check_devices() -> None:
+    """Refuse several visible GPUs in a process not launched by torchrun (no LOCAL_RANK).
+
+    The Trainer would wrap the model in DataParallel and feed it n_gpu x the per-device batch: a global batch n_gpu
+    times the configured one, while world_size() says 1. One process per GPU (torchrun) is what batch_plan counts."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1 and "LOCAL_RANK" not in os.environ:
+        raise ReproError(
+            f"{n} GPUs are visible to one process, and the Trainer would split each batch over them with DataParallel "
+            f"(a global batch {n}x the configured one). Launch one process per GPU: "
+            f"`torchrun --nproc_per_node={n} -m repro.run ...`, or pick one GPU: `CUDA_VISIBLE_DEVICES=0 python -m repro.run ...`."
+        )
 
 
 def batch_plan(train: DictConfig) -> tuple[int, int]:
@@ -43,17 +56,94 @@ def batch_plan(train: DictConfig) -> tuple[int, int]:
     return per_device, per_step // per_device
 
 
+def batch_record(train: DictConfig) -> dict:
+    """The record's `batch`: its parts and the global batch the optimizer really saw (per_device x accumulation x
+    world_size)."""
+    per_device, accumulation = batch_plan(train)
+    return {"per_device": per_device, "accumulation": accumulation, "world_size": world_size(),
+            "global": per_device * accumulation * world_size()}
+
+
+def classifier_loss(outputs, labels, num_items_in_batch=None, smoothing: float = 0.0) -> torch.Tensor:
+    """transformers' sequence-classification loss (MSE for one label, else cross-entropy), summed over the examples and
+    divided by `num_items_in_batch`, the Trainer's count of labels in the whole accumulated batch on all processes.
+
+    Why: transformers 5 assumes that a model whose forward takes **kwargs divides its loss by that count, so it no longer
+    divides by the accumulation steps; the classifiers' own loss is a per-micro-batch mean, so 2 x 4 gave 4x the loss
+    and gradients of 8 x 1 (issue 16). Sum / count is the unaccumulated mean on every step, the last (short) one too.
+    With several processes the Trainer multiplies this by their number (average_tokens_across_devices) and DDP averages
+    the gradients: sum over all processes / global count again."""
+    logits = outputs["logits"].float()
+    if logits.shape[-1] == 1:   # STS-B: transformers' problem_type "regression" for num_labels == 1
+        total = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
+    else:
+        total = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
+    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+
 class DivergenceGuard(TrainerCallback):
-    """Stop at the first non-finite training loss; the cell is then recorded as failed, with the step."""
+    """Stop when the training loss stays non-finite: `patience` consecutive optimizer steps with a non-finite loss
+    (train.divergence_patience), or a non-finite loss at the last step. The cell is then recorded as failed, with the
+    step the streak began.
 
-    def __init__(self):
-        self.diverged_at = None
+    One non-finite loss is no divergence: the paper's fp16 runs skip a step whose gradients overflow through the loss
+    scaler (which then halves its scale), and so does the Trainer's fp16 (accelerate's GradScaler). `skipped_steps`
+    counts the optimizer steps the scaler skipped, `nonfinite_steps` the steps with a non-finite loss; both go in the
+    record. ReproTrainer feeds each micro-batch's loss (`saw_loss`): the logged loss cannot tell, since the Trainer
+    replaces a non-finite step's loss by the running mean, and without that filter one NaN stays in its loss sum for
+    good (NaN - NaN is NaN) and every later log is NaN."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            self.diverged_at = state.global_step
+    def __init__(self, patience: int = 10):
+        self.patience = patience
+        self.trainer = None                 # set by ReproTrainer: its accelerator knows whether the step was skipped
+        self.skipped_steps = self.nonfinite_steps = self.streak = 0
+        self.diverged_at = None             # the first step of a streak that reached `patience`
+        self.step_finite = True
+
+    def saw_loss(self, loss: torch.Tensor) -> None:
+        self.step_finite &= bool(torch.isfinite(loss).all())
+
+    def end_step(self, step: int, finite: bool, skipped: bool) -> bool:
+        """Count one optimizer step; True when the loss has now been non-finite for `patience` steps in a row."""
+        self.skipped_steps += skipped
+        self.nonfinite_steps += not finite
+        self.streak = 0 if finite else self.streak + 1
+        if self.streak >= self.patience and self.diverged_at is None:
+            self.diverged_at = step - self.streak + 1
+        return self.diverged_at is not None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        finite, skipped = self.step_finite, False
+        self.step_finite = True
+        if self.trainer is not None:
+            acc = self.trainer.accelerator
+            skipped = acc.optimizer_step_was_skipped
+            if acc.num_processes > 1:   # every process must stop at the same step
+                finite = acc.reduce(torch.tensor(float(not finite), device=acc.device), "sum").item() == 0
+        if self.end_step(state.global_step, finite, skipped):
             control.should_training_stop = True
+
+    def failure(self) -> str | None:
+        """Why the cell diverged, or None."""
+        if self.diverged_at is not None:
+            return f"diverged: training loss not finite for {self.patience} consecutive steps from step {self.diverged_at}"
+        if self.streak:
+            return f"diverged: training loss still not finite at the last step ({self.streak} consecutive steps)"
+        return None
+
+
+class ReproTrainer(Trainer):
+    """Trainer that hands each micro-batch's training loss to the divergence guard (see DivergenceGuard)."""
+
+    def __init__(self, *, guard: DivergenceGuard | None = None, **kwargs):
+        self.guard = guard or DivergenceGuard()
+        super().__init__(callbacks=[*(kwargs.pop("callbacks", None) or []), self.guard], **kwargs)
+        self.guard.trainer = self
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.guard.saw_loss(loss)
+        return loss
 
 
 def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str | None) -> TrainingArguments:
@@ -76,18 +166,20 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
         adam_epsilon=t.adam_epsilon,
         max_grad_norm=t.max_grad_norm,
         label_smoothing_factor=t.label_smoothing,
+        activation_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),   # transformers 5's name for it
         fp16=t.precision == "fp16",
         bf16=t.precision == "bf16",
         eval_strategy=t.eval_strategy if evaluate else "no",
         eval_steps=t.eval_steps,
         save_strategy=t.eval_strategy if evaluate else "epoch",
         save_steps=t.eval_steps,
-        save_total_limit=2,
+        save_total_limit=1,          # one per cell (the Trainer also keeps the best one while it differs from the last)
         load_best_model_at_end=evaluate and t.select == "best",
         metric_for_best_model=main_metric_key,
         greater_is_better=True,
         logging_steps=t.logging_steps,
-        logging_nan_inf_filter=False,
+        logging_nan_inf_filter=True,        # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
+        average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (classifier_loss)
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -107,8 +199,8 @@ def train_resuming(trainer: Trainer, output_dir: Path, guard: DivergenceGuard) -
     if last:
         log.info("resuming from the last complete checkpoint %s", last)
     trainer.train(resume_from_checkpoint=last)
-    if guard.diverged_at is not None:
-        raise Diverged(f"diverged: training loss is not finite at step {guard.diverged_at}")
+    if guard.failure():
+        raise Diverged(f"{guard.failure()}; {guard.skipped_steps} optimizer steps skipped by the loss scaler")
     return last
 
 
@@ -132,15 +224,16 @@ def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: 
         return glue_metrics(list(task.metrics), predictions(np.asarray(p.predictions), task.num_labels), np.asarray(p.label_ids))
 
     main_key = f"eval_dev_{task.main_metric}"
-    guard = DivergenceGuard()
-    trainer = Trainer(
+    guard = DivergenceGuard(cfg.train.divergence_patience)
+    trainer = ReproTrainer(
         model=model,
         args=training_arguments(cfg, output_dir, main_key),
         train_dataset=data["train"],
         eval_dataset=eval_sets,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[guard],
+        compute_loss_func=partial(classifier_loss, smoothing=float(cfg.train.label_smoothing)),
+        guard=guard,
     )
     last = train_resuming(trainer, output_dir, guard)
 
@@ -159,5 +252,7 @@ def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: 
                      "epoch": next((e["epoch"] for e in history["eval"] if e["step"] == best_step), None)},
         "steps": trainer.state.global_step,
         "resumed_from": last,
-        "batch": dict(zip(("per_device", "accumulation"), batch_plan(cfg.train))) | {"world_size": world_size()},
+        "batch": batch_record(cfg.train),
+        "skipped_steps": guard.skipped_steps,
+        "nonfinite_steps": guard.nonfinite_steps,
     }

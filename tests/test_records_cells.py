@@ -67,6 +67,51 @@ def test_no_api_key_in_records_or_logs(one_cell):
             assert SENTINEL not in path.read_text(errors="ignore"), path
 
 
+def test_record_is_traceable(one_cell):
+    """A record from a tree with uncommitted code changes carries their sha256, and seed<k>.diff beside it holds them;
+    from a clean tree there is no diff file."""
+    cfg, _, record = one_cell
+    path = records.record_path(cfg)
+    prov = json.loads(path.read_text())["provenance"]
+    assert prov["git_commit"] and records.untraced(path, {"provenance": prov}) is None
+    assert records.diff_path(path).exists() == prov["git_dirty"] == (prov["git_diff_sha256"] is not None)
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_code_diff_leaves_out_results_and_goes_beside_the_record(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "results" / "t").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "results" / "t" / "seed0.json").write_text("{}\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "init")
+    monkeypatch.setattr(records, "PROJECT_ROOT", repo)
+    record = repo / "results" / "t" / "seed0.json"
+    assert records.code_diff() == "" and records.provenance("")["git_dirty"] is False
+
+    record.write_text('{"a": 1}\n')                       # a changed record is not a code change
+    assert records.code_diff() == ""
+    (repo / "code.py").write_text("x = 2\n")
+    diff = records.code_diff()
+    assert "code.py" in diff and "+x = 2" in diff and "results/" not in diff
+    prov = records.provenance(diff)
+    assert prov["git_dirty"] and prov["git_commit"] == git(repo, "rev-parse", "HEAD").strip()
+    records.write_diff(record, diff)
+    assert records.diff_path(record).read_text() == diff and records.untraced(record, {"provenance": prov}) is None
+    git(repo, "apply", "--check", "-R", str(records.diff_path(record)))   # it is the change, as a patch
+    records.write_diff(record, "")                        # a clean re-run removes the stale diff
+    assert not records.diff_path(record).exists()
+    assert records.untraced(record, {"provenance": prov}) == "uncommitted changes, seed0.diff missing"
+    # this checkout's .gitignore keeps the diffs (they are committed with their records)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", "results/glue/m/lora/rte/seed0.diff"], cwd=PROJECT_ROOT)
+    assert ignored.returncode == 1
+
+
 def test_redact_secrets_on_write(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", SENTINEL)
     path = tmp_path / "r.json"

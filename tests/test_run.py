@@ -9,7 +9,8 @@ import pytest
 
 from repro import PROJECT_ROOT
 from repro.cell import resolve_cell
-from repro.errors import CellMismatch, DataFileMissing, ModelUnavailable
+from repro.errors import DataFileMissing, ModelUnavailable
+from repro.schema import ConfigError
 from repro.records import record_path
 from repro.run import run_cell
 
@@ -51,10 +52,10 @@ def written_outside_logs(root):
     "overrides,error,words",
     [
         (["+table=glue", "model=tiny-roberta", "method=lora", "task=mnli"], DataFileMissing, ["glue/MNLI/train.tsv"]),
-        (["+table=glue", "model=roberta-base", "method=lora", "task=rte"], ModelUnavailable, ["model=minilm", "tiny-roberta"]),
-        (["model=tiny-gpt2", "method=lora", "task=rte"], CellMismatch, ["encoder"]),
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=0"], CellMismatch, ["rank"]),
-        (["+table=glue", "model=gpt2-medium", "method=lora", "task=rte"], CellMismatch, ["encoder"]),
+        (["+table=glue", "model=roberta-base", "method=lora", "task=rte", "allow_cpu=true"], ModelUnavailable, ["model=minilm", "tiny-roberta"]),
+        (["model=tiny-gpt2", "method=lora", "task=rte"], ConfigError, ["encoder"]),
+        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=0"], ConfigError, ["method.r=0", "rank"]),
+        (["+table=glue", "model=gpt2-medium", "method=lora", "task=rte"], ConfigError, ["encoder"]),
     ],
 )
 def test_bad_input_raises_and_writes_nothing(compose_config, data_dir, tmp_path, overrides, error, words):
@@ -101,3 +102,22 @@ def test_cli_bitfit_on_smollm2_refused_in_one_line(tmp_path, data_dir, table):
     assert errors == ["error: method=bitfit: model smollm2-135m has no bias parameters (Llama: attention_bias=False, "
                       "mlp_bias=False); BitFit trains biases only"], proc.stderr
     assert written_outside_logs(tmp_path) == []
+
+
+def test_a_set_up_error_that_is_not_a_repro_error_is_bad_input_in_one_line(compose_config, data_dir, tmp_path, monkeypatch):
+    """The boundary: before the cell's lock every error is bad input (ReproError, exit 2, nothing written), also one
+    that a library raised on a malformed input (here a KeyError from the data loader)."""
+    import repro.run as run
+
+    def malformed(cfg, tokenizer):
+        raise KeyError("sentence1")
+
+    monkeypatch.setattr(run, "load_data", malformed)
+    monkeypatch.delenv("REPRO_DEBUG", raising=False)
+    with pytest.raises(run.SetupFailed) as err:
+        run_cell(cell(compose_config, TINY_CELL))
+    assert str(err.value) == "loading the data of task=rte failed: KeyError: 'sentence1'"
+    assert written_outside_logs(tmp_path) == []
+    monkeypatch.setenv("REPRO_DEBUG", "1")      # the debug flag: the original error, with its traceback
+    with pytest.raises(KeyError):
+        run_cell(cell(compose_config, TINY_CELL))

@@ -234,3 +234,18 @@ def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
     assert cfg.train.learning_rate == 2e-4 and cfg.train.label_smoothing == 0.1 and cfg.train.global_batch_size == 8
     assert cfg.decode.num_beams == 10 and cfg.decode.pad_batches is True and cfg.decode.max_inputs is None
     assert list(cfg.decode.eos_token_ids) == [50256, 628]   # GPT-2's pair: the decoder maps it to SmolLM2's (2, 1116)
+
+
+def test_planner_does_not_import_the_runner(tmp_path):
+    """The runner stands above the planner: repro.run imports repro.plan (a cell's dry run), never the reverse,
+    neither on import nor in `python -m repro.plan` (run here with repro.run made unimportable)."""
+    code = "import repro.plan, sys; assert 'repro.run' not in sys.modules, sorted(m for m in sys.modules if m.startswith('repro'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cli = ("import runpy, sys; sys.modules['repro.run'] = None; "   # any `import repro.run` now raises ImportError
+           "sys.argv = ['repro.plan', '+table=glue', 'model=roberta-base', 'method=lora', 'task=rte']; "
+           "runpy.run_module('repro.plan', run_name='__main__')")
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.run([sys.executable, "-c", cli], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "jobs: " in proc.stdout and "estimated GPU-hours (V100)" in proc.stdout

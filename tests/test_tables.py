@@ -4,6 +4,7 @@ stand-in rows, cited rows, and the files written."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import statistics
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from repro import plots, records, tables
 
 def write_record(root: Path, model: str, method: str, task: str, seed: int, score: float | None = None,
                  status: str = "ok", variant: str = "default", error: str | None = None, table: str = "glue",
-                 metric: str = "accuracy", adapter_params: int = 2048) -> Path:
+                 metric: str = "accuracy", adapter_params: int = 2048, provenance: dict | None = None) -> Path:
     method_dir = method if variant == "default" else f"{method}.{variant}"
     path = Path(root) / table / model / method_dir / task / f"seed{seed}.json"
     record = {"status": status, "error": error, "table": table, "model": model, "method": method, "variant": variant,
@@ -22,7 +23,8 @@ def write_record(root: Path, model: str, method: str, task: str, seed: int, scor
               "history": {"train_loss": [{"step": s, "epoch": s / 10, "loss": 0.7 - 0.01 * s - 0.001 * seed} for s in (1, 2, 3, 4)],
                           "eval": []},
               "trainable_params": adapter_params + 1000, "adapter_params": adapter_params, "head_params": 1000,
-              "config": {"task": {"name": task, "main_metric": metric}}, "fingerprint": "x"}
+              "config": {"task": {"name": task, "main_metric": metric}}, "fingerprint": "x",
+              "provenance": provenance if provenance is not None else {"git_commit": "c0ffee", "git_dirty": False}}
     records.write_json_atomic(path, record)
     return path
 
@@ -104,6 +106,32 @@ def test_render_writes_md_csv_tex(built, tmp_path):
     assert rte["n"] == "3" and float(rte["median"]) == pytest.approx(55.0) and float(rte["paper"]) == 86.6
     tex = (out / "glue.tex").read_text()
     assert "\\begin{tabular}" in tex and "$\\pm$" in tex
+
+
+def test_records_whose_code_cannot_be_traced_are_marked(tmp_path):
+    """§ on a cell with a record from uncommitted code that it does not carry (no seed<k>.diff, or one that is not
+    the recorded one) or with no commit; a dirty record with its diff beside it is traceable."""
+    root = tmp_path / "results"
+    diff = "diff --git a/repro/x.py b/repro/x.py\n+changed\n"
+    dirty = {"git_commit": "c0ffee", "git_dirty": True, "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest()}
+    write_record(root, "tiny-roberta", "lora", "rte", 0, 0.5)                                   # clean
+    records.write_diff(write_record(root, "tiny-roberta", "lora", "rte", 1, 0.6, provenance=dirty), diff)
+    write_record(root, "tiny-roberta", "lora", "mrpc", 0, 0.7, provenance={"git_commit": "c0ffee", "git_dirty": True})
+    records.write_diff(write_record(root, "tiny-roberta", "lora", "cola", 0, 0.1, metric="matthews_correlation",
+                                    provenance=dirty), diff + "+edited after the run\n")
+    write_record(root, "tiny-roberta", "lora", "stsb", 0, 0.8, metric="pearson", provenance={})
+    rows, _, _ = tables.build("glue", root)
+    lora = find(rows, "tiny-roberta", "lora")
+    assert [len(lora.cells[t].untraced) for t in ("rte", "mrpc", "cola", "stsb")] == [0, 1, 1, 1]
+    md = tables.render("glue", root)
+    assert "55.0 ± 7.1 (n=2) |" in md and "70.0 (n=1) § |" in md and "80.0 (n=1) § |" in md
+    assert "§ Records whose code cannot be traced (3)" in md
+    assert "mrpc/seed0.json: uncommitted changes, not recorded" in md
+    assert "cola/seed0.json: uncommitted changes, seed0.diff does not match git_diff_sha256" in md
+    assert "stsb/seed0.json: no git commit" in md and "rte/seed1.json" not in md
+    rows = list(csv.DictReader(open(root / "tables" / "glue.csv")))
+    assert {r["task"]: r["untraced"] for r in rows if r["method"] == "lora" and r["model"] == "tiny-roberta"}["mrpc"] == "1"
+    assert "\\S{}" in (root / "tables" / "glue.tex").read_text()
 
 
 def test_plots_written(built, tmp_path):

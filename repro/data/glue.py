@@ -7,12 +7,14 @@ label order, so tokenization and metrics never know where the data came from.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import datasets
 from omegaconf import DictConfig
 
-from repro.errors import DataFileMissing
+from repro.data import read_text
+from repro.errors import DataFileInvalid, DataFileMissing
 
 HOW_TO_GET = (
     "Get the GLUE files with `python scripts/prepare_data.py glue --out $REPRO_DATA_DIR` on a machine with internet, "
@@ -28,16 +30,67 @@ def glue_file(task: DictConfig, split: str, data_dir: str) -> Path:
     return path
 
 
-def _read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
-    """Quoting off: GLUE fields hold stray double quotes. MRPC's header starts with a byte-order mark."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+def _expected_rows(task: DictConfig) -> str:
+    cols = ", ".join(f"{c}" for c in task.columns.values())
     if task.header:
-        header, rows = rows[0], rows[1:]
+        return f"a tab-separated GLUE file with a header line naming the columns {cols}"
+    return f"a tab-separated GLUE file without a header, the task's fields in columns (0-based) {cols}"
+
+
+def _read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
+    """The task's columns of a local GLUE tsv, checked against the task config: the header names the task's
+    `columns`, every row has the header's number of fields (or, headerless, reaches the task's highest column),
+    every label is in the task's label set (`label_names` or their ids; a number for regression). Anything else
+    is DataFileInvalid naming the file, the line and what was expected.
+
+    Quoting off: GLUE fields hold stray double quotes. MRPC's header starts with a byte-order mark."""
+    text = read_text(path, _expected_rows(task), encoding="utf-8-sig")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    numbered = [(reader.line_num, row) for row in reader]
+    while numbered and not numbered[-1][1]:   # blank lines at the end of the file
+        numbered.pop()
+    if task.header:
+        (_, header), numbered = numbered[0], numbered[1:]
+        missing = [c for c in task.columns.values() if c not in header]
+        if missing:
+            raise DataFileInvalid(path, 1, f"the header lacks column(s) {', '.join(map(repr, missing))} (it has "
+                                  f"{', '.join(map(repr, header))})", _expected_rows(task))
         index = {field: header.index(column) for field, column in task.columns.items()}
+        n_fields, need = len(header), f"{len(header)} tab-separated fields, as the header has"
     else:
         index = dict(task.columns)
-    return {field: [row[i] for row in rows] for field, i in index.items()}
+        n_fields = max(index.values()) + 1
+        need = f"at least {n_fields} tab-separated fields ({_expected_rows(task)})"
+    if not numbered:
+        raise DataFileInvalid(path, 2 if task.header else 1, "no data rows", _expected_rows(task) + ", then one row per example")
+    check_label = _label_check(task)
+    for line, row in numbered:
+        if len(row) < n_fields or (task.header and len(row) != n_fields):
+            raise DataFileInvalid(path, line, f"{len(row)} field(s)", need)
+        problem = check_label(row[index["label"]])
+        if problem:
+            raise DataFileInvalid(path, line, problem[0], problem[1])
+    return {field: [row[i] for _, row in numbered] for field, i in index.items()}
+
+
+def _label_check(task: DictConfig):
+    """label -> None if the task's label set has it, else (problem, expected)."""
+    if task.num_labels == 1:
+        def check(x):
+            try:
+                float(x)
+            except ValueError:
+                return f"label {x!r} is not a number", f"a numeric score for task={task.name} (regression)"
+            return None
+        return check
+    names = list(task.label_names)
+    allowed = set(names) | {str(i) for i in range(task.num_labels)}
+    expected = (f"a label of task={task.name}: one of {', '.join(names)} "
+                f"or its id 0..{task.num_labels - 1}")
+
+    def check(x):
+        return None if x in allowed else (f"label {x!r} is not in the task's label set", expected)
+    return check
 
 
 def _label_ids(raw: list[str], task: DictConfig) -> list:

@@ -24,7 +24,8 @@ from pathlib import Path
 import datasets
 from omegaconf import DictConfig
 
-from repro.errors import DataFileMissing
+from repro.data import read_text
+from repro.errors import DataFileInvalid, DataFileMissing
 from repro.metrics.nlg import SEEN_CATEGORIES_2017
 
 log = logging.getLogger(__name__)
@@ -56,38 +57,77 @@ def triples_context(triples: list[tuple[str, str, str]], lower_property: bool = 
 # ------------------------------------------------------------------ readers: local files (the paper's)
 
 
+E2E_LINE = "one example per line: `meaning representation||reference` (microsoft/LoRA's e2e/*.txt)"
+WEBNLG_LAYOUT = ('WebNLG json as microsoft/LoRA reads it: {"entries": [{"1": {"category", "modifiedtripleset": '
+                 '[{"subject", "property", "object"}], "lexicalisations": [{"comment", "lex"}]}}, {"2": ...}]}')
+DART_LAYOUT = 'DART json as microsoft/LoRA reads it: [{"tripleset": [[s, p, o], ...], "annotations": [{"text"}]}, ...]'
+
+
 def read_e2e(path: Path) -> list[dict]:
+    """Blank lines are skipped; a line without exactly one `||`, or with an empty side, is DataFileInvalid."""
     out = []
-    with open(path, encoding="utf8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            items = line.strip().split("||")
-            out.append({"context": items[0], "completion": items[1].strip("\n")})
+    for n, line in enumerate(read_text(path, E2E_LINE).splitlines(), 1):
+        if not line.strip():
+            continue
+        items = line.strip().split("||")
+        if len(items) != 2 or not items[0].strip() or not items[1].strip():
+            problem = (f"{len(items) - 1} `||` separators" if len(items) != 2 else "an empty meaning representation"
+                       if not items[0].strip() else "an empty reference")
+            raise DataFileInvalid(path, n, f"{problem} in {line.strip()[:80]!r}", E2E_LINE)
+        out.append({"context": items[0], "completion": items[1].strip("\n")})
     return out
 
 
+def _read_json(path: Path, layout: str):
+    text = read_text(path, layout)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFileInvalid(path, exc.lineno, f"not JSON ({exc.msg}, column {exc.colno})", layout) from None
+
+
+def _entry_error(path: Path, what: str, exc: Exception, layout: str) -> DataFileInvalid:
+    problem = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+    return DataFileInvalid(path, None, f"{what}: {problem}", layout)
+
+
 def read_webnlg(path: Path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf8"))
+    data = _read_json(path, WEBNLG_LAYOUT)
     out = []
-    for i, example in enumerate(data["entries"]):
-        entry = example[str(i + 1)]
-        triples = [(t["subject"], t["property"], t["object"]) for t in entry["modifiedtripleset"]]
-        context = triples_context(triples)
-        for lex in entry["lexicalisations"]:
-            if lex["comment"] == "good":
-                out.append({"context": context, "completion": lex["lex"], "category": entry["category"],
-                            "seen": entry["category"] in SEEN_CATEGORIES_2017})
+    try:
+        entries = data["entries"]
+    except (KeyError, TypeError) as exc:
+        raise _entry_error(path, "top level", exc, WEBNLG_LAYOUT) from None
+    for i, example in enumerate(entries):
+        try:
+            entry = example[str(i + 1)]
+            triples = [(t["subject"], t["property"], t["object"]) for t in entry["modifiedtripleset"]]
+            context = triples_context(triples)
+            for lex in entry["lexicalisations"]:
+                if lex["comment"] == "good":
+                    out.append({"context": context, "completion": lex["lex"], "category": entry["category"],
+                                "seen": entry["category"] in SEEN_CATEGORIES_2017})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _entry_error(path, f"entry {i + 1}", exc, WEBNLG_LAYOUT) from None
+    if not out:
+        raise DataFileInvalid(path, None, "no lexicalisation with comment \"good\"", WEBNLG_LAYOUT)
     return out
 
 
 def read_dart(path: Path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf8"))
+    data = _read_json(path, DART_LAYOUT)
     out = []
-    for example in data:
-        context = triples_context([tuple(t) for t in example["tripleset"]], lower_property=True)
-        for ann in example["annotations"]:
-            out.append({"context": context, "completion": ann["text"]})
+    if not isinstance(data, list):
+        raise DataFileInvalid(path, 1, f"a JSON {type(data).__name__} at the top level", DART_LAYOUT)
+    for i, example in enumerate(data):
+        try:
+            context = triples_context([tuple(t) for t in example["tripleset"]], lower_property=True)
+            for ann in example["annotations"]:
+                out.append({"context": context, "completion": ann["text"]})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _entry_error(path, f"entry {i + 1}", exc, DART_LAYOUT) from None
+    if not out:
+        raise DataFileInvalid(path, None, "no annotations", DART_LAYOUT)
     return out
 
 

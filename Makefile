@@ -1,0 +1,26 @@
+# Two commands on a fresh clone (each installs what is missing first, through scripts/setup.sh):
+#   make run    the main job: MiniLM fine-tuned on RTE, offline (real pretrained encoder, real data; ~10 min on 2 cores)
+#   make test   the test suite
+# REPRO_DATA_DIR defaults to ../shared/data beside this checkout when unset; the run is offline unless the
+# HF_* variables are set otherwise. Extra arguments: make run ARGS="force=true seed=1", make test ARGS="-x tests/data".
+
+REPRO_DATA_DIR ?= $(abspath ../shared/data)
+HF_HUB_OFFLINE ?= 1
+HF_DATASETS_OFFLINE ?= 1
+WANDB_MODE ?= disabled
+TOKENIZERS_PARALLELISM ?= false
+export REPRO_DATA_DIR HF_HUB_OFFLINE HF_DATASETS_OFFLINE WANDB_MODE TOKENIZERS_PARALLELISM
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: setup run test
+setup:
+	VENV=$(VENV) bash scripts/setup.sh
+
+run: setup
+	$(PY) -m repro.run +table=glue model=minilm method=ft task=rte $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)

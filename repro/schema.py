@@ -1,0 +1,540 @@
+"""One schema for a cell's configuration: every field of every config group, with its type and its range or set of
+allowed values, and the rules that tie groups together (a rank the matrices can take, targets the model has, a
+method the architecture supports, a task that fits the table and the model).
+
+`check_cell(container)` runs on the resolved cell (repro.cell.resolve_cell), before anything is loaded, trained or
+written; a bad value raises ConfigError with one line, `<dotted.field>=<value>: <what is allowed>`.
+
+Adding a config key is one line here: a field in its group's model (`extra="forbid"` rejects any key not declared,
+so a misspelt key is an error that lists the allowed ones). tests/test_schema.py derives its cases from these models,
+so a new field is tested without a new test.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from repro.errors import ReproError
+
+
+class ConfigError(ReproError):
+    """A config value outside its type or range, an unknown key, or groups that do not fit each other."""
+
+
+def bad(field: str, value: Any, why: str) -> PydanticCustomError:
+    """A cross-field error naming one field (relative to the model whose validator raises it)."""
+    return PydanticCustomError("cell_rule", "{why}", {"field": field, "value": value, "why": why})
+
+
+class Group(BaseModel):
+    # strict: no silent coercion (a float seed, "1" for a number, 1 for a bool); a float field still takes an int
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Name = Annotated[str, Field(min_length=1)]
+Partial = dict[str, Any]   # a partial cell config inside a table (merged into the cell, so checked there)
+
+
+# ---------------------------------------------------------------- model
+class ArchConfig(Group):
+    """`model.arch`: the transformers config keys of the architecture (encoders: BERT/RoBERTa/DeBERTa names;
+    GPT-2: n_* names). Which ones are required depends on model.model_type (ModelConfig)."""
+    # encoders
+    num_hidden_layers: PosInt | None = None
+    hidden_size: PosInt | None = None
+    num_attention_heads: PosInt | None = None
+    attention_head_size: PosInt | None = None
+    intermediate_size: PosInt | None = None
+    max_position_embeddings: PosInt | None = None
+    type_vocab_size: NonNegInt | None = None
+    layer_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
+    # DeBERTa-v2
+    relative_attention: bool | None = None
+    position_buckets: PosInt | None = None
+    max_relative_positions: Annotated[int, Field(ge=-1)] | None = None
+    norm_rel_ebd: Literal["layer_norm", "none"] | None = None
+    share_att_key: bool | None = None
+    pos_att_type: list[Literal["p2c", "c2p"]] | None = None
+    position_biased_input: bool | None = None
+    conv_kernel_size: NonNegInt | None = None
+    conv_act: Literal["gelu", "relu", "tanh"] | None = None
+    pooler_hidden_size: PosInt | None = None
+    pooler_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    pooler_hidden_act: Literal["gelu", "relu", "tanh"] | None = None
+    # GPT-2
+    n_layer: PosInt | None = None
+    n_embd: PosInt | None = None
+    n_head: PosInt | None = None
+    n_inner: PosInt | None = None
+    n_positions: PosInt | None = None
+    # Llama (SmolLM2): grouped-query attention, RMSNorm, rotary positions, no biases
+    num_key_value_heads: PosInt | None = None
+    head_dim: PosInt | None = None
+    rms_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
+    rope_theta: Annotated[float, Field(gt=0)] | None = None
+    attention_bias: bool | None = None
+    mlp_bias: bool | None = None
+    tie_word_embeddings: bool | None = None
+    # all
+    vocab_size: PosInt | None = None
+    pad_token_id: NonNegInt | None = None
+    bos_token_id: NonNegInt | None = None
+    eos_token_id: NonNegInt | None = None
+
+
+ARCH_REQUIRED = {
+    "gpt2": ("n_layer", "n_embd", "n_head", "n_positions"),
+    "encoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings"),
+    "llama": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+              "max_position_embeddings"),
+}
+DECODER_TYPES = ("gpt2", "llama")
+
+
+class ModelConfig(Group):
+    name: Name
+    source: Literal["hub", "package", "tiny"]
+    hub_id: Name | None = None
+    package: Name | None = None
+    tokenizer_hub_id: Name | None = None
+    tokenizer_model: Name | None = Field(None, description="tiny models: use this conf/model's tokenizer when available")
+    gguf_file: Name | None = Field(None, description="source=package: the GGUF file inside the package")
+    package_weights: Literal["q4_1_dequantized"] | None = Field(
+        None, description="what the package's weights are (SmolLM2: Q4_1 4-bit, dequantized to fp32 at load)")
+    model_type: Literal["roberta", "bert", "deberta-v2", "gpt2", "llama"]
+    kind: Literal["encoder", "decoder"]
+    arch: ArchConfig
+    config_overrides: dict[str, Any] = {}   # set on the transformers config at load (e.g. DeBERTa cls_dropout)
+    max_per_device_batch_size: PosInt = Field(description="the per-device batch cap sized for the SLURM GPU (repro.plan)")
+    gradient_checkpointing: bool = Field(description="activation checkpointing: recompute activations in backward")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        needed = ARCH_REQUIRED[self.model_type if self.model_type in ARCH_REQUIRED else "encoder"]
+        missing = [k for k in needed if getattr(self.arch, k) is None]
+        if missing:
+            raise bad(f"arch.{missing[0]}", None, f"required for model_type={self.model_type} (needs {', '.join(needed)})")
+        if (self.kind == "decoder") != (self.model_type in DECODER_TYPES):
+            raise bad("kind", self.kind, f"model_type={self.model_type} is "
+                      f"{'a decoder' if self.model_type in DECODER_TYPES else 'an encoder'}")
+        if self.source == "hub" and not self.hub_id:
+            raise bad("hub_id", self.hub_id, "source=hub needs the hub id")
+        if self.source == "package" and not self.package:
+            raise bad("package", self.package, "source=package needs the package name")
+        if self.source == "tiny" and not (self.tokenizer_hub_id or self.hub_id):
+            raise bad("tokenizer_hub_id", self.tokenizer_hub_id,
+                      "source=tiny needs the tokenizer's hub id (or the model's hub_id), for when no local tokenizer is set")
+        d, heads = self.d_model, self.arch.n_head or self.arch.num_attention_heads
+        if d % heads:
+            raise bad("arch.hidden_size" if self.model_type != "gpt2" else "arch.n_embd", d,
+                      f"must be a multiple of the number of attention heads ({heads})")
+        return self
+
+    @property
+    def d_model(self) -> int:
+        return self.arch.n_embd or self.arch.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.arch.n_layer or self.arch.num_hidden_layers
+
+    @property
+    def d_ffn(self) -> int:
+        return self.arch.n_inner or self.arch.intermediate_size or 4 * self.d_model
+
+    @property
+    def max_positions(self) -> int:
+        return self.arch.n_positions or self.arch.max_position_embeddings
+
+
+# ---------------------------------------------------------------- method (one model per family, chosen by `name`)
+class FullConfig(Group):
+    """ft: every parameter; bitfit: the biases (+ the task head)."""
+    name: Literal["ft", "bitfit"]
+
+
+class TopLayersConfig(Group):
+    name: Literal["fttop2"]
+    top_layers: PosInt = 2
+
+
+class AdapterConfig(Group):
+    name: Literal["adapter_h", "adapter_l", "adapter_p", "adapter_d"]
+    r: PosInt = Field(description="the adapter bottleneck")
+    sites: Annotated[list[Literal["attn", "mlp"]], Field(min_length=1)]
+    activation: Literal["relu", "gelu", "swish", "tanh"] = "relu"
+    adapter_layernorm: bool = False
+    train_layernorm: bool = False
+    drop: NonNegInt = Field(0, description="blocks 0..drop-1 get no adapter")
+    robust_drop: bool = False
+    init_std: Annotated[float, Field(gt=0)] = 0.01
+
+
+class PrefixConfig(Group):
+    name: Literal["prefix_embed", "prefix_layer"]
+    l_p: NonNegInt = Field(description="the prefix length")
+    l_i: NonNegInt = Field(description="the infix length")
+    init_seed: NonNegInt = 0
+    mode: Literal["embed", "layer"] | None = None
+
+    @model_validator(mode="after")
+    def _some_tokens(self):
+        if self.l_p + self.l_i < 1:
+            raise bad("l_p", self.l_p, "l_p + l_i must be at least 1")
+        return self
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "mlp_in", "mlp_out", "mlp_gate")   # mlp_gate: Llama's gate_proj only
+
+
+class LoraConfig(Group):
+    name: Literal["lora"]
+    r: PosInt = Field(description="the rank of B A")
+    alpha: Annotated[float, Field(gt=0)]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="dropout on the LoRA path")
+    targets: Annotated[list[Literal[LORA_TARGETS]], Field(min_length=1)]
+    init: Literal["kaiming", "gaussian"] = "kaiming"
+
+
+METHOD_FAMILIES = (FullConfig, TopLayersConfig, AdapterConfig, PrefixConfig, LoraConfig)
+METHOD_TAG = {name: cls.__name__ for cls in METHOD_FAMILIES for name in cls.model_fields["name"].annotation.__args__}
+DECODER_ONLY = ("prefix_embed", "prefix_layer")
+
+
+def _method_tag(v: Any) -> str | None:
+    name = v.get("name") if isinstance(v, dict) else getattr(v, "name", None)
+    return METHOD_TAG.get(name) if isinstance(name, str) else None
+
+
+MethodConfig = Annotated[Union[tuple(Annotated[c, Tag(c.__name__)] for c in METHOD_FAMILIES)],
+                         Discriminator(_method_tag, custom_error_type="method_name",
+                                       custom_error_message=f"allowed: {', '.join(METHOD_TAG)}")]
+
+
+# ---------------------------------------------------------------- task (one model per kind)
+class SplitConfig(Group):
+    local: Name
+    hub: Name
+
+
+class HubDataset(Group):
+    path: Name
+    name: Name | None = None
+
+
+class _Task(Group):
+    name: Name
+    hub: HubDataset
+    splits: dict[str, SplitConfig]
+    metrics: Annotated[list[Name], Field(min_length=1)]
+    main_metric: Name
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.main_metric not in self.metrics:
+            raise bad("main_metric", self.main_metric, f"one of task.metrics: {', '.join(self.metrics)}")
+        for split in ("train", "dev"):
+            if split not in self.splits:
+                raise bad("splits", sorted(self.splits), f"needs a {split} split")
+        return self
+
+
+class ClassificationTask(_Task):
+    kind: Literal["classification"]
+    glue_dir: Name
+    header: bool
+    columns: dict[str, Name | NonNegInt]
+    text_fields: Annotated[list[Name], Field(min_length=1, max_length=2)]
+    label_names: list[Name] | None
+    num_labels: PosInt
+
+    @model_validator(mode="after")
+    def _labels(self):
+        if self.label_names is not None and len(self.label_names) != self.num_labels:
+            raise bad("label_names", self.label_names, f"one name per label (num_labels={self.num_labels})")
+        missing = [f for f in (*self.text_fields, "label") if f not in self.columns]
+        if missing:
+            raise bad("columns", self.columns, f"needs a column for {', '.join(missing)}")
+        return self
+
+
+class Postprocess(Group):
+    tokenize: bool
+    lower: bool
+
+
+class GenerationTask(_Task):
+    kind: Literal["generation"]
+    data_subdir: Name
+    postprocess: Postprocess
+
+
+TaskConfig = Annotated[Union[Annotated[ClassificationTask, Tag("classification")], Annotated[GenerationTask, Tag("generation")]],
+                       Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None),
+                                     custom_error_type="task_kind", custom_error_message="allowed: classification, generation")]
+
+
+# ---------------------------------------------------------------- table
+class StandIn(Group):
+    common: Partial = {}
+    methods: dict[str, Partial] = {}
+
+
+class TableRow(Group):
+    model: Name
+    method: Name
+    variant: Name = "default"
+    label: str | None = None
+    cited: bool = False
+    sources: dict[str, Any] = {}
+    set: Partial = {}
+    tasks: dict[str, Partial] = {}
+    paper_row: dict[str, Any] | None = None
+    paper_cell: dict[str, Any] | None = None
+    seeds: list[NonNegInt] | None = Field(None, description="the row runs only these of the table's seeds (repro.plan)")
+
+
+class TableConfig(Group):
+    name: Name
+    paper: Name | None = None
+    paper_model: Name | None = None
+    paper_ref: Name | None = None
+    tasks: list[Name] = []
+    seeds: list[NonNegInt] = []
+    stand_ins: dict[str, Name] = {}
+    stand_in: StandIn = StandIn()
+    common: Partial = {}
+    per_task: dict[str, Partial] = {}
+    rows: list[TableRow] = []
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.name != "adhoc" and not (self.tasks and self.rows):
+            raise bad("tasks" if not self.tasks else "rows", [], f"table {self.name} needs tasks and rows")
+        return self
+
+
+# ---------------------------------------------------------------- train, data, decode, paths, wandb
+class TrainConfig(Group):
+    learning_rate: Annotated[float, Field(gt=0)]
+    num_train_epochs: Annotated[float, Field(gt=0)]
+    max_steps: Annotated[int, Field(ge=-1)] = Field(description="-1: num_train_epochs decides; > 0 overrides epochs")
+    global_batch_size: PosInt = Field(description="the batch the optimizer sees")
+    max_per_device_batch_size: PosInt
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_ratio: Annotated[float, Field(ge=0, le=1)]
+    warmup_steps: NonNegInt
+    lr_scheduler_type: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+    max_grad_norm: Annotated[float, Field(ge=0)] = Field(description="0: no clipping")
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)]
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)]
+    adam_epsilon: Annotated[float, Field(gt=0)]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    precision: Literal["fp32", "fp16", "bf16"]
+    eval_strategy: Literal["epoch", "steps"]
+    eval_steps: PosInt | None
+    logging_steps: PosInt
+    group_by_length: bool
+    select: Literal["best", "last"]
+    keep_checkpoints: bool
+    init_from: Name | None
+    allow_smoke_init: bool = Field(description="accept an init_from checkpoint written by a smoke run")
+    divergence_patience: PosInt = Field(description="consecutive non-finite steps before a cell is called diverged")
+
+    @model_validator(mode="after")
+    def _steps(self):
+        if self.max_steps == 0:
+            raise bad("max_steps", 0, "-1 (num_train_epochs decides) or a positive number of steps")
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise bad("eval_steps", None, "a positive number of steps when train.eval_strategy=steps")
+        return self
+
+
+class DataConfig(Group):
+    max_seq_length: PosInt
+    max_train_samples: PosInt | None = Field(description="null: the whole training set")
+    max_eval_samples: PosInt | None = Field(description="null: the whole dev set")
+
+
+class DecodeConfig(Group):
+    """Beam search for the NLG tasks (conf/task/{e2e,webnlg,dart}.yaml set it)."""
+    num_beams: PosInt = Field(description="the beam size")
+    length_penalty: float
+    no_repeat_ngram_size: NonNegInt = Field(description="0: off")
+    eos_token_ids: Annotated[list[NonNegInt], Field(min_length=1)]
+    max_new_tokens: PosInt
+    batch_size: PosInt
+    checkpoint: Literal["last", "best"]
+    max_inputs: PosInt | None = Field(description="null: every test input")
+    split: Name
+    early_stop: bool = True
+    pad_batches: bool | None = Field(None, description="left-pad prompts of different lengths into full batches; "
+                                                       "absent/false: equal-length groups (repro.decode)")
+
+
+class PathsConfig(Group):
+    data_dir: Name | None
+    results_dir: Name
+    log_dir: Name
+
+
+class WandbConfig(Group):
+    enabled: bool
+    mode: Literal["offline", "online", "disabled"]
+    project: Name
+    entity: Name | None
+
+
+# ---------------------------------------------------------------- the cell
+class CellConfig(Group):
+    paths: PathsConfig
+    model: ModelConfig
+    method: MethodConfig
+    task: TaskConfig
+    table: TableConfig
+    variant: Name = Field(description="the table row, when one (model, method) has several")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    force: bool
+    dry_run: bool
+    allow_cpu: bool = Field(description="train a paper model's cell of a paper table without a GPU")
+    data: DataConfig
+    train: TrainConfig
+    wandb: WandbConfig
+    decode: DecodeConfig | None = None
+    cli_overrides: list[str] = []
+    local: dict[str, Any] | None = None   # conf/local/ (untracked, machine-specific) when it is its own package
+
+    @model_validator(mode="after")
+    def _cell(self):
+        model, method, task, table = self.model, self.method, self.task, self.table
+        # the task's kind decides the model's kind
+        wants = "encoder" if task.kind == "classification" else "decoder"
+        if model.kind != wants:
+            raise bad("model.kind", model.kind,
+                      f"task={task.name} is a {task.kind} task and needs {'an' if wants == 'encoder' else 'a'} {wants} model; "
+                      f"model={model.name} is {'an' if model.kind == 'encoder' else 'a'} {model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, smollm2-135m, tiny-gpt2, tiny-llama)")
+        if table.name != "adhoc" and task.name not in table.tasks:
+            raise bad("task.name", task.name, f"not in table {table.name}; its tasks: {', '.join(table.tasks)}")
+        # NLG decoding settings exist exactly for generation tasks
+        if task.kind == "generation":
+            if self.decode is None:
+                raise bad("decode", None, f"task={task.name} is a generation task and needs decode settings")
+            if self.decode.split not in task.splits:
+                raise bad("decode.split", self.decode.split, f"a split of task {task.name}: {', '.join(task.splits)}")
+            if self.decode.max_new_tokens >= self.data.max_seq_length:
+                raise bad("decode.max_new_tokens", self.decode.max_new_tokens,
+                          f"less than data.max_seq_length={self.data.max_seq_length} (the prompt gets the rest)")
+        if self.data.max_seq_length > model.max_positions:
+            raise bad("data.max_seq_length", self.data.max_seq_length,
+                      f"at most {model.max_positions}, the positions model={model.name} has")
+        # the method must fit the architecture
+        L = model.num_layers
+        if method.name in DECODER_ONLY and model.model_type not in DECODER_TYPES:
+            raise bad("method.name", method.name,
+                      f"prefix tuning is implemented for decoders (GPT-2, Llama), model={model.name} is a {model.model_type} "
+                      f"{model.kind}; for encoders use lora, adapter_*, bitfit or ft")
+        if isinstance(method, LoraConfig):
+            from repro.methods.targets import BLOCK_MODULES
+
+            has = BLOCK_MODULES.get(model.model_type, {})
+            unknown = [t for t in method.targets if t not in has]
+            if unknown:
+                raise bad("method.targets", method.targets, f"{model.model_type} has {', '.join(has)}")
+            d_kv = ((model.arch.num_key_value_heads or 0) * (model.arch.head_dim or model.d_model // model.arch.num_attention_heads)
+                    if model.arch.num_key_value_heads else model.d_model)   # Llama GQA: W_k, W_v are d -> d_kv
+            sizes = {t: (model.d_model, model.d_ffn) if t.startswith("mlp") else
+                     (model.d_model, d_kv if t in ("k", "v") else model.d_model) for t in method.targets}
+            cap = min(min(s) for s in sizes.values())
+            if method.r > cap:
+                raise bad("method.r", method.r, f"the rank must be at most {cap}, min(fan_in, fan_out) of the targeted "
+                          f"matrices of model={model.name} ({', '.join(f'{t}: {a}x{b}' for t, (a, b) in sizes.items())})")
+        if isinstance(method, AdapterConfig) and method.drop >= L:
+            raise bad("method.drop", method.drop, f"in 0..{L - 1} (model={model.name} has {L} blocks)")
+        if isinstance(method, TopLayersConfig) and method.top_layers > L:
+            raise bad("method.top_layers", method.top_layers, f"in 1..{L} (model={model.name} has {L} blocks)")
+        return self
+
+
+# ---------------------------------------------------------------- errors as one line
+TASK_FAMILIES = {"classification": ClassificationTask, "generation": GenerationTask}
+FAMILIES = {**{cls.__name__: cls for cls in METHOD_FAMILIES}, **TASK_FAMILIES}   # union tags -> member models
+UNION_TAGS = set(FAMILIES)   # what pydantic puts in an error's location to say which member of a union it checked
+
+
+def _field_path(loc: tuple) -> list[str]:
+    """The dotted path of a pydantic error location, without the union tags pydantic puts in it."""
+    return [str(p) for p in loc if p not in UNION_TAGS]
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The schema models an annotation holds (X, X | None, a union of families, list[X], dict[str, X])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in models_in(arg)]
+
+
+def _walk(loc: list) -> tuple[Any, Any]:
+    """(the schema model at `loc`, the FieldInfo of its last part); a union tag in `loc` picks the member."""
+    cls: Any = CellConfig
+    info = None
+    for part in loc:
+        if part in FAMILIES:
+            cls = FAMILIES[part]
+            continue
+        fields = getattr(cls, "model_fields", None)
+        if isinstance(part, int) or str(part).isdigit():
+            continue   # an item of a list of models: the same model
+        if not fields or part not in fields:
+            return None, None
+        info = fields[part]
+        members = models_in(info.annotation)
+        cls = members[0] if len(members) == 1 else None if members else info.annotation
+    return cls, info
+
+
+def allowed_keys(loc: list) -> list[str]:
+    """The declared keys of the group at `loc` (for an unknown key); [] where that depends on a union's member."""
+    cls, _ = _walk(loc)
+    return list(getattr(cls, "model_fields", {}) or {})
+
+
+def describe(err: dict) -> str:
+    """One pydantic error as `<dotted.field>=<value>: <what is allowed>`."""
+    path = _field_path(err["loc"])
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "cell_rule":
+        return f"{'.'.join([*path, ctx['field']])}={ctx['value']!r}: {ctx['why']}"
+    if kind in ("method_name", "task_kind"):   # the discriminator of a union of groups
+        key = "name" if kind == "method_name" else "kind"
+        if isinstance(value, dict):
+            return f"{'.'.join([*path, key])}={value.get(key)!r}: {err['msg']}"
+        return f"{'.'.join(path)}={value!r}: must be a mapping whose {key} is {err['msg'].removeprefix('allowed: ')}"
+    dotted = ".".join(path)
+    if kind == "extra_forbidden":
+        allowed = allowed_keys(list(err["loc"][:-1]))
+        return f"{dotted}={value!r}: unknown key" + (f"; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return f"{dotted}: missing (required)"
+    msg = err["msg"].replace("Input should be", "must be").replace("Input", "the value")
+    _, info = _walk(list(err["loc"]))
+    note = f" ({info.description})" if info is not None and info.description else ""
+    return f"{dotted}={value!r}: {msg}{note}"
+
+
+def one_line(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return describe(errors[0]).replace("\n", " ") + more
+
+
+def check_cell(container: dict) -> CellConfig:
+    """The cell's resolved config (a plain dict) against the schema; ConfigError (one line) when it does not fit."""
+    try:
+        return CellConfig.model_validate(container)
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc)) from None

@@ -1,0 +1,192 @@
+"""The shared training mechanics (repro.train): gradient accumulation, the device check, the divergence guard."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from transformers import Trainer
+
+import repro.train as rt
+from repro.cell import resolve_cell
+from repro.data.nlg import encode_example
+from repro.errors import ReproError
+from repro.methods import apply_method
+from repro.models import load_model, load_tokenizer
+from repro.nlg import train_generator
+from repro.records import record_path
+from repro.run import run_cell
+
+TEXTS = ["a b", "the cat sat on the mat", "no", "one two three four five six seven eight nine",
+         "hello there", "it rains", "a much longer sentence than most of the others here", "yes"]
+PAIRS = [("name : Blue Spice | Type : pub", "Blue Spice is a pub ."), ("name : Zizzi", "Zizzi ."),
+         ("name : The Mill | Type : coffee shop | food : French | area : riverside", "The Mill is a French coffee shop by the river ."),
+         ("name : Aromi", "Aromi is here ."), ("name : Cotto | food : Indian", "Cotto serves Indian food ."),
+         ("name : Wildwood | Type : pub | priceRange : high", "Wildwood is an expensive pub ."),
+         ("name : Alimentum", "Alimentum ."), ("name : Loch Fyne | food : Japanese", "Loch Fyne has Japanese food .")]
+
+# model families without a conf/model file: tiny configs from transformers, loaded by the runner's own loader
+BERT = {"name": "tiny-bert", "source": "tiny", "model_type": "bert", "kind": "encoder", "tokenizer_hub_id": "roberta-base",
+        "arch": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
+                 "max_position_embeddings": 128, "type_vocab_size": 2}}
+LLAMA = {"name": "tiny-llama", "source": "tiny", "model_type": "llama", "kind": "decoder", "tokenizer_hub_id": "gpt2",
+         "arch": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "intermediate_size": 64, "max_position_embeddings": 128}}
+FAMILIES = {  # family: (model group, task, model config replacing the group's, or None)
+    "roberta": ("tiny-roberta", "rte", None), "deberta-v2": ("tiny-deberta", "rte", None),
+    "bert": ("tiny-roberta", "rte", BERT), "gpt2": ("tiny-gpt2", "e2e", None), "llama": ("tiny-gpt2", "e2e", LLAMA),
+}
+
+
+def one_step(compose_config, data_dir, tmp_path, family: str, max_per_device: int) -> tuple[float, dict]:
+    """One optimizer step on a global batch of 8 through the runner's training path: (logged loss, gradients)."""
+    group, task, model_cfg = FAMILIES[family]
+    smoothing = 0.1 if task == "e2e" else 0.0   # the NLG tables' label smoothing
+    overrides = [f"model={group}", "method=ft", f"task={task}", "train.global_batch_size=8",
+                 f"train.max_per_device_batch_size={max_per_device}", "train.max_steps=1", "train.logging_steps=1",
+                 "train.warmup_ratio=0", "train.lr_scheduler_type=constant", "train.max_grad_norm=0", "train.select=last",
+                 f"train.label_smoothing={smoothing}"]
+    cfg = compose_config(overrides + (["decode.checkpoint=last"] if task == "e2e" else []))
+    if model_cfg:
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(model_cfg)
+    tok = load_tokenizer(cfg.model, data_dir)
+    torch.manual_seed(0)
+    model = apply_method(load_model(cfg.model, cfg.task, tok), cfg.method)
+    for m in model.modules():   # dropout masks depend on the micro-batch shapes
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    grads = {}
+    for name, p in model.named_parameters():   # the accumulated gradient, as the optimizer gets it
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
+    if task == "e2e":
+        train = datasets.Dataset.from_list([encode_example(tok, c, t, 64) for c, t in PAIRS])
+        out = train_generator(cfg, model, tok, {"train": train, "dev": train, "test": []}, tmp_path / f"ckpt{max_per_device}")
+    else:
+        train = datasets.Dataset.from_list([{**tok(t), "label": i % 2} for i, t in enumerate(TEXTS)])
+        out = rt.train_classifier(cfg, model, tok, {"train": train, "dev": train}, tmp_path / f"ckpt{max_per_device}")
+    assert out["steps"] == 1
+    assert (out["batch"]["per_device"], out["batch"]["accumulation"]) == ((8, 1) if max_per_device == 8 else (2, 4))
+    return out["history"]["train_loss"][0]["loss"], grads
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_accumulation_gives_the_unaccumulated_loss_and_gradients(compose_config, data_dir, tmp_path, family):
+    """Issue 16: a global batch of 8 as 8 x 1 and as 2 x 4 must log the same first-step loss and hand the optimizer the
+    same gradients. transformers 5 takes a model that accepts **kwargs to divide its loss by the whole accumulated
+    batch; the sequence classifiers do not (a per-micro-batch mean), so 2 x 4 logged 4x the loss, with 4x gradients."""
+    loss_8, grads_8 = one_step(compose_config, data_dir, tmp_path, family, 8)
+    loss_2x4, grads_2x4 = one_step(compose_config, data_dir, tmp_path, family, 2)
+    print(f"{family}: first-step loss 8 x 1 = {loss_8:.4f}, 2 x 4 = {loss_2x4:.4f}")
+    assert loss_2x4 == pytest.approx(loss_8, rel=1e-5)
+    assert grads_8.keys() == grads_2x4.keys() and grads_8
+    for name, g in grads_8.items():
+        assert torch.allclose(grads_2x4[name], g, rtol=1e-4, atol=1e-6 * g.abs().max().item() + 1e-9), name
+
+
+def test_several_gpus_without_torchrun_are_refused_before_anything_is_written(compose_config, data_dir, tmp_path, monkeypatch):
+    """Issue 16: with 2 visible GPUs and no torchrun the Trainer used DataParallel, a global batch 2x the record's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    overrides = ["model=tiny-roberta", "method=lora", "task=rte", "train.max_steps=2"]
+    with pytest.raises(ReproError) as err:
+        run_cell(resolve_cell(compose_config(overrides), overrides))
+    assert "torchrun --nproc_per_node=2" in str(err.value) and "CUDA_VISIBLE_DEVICES" in str(err.value)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and "logs" not in p.relative_to(tmp_path).parts] == []
+    monkeypatch.setenv("LOCAL_RANK", "0")   # one process per GPU (torchrun): allowed
+    rt.check_devices()
+
+
+def test_record_states_the_real_global_batch(compose_config, monkeypatch):
+    cfg = compose_config(["train.global_batch_size=64", "train.max_per_device_batch_size=8"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rt.batch_record(cfg.train) == {"per_device": 8, "accumulation": 4, "world_size": 2, "global": 64}
+
+
+class FakeAccelerator:
+    num_processes, device = 1, "cpu"
+
+    def __init__(self, skips):
+        self.skips = iter(skips)
+
+    @property
+    def optimizer_step_was_skipped(self):
+        return next(self.skips)
+
+
+def test_guard_counts_skipped_steps_and_needs_a_streak():
+    """A skipped step or a lone non-finite loss is counted, not fatal; `patience` non-finite steps in a row are."""
+    from types import SimpleNamespace
+
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+    losses = [one, nan, one, nan, nan, one, nan, nan, nan, one]   # per optimizer step
+    skips = [False, True, False, True, True, False, True, True, True, False]
+    guard = rt.DivergenceGuard(patience=3)
+    guard.trainer = SimpleNamespace(accelerator=FakeAccelerator(skips))
+    control = SimpleNamespace(should_training_stop=False)
+    for step, loss in enumerate(losses, 1):
+        guard.saw_loss(one)      # micro-batches of one step: one non-finite makes the step non-finite
+        guard.saw_loss(loss)
+        guard.on_step_end(None, SimpleNamespace(global_step=step), control)
+        if control.should_training_stop:
+            break
+    assert step == 9 and guard.diverged_at == 7 and guard.skipped_steps == 6 and guard.nonfinite_steps == 6
+    assert "3 consecutive steps from step 7" in guard.failure()
+
+    ended_nonfinite = rt.DivergenceGuard(patience=3)
+    for step, finite in enumerate([True, True, False], 1):
+        assert not ended_nonfinite.end_step(step, finite, skipped=False)
+    assert "still not finite at the last step" in ended_nonfinite.failure()
+    recovered = rt.DivergenceGuard(patience=3)
+    for step, finite in enumerate([True, False, False, True], 1):
+        recovered.end_step(step, finite, skipped=False)
+    assert recovered.failure() is None and recovered.nonfinite_steps == 2
+
+
+@pytest.mark.parametrize("from_step,until_step,status", [(2, 2, "ok"), (2, 99, "failed")])
+def test_cell_survives_one_nonfinite_loss_and_fails_when_it_stays(compose_config, data_dir, monkeypatch,
+                                                                  from_step, until_step, status):
+    """A real CPU cell with a NaN training loss injected at optimizer steps from_step..until_step (gradients stay
+    finite, as after the fp16 scaler's skip): once, the cell ends ok with the step counted; from step 2 on, it is
+    recorded failed with the reason."""
+    real, calls = Trainer.compute_loss, []
+
+    def injected(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = real(self, model, inputs, return_outputs, num_items_in_batch)
+        if torch.is_grad_enabled():   # training, not evaluation
+            calls.append(1)
+            if from_step <= len(calls) <= until_step:
+                return loss + float("nan")
+        return loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", injected)
+    overrides = ["model=tiny-roberta", "method=lora", "task=rte", "train.max_steps=6", "train.logging_steps=1",
+                 "++train.divergence_patience=3", "train.global_batch_size=4", "data.max_eval_samples=8"]
+    cfg = resolve_cell(compose_config(overrides), overrides)
+    record = run_cell(cfg)
+    assert record["status"] == status, record.get("error")
+    if status == "ok":
+        assert record["batch"] == {"per_device": 4, "accumulation": 1, "world_size": 1, "global": 4}
+        assert record["steps"] == 6 and record["nonfinite_steps"] == 1 and record["skipped_steps"] == 0
+        assert all(e["loss"] == e["loss"] for e in record["history"]["train_loss"])   # logged losses stay finite
+    else:
+        assert "diverged: training loss not finite for 3 consecutive steps from step 2" in record["error"]
+    assert json.loads(record_path(cfg).read_text())["status"] == status
+
+
+@pytest.mark.parametrize("num_labels", [1, 3])
+def test_classifier_loss_is_the_models_mean_over_the_accumulated_batch(num_labels):
+    """classifier_loss = transformers' own loss (MSE for STS-B's one label, else cross-entropy) times the micro-batch
+    share of the accumulated batch: two halves sum to the loss of the whole."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, num_labels)
+    labels = torch.randn(6) if num_labels == 1 else torch.randint(0, num_labels, (6,))
+    whole = (torch.nn.functional.mse_loss(logits.squeeze(-1), labels) if num_labels == 1
+             else torch.nn.functional.cross_entropy(logits, labels))
+    halves = [rt.classifier_loss({"logits": logits[i:i + 3]}, labels[i:i + 3], torch.tensor(6)) for i in (0, 3)]
+    assert torch.isclose(sum(halves), whole) and torch.isclose(rt.classifier_loss({"logits": logits}, labels), whole)
