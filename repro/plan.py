@@ -113,6 +113,12 @@ def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
     return out
 
 
+def row_seeds(table: DictConfig) -> dict[tuple[str, str, str], set[str]]:
+    """(model, method, variant) -> the seeds of a row that runs fewer seeds than the table (`seeds:` on the row)."""
+    return {(r.model, r.method, r.get("variant", "default")): {str(x) for x in r.seeds}
+            for r in table.rows if r.get("seeds") is not None}
+
+
 @dataclass
 class Expansion:
     kept: list[list[str]] = field(default_factory=list)
@@ -129,9 +135,19 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
     the reasons are counted."""
     table = cfg.table
     allowed = row_variants(table)
+    seeds_of = row_seeds(table)
     tasks = set(table.get("tasks") or [])
-    default = {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name}
+    default = {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name,
+               "seed": str(cfg.seed)}
     out = Expansion()
+
+    def keep(job: list[str], variant: str) -> None:
+        seeds = seeds_of.get((d["model"], d["method"], variant))
+        if seeds is not None and d["seed"] not in seeds:
+            out.dropped[f"{d['model']} x {d['method']} seed {d['seed']}: the row runs seeds {', '.join(sorted(seeds))}"] += 1
+        else:
+            out.kept.append(job)
+
     for job in jobs:
         d = {**default, **job_dict(job)}
         has_variant = any(_key(o)[0] == "variant" for o in job)
@@ -144,12 +160,12 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
             continue
         if has_variant:
             if d["variant"] in allowed[pair]:
-                out.kept.append(list(job))
+                keep(list(job), d["variant"])
             else:
                 out.dropped[f"{d['model']} x {d['method']} variant {d['variant']}: not a row (rows: {', '.join(allowed[pair])})"] += 1
             continue
         for variant in allowed[pair]:
-            out.kept.append(list(job) if variant == "default" else [*job, f"variant={variant}"])
+            keep(list(job) if variant == "default" else [*job, f"variant={variant}"], variant)
     return out
 
 

@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from repro import CONF_DIR
 
 ENCODERS = ("roberta", "bert", "deberta-v2")
-ARCHS = (*ENCODERS, "gpt2")
+DECODERS = ("gpt2", "llama")   # llama: SmolLM2's architecture (grouped-query attention, no biases, RMSNorm, gated MLP)
+ARCHS = (*ENCODERS, *DECODERS)
 
 
 def tiny(model_type: str, seed: int = 0, num_labels: int = 3) -> torch.nn.Module:
@@ -18,6 +19,11 @@ def tiny(model_type: str, seed: int = 0, num_labels: int = 3) -> torch.nn.Module
     if model_type == "gpt2":
         cfg = AutoConfig.for_model("gpt2", n_layer=3, n_embd=32, n_head=4, vocab_size=120, n_positions=64,
                                    bos_token_id=0, eos_token_id=0)
+        return AutoModelForCausalLM.from_config(cfg).eval()
+    if model_type == "llama":   # 4 query heads, 2 key/value heads: W_k, W_v are 32 -> 16
+        cfg = AutoConfig.for_model("llama", num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=64, vocab_size=120, max_position_embeddings=64, bos_token_id=0,
+                                   eos_token_id=0, pad_token_id=0, tie_word_embeddings=True)
         return AutoModelForCausalLM.from_config(cfg).eval()
     cfg = AutoConfig.for_model(model_type, num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
                                intermediate_size=64, vocab_size=120, num_labels=num_labels, pooler_hidden_size=32,
@@ -32,7 +38,7 @@ def method(name: str, **overrides):
 def batch(model_type: str, seed: int = 1, T: int = 9):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, 120, (2, T), generator=g)
-    if model_type == "gpt2":
+    if model_type in DECODERS:
         labels = ids.clone()
         labels[:, :4] = -100
         return {"input_ids": ids, "labels": labels}
