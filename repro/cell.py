@@ -48,10 +48,22 @@ def find_row(table: DictConfig, model: str, method: str, variant: str, default=_
     raise CellMismatch(f"model={model} method={method} variant={variant} is not a row of table {table.name}; its rows: {rows}")
 
 
+def check_method_fits_model(cfg: DictConfig) -> None:
+    """Refusals that the model config alone decides, before any table lookup or download: BitFit on a model whose
+    config declares no biases (Llama/SmolLM2). The method surgery refuses it too (repro.methods.finetune), with
+    the same words, for a model built outside the runner."""
+    arch = cfg.model.get("arch") or {}
+    if cfg.method.name == "bitfit" and cfg.model.get("model_type") == "llama" and \
+            arch.get("attention_bias", False) is False and arch.get("mlp_bias", False) is False:
+        raise CellMismatch(f"method=bitfit: model {cfg.model.name} has no bias parameters (Llama: attention_bias=False, "
+                           "mlp_bias=False); BitFit trains biases only")
+
+
 def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:
     """The cell's full config: table settings merged in, then the command line applied again on top, then checked
     against the schema (repro.schema; `check=False` only for the planner's estimates of cells that cannot run).
     Any bad value raises a ReproError with one line; nothing has been loaded or written yet."""
+    check_method_fits_model(cfg)
     try:
         resolved = _resolve(cfg, overrides)
     except OmegaConfBaseException as exc:   # e.g. a table layer with a key the config does not have
@@ -107,6 +119,8 @@ def _resolve(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                       (stand_in.get("methods") or {}).get(cfg.method.name) or {}]
     if "config_overrides" in cfg.model:   # open: tables set per-task model settings (DeBERTa's cls_dropout, Table 10)
         OmegaConf.set_struct(cfg.model.config_overrides, False)
+    if "decode" in cfg:   # open for the optional keys (decode.pad_batches), which the schema checks
+        OmegaConf.set_struct(cfg.decode, False)
     cfg = OmegaConf.merge(cfg, *layers)
     with open_dict(cfg):
         for key, value in cli_value_overrides(overrides):

@@ -19,8 +19,18 @@ gpt2_beam.py, as re-implemented here:
 beam's final score is at most its current score over the largest length-penalty denominator still possible): the
 output is the same as running all `max_new_tokens` steps (tested), only faster.
 
-Batching: prompts are grouped by token length, so a batch needs no padding and every input's result equals its
-batch-size-1 result (tested).
+Batching: by default prompts are grouped by token length, so a batch needs no padding and every input's result equals
+its batch-size-1 result (tested). With `pad_batches`, prompts of different lengths share a batch: sorted by length,
+left-padded, the padding masked by the attention mask and every row given its own position ids (0 at its first real
+token), so a batch is always full (WebNLG's inputs spread over many lengths); the outputs equal the one-by-one outputs
+(tested on tiny GPT-2 and Llama models; padding changes the shapes of the matrix products, so scores can differ in
+the last bits of a float).
+
+End tokens by tokenizer: gpt2_beam.py's 50256 and 628 are GPT-2's `<|endoftext|>` and its single "\n\n" token; for
+another tokenizer, `end_token_ids(tokenizer)` gives its own eos and "\n\n" tokens (SmolLM2: `<|im_end|>` = 2 and
+1116), and `resolve_end_token_ids` maps the task configs' GPT-2 pair to them. A blank line written as two "\n"
+tokens (or as a longer whitespace token) does not end a beam, exactly as in the paper's GPT-2 setup; `clean_output`
+cuts the text at the first blank line either way.
 """
 
 from __future__ import annotations
@@ -35,6 +45,31 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 EOS_IDS = (50256, 628)   # <|endoftext|>, "\n\n"
+EOS_TEXT = "<|endoftext|>"
+
+
+def end_token_ids(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's own end tokens in gpt2_beam.py's sense: its eos token and its single "\n\n" token, when it
+    has one (GPT-2: 50256, 628; SmolLM2: 2, 1116)."""
+    blank = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    return (int(tokenizer.eos_token_id),) + ((int(blank[0]),) if len(blank) == 1 else ())
+
+
+def resolve_end_token_ids(configured, tokenizer) -> tuple[int, ...]:
+    """The ids that end a beam for this tokenizer. The task configs write gpt2_beam.py's [50256, 628]; for a
+    tokenizer whose own pair differs they mean its own pair (end_token_ids). Other ids are taken as given, and
+    must exist in the vocabulary."""
+    from repro.errors import CellMismatch
+
+    configured = tuple(int(i) for i in configured)
+    own = end_token_ids(tokenizer)
+    if configured == EOS_IDS and own != EOS_IDS:
+        return own
+    bad = [i for i in configured if not 0 <= i < len(tokenizer)]
+    if bad or not configured:
+        raise CellMismatch(f"decode.eos_token_ids={list(configured)}: {bad or 'none'} not in the tokenizer's vocabulary "
+                           f"of {len(tokenizer)}; its own end tokens (eos, \"\\n\\n\") are {list(own)}")
+    return configured
 
 
 @dataclass
@@ -46,6 +81,7 @@ class BeamSettings:
     max_new_tokens: int = 64
     batch_size: int = 8
     early_stop: bool = True
+    pad_batches: bool = False   # left-pad prompts of different lengths into full batches (else: equal-length groups)
 
 
 def banned_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
@@ -63,11 +99,17 @@ def banned_tokens(history: torch.Tensor, n: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings) -> list[list[int]]:
-    """Beam search for B prompts of the same length (B x L tensor); returns each input's best generated tokens."""
+def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings, mask: torch.Tensor | None = None) -> list[list[int]]:
+    """Beam search for B prompts (B x L tensor; left-padded when `mask`, the B x L attention mask, is given: then each
+    row's positions start at its first real token); returns each input's best generated tokens."""
     B, K = prompts.shape[0], s.num_beams
     eos = set(s.eos_token_ids)
-    out = model(input_ids=prompts, attention_mask=torch.ones_like(prompts), use_cache=True)
+    if mask is None:
+        out = model(input_ids=prompts, attention_mask=torch.ones_like(prompts), use_cache=True)
+    else:
+        out = model(input_ids=prompts, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+        mask = mask.repeat_interleave(K, dim=0)                   # (B K) x L, each input's mask for its K beams
+        next_pos = mask.sum(-1, keepdim=True)                     # the position of the first generated token
     past = out.past_key_values
     logits = out.logits[:, -1, :].float()
     past.batch_repeat_interleave(K)
@@ -94,8 +136,13 @@ def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings) -> list[list[int]
             flat[row] = -float("inf")
 
     for i in range(s.max_new_tokens):
-        if i > 0:
+        if i > 0 and mask is not None:   # beams are reordered within an input: its mask and positions stay valid
+            mask = torch.cat([mask, mask.new_ones(B * K, 1)], dim=1)
+            out = model(input_ids=token_id, attention_mask=mask, position_ids=next_pos + (i - 1), past_key_values=past,
+                        use_cache=True)
+        elif i > 0:
             out = model(input_ids=token_id, past_key_values=past, use_cache=True)
+        if i > 0:
             past = out.past_key_values
             logits = out.logits[:, -1, :].float()
             for row, banned in enumerate(banned_tokens(history, s.no_repeat_ngram_size)):
@@ -135,16 +182,23 @@ def beam_search(model, prompts: list[list[int]], settings: BeamSettings | None =
     results: dict[int, list[int]] = {}
     groups, cur = [], []
     for i in order:
-        if cur and (len(prompts[cur[0]]) != len(prompts[i]) or len(cur) >= s.batch_size):
+        if cur and ((not s.pad_batches and len(prompts[cur[0]]) != len(prompts[i])) or len(cur) >= s.batch_size):
             groups.append(cur)
             cur = []
         cur.append(i)
     if cur:
         groups.append(cur)
     start, done = time.time(), 0
+    pad = 0
     for group in groups:
-        batch = torch.tensor([prompts[i] for i in group], dtype=torch.long, device=device)
-        for i, seq in zip(group, _beam_batch(model, batch, s)):
+        width = max(len(prompts[i]) for i in group)
+        if all(len(prompts[i]) == width for i in group):
+            batch, mask = torch.tensor([prompts[i] for i in group], dtype=torch.long, device=device), None
+        else:   # left padding; the pad id is never looked at (masked), any id in the vocabulary does
+            batch = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in group], dtype=torch.long, device=device)
+            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in group], dtype=torch.long,
+                                device=device)
+        for i, seq in zip(group, _beam_batch(model, batch, s, mask)):
             results[i] = seq
         done += len(group)
         if progress_every and (done // progress_every) != ((done - len(group)) // progress_every):
@@ -155,9 +209,10 @@ def beam_search(model, prompts: list[list[int]], settings: BeamSettings | None =
 # ------------------------------------------------------------------ gpt2_decode.py post-processing
 
 
-def clean_output(text: str) -> str:
-    """Cut at the first <|endoftext|>, then at the first blank line, and strip (gpt2_decode.py)."""
-    return text.split("<|endoftext|>")[0].split("\n\n")[0].strip()
+def clean_output(text: str, eos_text: str = EOS_TEXT) -> str:
+    """Cut at the first end token (GPT-2's <|endoftext|>; SmolLM2's <|im_end|>), then at the first blank line, and
+    strip (gpt2_decode.py)."""
+    return text.split(eos_text)[0].split("\n\n")[0].strip()
 
 
 def decode_tokens(tokenizer, ids: list[int]) -> str:

@@ -26,7 +26,8 @@ from transformers import DataCollatorForSeq2Seq
 from repro import dist, records
 from repro.data.glue import subsample
 from repro.data.nlg import HOW_TO_GET, encode_split, load_examples, prompt_ids
-from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens, group_references
+from repro.decode import (EOS_TEXT, BeamSettings, beam_search, clean_output, decode_tokens, group_references,
+                          resolve_end_token_ids)
 from repro.errors import CellMismatch, DataFileMissing
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
@@ -39,6 +40,7 @@ def load_nlg_data(cfg: DictConfig, tokenizer) -> dict:
     """{"train": Dataset, "dev": Dataset, "test": [{context, prompt, references[, seen]}] (unique inputs)}."""
     task, data_dir = cfg.task, cfg.paths.data_dir
     max_len = cfg.data.max_seq_length
+    resolve_end_token_ids(cfg.decode.eos_token_ids, tokenizer)   # end tokens that do not fit the tokenizer: refused now
     out = {}
     train = _load_examples(task, "train", data_dir)
     if cfg.data.max_train_samples:
@@ -181,11 +183,13 @@ class CompletionTrainer(ReproTrainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
-def beam_settings(cfg: DictConfig) -> BeamSettings:
+def beam_settings(cfg: DictConfig, tokenizer=None) -> BeamSettings:
+    """The decode settings; the end tokens in the tokenizer's ids (the task configs write GPT-2's 50256, 628)."""
     d = cfg.decode
+    eos = resolve_end_token_ids(d.eos_token_ids, tokenizer) if tokenizer is not None else tuple(d.eos_token_ids)
     return BeamSettings(num_beams=d.num_beams, length_penalty=d.length_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
-                        eos_token_ids=tuple(d.eos_token_ids), max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
-                        early_stop=d.get("early_stop", True))
+                        eos_token_ids=eos, max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
+                        early_stop=d.get("early_stop", True), pad_batches=bool(d.get("pad_batches", False)))
 
 
 def score_outputs(task: DictConfig, hyps: list[str], refs: list[list[str]], seen: list[bool] | None = None) -> dict:
@@ -216,7 +220,7 @@ def write_outputs(base: Path, hyps: list[str], refs: list[list[str]], seen: list
 
 
 def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
-    settings = beam_settings(cfg)
+    settings = beam_settings(cfg, tokenizer)
     start = time.time()
     mine = dist.shard(test)   # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
     outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
@@ -226,13 +230,15 @@ def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tup
     if not dist.is_main():
         return {}, {"inputs": len(test), "decode_s": round(decode_s, 1)}
     pp = cfg.task.postprocess
-    hyps = [decode_postprocess(clean_output(decode_tokens(tokenizer, ids)), pp.tokenize, pp.lower) for ids in outputs]
+    eos_text = tokenizer.eos_token or EOS_TEXT
+    hyps = [decode_postprocess(clean_output(decode_tokens(tokenizer, ids), eos_text), pp.tokenize, pp.lower) for ids in outputs]
     refs = [[decode_postprocess(r, pp.tokenize, pp.lower) for r in e["references"]] for e in test]
     seen = [bool(e["seen"]) for e in test] if cfg.task.name == "webnlg" else None
     files = write_outputs(records.record_path(cfg).with_suffix(""), hyps, refs, seen)
     start = time.time()
     metrics = score_outputs(cfg.task, hyps, refs, seen) if test else {}
-    info = {"settings": OmegaConf.to_container(cfg.decode, resolve=True), "inputs": len(test),
+    info = {"settings": OmegaConf.to_container(cfg.decode, resolve=True), "end_token_ids": list(settings.eos_token_ids),
+            "inputs": len(test),
             "decode_s": round(decode_s, 1), "score_s": round(time.time() - start, 1), "files": files,
             "empty_hypotheses": sum(1 for h in hyps if not h)}
     return metrics, info

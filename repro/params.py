@@ -12,6 +12,11 @@ Paper label -> our method config:
   bottleneck r (Table 9); AdptD, AdapterL, AdapterH (GPT-2) and PreLayer: the paper gives no r / l_p for these rows,
   so r (or l_p, with l_i = 0) is the integer whose formula value is closest to the printed count (stated per row).
 Where the printed count disagrees with the formula (beyond its rounding), the row says so; counts are never bent.
+
+Stand-in rows (table `e2e_cpu`, no paper figure): SmolLM2-135M (a Llama) under each method of conf/table/e2e_cpu.yaml,
+with the formula written for its architecture. Grouped-query attention makes W_k, W_v d -> d_kv (576 -> 192), so
+LoRA on W_q, W_v is L·r·((d + d) + (d + d_kv)), not 2·L̂·d·r; its block norms are RMSNorms (a weight of d, no bias),
+so AdapterH's trained norms add L̂_LN·d, not 2·L̂_LN·d; it has no bias at all, so BitFit is refused.
 """
 
 from __future__ import annotations
@@ -203,6 +208,65 @@ def variant_rows() -> list[dict]:
     return out
 
 
+# SmolLM2-135M under the methods of conf/table/e2e_cpu.yaml (sizes: the paper's GPT-2 M rows, see that table)
+STAND_IN_ROWS = [("FT", "ft", {}), ("FTTop2", "fttop2", {}), ("AdapterL", "adapter_l", {"r": 6}),
+                 ("AdapterH", "adapter_h", {"r": 111}), ("PreEmbed", "prefix_embed", {"l_p": 10, "l_i": 0}),
+                 ("PreLayer", "prefix_layer", {"l_p": 10, "l_i": 0}),
+                 ("LoRA", "lora", {"r": 4, "alpha": 32, "targets": ["q", "v"]}), ("BitFit", "bitfit", {})]
+
+
+def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]:
+    """|Θ| of `method` on a Llama from its config alone (no model built)."""
+    a = model_cfg(model).arch
+    L, d, ff, V = a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.vocab_size
+    d_kv = a.num_key_value_heads * a.get("head_dim", d // a.num_attention_heads)
+    block = 2 * d * d + 2 * d * d_kv + 3 * d * ff + 2 * d     # q, o; k, v; gate, up, down; two RMSNorm weights
+    if method == "ft":
+        return f"V·d + L·block + d = {V}·{d} + {L}·{block} + {d} (LM head tied to the embedding)", V * d + L * block + d
+    if method == "fttop2":
+        return (f"2·block = 2·(2·d·d + 2·d·d_kv + 3·d·d_ff + 2·d) = 2·(2·{d}·{d} + 2·{d}·{d_kv} + 3·{d}·{ff} + 2·{d})",
+                2 * block)
+    if method == "lora":
+        r = over["r"]
+        return (f"L·r·((d+d) + (d+d_kv)) = {L}·{r}·(({d}+{d}) + ({d}+{d_kv}))  [not 2·L̂·d·r = {2 * 2 * L * d * r:,}: "
+                f"W_v is {d} -> {d_kv}]", L * r * ((d + d) + (d + d_kv)))
+    if method == "adapter_l":
+        r = over["r"]
+        return f"L·(2·d·r+r+d) + 2·L·d = {L}·(2·{d}·{r}+{r}+{d}) + 2·{L}·{d}  (own LayerNorm)", L * (2 * d * r + r + d) + 2 * L * d
+    if method == "adapter_h":
+        r = over["r"]
+        return (f"2L·(2·d·r+r+d) + 2L·d = {2 * L}·(2·{d}·{r}+{r}+{d}) + {2 * L}·{d}  (RMSNorm: weight only)",
+                2 * L * (2 * d * r + r + d) + 2 * L * d)
+    if method == "prefix_layer":
+        n = over["l_p"] + over["l_i"]
+        return f"L·d·(l_p+l_i) = {L}·{d}·({over['l_p']}+{over['l_i']})", L * d * n
+    if method == "prefix_embed":
+        n = over["l_p"] + over["l_i"]
+        return f"d·(l_p+l_i) = {d}·({over['l_p']}+{over['l_i']})", d * n
+    if method == "bitfit":
+        return "Σ sizes of bias vectors = 0 (attention_bias=False, mlp_bias=False, RMSNorm)", None
+    raise KeyError(method)
+
+
+def stand_in_rows(model: str = "smollm2-135m") -> list[dict]:
+    from repro.errors import ReproError
+
+    out = []
+    for label, method, over in STAND_IN_ROWS:
+        formula, fval = llama_formula(model, method, over)
+        try:
+            ours, note = count(model, method, **over), ""
+        except ReproError as exc:   # BitFit on a model without biases
+            ours, note = None, f"refused: {exc}"
+        if fval is not None and ours != fval:
+            note = f"ours != formula ({ours:,} vs {fval:,})"
+        config = method + "".join(f" {k}={v}" for k, v in over.items() if k not in ("targets", "alpha")) + \
+            (" (q,v)" if method == "lora" else "")
+        out.append({"table": "e2e_cpu", "model": model, "method": label, "config": config, "ours": ours, "paper": "-",
+                    "formula": formula, "formula_value": fval, "paper_matches_formula": None, "note": note})
+    return out
+
+
 def all_rows() -> list[dict]:
     out, precise = [], {}
     for row in OmegaConf.to_container(OmegaConf.load(PAPER_DIR / TABLES["table3"]), resolve=True)["rows"]:
@@ -211,7 +275,7 @@ def all_rows() -> list[dict]:
         doc = OmegaConf.to_container(OmegaConf.load(PAPER_DIR / fname), resolve=True)
         for row in doc["rows"]:
             out.append({"table": table, **row_count(row, precise)})
-    return out
+    return out + stand_in_rows()
 
 
 def fmt_text(rows: list[dict]) -> str:
@@ -220,7 +284,8 @@ def fmt_text(rows: list[dict]) -> str:
     for r in rows:
         fv = f"{r['formula_value']:,}" if r["formula_value"] is not None else "-"
         ag = {True: "yes", False: "NO", None: "-"}[r["paper_matches_formula"]]
-        lines.append(f"{r['table']:<8} {r['model']:<19} {r['method']:<10} {r['config']:<22} {r['ours']:>13,} "
+        ours = f"{r['ours']:,}" if r["ours"] is not None else "-"
+        lines.append(f"{r['table']:<8} {r['model']:<19} {r['method']:<10} {r['config']:<22} {ours:>13} "
                      f"{r['paper']:>8} {fv:>14}  {ag:<6}  {r['note']}")
     return "\n".join(lines)
 

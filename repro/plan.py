@@ -41,8 +41,8 @@ conf/hydra/launcher/slurm.yaml's `constraint` names (volta32gb, the paper's V100
 A cell fits when peak <= 90% of the GPU's memory (the margin: allocator fragmentation and caching). Each
 conf/model/*.yaml sets max_per_device_batch_size and gradient_checkpointing so that every paper cell fits.
 
-Scratch disk per job (`disk_estimate`): a Trainer checkpoint holds the whole model's weights (the Trainer saves
-model.state_dict(), all P parameters in fp32, also for a frozen backbone) + Adam's two moments for P_t (8 B each) +
+Scratch disk per job (`disk_estimate`): a Trainer checkpoint holds the trainable tensors (repro.train.ReproTrainer
+saves a frozen backbone's trainable tensors only; FT's are all P) in fp32 + Adam's two moments for them: 12 B x P_t, +
 scheduler/RNG/state files (~0); save_total_limit keeps one, but the best and the last may coexist: 2 checkpoints
 per running job, deleted when the cell ends (unless train.keep_checkpoints). The final weights file holds the
 trainable tensors only (repro.methods.checkpoint.save_trainable, 4 B x P_t) and stays.
@@ -116,6 +116,12 @@ def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
     return out
 
 
+def row_seeds(table: DictConfig) -> dict[tuple[str, str, str], set[str]]:
+    """(model, method, variant) -> the seeds of a row that runs fewer seeds than the table (`seeds:` on the row)."""
+    return {(r.model, r.method, r.get("variant", "default")): {str(x) for x in r.seeds}
+            for r in table.rows if r.get("seeds") is not None}
+
+
 @dataclass
 class Expansion:
     kept: list[list[str]] = field(default_factory=list)
@@ -132,9 +138,19 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
     the reasons are counted."""
     table = cfg.table
     allowed = row_variants(table)
+    seeds_of = row_seeds(table)
     tasks = set(table.get("tasks") or [])
-    default = {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name}
+    default = {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name,
+               "seed": str(cfg.seed)}
     out = Expansion()
+
+    def keep(job: list[str], variant: str) -> None:
+        seeds = seeds_of.get((d["model"], d["method"], variant))
+        if seeds is not None and d["seed"] not in seeds:
+            out.dropped[f"{d['model']} x {d['method']} seed {d['seed']}: the row runs seeds {', '.join(sorted(seeds))}"] += 1
+        else:
+            out.kept.append(job)
+
     for job in jobs:
         d = {**default, **job_dict(job)}
         has_variant = any(_key(o)[0] == "variant" for o in job)
@@ -147,12 +163,12 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
             continue
         if has_variant:
             if d["variant"] in allowed[pair]:
-                out.kept.append(list(job))
+                keep(list(job), d["variant"])
             else:
                 out.dropped[f"{d['model']} x {d['method']} variant {d['variant']}: not a row (rows: {', '.join(allowed[pair])})"] += 1
             continue
         for variant in allowed[pair]:
-            out.kept.append(list(job) if variant == "default" else [*job, f"variant={variant}"])
+            keep(list(job) if variant == "default" else [*job, f"variant={variant}"], variant)
     return out
 
 
@@ -295,8 +311,8 @@ def memory_estimate(cfg: DictConfig) -> dict:
 
 def disk_estimate(cfg: DictConfig, checkpoints: int = 2) -> dict:
     """Scratch disk of one job, in bytes: `checkpoints` Trainer checkpoints while it runs + its final weights file."""
-    p, pt = param_counts(cfg)
-    ckpt = 4 * p + 8 * pt
+    _, pt = param_counts(cfg)
+    ckpt = 12 * pt   # trainable weights (4 B) + Adam's two moments (8 B): ReproTrainer._save
     final = 4 * pt
     return {"ckpt_bytes": ckpt, "final_bytes": final, "disk_bytes": checkpoints * ckpt + final}
 

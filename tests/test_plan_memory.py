@@ -65,13 +65,14 @@ def test_memory_and_disk_formulas(hydra_ctx):
     assert mem["per_device_batch"] == b and not mem["checkpointing"]
     assert mem["mem_bytes"] == 16 * p + act + (1 << 30)
     disk = plan.disk_estimate(cfg)
-    assert disk["ckpt_bytes"] == 4 * p + 8 * pt and disk["final_bytes"] == 4 * pt
+    assert disk["ckpt_bytes"] == 12 * pt and disk["final_bytes"] == 4 * pt
     assert disk["disk_bytes"] == 2 * disk["ckpt_bytes"] + disk["final_bytes"]
 
     lora = cell(["+table=glue", "model=roberta-base", "method=lora", "task=rte"])
     p2, pt2 = plan.param_counts(lora)
     assert p < p2 < 1.01 * p and pt2 < p / 100                   # frozen backbone + LoRA; trained: LoRA + head only
     assert plan.disk_estimate(lora)["final_bytes"] == 4 * pt2
+    assert plan.disk_estimate(lora)["ckpt_bytes"] == 12 * pt2   # adapters-only Trainer checkpoints (ReproTrainer._save)
 
 
 def test_gpu_of_the_slurm_config():

@@ -91,6 +91,19 @@ def test_diverged_cell_is_recorded_as_failed(compose_config, data_dir):
     assert json.loads(record_path(cell(compose_config, overrides)).read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize("table", ["+table=e2e_cpu", None])
+def test_cli_bitfit_on_smollm2_refused_in_one_line(tmp_path, data_dir, table):
+    """SmolLM2 (Llama) has no biases: BitFit is refused before any model is loaded, in one line, exit 2, nothing written."""
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    args = [a for a in (table, "model=smollm2-135m", "method=bitfit", "task=e2e") if a]
+    proc = subprocess.run([sys.executable, "-m", "repro.run", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: method=bitfit: model smollm2-135m has no bias parameters (Llama: attention_bias=False, "
+                      "mlp_bias=False); BitFit trains biases only"], proc.stderr
+    assert written_outside_logs(tmp_path) == []
+
+
 def test_a_set_up_error_that_is_not_a_repro_error_is_bad_input_in_one_line(compose_config, data_dir, tmp_path, monkeypatch):
     """The boundary: before the cell's lock every error is bad input (ReproError, exit 2, nothing written), also one
     that a library raised on a malformed input (here a KeyError from the data loader)."""

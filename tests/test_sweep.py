@@ -212,6 +212,30 @@ def test_sweep_launches_dependents_after_their_mnli_cell(hydra_ctx, tmp_path, ca
     assert "table sweeper: 10 jobs: 1 failed, 3 not run (init_from source not ok), 6 ok" in out
 
 
+def test_cpu_nlg_tables_run_the_rows_seeds(hydra_ctx, tmp_path):
+    """e2e_cpu: six methods at seed 0, FT and LoRA also at seed 1 (a row's `seeds:`); webnlg_cpu: FT and LoRA."""
+    sweeper = sweeper_for(["+table=e2e_cpu"], tmp_path)
+    got = cells(sweeper.expand([]))
+    assert got == {("smollm2-135m", m, "default", "e2e", s) for m in ("ft", "fttop2", "adapter_l", "adapter_h",
+                                                                        "prefix_layer", "lora") for s in ("0",)} | \
+        {("smollm2-135m", m, "default", "e2e", "1") for m in ("ft", "lora")}
+    assert sweeper.expansion.n_dropped == 4
+    assert any("seed 1: the row runs seeds 0" in reason for reason in sweeper.expansion.dropped)
+    sweeper = sweeper_for(["+table=webnlg_cpu"], tmp_path)
+    assert cells(sweeper.expand([])) == {("smollm2-135m", m, "default", "webnlg", "0") for m in ("ft", "lora")}
+
+
+def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
+    from repro.cell import resolve_cell
+
+    args = ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e"]
+    cfg = resolve_cell(compose(config_name="config", overrides=[*args, f"paths.results_dir={tmp_path}"]), args)
+    assert (cfg.method.r, cfg.method.alpha, cfg.method.dropout, list(cfg.method.targets)) == (4, 32, 0.1, ["q", "v"])
+    assert cfg.train.learning_rate == 2e-4 and cfg.train.label_smoothing == 0.1 and cfg.train.global_batch_size == 8
+    assert cfg.decode.num_beams == 10 and cfg.decode.pad_batches is True and cfg.decode.max_inputs is None
+    assert list(cfg.decode.eos_token_ids) == [50256, 628]   # GPT-2's pair: the decoder maps it to SmolLM2's (2, 1116)
+
+
 def test_planner_does_not_import_the_runner(tmp_path):
     """The runner stands above the planner: repro.run imports repro.plan (a cell's dry run), never the reverse,
     neither on import nor in `python -m repro.plan` (run here with repro.run made unimportable)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -11,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 from transformers import Trainer
 
 import repro.train as rt
+from repro import PROJECT_ROOT
 from repro.cell import resolve_cell
 from repro.data.nlg import encode_example
 from repro.errors import ReproError
@@ -190,3 +194,27 @@ def test_classifier_loss_is_the_models_mean_over_the_accumulated_batch(num_label
              else torch.nn.functional.cross_entropy(logits, labels))
     halves = [rt.classifier_loss({"logits": logits[i:i + 3]}, labels[i:i + 3], torch.tensor(6)) for i in (0, 3)]
     assert torch.isclose(sum(halves), whole) and torch.isclose(rt.classifier_loss({"logits": logits}, labels), whole)
+
+
+@pytest.mark.parametrize("method,adapters_only", [("lora", True), ("ft", False)])
+def test_trainer_checkpoints_hold_the_trainable_tensors_only(tmp_path, data_dir, method, adapters_only):
+    """Issue 16 item 9: a LoRA cell's Trainer checkpoint holds LoRA's A, B and the task head, not the frozen backbone;
+    FT's holds every weight. The cell resumes from and selects its best epoch through such checkpoints (the killed-cell
+    test in tests/test_records_cells.py resumes a LoRA cell from one)."""
+    from safetensors import safe_open
+
+    env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    cmd = [sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", f"method={method}", "task=rte",
+           "train.max_steps=6", "train.eval_strategy=steps", "train.eval_steps=3", "train.global_batch_size=4",
+           "data.max_train_samples=32", "data.max_eval_samples=8", "train.keep_checkpoints=true"]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    ckpts = sorted((tmp_path / f"results/glue/tiny-roberta/{method}/rte/checkpoints/seed0").glob("checkpoint-*/model.safetensors"))
+    assert ckpts
+    with safe_open(str(ckpts[-1]), "pt") as f:
+        keys = set(f.keys())
+    backbone = {k for k in keys if "lora_" not in k and "classifier" not in k}
+    if adapters_only:
+        assert keys and not backbone and any("lora_A" in k for k in keys) and any("classifier" in k for k in keys), sorted(keys)
+    else:
+        assert any("encoder.layer.0.attention.self.query.weight" in k for k in backbone), sorted(keys)[:10]

@@ -1,4 +1,4 @@
-"""python -m repro.bench <latency|train|storage|all> [--quick] [--device cpu|cuda] [--grid 16x256,1x128] ..."""
+"""python -m repro.bench <latency|train|storage|decode|all> [--quick] [--device cpu|cuda] [--grid 16x256,1x128] ..."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-rounds", type=int, default=2)
     p.add_argument("--max-rounds", type=int, default=100)
     # train / storage
-    p.add_argument("--models", default=None, help="train/storage: comma-separated model names (roberta-base,gpt2-medium)")
+    p.add_argument("--models", default=None, help="train/storage: comma-separated model names (roberta-base,gpt2-medium); decode: the model")
     p.add_argument("--methods", default=None, help="train/storage: comma-separated methods (default: all registered)")
     p.add_argument("--batch", type=int, default=None, help="train: batch size (8)")
     p.add_argument("--seq", type=int, default=None, help="train: sequence length (128)")

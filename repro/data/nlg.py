@@ -9,7 +9,10 @@
   categories of the WebNLG 2017 challenge (the script's list).
 - DART (format_converting_dart.py): context as WebNLG with the property lowercased; one example per annotation.
 - Encoding: context ids + [50256], then ids of ' ' + completion + [50256]; the loss is on the completion only
-  (data_utils.FT_Dataset's mask: labels are -100 on the context and its separator).
+  (data_utils.FT_Dataset's mask: labels are -100 on the context and its separator). 50256 is GPT-2's end token
+  `<|endoftext|>`, used as separator and end; another tokenizer's own end token takes its place
+  (SmolLM2: `<|im_end|>` = 2; `end_token`). Its pad token may equal the end token (SmolLM2: pad = eos = 2): padding
+  is masked by attention_mask (and labels -100), never recognised by its id.
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ from repro.errors import DataFileInvalid, DataFileMissing
 from repro.metrics.nlg import SEEN_CATEGORIES_2017
 
 log = logging.getLogger(__name__)
-EOS = 50256
+EOS = 50256   # GPT-2's <|endoftext|>
+
+
+def end_token(tokenizer) -> int:
+    """The separator and end token of the paper's format in this tokenizer: its eos token (GPT-2: 50256)."""
+    if tokenizer.eos_token_id is None:
+        from repro.errors import CellMismatch
+
+        raise CellMismatch(f"the tokenizer {type(tokenizer).__name__} has no end (eos) token; the NLG format needs one")
+    return int(tokenizer.eos_token_id)
 
 HOW_TO_GET = {
     "e2e": "The paper's files are microsoft/LoRA examples/NLG/data/e2e/{train,valid,test}.txt (../shared/data/e2e has all three).",
@@ -190,8 +202,9 @@ def encode_ids(tokenizer, text: str) -> list[int]:
 
 def encode_example(tokenizer, context: str, completion: str, max_length: int) -> dict:
     """input_ids = context + [eos] + (' ' + completion) + [eos], cut at max_length; labels -100 on the context."""
-    ctx = encode_ids(tokenizer, context) + [EOS]
-    comp = encode_ids(tokenizer, " " + completion) + [EOS]
+    eos = end_token(tokenizer)
+    ctx = encode_ids(tokenizer, context) + [eos]
+    comp = encode_ids(tokenizer, " " + completion) + [eos]
     ids = (ctx + comp)[:max_length]
     labels = ([-100] * len(ctx) + comp)[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
@@ -199,12 +212,13 @@ def encode_example(tokenizer, context: str, completion: str, max_length: int) ->
 
 def prompt_ids(tokenizer, context: str, max_length: int) -> list[int]:
     """The decoding query: context + [eos], keeping its last `max_length` tokens (FT_Dataset's query, direct=-1)."""
-    ids = encode_ids(tokenizer, context) + [EOS]
+    ids = encode_ids(tokenizer, context) + [end_token(tokenizer)]
     return ids[-max_length:] if max_length > 0 else ids
 
 
 def encode_split(examples: list[dict], tokenizer, max_length: int, desc: str) -> datasets.Dataset:
     ds = datasets.Dataset.from_dict({"context": [e["context"] for e in examples],
                                      "completion": [e["completion"] for e in examples]})
+    end_token(tokenizer)   # a tokenizer without an end token is refused here, not inside datasets' map
     return ds.map(lambda r: encode_example(tokenizer, r["context"], r["completion"], max_length),
                   remove_columns=["context", "completion"], desc=desc)

@@ -1,5 +1,5 @@
-"""Prefix tuning baselines (Section 5.1, after Li & Liang 2021), for decoders (GPT-2; the paper uses them on
-GPT-2 and GPT-3 only).
+"""Prefix tuning baselines (Section 5.1, after Li & Liang 2021), for decoders (GPT-2, Llama/SmolLM2; the paper uses
+them on GPT-2 and GPT-3 only).
 
 l_p special tokens are put before the prompt ("prefixing") and l_i after it ("infixing"), i.e. right before the
 first supervised token: [P_1..P_lp] context [I_1..I_li] completion. The special tokens are not in the vocabulary:
@@ -17,6 +17,10 @@ The returned logits keep the extra positions (the last position still predicts t
 Where the context ends: the first position whose label is not -100 in training, the end of the input when there
 are no labels (generation: the whole input is the prompt, left-padded).
 Initialisation: activations/embeddings of random real vocabulary tokens (Li & Liang: real-word init is more stable).
+
+The keys and values of the special positions are computed by each block's own W_k, W_v from the trained activations,
+so they always have the model's key/value shape: on Llama with grouped-query attention (SmolLM2-135M: 3 key/value
+heads of 64 for 9 query heads) each layer's cache holds (batch, n_kv_heads, l_p + l_i + T, head_dim) (tested).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from torch import nn
 from repro.errors import CellMismatch
 from repro.methods.common import mark_trainable
 from repro.methods.targets import blocks
+
+DECODERS = ("gpt2", "llama")
 
 
 class PrefixTuning(nn.Module):
@@ -50,10 +56,10 @@ class PrefixTuning(nn.Module):
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, lm.config.vocab_size, (1, self.n), generator=g).to(lm.device)
         if self.mode == "embed":
-            self.embedding.copy_(lm.transformer.wte(ids)[0])
+            self.embedding.copy_(lm.get_input_embeddings()(ids)[0])
             return
         self.slots = None
-        out = lm.transformer(input_ids=ids, output_hidden_states=True, use_cache=False)
+        out = lm.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
         for i in range(self.activations.shape[0]):   # hidden_states[i] enters block i
             self.activations[i].copy_(out.hidden_states[i][0])
 
@@ -64,7 +70,7 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
     if args:
         kwargs["input_ids"] = args[0]
     ids, embeds = kwargs.pop("input_ids", None), kwargs.get("inputs_embeds")
-    embeds = lm.transformer.wte(ids) if embeds is None else embeds
+    embeds = lm.get_input_embeddings()(ids) if embeds is None else embeds
     B, T, _ = embeds.shape
     past = kwargs.get("past_key_values")
     mask = kwargs.get("attention_mask")
@@ -123,12 +129,13 @@ def apply_prefix(model: nn.Module, cfg: DictConfig) -> nn.Module:
     mode = cfg.get("mode") or {"prefix_embed": "embed", "prefix_layer": "layer"}.get(cfg.name)
     if mode not in ("embed", "layer"):
         raise CellMismatch(f"method.mode={mode!r}; allowed: embed (PreEmbed), layer (PreLayer)")
-    if model.config.model_type != "gpt2" or not hasattr(model, "transformer"):
+    if model.config.model_type not in DECODERS or not hasattr(model, "lm_head"):
         raise CellMismatch(
-            f"method={cfg.name} (prefix tuning) is implemented for decoders (GPT-2 causal LMs), as the paper uses it "
-            f"(GPT-2 Tables 3/13/14, GPT-3 Table 4); got {type(model).__name__}. For encoders use lora, adapter_*, bitfit or ft.")
-    L, d = len(blocks(model)), model.config.n_embd
-    pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like=model.transformer.wte.weight)
+            f"method={cfg.name} (prefix tuning) is implemented for decoders (GPT-2 and Llama causal LMs), as the paper "
+            f"uses it (GPT-2 Tables 3/13/14, GPT-3 Table 4); got {type(model).__name__}. For encoders use lora, adapter_*, "
+            "bitfit or ft.")
+    L, d = len(blocks(model)), model.config.hidden_size
+    pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like=model.get_input_embeddings().weight)
     model.prefix_tuning = pt
     mark_trainable(model, lambda name: name.startswith("prefix_tuning."))
     if next(pt.parameters()).device.type != "meta":

@@ -4,7 +4,9 @@ MLP's two matrices), and the block-level places adapters hook into.
 Targets are named in the paper's words: q, k, v, o (attention) and mlp_in, mlp_out (the MLP, ablations only);
 Llama's gated MLP has a third matrix, mlp_gate (gate_proj; up_proj is mlp_in, down_proj mlp_out).
 GPT-2 fuses W_q, W_k, W_v into one `attn.c_attn` Conv1D (weight stored (d_in, 3 d_model)); q, k, v name its
-three column blocks, in that order.
+three column blocks, in that order. Llama (SmolLM2) has separate bias-free nn.Linear projections, with grouped-query
+attention: W_k and W_v map d_model to n_kv_heads x head_dim (SmolLM2-135M: 576 -> 192), not d_model -> d_model;
+its MLP is gated (gate_proj and up_proj in, down_proj out): mlp_in names up_proj, mlp_gate gate_proj.
 
 `targets: all_linear` (QLoRA's choice, Dettmers et al. 2023, Sec. 4: "LoRA on all linear transformer block layers")
 means every linear layer of each block: ALL_LINEAR[model_type]. The task head and the LM head are never targets
@@ -25,10 +27,9 @@ BLOCK_MODULES = {
                    "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"},
     "gpt2": {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
              "o": "attn.c_proj", "mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj"},
+    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+              "mlp_in": "mlp.up_proj", "mlp_gate": "mlp.gate_proj", "mlp_out": "mlp.down_proj"},
 }
-BLOCK_MODULES["llama"] = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-                          "o": "self_attn.o_proj", "mlp_gate": "mlp.gate_proj", "mlp_in": "mlp.up_proj",
-                          "mlp_out": "mlp.down_proj"}
 BLOCK_MODULES["bert"] = BLOCK_MODULES["roberta"]
 ALL_LINEAR = {mt: list(names) for mt, names in BLOCK_MODULES.items()}   # every linear layer of a block
 FUSED_QKV = {"gpt2": ("attn.c_attn", ("q", "k", "v"))}   # module path, the order of its column blocks
@@ -41,6 +42,8 @@ ADAPTER_SITES = {
     "deberta-v2": {"attn": "attention.output.dense", "mlp": "output.dense",
                    "layernorms": ("attention.output.LayerNorm", "output.LayerNorm")},
     "gpt2": {"attn": "attn.c_proj", "mlp": "mlp.c_proj", "layernorms": ("ln_1", "ln_2")},
+    # Llama: the block's norms are RMSNorms (a weight, no bias: d parameters each, not 2d)
+    "llama": {"attn": "self_attn.o_proj", "mlp": "mlp.down_proj", "layernorms": ("input_layernorm", "post_attention_layernorm")},
 }
 ADAPTER_SITES["bert"] = ADAPTER_SITES["roberta"]
 
@@ -57,8 +60,8 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     base = model.base_model
     if hasattr(base, "encoder"):
         return list(base.encoder.layer)
-    if hasattr(base, "layers"):
-        return list(base.layers)  # Llama
+    if hasattr(base, "layers"):   # Llama
+        return list(base.layers)
     return list(base.h)  # GPT-2
 
 

@@ -108,3 +108,24 @@ def test_cli_help_lists_benchmark(what, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert what in capsys.readouterr().out
+
+
+def test_decode_quick(tmp_path):
+    """Our beam search vs transformers' generate on tiny-llama, 4 E2E inputs: well-formed, both decoders timed, each
+    output scored by the paper's rule (which of the two found the better hypothesis by it is the measurement, not
+    asserted: beam search is not exhaustive)."""
+    result = run_bench("decode", tmp_path)
+    s = result["summary"]
+    assert s["inputs"] == len(result["rows"]) == 4 and 0 <= s["equal_outputs"] <= 4
+    assert set(s["seconds_per_input"]) == {"ours", "generate"}
+    assert all(v > 0 for d in s["seconds_per_input"].values() for v in d.values())
+    assert s["batch_size_changed_outputs"] == []          # batching never changes an output, ours or theirs
+    end = set(result["settings"]["end_token_ids"])
+    assert end in ({2, 1116}, {50256, 628})               # SmolLM2's tokenizer (package installed), else GPT-2's
+    for row in result["rows"]:
+        for name in ("ours", "generate"):
+            ids = row[name]["ids"]
+            assert ids and not (end & set(ids[:-1]))        # cut at the first end token
+        assert row["equal"] == (row["ours"]["ids"] == row["generate"]["ids"])
+        assert row["better_by_paper_score"] in ("same", "ours", "generate", "tie")
+    assert "no-repeat" in result["known_differences"]

@@ -33,9 +33,12 @@ def trained(arch, m, seed=0):
 
 
 @pytest.mark.parametrize("arch,name", [("roberta", "lora"), ("gpt2", "lora"), ("deberta-v2", "adapter_h"),
-                                       ("bert", "bitfit"), ("gpt2", "prefix_layer")])
+                                       ("bert", "bitfit"), ("gpt2", "prefix_layer"),
+                                       ("llama", "lora"), ("llama", "adapter_h"), ("llama", "adapter_l"),
+                                       ("llama", "prefix_layer"), ("llama", "prefix_embed"), ("llama", "fttop2"),
+                                       ("llama", "ft")])
 def test_round_trip(tmp_path, arch, name):
-    m = method(name, r=2) if name in ("lora", "adapter_h") else method(name)
+    m = method(name, r=2) if name in ("lora", "adapter_h", "adapter_l") else method(name)
     model = trained(arch, m).eval()
     path = tmp_path / "w.safetensors"
     save_trainable(model, path, cell(f"tiny-{arch}", m))

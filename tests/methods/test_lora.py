@@ -107,11 +107,23 @@ def test_unknown_target_refused(arch):
         apply_method(tiny(arch), method("lora", targets=["q", "qkv"]))
 
 
-def test_all_targets_gpt2_and_encoder():
-    for arch in ("gpt2", "deberta-v2"):
+def test_llama_grouped_query_shapes():
+    """SmolLM2's layout in small: W_q d -> d, W_v d -> n_kv_heads * head_dim (32 -> 16 here; 576 -> 192 in SmolLM2)."""
+    model = apply_method(tiny("llama"), method("lora", r=2, alpha=4, targets=["q", "v"]))
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, LoRALinear) and isinstance(attn.v_proj, LoRALinear)
+    assert attn.q_proj.lora_B.shape == (32, 2) and attn.v_proj.lora_B.shape == (16, 2)
+    assert attn.v_proj.lora_A.shape == (2, 32) and attn.v_proj.bias is None
+    assert parameter_counts(model)["adapter_params"] == 3 * 2 * ((32 + 32) + (32 + 16))   # L · r · Σ (d_in + d_out)
+    assert "model.layers.2.self_attn.v_proj.lora_B" in model.state_dict()
+
+
+def test_all_targets_decoders_and_encoder():
+    for arch in ("gpt2", "llama", "deberta-v2"):
         base = tiny(arch)
         b = batch(arch)
-        model = apply_method(copy.deepcopy(base), method("lora", r=2, targets=["q", "k", "v", "o", "mlp_in", "mlp_out"]))
+        extra = ["mlp_gate"] if arch == "llama" else []
+        model = apply_method(copy.deepcopy(base), method("lora", r=2, targets=["q", "k", "v", "o", "mlp_in", "mlp_out", *extra]))
         randomize_B(model)
         out = logits(model, b)
         merge(model)
@@ -119,13 +131,15 @@ def test_all_targets_gpt2_and_encoder():
         unmerge(model)
 
 
-def test_matches_peft_outputs_and_gradients():
+@pytest.mark.parametrize("arch,peft_targets,task_type", [("roberta", ["query", "value"], "SEQ_CLS"),
+                                                        ("llama", ["q_proj", "v_proj"], "CAUSAL_LM")])
+def test_matches_peft_outputs_and_gradients(arch, peft_targets, task_type):
     peft = pytest.importorskip("peft")
-    base = tiny("roberta")
+    base = tiny(arch)
     ours = apply_method(copy.deepcopy(base), method("lora", r=4, alpha=16, targets=["q", "v"]))
     randomize_B(ours)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"],
-                                                                     task_type="SEQ_CLS"))
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=16, target_modules=peft_targets,
+                                                                     task_type=task_type))
     sd = {}
     for n, p in ours.named_parameters():
         if ".lora_" in n:
@@ -133,7 +147,7 @@ def test_matches_peft_outputs_and_gradients():
                .replace(".lora_B.weight", ".lora_B.default.weight")] = p.detach()
     missing = theirs.load_state_dict(sd, strict=False)
     assert not missing.unexpected_keys
-    b = batch("roberta")
+    b = batch(arch)
     ours.eval(), theirs.eval()   # same dropout-free forward; gradients still flow
     lo, lt = ours(**b), theirs(**b)
     assert torch.allclose(lo.logits, lt.logits, atol=1e-6)

@@ -10,7 +10,7 @@ import torch
 from repro.errors import CellMismatch
 from repro.methods import METHODS, apply_method, parameter_counts
 from repro.methods.adapters import Adapter
-from tests.methods.conftest import ARCHS, ENCODERS, batch, method, tiny
+from tests.methods.conftest import ARCHS, DECODERS, ENCODERS, batch, method, tiny
 
 HEAD = ("classifier.", "pooler.", "bert.pooler.")
 
@@ -32,8 +32,13 @@ def check_only(model, arch, intended):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ft_bitfit_fttop2(arch):
     check_only(apply_method(tiny(arch), method("ft")), arch, lambda n: True)
-    check_only(apply_method(tiny(arch), method("bitfit")), arch, lambda n: "bias" in n)
-    top = ".h.2." if arch == "gpt2" else ".layer.2."
+    if arch == "llama":   # no bias anywhere: BitFit is refused, saying why
+        with pytest.raises(CellMismatch, match=r"^method=bitfit: model llama has no bias parameters \(Llama: "
+                                                r"attention_bias=False, mlp_bias=False\); BitFit trains biases only$"):
+            apply_method(tiny(arch), method("bitfit"))
+    else:
+        check_only(apply_method(tiny(arch), method("bitfit")), arch, lambda n: "bias" in n)
+    top = {"gpt2": ".h.2.", "llama": ".layers.2."}.get(arch, ".layer.2.")
     model = apply_method(tiny(arch), method("fttop2", top_layers=1))
     check_only(model, arch, lambda n: top in n)
 
@@ -52,12 +57,13 @@ def test_adapters_identity_at_init_and_gradients(arch, name):
     adapters = [m for m in model.modules() if isinstance(m, Adapter)]
     assert len(adapters) == n_blocks * per_block
     d, r = 32, 4
-    ln = (2 * d * n_blocks if name == "adapter_l" else 0) + (2 * 2 * d * 3 if name == "adapter_h" else 0)
+    per_norm = d if arch == "llama" else 2 * d   # RMSNorm: a weight only; LayerNorm: weight and bias
+    ln = (2 * d * n_blocks if name == "adapter_l" else 0) + (2 * per_norm * 3 if name == "adapter_h" else 0)
     assert parameter_counts(model)["adapter_params"] == n_blocks * per_block * (2 * d * r + r + d) + ln
     with torch.no_grad():   # make W_up non-zero so every adapter parameter gets a gradient
         for a in adapters:
             a.up.weight.normal_(std=0.1)
-    ln_names = ("LayerNorm", "ln_1", "ln_2")
+    ln_names = ("LayerNorm", "ln_1", "ln_2", "input_layernorm", "post_attention_layernorm")
     check_only(model, arch, lambda n: ".adapter." in n or (name == "adapter_h" and any(s in n for s in ln_names)
                                                           and ".adapter." not in n and "embeddings" not in n))
     assert torch.allclose(copy.deepcopy(model).eval()(input_ids=b["input_ids"]).logits,
@@ -94,20 +100,22 @@ def test_adapter_drop_too_many_refused():
         apply_method(tiny("bert"), method("adapter_d", drop=3))
 
 
+@pytest.mark.parametrize("arch", DECODERS)
 @pytest.mark.parametrize("name,count", [("prefix_embed", 32 * 5), ("prefix_layer", 3 * 32 * 5)])
-def test_prefix_gpt2(name, count):
-    model = apply_method(tiny("gpt2"), method(name, l_p=3, l_i=2))
+def test_prefix_decoders(arch, name, count):
+    model = apply_method(tiny(arch), method(name, l_p=3, l_i=2))
     assert parameter_counts(model)["adapter_params"] == count
-    check_only(model, "gpt2", lambda n: n.startswith("prefix_tuning."))
-    b = batch("gpt2")
+    check_only(model, arch, lambda n: n.startswith("prefix_tuning."))
+    b = batch(arch)
     out = model(**b)
     assert out.logits.shape[1] == b["input_ids"].shape[1] + 5 and torch.isfinite(out.loss)
 
 
+@pytest.mark.parametrize("arch", DECODERS)
 @pytest.mark.parametrize("name", ["prefix_embed", "prefix_layer"])
-def test_prefix_cached_decoding_matches_full_forward(name):
+def test_prefix_cached_decoding_matches_full_forward(arch, name):
     """Greedy decoding with the KV cache equals re-running the whole sequence (positions, mask, infix consistent)."""
-    model = apply_method(tiny("gpt2"), method(name, l_p=2, l_i=2)).eval()
+    model = apply_method(tiny(arch), method(name, l_p=2, l_i=2)).eval()
     prompt = torch.randint(2, 120, (1, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,
@@ -123,6 +131,23 @@ def test_prefix_cached_decoding_matches_full_forward(name):
                 nxt = model(input_ids=seq, labels=labels).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
     assert torch.equal(out[:, -4:], seq[:, -4:])
+
+
+def test_prefix_keys_values_have_the_grouped_kv_shape():
+    """Llama with grouped-query attention (4 query heads, 2 key/value heads of 8): the prefix positions' keys and values
+    in every layer's cache have the key/value-head shape, and the trained activations reach them."""
+    model = apply_method(tiny("llama"), method("prefix_layer", l_p=3, l_i=0)).eval()
+    ids = torch.randint(2, 120, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        assert len(cache.layers) == 3
+        for layer in cache.layers:
+            assert layer.keys.shape == layer.values.shape == (2, 2, 3 + 5, 8)
+        model.prefix_tuning.activations[1].add_(1.0)   # the layer-1 prefix changes layer 1's keys, not layer 0's
+        moved = model(input_ids=ids, use_cache=True).past_key_values
+    assert torch.equal(moved.layers[0].keys, cache.layers[0].keys)
+    assert not torch.allclose(moved.layers[1].keys[:, :, :3], cache.layers[1].keys[:, :, :3])
 
 
 @pytest.mark.parametrize("arch", ENCODERS)
