@@ -22,6 +22,18 @@ from tests.methods.conftest import batch, method, tiny
 peft = pytest.importorskip("peft")
 
 
+
+def same_random_lora(ours, theirs, g) -> dict:
+    """Random values in our AdaLoRA tensors (P, Λ, Q) and the same values in PEFT's (its names: base_model.model.<ours>);
+    returns PEFT's parameters by name."""
+    with torch.no_grad():
+        tp = dict(theirs.named_parameters())
+        for n, p in ours.named_parameters():
+            if ".lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+                tp[f"base_model.model.{n}"].copy_(p)
+    return tp
+
 def test_surgery_names_head_and_counts():
     model = apply_method(tiny("roberta"), method("adalora", init_r=4, target_r=2, targets=["q", "v"]))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -44,12 +56,7 @@ def test_loss_and_grads_equal_peft_adalora(arch):
                              task_type="CAUSAL_LM" if arch == "gpt2" else "SEQ_CLS")   # so PeftModel calls AdaLoraModel.forward
     theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        tp = dict(theirs.named_parameters())
-        for n, p in ours.named_parameters():
-            if ".lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-                tp[f"base_model.model.{n}"].copy_(p)
+    tp = same_random_lora(ours, theirs, g)
     b = batch(arch)
     lo, lt = ours(**b), theirs(**b)
     assert torch.allclose(lo.logits, lt.logits, atol=1e-6)
@@ -81,12 +88,7 @@ def test_reprotrainer_adds_the_penalty_once_per_optimizer_step(tmp_path, per_dev
                              target_modules=target_module_names(base, ["q", "v"]))
     theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        tp = dict(theirs.named_parameters())
-        for n, p in ours.named_parameters():
-            if ".lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-                tp[f"base_model.model.{n}"].copy_(p)
+    tp = same_random_lora(ours, theirs, g)
     ids = torch.randint(2, 120, (8, 7), generator=g)
     labels = torch.randint(0, 3, (8,), generator=g)
     theirs.train()
