@@ -31,7 +31,8 @@ from repro.decode import (EOS_TEXT, BeamSettings, beam_search, clean_output, dec
 from repro.errors import CellMismatch, DataFileMissing
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
-from repro.train import DivergenceGuard, ReproTrainer, batch_plan, batch_record, history_from_logs, train_resuming, training_arguments
+from repro.train import (DivergenceGuard, ReproTrainer, batch_plan, batch_record, history_from_logs, train_resuming,
+                         train_runtime, training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,7 @@ def train_generator(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
                      "epoch": next((e["epoch"] for e in history["eval"] if e["step"] == step), None)},
         "decode": decode_info,
         "steps": trainer.state.global_step,
+        "train_runtime_s": train_runtime(trainer),
         "resumed_from": last,
         "batch": batch_record(cfg.train),
         "skipped_steps": guard.skipped_steps,

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change what a cell computes, left out of its fingerprint (dotted paths): where results and logs
 # go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
-# over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan).
-VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu",
+# over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan); how a table
+# is printed (table.render).
+VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu", "table.render",
                  "train.keep_checkpoints", "train.logging_steps", "train.allow_smoke_init", "train.divergence_patience",
                  "model.max_per_device_batch_size", "model.gradient_checkpointing")
 

@@ -38,6 +38,7 @@ from transformers import set_seed
 
 from repro import dist, records
 from repro.cell import resolve_cell
+from repro.bench.common import hwm_rss_mb, reset_peak_rss
 from repro.errors import ReproError
 from repro.methods import apply_method, parameter_counts
 from repro.models import load_model, load_tokenizer
@@ -107,6 +108,7 @@ def run_cell(cfg: DictConfig) -> dict:
         log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
         return {**done, "skipped": True}
     start = time.time()
+    rss_scope = "cell" if reset_peak_rss() else "process"   # peak memory of this cell, not of the sweep's process
     setup = set_up_cell(cfg)   # bad input fails here, before any file or folder of the cell is written
     with contextlib.ExitStack() as lock:
         verdict = None
@@ -125,7 +127,7 @@ def run_cell(cfg: DictConfig) -> dict:
         if "done" in verdict:
             log.info("skipped: %s was finished by another job (fingerprint %s)", path, verdict["done"]["fingerprint"])
             return {**verdict["done"], "skipped": True}
-        return _run_cell(cfg, path, start, *setup)
+        return _run_cell(cfg, path, start, rss_scope, *setup)
 
 
 def check_cpu_allowed(cfg: DictConfig) -> None:
@@ -199,7 +201,7 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     return tokenizer, data, model
 
 
-def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model) -> dict:
+def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, data: dict, model) -> dict:
     main = dist.is_main()
     if main:
         records.prepare_checkpoint_dir(cfg)
@@ -226,7 +228,8 @@ def _run_cell(cfg: DictConfig, path, start: float, tokenizer, data: dict, model)
         outcome,
         **counts,
         wall_s=round(time.time() - start, 1),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mb=round(hwm_rss_mb() if rss_scope == "cell" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_scope=rss_scope,   # "cell": since this cell started (VmHWM reset); "process": the sweep process's peak
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
     )

@@ -355,6 +355,10 @@ class TableRow(Group):
     seeds: list[NonNegInt] | None = Field(None, description="the row runs only these of the table's seeds (repro.plan)")
 
 
+class TableRender(Group):
+    cost: bool = Field(False, description="repro.tables adds a Cost section: peak memory, s/step, min/cell per row")
+
+
 class TableConfig(Group):
     name: Name
     paper: Name | None = None
@@ -367,6 +371,7 @@ class TableConfig(Group):
     common: Partial = {}
     per_task: dict[str, Partial] = {}
     rows: list[TableRow] = []
+    render: TableRender = TableRender()   # how repro.tables prints the table (not part of a cell's fingerprint)
 
     @model_validator(mode="after")
     def _grid(self):

@@ -113,6 +113,7 @@ class Cell:
     failed: Counter = field(default_factory=Counter)      # reason -> count
     paper: float | None = None
     untraced: list = field(default_factory=list)          # (record path, why its code cannot be traced)
+    costs: list = field(default_factory=list)             # one cell_cost(record) per ok seed
 
     @property
     def n(self) -> int:
@@ -163,6 +164,17 @@ def record_score(record: dict) -> float | None:
     return None if value is None else 100.0 * float(value)
 
 
+def cell_cost(record: dict) -> dict:
+    """What a cell cost: its peak resident memory (records with peak_rss_scope "cell": since the cell started, model
+    load included; older records hold their sweep process's peak and give none), wall time, and seconds per optimizer
+    step = (the Trainer's train_runtime_s, or wall time for older records, − the dev evaluations' runtime) / steps."""
+    evals = sum(e.get("dev_runtime", 0.0) for e in (record.get("history") or {}).get("eval", []))
+    steps, wall = record.get("steps"), record.get("wall_s")
+    runtime = record.get("train_runtime_s", wall)
+    return {"peak_rss_mb": record.get("peak_rss_mb") if record.get("peak_rss_scope") == "cell" else None, "wall_s": wall,
+            "s_per_step": (runtime - evals) / steps if steps and runtime is not None else None}
+
+
 def short_reason(error: str | None) -> str:
     first = (error or "unknown").strip().splitlines()[0]
     return first if len(first) <= 90 else first[:87] + "..."
@@ -206,6 +218,7 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
                     if r.get("status") == "ok" and record_score(r) is not None:
                         cell.scores.append(record_score(r))
                         cell.seeds.append(r.get("seed"))
+                        cell.costs.append(cell_cost(r))
                         if r.get("adapter_params") is not None:
                             row.trainable.append(r["adapter_params"] if spec["method"] != "ft" else r.get("trainable_params"))
                     elif r.get("status") == "ok":
@@ -292,6 +305,28 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[str]) -> list[l
     return out
 
 
+def cost_lines(rows: list[Row], n_tasks: int) -> list[list[str]]:
+    """Score beside cost, one line per row: the average over tasks, its difference from the first row's, and the
+    medians over every ok cell of the row of peak memory, seconds per step and minutes per cell."""
+    def median_of(row, key):
+        vals = [c[key] for cell in row.cells.values() for c in cell.costs if c.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    out = [["Method", "# trainable (adapter)", "Avg (mean)", "Δ Avg vs " + rows[0].label, "peak RSS (MB)",
+            "s / step", "min / cell", "cells"]]
+    ref, k_ref = rows[0].average("mean")
+    for row in rows:
+        avg, k = row.average("mean")
+        partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
+        delta = fmt_signed(avg - ref) if avg is not None and ref is not None and k == k_ref == n_tasks else MISSING
+        wall = median_of(row, "wall_s")
+        out.append([row_title(row)[1], fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING,
+                    (fmt(avg) + partial) if avg is not None else MISSING, delta, fmt(median_of(row, "peak_rss_mb"), 0),
+                    fmt(median_of(row, "s_per_step"), 3), fmt(wall / 60 if wall is not None else None, 1),
+                    str(sum(c.n for c in row.cells.values()))])
+    return out
+
+
 def markdown(lines: list[list[str]]) -> str:
     head, *body = lines
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -355,6 +390,13 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
           + ("" if len(tasks) + 1 == len(paper.get("columns", [])) else
              f"; the paper's Avg here is the mean of its numbers on these {len(tasks)} tasks, not its printed Avg") + ".", "",
           markdown(lines)]
+    if (table.get("render") or {}).get("cost") and rows:
+        md += ["", "## Cost", "",
+               "Medians over the row's ok cells, as the runner recorded them on this machine: peak RSS = the cell's "
+               "peak resident memory (model load, training and evaluation; `peak_rss_mb`), s / step = (the Trainer's "
+               "`train_runtime_s` − the dev evaluations' runtime) / steps, min / cell = `wall_s` (set-up and scoring "
+               "included). Avg as above; Δ Avg only when both rows have every task.", "",
+               markdown(cost_lines(rows, len(tasks)))]
     failures = [(row, task, reason, n) for row in rows for task, c in row.cells.items() for reason, n in c.failed.items()]
     if failures:
         md += ["", "Failed cells:", ""]

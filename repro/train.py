@@ -251,6 +251,11 @@ def train_resuming(trainer: Trainer, output_dir: Path, guard: DivergenceGuard) -
     return last
 
 
+def train_runtime(trainer: Trainer) -> float | None:
+    """Seconds of trainer.train() (its per-epoch evaluations included; a resumed cell: the resumed part only)."""
+    return next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None)
+
+
 def history_from_logs(log_history: list[dict], main_metric_key: str | None) -> dict:
     """Loss curve and per-evaluation dev metrics, from the Trainer's log."""
     loss = [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"]} for e in log_history if "loss" in e]
@@ -299,6 +304,7 @@ def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: 
         "selected": {"rule": cfg.train.select, "step": best_step or trainer.state.global_step,
                      "epoch": next((e["epoch"] for e in history["eval"] if e["step"] == best_step), None)},
         "steps": trainer.state.global_step,
+        "train_runtime_s": train_runtime(trainer),
         "resumed_from": last,
         "batch": batch_record(cfg.train),
         "skipped_steps": guard.skipped_steps,

@@ -30,6 +30,8 @@ def test_tiny_cell_writes_an_ok_record_then_skips(compose_config, data_dir):
     assert saved["adapter_params"] == 2 * 2 * 8 * 32 * 2  # q,v x 2 layers x (A + B) with r=8, d=32
     assert 0.0 <= saved["metrics"]["accuracy"] <= 1.0
     assert saved["steps"] == 20 and saved["provenance"]["torch"] and saved["config"]["seed"] == 0
+    assert saved["peak_rss_scope"] == "cell" and saved["peak_rss_mb"] > 0      # this cell's peak, not the process's
+    assert 0 < saved["train_runtime_s"] <= saved["wall_s"]
     assert record_path(cfg).with_suffix(".safetensors").exists()
     assert not (record_path(cfg).parent / "checkpoints" / "seed0").exists()
     again = run_cell(cell(compose_config, TINY_CELL))

@@ -4,8 +4,9 @@ latency  -- Table 1: one forward pass of GPT-2 medium, base vs merged/unmerged L
 train    -- step time and peak memory of every method (roberta-base, gpt2-medium), LoRA vs FT, ours vs PEFT
 storage  -- checkpoint bytes per method and task-switch time (merge a LoRA adapter vs load a full checkpoint)
 decode   -- our beam search (gpt2_beam.py) vs transformers' generate, same settings: outputs and time per input
+serve    -- a mixed-task batch (one LoRA per example, unmerged) vs one merged forward per task (repro.serve)
 
 Each writes results/bench/<what>.json (machine, load average, settings, raw samples) and prints a table.
 """
 
-BENCHMARKS = ("latency", "train", "storage", "decode")
+BENCHMARKS = ("latency", "train", "storage", "decode", "serve")

@@ -129,3 +129,19 @@ def test_decode_quick(tmp_path):
         assert row["equal"] == (row["ours"]["ids"] == row["generate"]["ids"])
         assert row["better_by_paper_score"] in ("same", "ours", "generate", "tie")
     assert "no-repeat" in result["known_differences"]
+
+
+def test_serve_quick(tmp_path):
+    """Mixed-task batch vs merged per task on tiny-roberta: every (tasks, batch) cell times all four strategies and
+    counts the weights each keeps resident (T merged copies cost T bases; the mixed batch one base + T adapters)."""
+    from repro.bench.serve import STRATEGIES
+
+    result = run_bench("serve", tmp_path)
+    cells = result["cells"]
+    assert [(c["tasks"], c["batch"]) for c in cells] == [(2, 1), (2, 4)]
+    assert [c["tasks_in_batch"] for c in cells] == [1, 2]
+    for c in cells:
+        for k in STRATEGIES:
+            check_stats(c["stats"][k])
+        mem, w = c["resident_weight_bytes"], result["weights"]
+        assert mem["merged_resident"] == 2 * w["base_bytes"] > mem["mixed"] == w["base_bytes"] + 2 * w["adapter_bytes"]
