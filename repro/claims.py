@@ -64,7 +64,7 @@ import yaml
 
 from repro import CONF_DIR
 from repro import records as rec
-from repro import tables
+from repro import tables, tune
 
 REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "partly", "not reproduced", "not testable here"
 VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE)
@@ -114,20 +114,45 @@ class Evidence:
     analysis: dict[str, tuple[str, dict]]        # path under analysis/ -> (path, json)
 
 
+def chosen_candidates(table: str, pairs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """A table with tune groups (repro/tune.py): the chosen candidate's records per task, as the row's (variant
+    "default"), and none of the other candidates'; other tables: every record."""
+    try:
+        config = tables.load_table_config(table)
+    except (SystemExit, OSError, KeyError, ValueError):   # a results folder with no table config: as found
+        return pairs
+    if tune.selection_seed(config) is None:
+        return pairs
+    by_cell: dict[tuple, list] = {}
+    for path, r in pairs:
+        by_cell.setdefault((r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task")), []).append((path, r))
+    choice = tune.choices(config, config["tasks"], lambda *key: tables.selection_score(by_cell, *key))
+    out = []
+    for path, r in pairs:
+        group = tune.group_of(config, r.get("model"), r.get("method"), r.get("variant", "default"))
+        if group is None:
+            out.append((path, r))
+        elif choice.get((*group, r.get("task")), (None,))[0] == r.get("variant"):
+            out.append((path, {**r, "variant": "default"}))
+    return out
+
+
 def load_evidence(results_dir: str | Path) -> Evidence:
     root = Path(results_dir)
     records: dict[str, list] = {}
     excluded: Counter = Counter()
+    found: dict[str, list] = {}
     for path, r in rec.iter_records(root):
         parts = path.relative_to(root).parts
-        if len(parts) != 5:     # <table>/<model>/<method>/<task>/seed<k>.json only
-            continue
-        table = parts[0]
-        records.setdefault(table, [])
-        if r.get("status") == "ok":
-            records[table].append((str(path), r))
-        else:
-            excluded[table] += 1
+        if len(parts) == 5:     # <table>/<model>/<method>/<task>/seed<k>.json only
+            found.setdefault(parts[0], []).append((str(path), r))
+    for table, pairs in found.items():
+        records[table] = []
+        for path, r in chosen_candidates(table, pairs):
+            if r.get("status") == "ok":
+                records[table].append((path, r))
+            else:
+                excluded[table] += 1
 
     def load_dir(folder: Path, pattern: str) -> dict:
         out = {}

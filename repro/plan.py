@@ -609,6 +609,64 @@ def launch_waves(n_jobs: int, sources: dict[int, int]) -> list[list[int]]:
     return waves
 
 
+def _with(job: list[str], **values) -> list[str]:
+    """The job's overrides with these keys set (replaced where present, appended where not)."""
+    out = [o for o in job if _key(o)[0] not in values]
+    return out + [f"{k}={v}" for k, v in values.items()]
+
+
+def deferred_jobs(jobs: list[list[str]], primary: DictConfig) -> list[int]:
+    """Indices of the jobs that wait for a tuning choice (repro.tune): a tune group's candidate on a seed other than
+    the table's selection seed. They run only if their candidate is chosen, after the selection seed's jobs."""
+    from repro import tune
+
+    table = primary.get("table")
+    seed = tune.selection_seed(table) if table is not None else None
+    if seed is None:
+        return []
+    default = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
+               "seed": str(primary.seed)}
+    out = []
+    for i, job in enumerate(jobs):
+        d = {**default, **job_dict(job)}
+        if int(d["seed"]) != seed and tune.group_of(table, d["model"], d["method"], d["variant"]) is not None:
+            out.append(i)
+    return out
+
+
+def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) -> dict[int, tuple[bool, str]]:
+    """{index into jobs: (run it?, why)} for deferred jobs: each runs iff its candidate is the one repro.tune.choose
+    picks from the finished records (same config fingerprint) of every candidate on the selection seed."""
+    from repro import records, tune
+    from repro.tables import record_score
+
+    table = primary.table
+    seed = tune.selection_seed(table)
+    default = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
+               "task": primary.task.name}
+    probes, slots = [], []   # every candidate on the selection seed, once per (job, candidate)
+    for i, job in enumerate(jobs):
+        d = {**default, **job_dict(job)}
+        group = tune.group_of(table, d["model"], d["method"], d["variant"])
+        for v in tune.groups(table)[group]:
+            probes.append(_with(job, variant=v, seed=seed))
+            slots.append((i, v))
+    scores: dict[int, dict] = {i: {} for i in range(len(jobs))}
+    for (i, v), (_job, cfg, _note) in zip(slots, resolve_jobs(config_loader, primary, probes, fallback=False)):
+        done = records.finished_record(cfg) if cfg is not None else None
+        if done is not None:
+            scores[i][v] = record_score(done)
+        else:
+            previous = records.read_record(records.record_path(cfg)) if cfg is not None else None
+            scores[i][v] = None if previous and previous.get("status") not in (None, "ok", "busy") else tune.NOT_RUN
+    out = {}
+    for i, job in enumerate(jobs):
+        d = {**default, **job_dict(job)}
+        chosen, why = tune.choose(scores[i])
+        out[i] = (chosen == d["variant"], why if chosen is None else f"{d['task']}: {chosen} chosen, {why}")
+    return out
+
+
 def describe_waves(waves: list[list[int]]) -> str:
     if len(waves) < 2:
         return "launch order: one wave (no job starts from another job's weights)"

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
 # over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan); how a table
 # is printed (table.render).
-VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu", "table.render",
+VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu", "threads", "table.render",
                  "train.keep_checkpoints", "train.logging_steps", "train.allow_smoke_init", "train.divergence_patience",
                  "model.max_per_device_batch_size", "model.gradient_checkpointing")
 
@@ -358,5 +358,6 @@ def provenance(diff: str | None = None) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
+        "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
     }

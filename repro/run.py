@@ -110,6 +110,8 @@ def run_cell(cfg: DictConfig) -> dict:
     start = time.time()
     rss_scope = "cell" if reset_peak_rss() else "process"   # peak memory of this cell, not of the sweep's process
     setup = set_up_cell(cfg)   # bad input fails here, before any file or folder of the cell is written
+    if cfg.get("threads"):   # submitit's local executor ignores cpus_per_task: the cell sets its own threads
+        torch.set_num_threads(int(cfg.threads))
     with contextlib.ExitStack() as lock:
         verdict = None
         if dist.is_main():
@@ -201,6 +203,9 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     return tokenizer, data, model
 
 
+_CELLS_RUN = [0]   # cells this process has trained before the current one (records' process_cell_index)
+
+
 def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, data: dict, model) -> dict:
     main = dist.is_main()
     if main:
@@ -230,6 +235,8 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
         wall_s=round(time.time() - start, 1),
         peak_rss_mb=round(hwm_rss_mb() if rss_scope == "cell" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         peak_rss_scope=rss_scope,   # "cell": since this cell started (VmHWM reset); "process": the sweep process's peak
+        process_cell_index=_CELLS_RUN[0],   # 0: the process's first cell, so its peak is its own (later cells of an
+                                            # in-process sweep start on memory earlier cells left behind)
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
@@ -247,6 +254,7 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
         log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
     if in_step:
         dist.barrier()   # no rank exits (and makes torchrun stop the others) before rank 0 has written
+    _CELLS_RUN[0] += 1
     return record
 
 

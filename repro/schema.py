@@ -353,6 +353,12 @@ class TableRow(Group):
     paper_row: dict[str, Any] | None = None
     paper_cell: dict[str, Any] | None = None
     seeds: list[NonNegInt] | None = Field(None, description="the row runs only these of the table's seeds (repro.plan)")
+    tune: str | None = Field(None, description="tune group: rows with the same model, method and tune name are "
+                                               "candidates; one is chosen per task on the selection seed (repro.tune)")
+
+
+class TableTune(Group):
+    seed: NonNegInt = Field(0, description="the selection seed: every candidate runs it; the chosen one runs the others")
 
 
 class TableRender(Group):
@@ -372,11 +378,25 @@ class TableConfig(Group):
     per_task: dict[str, Partial] = {}
     rows: list[TableRow] = []
     render: TableRender = TableRender()   # how repro.tables prints the table (not part of a cell's fingerprint)
+    tune: TableTune = TableTune()
 
     @model_validator(mode="after")
     def _grid(self):
         if self.name != "adhoc" and not (self.tasks and self.rows):
             raise bad("tasks" if not self.tasks else "rows", [], f"table {self.name} needs tasks and rows")
+        groups: dict[tuple, list[TableRow]] = {}
+        for row in self.rows:
+            if row.tune:
+                groups.setdefault((row.model, row.method, row.tune), []).append(row)
+        for (model, method, name), rows in groups.items():
+            if len(rows) < 2 or len({r.variant for r in rows}) < len(rows):
+                raise bad("rows.tune", name, f"tune group {name!r} ({model} x {method}) needs at least two candidate "
+                          f"rows with distinct variants; it has {[r.variant for r in rows]}")
+            if any(r.seeds is not None and self.tune.seed not in r.seeds for r in rows):
+                raise bad("rows.seeds", name, f"every candidate of tune group {name!r} must run the selection seed "
+                          f"tune.seed={self.tune.seed}")
+        if groups and self.seeds and self.tune.seed not in self.seeds:
+            raise bad("tune.seed", self.tune.seed, f"tune.seed={self.tune.seed}: the selection seed must be one of the table's seeds {self.seeds}")
         return self
 
 
@@ -463,6 +483,7 @@ class CellConfig(Group):
     force: bool
     dry_run: bool
     allow_cpu: bool = Field(description="train a paper model's cell of a paper table without a GPU")
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="CPU threads of this cell (null: torch's default)")
     data: DataConfig
     train: TrainConfig
     wandb: WandbConfig

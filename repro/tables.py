@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from repro import CONF_DIR, PROJECT_ROOT
+from repro import CONF_DIR, PROJECT_ROOT, tune
 from repro import records as rec
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
@@ -147,6 +147,8 @@ class Row:
     paper: dict | None
     cells: "OrderedDict[str, Cell]"
     trainable: list[int] = field(default_factory=list)
+    tuning: dict = field(default_factory=dict)   # a tune group's row: task -> (chosen variant or None, why, {variant: score})
+    tuning_labels: dict = field(default_factory=dict)   # its candidates' labels by variant
 
     @property
     def stand_in(self) -> bool:
@@ -165,14 +167,38 @@ def record_score(record: dict) -> float | None:
 
 
 def cell_cost(record: dict) -> dict:
-    """What a cell cost: its peak resident memory (records with peak_rss_scope "cell": since the cell started, model
-    load included; older records hold their sweep process's peak and give none), wall time, and seconds per optimizer
-    step = (the Trainer's train_runtime_s, or wall time for older records, − the dev evaluations' runtime) / steps."""
+    """What a cell cost: its peak resident memory, wall time, and seconds per optimizer step = (the Trainer's
+    train_runtime_s, or wall time for older records, − the dev evaluations' runtime) / steps. The memory is the
+    cell's own only when it was the first cell its process ran (process_cell_index 0, peak_rss_scope "cell": since
+    the cell started, model load included): a later cell of an in-process sweep starts on what earlier cells left
+    allocated, and older records hold their sweep process's peak; those give none."""
     evals = sum(e.get("dev_runtime", 0.0) for e in (record.get("history") or {}).get("eval", []))
     steps, wall = record.get("steps"), record.get("wall_s")
     runtime = record.get("train_runtime_s", wall)
-    return {"peak_rss_mb": record.get("peak_rss_mb") if record.get("peak_rss_scope") == "cell" else None, "wall_s": wall,
+    own = record.get("peak_rss_scope") == "cell" and record.get("process_cell_index") == 0
+    return {"peak_rss_mb": record.get("peak_rss_mb") if own else None, "wall_s": wall,
             "s_per_step": (runtime - evals) / steps if steps and runtime is not None else None}
+
+
+def selection_score(by_cell: dict, model: str, method: str, variant: str, task: str, seed: int):
+    """A tune candidate's dev score on the selection seed from the records found (repro.tune): the score, None for a
+    failed cell, tune.NOT_RUN for none."""
+    for _path, r in by_cell.get((model, method, variant, task), []):
+        if r.get("seed") == seed:
+            return record_score(r) if r.get("status") == "ok" else None
+    return tune.NOT_RUN
+
+
+def tuning_lines(rows: list[Row], tasks: list[str]) -> list[list[str]]:
+    """A tune group's candidates on the selection seed, per task, the chosen one marked."""
+    out = [["Row", "Task", "candidates on the selection seed (dev score ×100)", "chosen"]]
+    for row in rows:
+        for task in tasks if row.tuning else []:
+            chosen, why, scores = row.tuning[task]
+            cands = ", ".join(f"{row.tuning_labels.get(v, v)}: " + ("failed" if s is None else MISSING if s == tune.NOT_RUN else f"{s:.1f}")
+                              + (" ✓" if v == chosen else "") for v, s in scores.items())
+            out.append([row.label, task, cands, row.tuning_labels.get(chosen, chosen) if chosen else why])
+    return out
 
 
 def short_reason(error: str | None) -> str:
@@ -193,9 +219,18 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
         by_cell.setdefault(key, []).append((path, r))
     present_models = {k[0] for k in by_cell}
 
-    rows, used = [], set()
+    choices = tune.choices(table, tasks, lambda *key: selection_score(by_cell, *key))
+    labels = {(s["model"], s["method"], s.get("variant", "default")): s.get("label") for s in table["rows"]}
+    rows, used, groups_done = [], set(), set()
     for spec in table["rows"]:
         variant = spec.get("variant", "default")
+        if spec.get("tune"):   # the group's candidates print as one row: per task, the chosen candidate's seeds
+            group = (spec["model"], spec["method"], spec["tune"])
+            used.update(str(p) for v in tune.groups(table)[group] for t in tasks
+                        for p, _ in by_cell.get((spec["model"], spec["method"], v, t), []))
+            if group in groups_done:
+                continue
+            groups_done.add(group)
         prow = paper_row(paper, spec)
         runners = [spec["model"]] + [s for s, big in stand_ins.items() if big == spec["model"] and s in present_models]
         for model in runners:
@@ -206,12 +241,17 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
             cited = bool(spec.get("cited")) or (prow or {}).get("marker") == "*"    # * = "published in prior works"
             row = Row(model, spec["model"], spec["method"], variant, spec.get("label", spec["method"]),
                       cited, prow, cells)
+            if spec.get("tune"):
+                row.label, row.variant = spec["tune"], "default"
+                row.tuning = {t: choices[(*group, t)] for t in tasks}
+                row.tuning_labels = {v: labels[(*group[:2], v)] or v for v in tune.groups(table)[group]}
             for i, task in enumerate(tasks):
                 cell = Cell()
                 if prow is not None:
                     col = next((j for j, c in enumerate(columns) if norm(c) == norm(task)), None)
                     cell.paper = prow["values"][col] if col is not None else None
-                for path, r in sorted(by_cell.get((model, spec["method"], variant, task), []), key=lambda x: x[1].get("seed", 0)):
+                chosen = row.tuning[task][0] if spec.get("tune") else variant
+                for path, r in sorted(by_cell.get((model, spec["method"], chosen, task), []), key=lambda x: x[1].get("seed", 0)):
                     used.add(str(path))
                     if (why := rec.untraced(path, r)) is not None:
                         cell.untraced.append((path, why))
@@ -393,10 +433,17 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     if (table.get("render") or {}).get("cost") and rows:
         md += ["", "## Cost", "",
                "Medians over the row's ok cells, as the runner recorded them on this machine: peak RSS = the cell's "
-               "peak resident memory (model load, training and evaluation; `peak_rss_mb`), s / step = (the Trainer's "
+               "peak resident memory (model load, training and evaluation; `peak_rss_mb`) over the cells that ran first "
+               "in a fresh process (`process_cell_index` 0: later cells of an in-process sweep start on memory earlier "
+               "cells left allocated; `hydra/launcher=submitit_local` runs every cell in its own process), s / step = (the Trainer's "
                "`train_runtime_s` − the dev evaluations' runtime) / steps, min / cell = `wall_s` (set-up and scoring "
                "included). Avg as above; Δ Avg only when both rows have every task.", "",
                markdown(cost_lines(rows, len(tasks)))]
+    if any(row.tuning for row in rows):
+        md += ["", "## Tuning", "",
+               f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "
+               "the one with the best dev score (✓) ran the other seeds, and the row above reports its seeds.", "",
+               markdown(tuning_lines(rows, tasks))]
     failures = [(row, task, reason, n) for row in rows for task, c in row.cells.items() for reason, n in c.failed.items()]
     if failures:
         md += ["", "Failed cells:", ""]

@@ -31,6 +31,7 @@ def test_tiny_cell_writes_an_ok_record_then_skips(compose_config, data_dir):
     assert 0.0 <= saved["metrics"]["accuracy"] <= 1.0
     assert saved["steps"] == 20 and saved["provenance"]["torch"] and saved["config"]["seed"] == 0
     assert saved["peak_rss_scope"] == "cell" and saved["peak_rss_mb"] > 0      # this cell's peak, not the process's
+    assert isinstance(saved["process_cell_index"], int) and saved["process_cell_index"] >= 0   # cells run before it here
     assert 0 < saved["train_runtime_s"] <= saved["wall_s"]
     assert record_path(cfg).with_suffix(".safetensors").exists()
     assert not (record_path(cfg).parent / "checkpoints" / "seed0").exists()

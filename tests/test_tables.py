@@ -193,3 +193,15 @@ def test_glue_cpu_plot_puts_each_paper_point_in_its_task_panel(tmp_path, monkeyp
                                                     statistics.fmean([86.6, 89.7, 91.5, 63.4, 95.1])]))
     labels = {t for ax in figs[0].axes for t in ax.get_legend_handles_labels()[1]}
     assert "FT (paper, roberta-base)" in labels and "FT (minilm)" in labels
+
+
+def test_cell_cost_counts_memory_only_for_a_fresh_process():
+    """A cell's peak RSS is its own only when it was its process's first cell; s/step leaves out dev evaluation."""
+    from repro.tables import cell_cost
+
+    base = {"steps": 100, "wall_s": 60.0, "train_runtime_s": 50.0, "peak_rss_mb": 1100.0, "peak_rss_scope": "cell",
+            "history": {"eval": [{"dev_runtime": 4.0}, {"dev_runtime": 6.0}]}}
+    assert cell_cost({**base, "process_cell_index": 0}) == {"peak_rss_mb": 1100.0, "wall_s": 60.0, "s_per_step": 0.4}
+    assert cell_cost({**base, "process_cell_index": 3})["peak_rss_mb"] is None        # after other cells in-process
+    assert cell_cost(base)["peak_rss_mb"] is None                                       # older record: unknown
+    assert cell_cost({**base, "process_cell_index": 0, "peak_rss_scope": "process"})["peak_rss_mb"] is None

@@ -2,7 +2,8 @@
 
 Selected by a table config with `defaults: [override /hydra/sweeper: table]`; its grid is `hydra.sweeper.params`.
 `dry_run=true` prints the expanded grid, its job count and a GPU-hour estimate (repro.plan) and launches nothing.
-Jobs are launched in waves so that a cell starting from another cell's weights (train.init_from) runs after it.
+Jobs are launched in waves so that a cell starting from another cell's weights (train.init_from) runs after it, and
+a tune group's other seeds run after its selection seed, for the chosen candidate only (repro/tune.py).
 """
 
 from __future__ import annotations
@@ -46,18 +47,33 @@ class TableSweeper(BasicSweeper):
         """Launch the grid in waves: a cell that starts from another cell's weights (train.init_from: Table 2's RTE,
         MRPC, STS-B LoRA from MNLI) is launched only after that cell's wave has ended (a launcher's launch() returns
         when its jobs have ended, submitit's too), and not at all, with the reason, when that cell did not end ok."""
-        from repro.plan import describe_waves, init_sources, launch_waves
+        from repro.plan import deferred_jobs, describe_waves, init_sources, launch_waves, tuning_choices
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         jobs = self.expand(arguments)
         loader = self.hydra_context.config_loader
         sources = init_sources(loader, self.config, jobs)
-        waves = launch_waves(len(jobs), sources)
+        deferred = deferred_jobs(jobs, self.config)   # tune groups: other seeds wait for the selection seed's choice
+        waves = [w for w in ([i for i in wave if i not in deferred] for wave in launch_waves(len(jobs), sources)) if w]
         if self.config.get("dry_run"):
             from repro.plan import plan_jobs
 
             print(plan_jobs(loader, self.config, jobs, self.expansion), flush=True)
             print(describe_waves(waves), flush=True)
+            if deferred:
+                from repro.plan import job_dict
+                from repro.tune import group_of
+
+                base = {"model": self.config.model.name, "method": self.config.method.name,
+                        "variant": self.config.variant, "task": self.config.task.name, "seed": str(self.config.seed)}
+                slots = set()
+                for i in deferred:
+                    d = {**base, **job_dict(jobs[i])}
+                    slots.add((group_of(self.config.table, d["model"], d["method"], d["variant"]), d["task"], d["seed"]))
+                print(f"tuning: {len(deferred)} of these jobs are tune-group candidates on seeds other than the selection "
+                      f"seed {self.config.table.tune.seed}: they wait for the others, and only the chosen candidate's "
+                      f"run ({len(slots)} jobs; repro/tune.py), so at most {len(jobs) - len(deferred) + len(slots)} "
+                      "jobs run in all", flush=True)
             return []
         if self.expansion.n_dropped:
             log.info("table sweeper: %d jobs, %d combinations left out (not rows of table %s)",
@@ -79,19 +95,19 @@ class TableSweeper(BasicSweeper):
                           f"{blocked[i]}", flush=True)
                     outcomes["not run (init_from source not ok)"] += 1
             todo = self.skip_done([jobs[i] for i in wave if i not in blocked], f"wave {k + 1}" if len(waves) > 1 else "the grid")
-            for batch in self.split_overrides_to_chunks(todo, self.max_batch_size):
-                tic = time.perf_counter()
-                self.validate_batch_is_legal(batch)
-                log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
-                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-                for r in results:
-                    try:
-                        outcomes[str(r.return_value)] += 1
-                    except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
-                        outcomes["error"] += 1
-                        errors.append(exc)
-                initial_job_idx += len(batch)
-                returns.append(results)
+            initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, outcomes, errors)
+        if deferred:   # the selection seed's jobs have ended: run the chosen candidates on the other seeds
+            waiting = [jobs[i] for i in deferred]
+            todo = []
+            for i, (run, why) in tuning_choices(loader, self.config, waiting).items():
+                if run:
+                    todo.append(waiting[i])
+                else:
+                    outcomes["not run (not the chosen candidate)" if "chosen" in why else "not run (tuning undecided)"] += 1
+                    log.info("not run: %s: %s", " ".join(waiting[i]), why)
+            print(f"tuning: {len(todo)} of {len(waiting)} jobs on the other seeds are chosen candidates", flush=True)
+            todo = self.skip_done(todo, "the chosen candidates' other seeds")
+            initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, outcomes, errors)
         if not outcomes:
             print("table sweeper: nothing to launch", flush=True)
         else:
@@ -99,6 +115,25 @@ class TableSweeper(BasicSweeper):
         if errors:   # as the basic sweeper, a job's exception fails the sweep (after every other job has run)
             raise errors[0]
         return returns
+
+    def launch_batches(self, todo: List[List[str]], initial_job_idx: int, returns: list, outcomes: Counter,
+                       errors: list) -> int:
+        if not todo:
+            return initial_job_idx
+        for batch in self.split_overrides_to_chunks(todo, self.max_batch_size):
+            tic = time.perf_counter()
+            self.validate_batch_is_legal(batch)
+            log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
+            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            for r in results:
+                try:
+                    outcomes[str(r.return_value)] += 1
+                except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
+                    outcomes["error"] += 1
+                    errors.append(exc)
+            initial_job_idx += len(batch)
+            returns.append(results)
+        return initial_job_idx
 
     def sources_not_ok(self, sources: Dict[int, List[str]]) -> Dict[int, str]:
         """{job index: why} for the jobs whose init_from source job has no `ok` record with its config's fingerprint."""

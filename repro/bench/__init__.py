@@ -5,8 +5,9 @@ train    -- step time and peak memory of every method (roberta-base, gpt2-medium
 storage  -- checkpoint bytes per method and task-switch time (merge a LoRA adapter vs load a full checkpoint)
 decode   -- our beam search (gpt2_beam.py) vs transformers' generate, same settings: outputs and time per input
 serve    -- a mixed-task batch (one LoRA per example, unmerged) vs one merged forward per task (repro.serve)
+sweep    -- cells per hour of a CPU grid: one cell at a time on every core vs two cells at a time on one core each
 
 Each writes results/bench/<what>.json (machine, load average, settings, raw samples) and prints a table.
 """
 
-BENCHMARKS = ("latency", "train", "storage", "decode", "serve")
+BENCHMARKS = ("latency", "train", "storage", "decode", "serve", "sweep")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -145,3 +147,22 @@ def test_serve_quick(tmp_path):
             check_stats(c["stats"][k])
         mem, w = c["resident_weight_bytes"], result["weights"]
         assert mem["merged_resident"] == 2 * w["base_bytes"] > mem["mixed"] == w["base_bytes"] + 2 * w["adapter_bytes"]
+
+
+def test_sweep_quick(tmp_path):
+    """Sequential vs two-at-a-time on 4 tiny cells through the real runner: both modes finish every cell ok, the
+    parallel cells really ran on one thread (submitit ignores cpus_per_task; `threads=1` is the cell's), the
+    sequential ones on torch's default, and cells/hour is the count over the command's own wall time."""
+    result = run_bench("sweep", tmp_path)
+    by = {m["mode"]: m for m in result["modes"]}
+    assert set(by) == {"sequential", "parallel"}
+    for m in by.values():
+        assert m["returncode"] == 0 and m["cells_ok"] == 4, m.get("stderr_tail")
+        assert m["cells_per_hour"] == pytest.approx(4 / m["wall_s"] * 3600, rel=0.01)
+    assert {c["torch_threads"] for c in by["parallel"]["cells"]} == {1}
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert {c["torch_threads"] for c in by["sequential"]["cells"]} == {int(default)}
+    # the same 4 cells in both modes
+    assert [c["cell"] for c in by["parallel"]["cells"]] == [c["cell"] for c in by["sequential"]["cells"]]
+    assert result["faster"] in ("sequential", "parallel")
