@@ -35,6 +35,7 @@ BASE_CELLS = [
     ["+table=glue", "model=tiny-roberta", "method=qlora", "task=rte", "model.arch.hidden_size=64", "model.arch.intermediate_size=128"],
     ["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte"],
     ["+table=variants_cpu", "model=minilm", "method=dora", "task=sst2"],   # table.render
+    ["+table=glue_cpu_tuned", "model=minilm", "method=lora", "variant=lr1e-3", "task=rte"],   # table.tune
 ]
 
 

@@ -88,8 +88,15 @@ def test_accumulation_gives_the_unaccumulated_loss_and_gradients(compose_config,
     print(f"{family}: first-step loss 8 x 1 = {loss_8:.4f}, 2 x 4 = {loss_2x4:.4f}")
     assert loss_2x4 == pytest.approx(loss_8, rel=1e-5)
     assert grads_8.keys() == grads_2x4.keys() and grads_8
+    # fp32 sums in another order (one batch of 8 vs 4 accumulated pairs) differ by ~eps x the tensor's scale, so the
+    # tolerance follows each tensor's largest entry; the key bias's gradient is analytically zero (softmax ignores a
+    # constant over keys) and only rounding noise, left out by the same scale rule. The bug this guards (4x) is 300%.
+    top = max(g.abs().max().item() for g in grads_8.values())
     for name, g in grads_8.items():
-        assert torch.allclose(grads_2x4[name], g, rtol=1e-4, atol=1e-6 * g.abs().max().item() + 1e-9), name
+        scale = g.abs().max().item()
+        if scale < 1e-6 * top:
+            continue
+        assert torch.allclose(grads_2x4[name], g, rtol=1e-4, atol=1e-4 * scale), name
 
 
 def test_several_gpus_without_torchrun_are_refused_before_anything_is_written(compose_config, data_dir, tmp_path, monkeypatch):
