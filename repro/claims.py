@@ -123,9 +123,7 @@ def chosen_candidates(table: str, pairs: list[tuple[str, dict]]) -> list[tuple[s
         return pairs
     if tune.selection_seed(config) is None:
         return pairs
-    by_cell: dict[tuple, list] = {}
-    for path, r in pairs:
-        by_cell.setdefault((r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task")), []).append((path, r))
+    by_cell = tables.records_by_cell(pairs)
     choice = tune.choices(config, config["tasks"], lambda *key: tables.selection_score(by_cell, *key))
     out = []
     for path, r in pairs:

@@ -140,8 +140,6 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
     allowed = row_variants(table)
     seeds_of = row_seeds(table)
     tasks = set(table.get("tasks") or [])
-    default = {"model": cfg.model.name, "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name,
-               "seed": str(cfg.seed)}
     out = Expansion()
 
     def keep(job: list[str], variant: str) -> None:
@@ -152,7 +150,7 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
             out.kept.append(job)
 
     for job in jobs:
-        d = {**default, **job_dict(job)}
+        d = job_values(cfg, job)
         has_variant = any(_key(o)[0] == "variant" for o in job)
         pair = (d["model"], d["method"])
         if pair not in allowed:
@@ -442,11 +440,16 @@ def _base(primary: DictConfig) -> DictConfig:
     return _BASES[id(primary)]
 
 
+def job_values(primary: DictConfig, job: list[str]) -> dict[str, str]:
+    """The job's model, method, variant, task and seed (the primary config's where the job does not set them), and
+    any other override it has."""
+    return {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
+            "task": primary.task.name, "seed": str(primary.seed), **job_dict(job)}
+
+
 def cell_key(primary: DictConfig, job: list[str]) -> tuple:
     """What identifies a job's cell up to its seed: (model, method, variant, task) and any other override."""
-    d = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
-         "task": primary.task.name, **job_dict(job)}
-    return tuple(sorted((k, v) for k, v in d.items() if k != "seed"))
+    return tuple(sorted((k, v) for k, v in job_values(primary, job).items() if k != "seed"))
 
 
 def resolve_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], fallback: bool = True):
@@ -624,29 +627,26 @@ def deferred_jobs(jobs: list[list[str]], primary: DictConfig) -> list[int]:
     seed = tune.selection_seed(table) if table is not None else None
     if seed is None:
         return []
-    default = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
-               "seed": str(primary.seed)}
     out = []
     for i, job in enumerate(jobs):
-        d = {**default, **job_dict(job)}
+        d = job_values(primary, job)
         if int(d["seed"]) != seed and tune.group_of(table, d["model"], d["method"], d["variant"]) is not None:
             out.append(i)
     return out
 
 
-def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) -> dict[int, tuple[bool, str]]:
+def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) -> dict[int, tuple[bool | None, str]]:
     """{index into jobs: (run it?, why)} for deferred jobs: each runs iff its candidate is the one repro.tune.choose
-    picks from the finished records (same config fingerprint) of every candidate on the selection seed."""
+    picks from the finished records (same config fingerprint) of every candidate on the selection seed; None: no
+    choice can be made yet (why says which candidate is missing)."""
     from repro import records, tune
     from repro.tables import record_score
 
     table = primary.table
     seed = tune.selection_seed(table)
-    default = {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
-               "task": primary.task.name}
     probes, slots = [], []   # every candidate on the selection seed, once per (job, candidate)
     for i, job in enumerate(jobs):
-        d = {**default, **job_dict(job)}
+        d = job_values(primary, job)
         group = tune.group_of(table, d["model"], d["method"], d["variant"])
         for v in tune.groups(table)[group]:
             probes.append(_with(job, variant=v, seed=seed))
@@ -661,9 +661,9 @@ def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) ->
             scores[i][v] = None if previous and previous.get("status") not in (None, "ok", "busy") else tune.NOT_RUN
     out = {}
     for i, job in enumerate(jobs):
-        d = {**default, **job_dict(job)}
+        d = job_values(primary, job)
         chosen, why = tune.choose(scores[i])
-        out[i] = (chosen == d["variant"], why if chosen is None else f"{d['task']}: {chosen} chosen, {why}")
+        out[i] = (None, why) if chosen is None else (chosen == d["variant"], f"{d['task']}: {chosen} chosen, {why}")
     return out
 
 

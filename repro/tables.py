@@ -180,6 +180,14 @@ def cell_cost(record: dict) -> dict:
             "s_per_step": (runtime - evals) / steps if steps and runtime is not None else None}
 
 
+def records_by_cell(pairs) -> dict[tuple, list[tuple]]:
+    """(path, record) pairs by (model, method, variant, task)."""
+    out: dict[tuple, list[tuple]] = {}
+    for path, r in pairs:
+        out.setdefault((r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task")), []).append((path, r))
+    return out
+
+
 def selection_score(by_cell: dict, model: str, method: str, variant: str, task: str, seed: int):
     """A tune candidate's dev score on the selection seed from the records found (repro.tune): the score, None for a
     failed cell, tune.NOT_RUN for none."""
@@ -213,10 +221,7 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
     tasks = list(table["tasks"])
     columns = paper.get("columns", []) if paper else []
     stand_ins = table.get("stand_ins") or {}
-    by_cell: dict[tuple, list[tuple]] = {}
-    for path, r in rec.iter_records(results_dir, table_name):
-        key = (r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task"))
-        by_cell.setdefault(key, []).append((path, r))
+    by_cell = records_by_cell(rec.iter_records(results_dir, table_name))
     present_models = {k[0] for k in by_cell}
 
     choices = tune.choices(table, tasks, lambda *key: selection_score(by_cell, *key))

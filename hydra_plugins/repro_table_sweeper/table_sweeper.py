@@ -61,15 +61,11 @@ class TableSweeper(BasicSweeper):
             print(plan_jobs(loader, self.config, jobs, self.expansion), flush=True)
             print(describe_waves(waves), flush=True)
             if deferred:
-                from repro.plan import job_dict
+                from repro.plan import job_values
                 from repro.tune import group_of
 
-                base = {"model": self.config.model.name, "method": self.config.method.name,
-                        "variant": self.config.variant, "task": self.config.task.name, "seed": str(self.config.seed)}
-                slots = set()
-                for i in deferred:
-                    d = {**base, **job_dict(jobs[i])}
-                    slots.add((group_of(self.config.table, d["model"], d["method"], d["variant"]), d["task"], d["seed"]))
+                slots = {(group_of(self.config.table, d["model"], d["method"], d["variant"]), d["task"], d["seed"])
+                         for d in (job_values(self.config, jobs[i]) for i in deferred)}
                 print(f"tuning: {len(deferred)} of these jobs are tune-group candidates on seeds other than the selection "
                       f"seed {self.config.table.tune.seed}: they wait for the others, and only the chosen candidate's "
                       f"run ({len(slots)} jobs; repro/tune.py), so at most {len(jobs) - len(deferred) + len(slots)} "
@@ -103,7 +99,7 @@ class TableSweeper(BasicSweeper):
                 if run:
                     todo.append(waiting[i])
                 else:
-                    outcomes["not run (not the chosen candidate)" if "chosen" in why else "not run (tuning undecided)"] += 1
+                    outcomes["not run (tuning undecided)" if run is None else "not run (not the chosen candidate)"] += 1
                     log.info("not run: %s: %s", " ".join(waiting[i]), why)
             print(f"tuning: {len(todo)} of {len(waiting)} jobs on the other seeds are chosen candidates", flush=True)
             todo = self.skip_done(todo, "the chosen candidates' other seeds")
