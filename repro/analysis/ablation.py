@@ -83,23 +83,94 @@ def build(table: str, results_dir: str | Path = "results", model: str | None = N
     return {"table": table, "tasks": cfg["tasks"], "rows": rows}
 
 
+DATASETS = ("WikiSQL", "MultiNLI")   # the paper's columns (GPT-3 175B validation accuracy)
+
+
+def _ours(c: dict) -> str:
+    if not c["n"]:
+        return "-" + (f" (failed ×{c['failed']})" if c["failed"] else "")
+    std = f" ± {c['std']:.1f}" if c["std"] is not None else ""
+    return f"{c['mean']:.1f}{std} (n={c['n']})"
+
+
+def _weights(row: dict) -> str:
+    return ",".join(f"W_{t}" for t in row["targets"])
+
+
+def _tasks(result: dict) -> list[str]:
+    return [t for t in result["tasks"] if any(r["tasks"][t]["n"] for r in result["rows"])] or result["tasks"][:1]
+
+
+def _paper(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def ordering(result: dict) -> list[str]:
+    """The paper's ordering question per dataset, ours and the paper's side by side, read off the means.
+    Table 5: which weight set scores best at the fixed budget, and does W_q,W_v (r=4) beat every single type (r=8)?
+    Table 6: per weight set, the smallest r within TOL points of that set's best r (the paper: r=1 suffices for
+    W_q,W_v, W_q alone needs a larger r)."""
+    datasets = [(d, {r["variant"]: r[f"paper_{d}"] for r in result["rows"]}, "paper, GPT-3") for d in DATASETS]
+    datasets += [(t, {r["variant"]: r["tasks"][t]["mean"] for r in result["rows"]}, "ours, MiniLM") for t in _tasks(result)]
+    label = {r["variant"]: _weights(r) for r in result["rows"]}
+    rank = {r["variant"]: r["r"] for r in result["rows"]}
+    lines = []
+    for name, vals, who in datasets:
+        vals = {v: x for v, x in vals.items() if x is not None}
+        if not vals:
+            continue
+        if result["table"] == "which_weights":
+            best = max(vals, key=vals.get)
+            singles = {v: x for v, x in vals.items() if len(label[v].split(",")) == 1}
+            line = f"- {name} ({who}): best {label[best]} ({vals[best]:.1f})"
+            if "qv_r4" in vals and singles:
+                top = max(singles, key=singles.get)
+                gap = vals["qv_r4"] - singles[top]
+                line += (f"; W_q,W_v {vals['qv_r4']:.1f} vs the best single type {label[top]} {singles[top]:.1f} "
+                         f"({gap:+.1f}: {'beats every single type' if gap > 0 else 'does not beat every single type'})")
+            lines.append(line)
+        else:
+            parts = []
+            for fam in dict.fromkeys(label.values()):
+                by_r = {rank[v]: x for v, x in vals.items() if label[v] == fam}
+                if len(by_r) < 2:
+                    continue
+                top = max(by_r.values())
+                enough = min(r for r, x in by_r.items() if x >= top - TOL)
+                parts.append(f"{fam}: r={enough} (best {top:.1f} at r={max(by_r, key=by_r.get)})")
+            if parts:
+                lines.append(f"- {name} ({who}): smallest r within {TOL} point of the best: " + "; ".join(parts))
+    return lines
+
+
+TOL = 1.0   # points: "as good as the best rank" (about one seed std of our 2-seed CPU cells; repro/claims.py MATCH_PTS)
+
+
 def markdown(result: dict) -> str:
-    tasks = [t for t in result["tasks"] if any(r["tasks"][t]["n"] for r in result["rows"])] or result["tasks"][:1]
-    head = ["Weights", "r", *[f"{t} (ours, MiniLM)" for t in tasks], "WikiSQL (paper, GPT-3)", "MultiNLI (paper, GPT-3)"]
+    """The paper's layout. Table 5: weight sets as columns, a row of ranks, then one row per dataset.
+    Table 6: one row per (dataset, weight set), ranks as columns."""
+    tasks = _tasks(result)
+    rows = result["rows"]
+    if result["table"] == "which_weights":
+        head = ["", "Weight type", *[_weights(r) for r in rows]]
+        body = [["", "Rank r", *[str(r["r"]) for r in rows]]]
+        body += [[f"{d} (paper, GPT-3)", "", *[_paper(r[f"paper_{d}"]) for r in rows]] for d in DATASETS]
+        body += [[f"{t} (ours, MiniLM)", "", *[_ours(r["tasks"][t]) for r in rows]] for t in tasks]
+    else:
+        ranks = sorted({r["r"] for r in rows})
+        head = ["Dataset", "Weight type", *[f"r={k}" for k in ranks]]
+        body = []
+        families = list(dict.fromkeys(_weights(r) for r in rows))
+        for name, who in [*((d, "paper, GPT-3") for d in DATASETS), *((t, "ours, MiniLM") for t in tasks)]:
+            for fam in families:
+                by_r = {r["r"]: r for r in rows if _weights(r) == fam}
+                cells = [(_paper(by_r[k][f"paper_{name}"]) if name in DATASETS else _ours(by_r[k]["tasks"][name]))
+                         if k in by_r else "" for k in ranks]
+                body.append([f"{name} ({who})", fam, *cells])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in result["rows"]:
-        cells = []
-        for t in tasks:
-            c = row["tasks"][t]
-            if not c["n"]:
-                cells.append("-" + (f" (failed ×{c['failed']})" if c["failed"] else ""))
-            else:
-                std = f" ± {c['std']:.1f}" if c["std"] is not None else ""
-                cells.append(f"{c['mean']:.1f}{std} (n={c['n']})")
-        lines.append("| " + " | ".join([row["label"].split(" r=")[0], str(row["r"]), *cells,
-                                         str(row["paper_WikiSQL"] if row["paper_WikiSQL"] is not None else "-"),
-                                         str(row["paper_MultiNLI"] if row["paper_MultiNLI"] is not None else "-")]) + " |")
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(b) + " |" for b in body]
+    order = ordering(result)
+    return "\n".join(lines) + "\n" + ("\nOrdering, read off the means:\n\n" + "\n".join(order) + "\n" if order else "")
 
 
 def write(table: str, results_dir: str | Path = "results", out_dir: str | Path | None = None,

@@ -42,7 +42,7 @@ def test_rank_rows_cover_table6(compose_config):
         assert cfg.train.num_train_epochs == 1 and cfg.train.global_batch_size == 16 and cfg.data.max_seq_length == 128
     assert seen == {(t, r) for t in [("q",), ("q", "v"), ("q", "k", "v", "o")] for r in (1, 2, 4, 8, 64)}
     # the whole-data tasks take no subsample; the command line still wins
-    cfg = _cell(compose_config, "rank", "qv_r8", task="rte", extra=["train.max_steps=2"])
+    cfg = _cell(compose_config, "rank", "qv_r8", task="stsb", extra=["train.max_steps=2"])
     assert cfg.data.max_train_samples is None and cfg.train.max_steps == 2
 
 

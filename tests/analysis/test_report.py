@@ -90,4 +90,18 @@ def test_ablation_table_reads_records_and_paper(results, tmp_path):
     ww = ablation.build("which_weights", results)
     assert [r["paper_MultiNLI"] for r in ww["rows"]] == [91.0, 90.8, 91.0, 91.3, 91.3, 91.3, 91.7]
     md, paths = ablation.write("rank", results, tmp_path, model="tiny-roberta")
-    assert "| W_q,W_v | 8 | 58.0 (n=1) | 73.8 | 91.6 |" in md and all(p.exists() for p in paths)
+    # the paper's layout: one row per (dataset, weight set), ranks as columns; the paper's GPT-3 rows first
+    assert "| Dataset | Weight type | r=1 | r=2 | r=4 | r=8 | r=64 |" in md
+    assert "| WikiSQL (paper, GPT-3) | W_q,W_v | 73.4 | 73.3 | 73.7 | 73.8 | 73.5 |" in md
+    assert "| sst2 (ours, MiniLM) | W_q,W_v | - | 52.0 ± 0.0 (n=2) | - | 58.0 (n=1) | - |" in md and all(p.exists() for p in paths)
+    assert "- sst2 (ours, MiniLM): smallest r within 1.0 point of the best: W_q,W_v: r=8 (best 58.0 at r=8)" in md
+    # the ordering line: the paper's r=1 suffices for W_q,W_v (73.4 within 1 point of 73.8)
+    assert "- WikiSQL (paper, GPT-3): smallest r within 1.0 point of the best: W_q: r=2" in md
+    assert "W_q,W_v: r=1 (best 73.8 at r=8)" in md
+    md, _ = ablation.write("which_weights", results, tmp_path)
+    assert "|  | Weight type | W_q | W_k | W_v | W_o | W_q,W_k | W_q,W_v | W_q,W_k,W_v,W_o |" in md
+    assert "|  | Rank r | 8 | 8 | 8 | 8 | 4 | 4 | 2 |" in md
+    assert "| MultiNLI (paper, GPT-3) |  | 91.0 | 90.8 | 91.0 | 91.3 | 91.3 | 91.3 | 91.7 |" in md
+    # WikiSQL: W_q,W_v 73.7 beats the best single type (W_o 73.2); MultiNLI: 91.3 ties W_o's 91.3 -> does not beat
+    assert "- WikiSQL (paper, GPT-3): best W_q,W_v (73.7); W_q,W_v 73.7 vs the best single type W_o 73.2 (+0.5: beats" in md
+    assert "- MultiNLI (paper, GPT-3): best W_q,W_k,W_v,W_o (91.7); W_q,W_v 91.3 vs the best single type W_o 91.3 (+0.0: does not" in md
