@@ -424,8 +424,11 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     metrics = ", ".join(f"{c}: {main_metric(t)}" for c, t in zip(columns, tasks))
     title = f"Table {table_name}" + (f" — {paper['source']['paper']}" if paper.get("source") else "")
     n_records = sum(c.n + sum(c.failed.values()) for r in rows for c in r.cells.values()) + len(unmatched)
+    n_all = sum(1 for _ in rec.iter_records(results_dir, table_name))
+    counted = f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)" \
+        if n_all > n_records else ""
     md = [f"# {title}", "",
-          f"Records: {n_records} under {Path(results_dir) / table_name}. Scores ×100 ({metrics}), each at the epoch the "
+          f"Records: {max(n_all, n_records)} under {Path(results_dir) / table_name}{counted}. Scores ×100 ({metrics}), each at the epoch the "
           "run selected (`train.select`; `best` = the paper's best dev epoch). mean ± std over seeds (n = seeds behind "
           "the cell) is the suite's statistic; the median over seeds is the paper's. \"paper\" is the paper's number, "
           "Δ = median − paper. \"(cited)\": the paper copied that row from prior work (marked * there). Stand-in rows "

@@ -113,6 +113,8 @@ def test_sweep_runs_every_candidate_on_seed0_then_only_the_chosen_one(hydra_ctx,
     assert lora.tuning["rte"][0] == "lr1e-3" and lora.tuning["rte"][2]["lr2e-3"] is None
     text = tables.render("glue_cpu_tuned", tmp_path, tmp_path / "tables")
     assert "| LoRA | rte | LoRA lr 5e-4: 60.0, LoRA lr 1e-3: 70.0 ✓, LoRA lr 2e-3: failed | LoRA lr 1e-3 |" in text
+    # the record count says how many records the rows hold and how many are candidates not chosen
+    assert "(6 in the rows; the other 4: tuning candidates not chosen, under Tuning)" in text
 
     # ... and so do the claims: only the chosen candidates' records, as the method's row
     pairs = [(str(p), r) for p, r in records.iter_records(tmp_path, "glue_cpu_tuned")]
