@@ -23,6 +23,8 @@ Rules shared by all claims:
 * Table preference: for a family of tables (e.g. GLUE: `glue`, then the CPU-sized `glue_cpu`), a tuned table
   `<name>_tuned` is tried before `<name>`, and the paper-sized table before its CPU-sized stand-in; the first table
   that has the rows a claim compares is used, and the report says which one (and why earlier ones were passed over).
+  A table with tune groups (repro/tune.py) counts only once its learning rate is chosen for every (row, task): a
+  half-run tuned grid would otherwise stand for the whole comparison; until then it is passed over, saying so.
 
 Thresholds (points are score points, ×100 scale):
 
@@ -112,6 +114,25 @@ class Evidence:
     excluded: Counter                            # table -> records with status != ok
     bench: dict[str, tuple[str, dict]]           # bench file stem -> (path, json)
     analysis: dict[str, tuple[str, dict]]        # path under analysis/ -> (path, json)
+    unfinished: dict[str, str] = field(default_factory=dict)   # tuned table -> why it is not used yet (tuning_unfinished)
+
+
+def tuning_unfinished(table: str, pairs: list[tuple[str, dict]]) -> str | None:
+    """A table with tune groups is evidence only once its tuning is decided for every (group, task) of the table: a
+    half-run tuned grid (say one task of five) would otherwise stand for the whole comparison. Returns why not, or
+    None (decided, or not a tuned table)."""
+    try:
+        config = tables.load_table_config(table)
+    except (SystemExit, OSError, KeyError, ValueError):
+        return None
+    if tune.selection_seed(config) is None:
+        return None
+    by_cell = tables.records_by_cell(pairs)
+    choice = tune.choices(config, config["tasks"], lambda *key: tables.selection_score(by_cell, *key))
+    undecided = sum(c[0] is None for c in choice.values())
+    if not undecided:
+        return None
+    return f"tuning not finished ({undecided} of {len(choice)} (row, task) choices undecided)"
 
 
 def chosen_candidates(table: str, pairs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
@@ -144,8 +165,11 @@ def load_evidence(results_dir: str | Path) -> Evidence:
         parts = path.relative_to(root).parts
         if len(parts) == 5:     # <table>/<model>/<method>/<task>/seed<k>.json only
             found.setdefault(parts[0], []).append((str(path), r))
+    unfinished = {}
     for table, pairs in found.items():
         records[table] = []
+        if (why := tuning_unfinished(table, pairs)):
+            unfinished[table] = why
         for path, r in chosen_candidates(table, pairs):
             if r.get("status") == "ok":
                 records[table].append((path, r))
@@ -161,7 +185,8 @@ def load_evidence(results_dir: str | Path) -> Evidence:
                 continue
         return out
 
-    return Evidence(root, records, excluded, load_dir(root / "bench", "*.json"), load_dir(root / "analysis", "**/*.json"))
+    return Evidence(root, records, excluded, load_dir(root / "bench", "*.json"), load_dir(root / "analysis", "**/*.json"),
+                    unfinished)
 
 
 _MODEL_SOURCE: dict[str, str | None] = {}
@@ -267,6 +292,9 @@ def pick(ev: Evidence, bases, usable) -> tuple[str | None, object, str]:
     for table in candidates(*bases):
         if not ev.records.get(table):
             skipped.append(f"{table}: no ok records")
+            continue
+        if table in ev.unfinished:
+            skipped.append(f"{table}: {ev.unfinished[table]}")
             continue
         value = usable(table)
         if value:

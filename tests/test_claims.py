@@ -91,12 +91,33 @@ def test_lora_matches_ft_verdicts(tmp_path, lora, verdict):
     assert len(c.evidence) == 8 and "glue_cpu" in c.source
 
 
-def test_tuned_table_wins(tmp_path):
-    glue(tmp_path, "glue_cpu", {"ft": {"rte": 70.0}, "lora": {"rte": 50.0}})
-    glue(tmp_path, "glue_cpu_tuned", {"ft": {"rte": 70.0}, "lora": {"rte": 71.0}})
+CANDIDATES = {"ft": ("lr2e-5", "lr5e-5", "lr1e-4"), "lora": ("lr5e-4", "lr1e-3", "lr2e-3")}   # conf/table/glue_cpu_tuned.yaml
+
+
+def tuned(root: Path, scores: dict[str, float], tasks) -> None:
+    """glue_cpu_tuned as its sweep writes it: every candidate on seed 0 (the middle one scores `scores[method]`, the
+    others 5 points less), then the chosen one on seeds 1 and 2."""
+    for method, score in scores.items():
+        for task in tasks:
+            for k, variant in enumerate(CANDIDATES[method]):
+                write_record(root, "glue_cpu_tuned", method, task, 0, score - (0 if k == 1 else 5), variant=variant)
+            for seed in (1, 2):
+                write_record(root, "glue_cpu_tuned", method, task, seed, score, variant=CANDIDATES[method][1])
+
+
+def test_tuned_table_wins_once_its_tuning_is_decided_on_every_task(tmp_path):
+    tasks = ("rte", "mrpc", "stsb", "cola", "sst2")
+    glue(tmp_path, "glue_cpu", {"ft": {t: 70.0 for t in tasks}, "lora": {t: 50.0 for t in tasks}})
+    # the tuned grid half-run (RTE only): not evidence yet, the report says why and uses glue_cpu
+    tuned(tmp_path, {"ft": 70.0, "lora": 71.0}, tasks[:1])
+    c = by_id(tmp_path)["lora_matches_ft"]
+    assert c.source.startswith("table `glue_cpu`") and c.verdict == cl.NOT_REPRODUCED
+    assert "glue_cpu_tuned: tuning not finished (8 of 10 (row, task) choices undecided)" in c.source
+    # every task decided: the tuned table wins, with the chosen candidates' records only
+    tuned(tmp_path, {"ft": 70.0, "lora": 71.0}, tasks[1:])
     c = by_id(tmp_path)["lora_matches_ft"]
     assert c.verdict == cl.REPRODUCED and c.source.startswith("table `glue_cpu_tuned`")
-    assert all("glue_cpu_tuned" in p for p in c.evidence)
+    assert len(c.evidence) == 30 and all("glue_cpu_tuned" in p and (".lr5e-5/" in p or ".lr1e-3/" in p) for p in c.evidence)
 
 
 def test_adapters_verdicts_and_budget(tmp_path):

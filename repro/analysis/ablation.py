@@ -80,7 +80,16 @@ def build(table: str, results_dir: str | Path = "results", model: str | None = N
                                    "std": statistics.stdev(vals) if len(vals) > 1 else None,
                                    "failed": failed.get(key, 0)}
         rows.append(line)
-    return {"table": table, "tasks": cfg["tasks"], "rows": rows}
+    return {"table": table, "tasks": cfg["tasks"], "rows": rows, "task_names": {t: task_name(t) for t in cfg["tasks"]}}
+
+
+def task_name(task: str) -> str:
+    """How the table names a task's column: GLUE's name and the main metric (e.g. 'STS-B pearson')."""
+    path = CONF_DIR / "task" / f"{task}.yaml"
+    if not path.exists():
+        return task
+    t = yaml.safe_load(path.read_text())
+    return f"{t.get('glue_dir') or task} {t.get('main_metric', '')}".strip()
 
 
 DATASETS = ("WikiSQL", "MultiNLI")   # the paper's columns (GPT-3 175B validation accuracy)
@@ -111,7 +120,9 @@ def ordering(result: dict) -> list[str]:
     Table 6: per weight set, the smallest r within TOL points of that set's best r (the paper: r=1 suffices for
     W_q,W_v, W_q alone needs a larger r)."""
     datasets = [(d, {r["variant"]: r[f"paper_{d}"] for r in result["rows"]}, "paper, GPT-3") for d in DATASETS]
-    datasets += [(t, {r["variant"]: r["tasks"][t]["mean"] for r in result["rows"]}, "ours, MiniLM") for t in _tasks(result)]
+    names = result.get("task_names", {})
+    datasets += [(names.get(t, t), {r["variant"]: r["tasks"][t]["mean"] for r in result["rows"]}, "ours, MiniLM")
+                 for t in _tasks(result)]
     label = {r["variant"]: _weights(r) for r in result["rows"]}
     rank = {r["variant"]: r["r"] for r in result["rows"]}
     lines = []
@@ -151,11 +162,12 @@ def markdown(result: dict) -> str:
     Table 6: one row per (dataset, weight set), ranks as columns."""
     tasks = _tasks(result)
     rows = result["rows"]
+    names = result.get("task_names", {})
     if result["table"] == "which_weights":
         head = ["", "Weight type", *[_weights(r) for r in rows]]
         body = [["", "Rank r", *[str(r["r"]) for r in rows]]]
         body += [[f"{d} (paper, GPT-3)", "", *[_paper(r[f"paper_{d}"]) for r in rows]] for d in DATASETS]
-        body += [[f"{t} (ours, MiniLM)", "", *[_ours(r["tasks"][t]) for r in rows]] for t in tasks]
+        body += [[f"{names.get(t, t)} (ours, MiniLM)", "", *[_ours(r["tasks"][t]) for r in rows]] for t in tasks]
     else:
         ranks = sorted({r["r"] for r in rows})
         head = ["Dataset", "Weight type", *[f"r={k}" for k in ranks]]
@@ -166,7 +178,7 @@ def markdown(result: dict) -> str:
                 by_r = {r["r"]: r for r in rows if _weights(r) == fam}
                 cells = [(_paper(by_r[k][f"paper_{name}"]) if name in DATASETS else _ours(by_r[k]["tasks"][name]))
                          if k in by_r else "" for k in ranks]
-                body.append([f"{name} ({who})", fam, *cells])
+                body.append([f"{names.get(name, name)} ({who})", fam, *cells])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(b) + " |" for b in body]
     order = ordering(result)

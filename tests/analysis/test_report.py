@@ -93,8 +93,8 @@ def test_ablation_table_reads_records_and_paper(results, tmp_path):
     # the paper's layout: one row per (dataset, weight set), ranks as columns; the paper's GPT-3 rows first
     assert "| Dataset | Weight type | r=1 | r=2 | r=4 | r=8 | r=64 |" in md
     assert "| WikiSQL (paper, GPT-3) | W_q,W_v | 73.4 | 73.3 | 73.7 | 73.8 | 73.5 |" in md
-    assert "| sst2 (ours, MiniLM) | W_q,W_v | - | 52.0 ± 0.0 (n=2) | - | 58.0 (n=1) | - |" in md and all(p.exists() for p in paths)
-    assert "- sst2 (ours, MiniLM): smallest r within 1.0 point of the best: W_q,W_v: r=8 (best 58.0 at r=8)" in md
+    assert "| SST-2 accuracy (ours, MiniLM) | W_q,W_v | - | 52.0 ± 0.0 (n=2) | - | 58.0 (n=1) | - |" in md and all(p.exists() for p in paths)
+    assert "- SST-2 accuracy (ours, MiniLM): smallest r within 1.0 point of the best: W_q,W_v: r=8 (best 58.0 at r=8)" in md
     # the ordering line: the paper's r=1 suffices for W_q,W_v (73.4 within 1 point of 73.8)
     assert "- WikiSQL (paper, GPT-3): smallest r within 1.0 point of the best: W_q: r=2" in md
     assert "W_q,W_v: r=1 (best 73.8 at r=8)" in md
