@@ -117,10 +117,9 @@ class Evidence:
     unfinished: dict[str, str] = field(default_factory=dict)   # tuned table -> why it is not used yet (tuning_unfinished)
 
 
-def tuning_unfinished(table: str, pairs: list[tuple[str, dict]]) -> str | None:
-    """A table with tune groups is evidence only once its tuning is decided for every (group, task) of the table: a
-    half-run tuned grid (say one task of five) would otherwise stand for the whole comparison. Returns why not, or
-    None (decided, or not a tuned table)."""
+def tuning_choice(table: str, pairs: list[tuple[str, dict]]) -> tuple[dict, dict] | None:
+    """(table config, tune.choices over these records) for a table with tune groups (repro/tune.py); None for any
+    other table, or a results folder with no table config."""
     try:
         config = tables.load_table_config(table)
     except (SystemExit, OSError, KeyError, ValueError):
@@ -128,24 +127,27 @@ def tuning_unfinished(table: str, pairs: list[tuple[str, dict]]) -> str | None:
     if tune.selection_seed(config) is None:
         return None
     by_cell = tables.records_by_cell(pairs)
-    choice = tune.choices(config, config["tasks"], lambda *key: tables.selection_score(by_cell, *key))
-    undecided = sum(c[0] is None for c in choice.values())
+    return config, tune.choices(config, config["tasks"], lambda *key: tables.selection_score(by_cell, *key))
+
+
+def tuning_unfinished(table: str, pairs: list[tuple[str, dict]]) -> str | None:
+    """A table with tune groups is evidence only once its tuning is decided for every (group, task) of the table: a
+    half-run tuned grid (say one task of five) would otherwise stand for the whole comparison. Returns why not, or
+    None (decided, or not a tuned table)."""
+    tuned = tuning_choice(table, pairs)
+    undecided = sum(c[0] is None for c in tuned[1].values()) if tuned else 0
     if not undecided:
         return None
-    return f"tuning not finished ({undecided} of {len(choice)} (row, task) choices undecided)"
+    return f"tuning not finished ({undecided} of {len(tuned[1])} (row, task) choices undecided)"
 
 
 def chosen_candidates(table: str, pairs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     """A table with tune groups (repro/tune.py): the chosen candidate's records per task, as the row's (variant
     "default"), and none of the other candidates'; other tables: every record."""
-    try:
-        config = tables.load_table_config(table)
-    except (SystemExit, OSError, KeyError, ValueError):   # a results folder with no table config: as found
+    tuned = tuning_choice(table, pairs)
+    if tuned is None:
         return pairs
-    if tune.selection_seed(config) is None:
-        return pairs
-    by_cell = tables.records_by_cell(pairs)
-    choice = tune.choices(config, config["tasks"], lambda *key: tables.selection_score(by_cell, *key))
+    config, choice = tuned
     out = []
     for path, r in pairs:
         group = tune.group_of(config, r.get("model"), r.get("method"), r.get("variant", "default"))
