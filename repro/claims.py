@@ -86,7 +86,7 @@ AMPLIFICATION_MIN = 5.0
 DROP_PTS = 1.0
 
 GLUE_TABLES = ("glue", "glue_cpu")            # paper-sized first, then the CPU stand-in (each: `_tuned` first)
-NLG_TABLES = ("e2e", "webnlg", "dart")
+NLG_TABLES = ("e2e", "e2e_cpu", "webnlg", "webnlg_cpu", "dart")   # paper-sized first, then the CPU stand-in
 ADAPTERS = ("adapter_h", "adapter_l", "adapter_p", "adapter_d")
 PREFIXES = ("prefix_embed", "prefix_layer")
 

@@ -220,11 +220,26 @@ def write_outputs(base: Path, hyps: list[str], refs: list[list[str]], seen: list
     return paths
 
 
+def decode_precision(cfg: DictConfig, model):
+    """Decoding runs in the precision the cell trained in: fp32 as is; bf16/fp16 under the same autocast the Trainer
+    used (weights stay fp32, matrix products in half precision)."""
+    p = str(cfg.train.precision)
+    if p == "fp32":
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+
 def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
+    """Beam search over the test inputs with LoRA merged (W = W0 + (alpha/r) B A, Section 4.1: loralib merges in
+    eval mode, so gpt2_beam.py decodes merged weights too; unmerged again afterwards), scored."""
+    from repro.methods.lora import merged
+
     settings = beam_settings(cfg, tokenizer)
     start = time.time()
     mine = dist.shard(test)   # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
-    outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
+    with merged(model), decode_precision(cfg, model):
+        outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
     if dist.active():
         outputs = dist.unshard(dist.all_gather(outputs), len(test))
     decode_s = time.time() - start
@@ -239,7 +254,7 @@ def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tup
     start = time.time()
     metrics = score_outputs(cfg.task, hyps, refs, seen) if test else {}
     info = {"settings": OmegaConf.to_container(cfg.decode, resolve=True), "end_token_ids": list(settings.eos_token_ids),
-            "inputs": len(test),
+            "precision": str(cfg.train.precision), "inputs": len(test),
             "decode_s": round(decode_s, 1), "score_s": round(time.time() - start, 1), "files": files,
             "empty_hypotheses": sum(1 for h in hyps if not h)}
     return metrics, info

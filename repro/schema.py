@@ -361,8 +361,18 @@ class TableTune(Group):
     seed: NonNegInt = Field(0, description="the selection seed: every candidate runs it; the chosen one runs the others")
 
 
+class RenderColumn(Group):
+    name: Name = Field(description="the column as the paper prints it (BLEU, MET, BLEU-U, ...)")
+    metric: Name = Field(description="the record's metric key (BLEU, METEOR, BLEU_unseen, ...)")
+    scale: Literal[1, 100] = Field(100, description="the paper prints metric x scale (E2E: BLEU x100, NIST x1)")
+    paper: Name | None = Field(None, description="the paper file's column: BLEU (a list of columns) or BLEU.U "
+                                                 "(columns per metric, Table 14); none: no paper number")
+
+
 class TableRender(Group):
     cost: bool = Field(False, description="repro.tables adds a Cost section: peak memory, s/step, min/cell per row")
+    columns: list[RenderColumn] = Field([], description="one task's metrics as the columns (the NLG tables), "
+                                                        "instead of one column per task (its main metric x 100)")
 
 
 class TableConfig(Group):
@@ -384,6 +394,9 @@ class TableConfig(Group):
     def _grid(self):
         if self.name != "adhoc" and not (self.tasks and self.rows):
             raise bad("tasks" if not self.tasks else "rows", [], f"table {self.name} needs tasks and rows")
+        if self.render.columns and len(self.tasks) != 1:
+            raise bad("render.columns", [c.name for c in self.render.columns],
+                      f"metric columns are one task's; table {self.name} has tasks {self.tasks}")
         groups: dict[tuple, list[TableRow]] = {}
         for row in self.rows:
             if row.tune:

@@ -10,6 +10,10 @@ next to the paper row of the model it stands in for. Missing cells print as "-",
 reasons are listed under the table); records that fit no row are listed too: nothing is dropped silently. A cell
 with a record whose code cannot be traced (no git commit, or uncommitted changes without the seed<k>.diff that
 `repro.run` writes beside the record) is marked §, and those records are listed under the table.
+
+The NLG tables (3, 13, 14) print one task's metrics as columns instead (the table config's `render.columns`: the
+paper's column name, the record's metric key, the scale the paper prints it at, and the paper file's column), e.g.
+E2E's BLEU, NIST, MET, ROUGE-L, CIDEr, or WebNLG's BLEU/MET/TER on its unseen, seen and all test inputs.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ def main_metric(task: str, record: dict | None = None) -> str:
     if cfg_task.get("main_metric"):
         return cfg_task["main_metric"]
     path = CONF_DIR / "task" / f"{task}.yaml"
-    return yaml.safe_load(path.read_text()).get("main_metric", "accuracy") if path.exists() else "accuracy"
+    if not path.exists():
+        return "accuracy"
+    data = yaml.safe_load(path.read_text()) or {}
+    return (data.get("task") or data).get("main_metric", "accuracy")   # the task files nest it under `task:`
 
 
 def norm(s: str) -> str:
@@ -101,6 +108,70 @@ def paper_row(paper: dict | None, row: dict) -> dict | None:
             continue
         return p
     return None
+
+
+@dataclass(frozen=True)
+class Column:
+    """One printed column: a task scored by `metric` (None: the task's main metric) times `scale`; `paper` locates
+    the paper's number in its row (an index into `values`, or "METRIC.SPLIT" in a table with per-metric columns)."""
+    name: str
+    task: str
+    metric: str | None = None
+    scale: float = 100.0
+    paper: int | str | None = None
+    first_of_task: bool = True
+
+    @property
+    def key(self) -> str:
+        """The row's cell key: the task (task columns) or the column's name (metric columns)."""
+        return self.name if self.metric else self.task
+
+
+def table_columns(table: dict, paper: dict | None) -> list[Column]:
+    """The task columns (GLUE: one per task, its main metric x 100), or `render.columns` (one task's metrics)."""
+    tasks = list(table["tasks"])
+    spec = (table.get("render") or {}).get("columns")
+    if spec:
+        return [Column(c["name"], tasks[0], c["metric"], float(c.get("scale", 100)), c.get("paper"), i == 0)
+                for i, c in enumerate(spec)]
+    names = list((paper or {}).get("columns") or [])
+    out = []
+    for task in tasks:
+        j = next((j for j, c in enumerate(names) if norm(c) == norm(task)), None)
+        out.append(Column(names[j] if j is not None else task, task, None, 100.0, j))
+    return out
+
+
+def headline_column(columns: list[Column]) -> int:
+    """Index of the metric column that carries the task's main metric (else the first)."""
+    main = main_metric(columns[0].task)
+    return next((i for i, c in enumerate(columns) if c.metric == main), 0)
+
+
+def paper_value(prow: dict | None, paper: dict | None, col: Column) -> float | None:
+    """The paper's number for a column: row["values"][i], or row[METRIC][columns[METRIC].index(SPLIT)] (Table 14)."""
+    if prow is None or col.paper is None:
+        return None
+    if isinstance(col.paper, int):
+        values = prow.get("values") or []
+        return values[col.paper] if col.paper < len(values) else None
+    cols = (paper or {}).get("columns")
+    if isinstance(cols, dict):
+        metric, _, split = col.paper.partition(".")
+        return prow[metric][cols[metric].index(split)] if metric in prow and split in cols.get(metric, []) else None
+    return prow["values"][cols.index(col.paper)] if cols and col.paper in cols else None
+
+
+def check_columns(columns: list[Column], paper: dict | None, table_name: str) -> None:
+    """A `render.columns` entry whose paper column the paper file does not have is a config error, said once."""
+    if not paper:
+        return
+    cols = paper.get("columns")
+    allowed = ([f"{m}.{s}" for m, splits in cols.items() for s in splits] if isinstance(cols, dict) else list(cols or []))
+    bad = [c.paper for c in columns if isinstance(c.paper, str) and c.paper not in allowed]
+    if bad:
+        raise SystemExit(f"table {table_name}: render.columns paper={bad[0]!r} is not a column of {paper['source']['paper']}; "
+                         f"allowed: {', '.join(allowed)}")
 
 
 # ---------------------------------------------------------------- aggregation
@@ -149,6 +220,7 @@ class Row:
     trainable: list[int] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)   # a tune group's row: task -> (chosen variant or None, why, {variant: score})
     tuning_labels: dict = field(default_factory=dict)   # its candidates' labels by variant
+    columns: list = field(default_factory=list)   # the Column behind each cell, in order
 
     @property
     def stand_in(self) -> bool:
@@ -159,11 +231,20 @@ class Row:
         vals = [getattr(c, stat) for c in self.cells.values() if getattr(c, stat) is not None]
         return (statistics.fmean(vals) if vals else None), len(vals)
 
+    def headline(self, stat: str):
+        """The row's one number: the average over task columns, or with metric columns (one task) the statistic of
+        the column of the task's main metric (E2E: BLEU; WebNLG: BLEU on all inputs); (value, tasks present)."""
+        if self.columns and self.columns[0].metric:
+            v = getattr(list(self.cells.values())[headline_column(self.columns)], stat)
+            return v, int(v is not None)
+        return self.average(stat)
 
-def record_score(record: dict) -> float | None:
-    metric = main_metric(record.get("task", ""), record)
+
+def record_score(record: dict, col: Column | None = None) -> float | None:
+    """The record's score in a column: its task's main metric x 100, or the column's metric x its scale."""
+    metric = col.metric if col and col.metric else main_metric(record.get("task", ""), record)
     value = (record.get("metrics") or {}).get(metric)
-    return None if value is None else 100.0 * float(value)
+    return None if value is None else (col.scale if col else 100.0) * float(value)
 
 
 def cell_cost(record: dict) -> dict:
@@ -219,7 +300,8 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
     table = table or load_table_config(table_name)
     paper = load_paper(table)
     tasks = list(table["tasks"])
-    columns = paper.get("columns", []) if paper else []
+    columns = table_columns(table, paper)
+    check_columns(columns, paper, table_name)
     stand_ins = table.get("stand_ins") or {}
     by_cell = records_by_cell(rec.iter_records(results_dir, table_name))
     present_models = {k[0] for k in by_cell}
@@ -250,27 +332,27 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
                 row.label, row.variant = spec["tune"], "default"
                 row.tuning = {t: choices[(*group, t)] for t in tasks}
                 row.tuning_labels = {v: labels[(*group[:2], v)] or v for v in tune.groups(table)[group]}
-            for i, task in enumerate(tasks):
-                cell = Cell()
-                if prow is not None:
-                    col = next((j for j, c in enumerate(columns) if norm(c) == norm(task)), None)
-                    cell.paper = prow["values"][col] if col is not None else None
+            for col in columns:
+                task = col.task
+                cell = Cell(paper=paper_value(prow, paper, col))
                 chosen = row.tuning[task][0] if spec.get("tune") else variant
                 for path, r in sorted(by_cell.get((model, spec["method"], chosen, task), []), key=lambda x: x[1].get("seed", 0)):
                     used.add(str(path))
                     if (why := rec.untraced(path, r)) is not None:
                         cell.untraced.append((path, why))
-                    if r.get("status") == "ok" and record_score(r) is not None:
-                        cell.scores.append(record_score(r))
+                    score = record_score(r, col)
+                    if r.get("status") == "ok" and score is not None:
+                        cell.scores.append(score)
                         cell.seeds.append(r.get("seed"))
                         cell.costs.append(cell_cost(r))
-                        if r.get("adapter_params") is not None:
+                        if col.first_of_task and r.get("adapter_params") is not None:
                             row.trainable.append(r["adapter_params"] if spec["method"] != "ft" else r.get("trainable_params"))
                     elif r.get("status") == "ok":
-                        cell.failed[f"no {main_metric(task, r)} in metrics"] += 1
+                        cell.failed[f"no {col.metric or main_metric(task, r)} in metrics"] += 1
                     else:
                         cell.failed[short_reason(r.get("error"))] += 1
-                cells[task] = cell
+                cells[col.key] = cell
+            row.columns = columns
             rows.append(row)
     unmatched = [(p, r) for key, lst in by_cell.items() for p, r in lst if str(p) not in used]
     return rows, unmatched, table
@@ -283,8 +365,8 @@ def fmt(x, nd=1) -> str:
     return MISSING if x is None else f"{x:.{nd}f}"
 
 
-def fmt_signed(x) -> str:
-    return MISSING if x is None else f"{x:+.1f}"
+def fmt_signed(x, nd=1) -> str:
+    return MISSING if x is None else f"{x:+.{nd}f}"
 
 
 def fmt_params(n) -> str:
@@ -296,11 +378,11 @@ def fmt_params(n) -> str:
     return str(int(n))
 
 
-def mean_cell(c: Cell) -> str:
+def mean_cell(c: Cell, nd: int = 1) -> str:
     mark = f" {UNTRACED}" if c.untraced else ""
     if c.n == 0:
         return (f"failed ×{sum(c.failed.values())}" + mark) if c.failed else MISSING
-    s = f"{c.mean:.1f} ± {c.std:.1f} (n={c.n})" if c.std is not None else f"{c.mean:.1f} (n=1)"
+    s = f"{c.mean:.{nd}f} ± {c.std:.{nd}f} (n={c.n})" if c.std is not None else f"{c.mean:.{nd}f} (n=1)"
     return s + (f" +{sum(c.failed.values())} failed" if c.failed else "") + mark
 
 
@@ -325,9 +407,13 @@ def paper_average(row: Row, n_tasks: int) -> float | None:
     return statistics.fmean(papers) if papers and None not in papers else None
 
 
-def table_lines(rows: list[Row], tasks: list[str], columns: list[str]) -> list[list[str]]:
-    """The paper's layout, four lines per row: mean ± std (n), median (the paper's statistic), paper, Δ."""
-    header = ["Model", "Method", "# Params (paper / ours)", "Statistic", *columns, "Avg"]
+def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> list[list[str]]:
+    """The paper's layout, four lines per row: mean ± std (n), median (the paper's statistic), paper, Δ; an Avg
+    column over the task columns (none when the columns are one task's metrics). Digits as the paper prints them:
+    1 decimal for scores x100, 2 for metrics on their own scale (NIST 8.62, TER 0.33)."""
+    by_metric = any(c.metric for c in columns)
+    nds = [1 if c.scale == 100 else 2 for c in columns]
+    header = ["Model", "Method", "# Params (paper / ours)", "Statistic", *[c.name for c in columns]] + ([] if by_metric else ["Avg"])
     out = [header]
     n_tasks = len(tasks)
     for row in rows:
@@ -335,40 +421,44 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[str]) -> list[l
         ours = fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING
         params = f"{(row.paper or {}).get('params', MISSING)} / {ours}"
         cells = list(row.cells.values())
-        avg_mean, k = row.average("mean")
-        avg_med, _ = row.average("median")
-        partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
-        paper_avg = paper_average(row, n_tasks)
-        out.append([model, label, params, "mean ± std (n)", *[mean_cell(c) for c in cells],
-                    (fmt(avg_mean) + partial) if avg_mean is not None else MISSING])
-        out.append(["", "", "", "median (paper's statistic)", *[fmt(c.median) for c in cells],
-                    (fmt(avg_med) + partial) if avg_med is not None else MISSING])
-        out.append(["", "", "", "paper" + (" (cited in the paper)" if row.cited else ""),
-                    *[fmt(c.paper) for c in cells], fmt(paper_avg)])
-        out.append(["", "", "", "Δ median − paper", *[fmt_signed(c.diff) for c in cells],
-                    fmt_signed(avg_med - paper_avg) if avg_med is not None and paper_avg is not None and k == n_tasks else MISSING])
+        lines = [[model, label, params, "mean ± std (n)", *[mean_cell(c, nd) for c, nd in zip(cells, nds)]],
+                 ["", "", "", "median (paper's statistic)", *[fmt(c.median, nd) for c, nd in zip(cells, nds)]],
+                 ["", "", "", "paper" + (" (cited in the paper)" if row.cited else ""), *[fmt(c.paper, nd) for c, nd in zip(cells, nds)]],
+                 ["", "", "", "Δ median − paper", *[fmt_signed(c.diff, nd) for c, nd in zip(cells, nds)]]]
+        if not by_metric:
+            avg_mean, k = row.average("mean")
+            avg_med, _ = row.average("median")
+            partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
+            paper_avg = paper_average(row, n_tasks)
+            lines[0].append((fmt(avg_mean) + partial) if avg_mean is not None else MISSING)
+            lines[1].append((fmt(avg_med) + partial) if avg_med is not None else MISSING)
+            lines[2].append(fmt(paper_avg))
+            lines[3].append(fmt_signed(avg_med - paper_avg) if avg_med is not None and paper_avg is not None and k == n_tasks else MISSING)
+        out += lines
     return out
 
 
-def cost_lines(rows: list[Row], n_tasks: int) -> list[list[str]]:
-    """Score beside cost, one line per row: the average over tasks, its difference from the first row's, and the
-    medians over every ok cell of the row of peak memory, seconds per step and minutes per cell."""
+def cost_lines(rows: list[Row], n_tasks: int, headline: str = "Avg") -> list[list[str]]:
+    """Score beside cost, one line per row: the row's headline score (Row.headline: the average over tasks, or the
+    main metric of a one-task table), its difference from the first row's, and the medians over every ok cell of
+    the row of peak memory, seconds per step and minutes per cell."""
     def median_of(row, key):
-        vals = [c[key] for cell in row.cells.values() for c in cell.costs if c.get(key) is not None]
+        vals = [c[key] for col, cell in zip(row.columns, row.cells.values()) if col.first_of_task
+                for c in cell.costs if c.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    out = [["Method", "# trainable (adapter)", "Avg (mean)", "Δ Avg vs " + rows[0].label, "peak RSS (MB)",
+    out = [["Method", "# trainable (adapter)", f"{headline} (mean)", f"Δ {headline} vs " + rows[0].label, "peak RSS (MB)",
             "s / step", "min / cell", "cells"]]
-    ref, k_ref = rows[0].average("mean")
+    ref, k_ref = rows[0].headline("mean")
     for row in rows:
-        avg, k = row.average("mean")
+        avg, k = row.headline("mean")
         partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
         delta = fmt_signed(avg - ref) if avg is not None and ref is not None and k == k_ref == n_tasks else MISSING
         wall = median_of(row, "wall_s")
         out.append([row_title(row)[1], fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING,
                     (fmt(avg) + partial) if avg is not None else MISSING, delta, fmt(median_of(row, "peak_rss_mb"), 0),
                     fmt(median_of(row, "s_per_step"), 3), fmt(wall / 60 if wall is not None else None, 1),
-                    str(sum(c.n for c in row.cells.values()))])
+                    str(sum(c.n for col, c in zip(row.columns, row.cells.values()) if col.first_of_task))])
     return out
 
 
@@ -402,9 +492,10 @@ def long_rows(rows: list[Row]) -> list[dict]:
     """One line per row x task: every statistic, for the CSV."""
     out = []
     for row in rows:
-        for task, c in row.cells.items():
+        for col, c in zip(row.columns, row.cells.values()):
             out.append({"model": row.model, "paper_model": row.paper_model, "method": row.method, "variant": row.variant,
-                        "label": row.label, "cited": row.cited, "stand_in": row.stand_in, "task": task,
+                        "label": row.label, "cited": row.cited, "stand_in": row.stand_in, "task": col.task,
+                        "column": col.name, "metric": col.metric or main_metric(col.task), "scale": col.scale,
                         "n": c.n, "seeds": " ".join(map(str, c.seeds)), "scores": " ".join(f"{s:.2f}" for s in c.scores),
                         "mean": c.mean, "std": c.std, "median": c.median, "paper": c.paper, "diff_median_paper": c.diff,
                         "failed": sum(c.failed.values()), "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
@@ -419,24 +510,31 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     rows, unmatched, table = build(table_name, results_dir, table)
     paper = load_paper(table) or {}
     tasks = list(table["tasks"])
-    columns = [next((c for c in paper.get("columns", []) if norm(c) == norm(t)), t) for t in tasks]
-    lines = table_lines(rows, tasks, columns)
-    metrics = ", ".join(f"{c}: {main_metric(t)}" for c, t in zip(columns, tasks))
+    cols = table_columns(table, paper)
+    by_metric = any(c.metric for c in cols)
+    lines = table_lines(rows, tasks, cols)
+    if by_metric:
+        scores = (f"Scores: {tasks[0]}'s metrics as the paper prints them ("
+                  + ", ".join(f"{c.name} = {c.metric}" + (f" ×{c.scale:g}" if c.scale != 1 else "") for c in cols) + ")")
+    else:
+        scores = "Scores ×100 (" + ", ".join(f"{c.name}: {main_metric(c.task)}" for c in cols) + ")"
     title = f"Table {table_name}" + (f" — {paper['source']['paper']}" if paper.get("source") else "")
-    n_records = sum(c.n + sum(c.failed.values()) for r in rows for c in r.cells.values()) + len(unmatched)
+    n_records = sum(c.n + sum(c.failed.values()) for r in rows
+                    for col, c in zip(r.columns, r.cells.values()) if col.first_of_task) + len(unmatched)
     n_all = sum(1 for _ in rec.iter_records(results_dir, table_name))
     counted = f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)" \
         if n_all > n_records else ""
     md = [f"# {title}", "",
-          f"Records: {max(n_all, n_records)} under {Path(results_dir) / table_name}{counted}. Scores ×100 ({metrics}), each at the epoch the "
+          f"Records: {max(n_all, n_records)} under {Path(results_dir) / table_name}{counted}. {scores}, each at the epoch the "
           "run selected (`train.select`; `best` = the paper's best dev epoch). mean ± std over seeds (n = seeds behind "
           "the cell) is the suite's statistic; the median over seeds is the paper's. \"paper\" is the paper's number, "
           "Δ = median − paper. \"(cited)\": the paper copied that row from prior work (marked * there). Stand-in rows "
           "(\"X (for Y)\") ran a small model with the row's method settings; the paper's numbers are those of Y. "
-          f"\"{MISSING}\": no record; \"failed ×k\": k failed seeds (reasons below). Avg: mean over the task columns "
-          f"(\"(k/{len(tasks)} tasks)\" when some are missing; Δ only when complete)"
-          + ("" if len(tasks) + 1 == len(paper.get("columns", [])) else
-             f"; the paper's Avg here is the mean of its numbers on these {len(tasks)} tasks, not its printed Avg") + ".", "",
+          f"\"{MISSING}\": no record; \"failed ×k\": k failed seeds (reasons below)."
+          + ("" if by_metric else
+             f" Avg: mean over the task columns (\"(k/{len(tasks)} tasks)\" when some are missing; Δ only when complete)"
+             + ("" if len(tasks) + 1 == len(paper.get("columns", [])) else
+                f"; the paper's Avg here is the mean of its numbers on these {len(tasks)} tasks, not its printed Avg") + "."), "",
           markdown(lines)]
     if (table.get("render") or {}).get("cost") and rows:
         md += ["", "## Cost", "",
@@ -446,13 +544,14 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
                "cells left allocated; `hydra/launcher=submitit_local` runs every cell in its own process), s / step = (the Trainer's "
                "`train_runtime_s` − the dev evaluations' runtime) / steps, min / cell = `wall_s` (set-up and scoring "
                "included). Avg as above; Δ Avg only when both rows have every task.", "",
-               markdown(cost_lines(rows, len(tasks)))]
+               markdown(cost_lines(rows, len(tasks), cols[headline_column(cols)].name if by_metric else "Avg"))]
     if any(row.tuning for row in rows):
         md += ["", "## Tuning", "",
                f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "
                "the one with the best dev score (✓) ran the other seeds, and the row above reports its seeds.", "",
                markdown(tuning_lines(rows, tasks))]
-    failures = [(row, task, reason, n) for row in rows for task, c in row.cells.items() for reason, n in c.failed.items()]
+    failures = [(row, col.task, reason, n) for row in rows for col, c in zip(row.columns, row.cells.values())
+                if col.first_of_task for reason, n in c.failed.items()]
     if failures:
         md += ["", "Failed cells:", ""]
         md += [f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures]

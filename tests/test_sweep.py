@@ -213,13 +213,14 @@ def test_sweep_launches_dependents_after_their_mnli_cell(hydra_ctx, tmp_path, ca
 
 
 def test_cpu_nlg_tables_run_the_rows_seeds(hydra_ctx, tmp_path):
-    """e2e_cpu: six methods at seed 0, FT and LoRA also at seed 1 (a row's `seeds:`); webnlg_cpu: FT and LoRA."""
+    """e2e_cpu: six methods at seed 0, FT and LoRA also at seed 1 (a row's `seeds:`), and the fp32 check of LoRA at
+    seed 0; webnlg_cpu: FT and LoRA."""
     sweeper = sweeper_for(["+table=e2e_cpu"], tmp_path)
     got = cells(sweeper.expand([]))
     assert got == {("smollm2-135m", m, "default", "e2e", s) for m in ("ft", "fttop2", "adapter_l", "adapter_h",
                                                                         "prefix_layer", "lora") for s in ("0",)} | \
-        {("smollm2-135m", m, "default", "e2e", "1") for m in ("ft", "lora")}
-    assert sweeper.expansion.n_dropped == 4
+        {("smollm2-135m", m, "default", "e2e", "1") for m in ("ft", "lora")} | {("smollm2-135m", "lora", "fp32", "e2e", "0")}
+    assert sweeper.expansion.n_dropped == 5
     assert any("seed 1: the row runs seeds 0" in reason for reason in sweeper.expansion.dropped)
     sweeper = sweeper_for(["+table=webnlg_cpu"], tmp_path)
     assert cells(sweeper.expand([])) == {("smollm2-135m", m, "default", "webnlg", "0") for m in ("ft", "lora")}
@@ -234,6 +235,11 @@ def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
     assert cfg.train.learning_rate == 2e-4 and cfg.train.label_smoothing == 0.1 and cfg.train.global_batch_size == 8
     assert cfg.decode.num_beams == 10 and cfg.decode.pad_batches is True and cfg.decode.max_inputs is None
     assert list(cfg.decode.eos_token_ids) == [50256, 628]   # GPT-2's pair: the decoder maps it to SmolLM2's (2, 1116)
+    # the measured sizing: one pass over max_steps x batch pairs; bf16 but for the fp32 check row
+    assert (cfg.train.max_steps, cfg.data.max_train_samples, cfg.train.precision) == (250, 2000, "bf16")
+    check = [*args, "variant=fp32"]
+    cfg = resolve_cell(compose(config_name="config", overrides=[*check, f"paths.results_dir={tmp_path}"]), check)
+    assert cfg.train.precision == "fp32" and cfg.train.learning_rate == 2e-4 and cfg.method.r == 4
 
 
 def test_planner_does_not_import_the_runner(tmp_path):

@@ -205,3 +205,57 @@ def test_cell_cost_counts_memory_only_for_a_fresh_process():
     assert cell_cost({**base, "process_cell_index": 3})["peak_rss_mb"] is None        # after other cells in-process
     assert cell_cost(base)["peak_rss_mb"] is None                                       # older record: unknown
     assert cell_cost({**base, "process_cell_index": 0, "peak_rss_scope": "process"})["peak_rss_mb"] is None
+
+
+def write_nlg_record(root: Path, table: str, method: str, task: str, seed: int, metrics: dict | None,
+                     status: str = "ok", error: str | None = None) -> Path:
+    path = write_record(root, "smollm2-135m", method, task, seed, table=table, status=status, error=error,
+                        metric="BLEU" if task == "e2e" else "BLEU_all")
+    record = records.read_json(path) if hasattr(records, "read_json") else __import__("json").loads(path.read_text())
+    record["metrics"] = metrics or {}
+    records.write_json_atomic(path, record)
+    return path
+
+
+def test_e2e_cpu_prints_tables_3_metrics_at_the_papers_scale(tmp_path):
+    """render.columns: one column per E2E metric (BLEU, MET, ROUGE-L x100; NIST, CIDEr as measured, 2 decimals),
+    the paper's GPT-2 M numbers beside them, no Avg, each record counted once, the Cost section's headline = BLEU."""
+    root = tmp_path / "results"
+    e2e = {"BLEU": 0.65, "NIST": 8.1, "METEOR": 0.44, "ROUGE_L": 0.69, "CIDEr": 2.2}
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, e2e)
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 1, {k: v * 1.02 for k, v in e2e.items()})
+    write_nlg_record(root, "e2e_cpu", "ft", "e2e", 0, None, status="failed", error="Diverged: loss not finite")
+    rows, unmatched, _ = tables.build("e2e_cpu", root)
+    lora = find(rows, "smollm2-135m", "lora")
+    assert list(lora.cells) == ["BLEU", "NIST", "MET", "ROUGE-L", "CIDEr"] and not unmatched
+    assert lora.cells["BLEU"].scores == pytest.approx([65.0, 66.3]) and lora.cells["NIST"].scores == pytest.approx([8.1, 8.262])
+    assert (lora.cells["BLEU"].paper, lora.cells["NIST"].paper, lora.cells["CIDEr"].paper) == (70.4, 8.85, 2.53)
+    assert lora.trainable == [2048, 2048]                  # once per record, not once per metric column
+    assert lora.headline("mean") == (pytest.approx(65.65), 1)
+    md = tables.render("e2e_cpu", root, tmp_path / "out")
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    assert header.endswith("| BLEU | NIST | MET | ROUGE-L | CIDEr |") and "Avg" not in header
+    assert "| 65.7 ± 0.9 (n=2) | 8.18 ± 0.11 (n=2) |" in md and "| 70.4 | 8.85 | 46.8 | 71.8 | 2.53 |" in md
+    assert "Records: 3 under" in md and md.count("Diverged: loss not finite") == 1
+    assert "| BLEU (mean) | Δ BLEU vs FT |" in md
+
+
+def test_webnlg_cpu_columns_come_from_table_14s_per_metric_splits(tmp_path):
+    root = tmp_path / "results"
+    m = {f"{k}_{s}": v for k, v in (("BLEU", 0.5), ("METEOR", 0.4), ("TER", 0.45)) for s in ("seen", "unseen", "all")}
+    m["BLEU_unseen"] = 0.3
+    write_nlg_record(root, "webnlg_cpu", "lora", "webnlg", 0, m)
+    rows, _, _ = tables.build("webnlg_cpu", root)
+    lora = find(rows, "smollm2-135m", "lora")
+    assert [c.paper for c in lora.cells.values()] == [46.7, 62.1, 55.3, 0.38, 0.44, 0.41, 0.46, 0.33, 0.39]
+    assert lora.cells["BLEU-U"].scores == [30.0] and lora.cells["TER-A"].scores == [0.45]
+    assert lora.headline("mean") == (50.0, 1)             # webnlg's main metric: BLEU on all inputs
+    md = tables.render("webnlg_cpu", root, tmp_path / "out")
+    assert "| 30.0 (n=1) | 50.0 (n=1) | 50.0 (n=1) | 0.40 (n=1) |" in md
+
+
+def test_a_render_column_the_paper_does_not_have_is_refused(tmp_path):
+    table = tables.load_table_config("webnlg_cpu")
+    table["render"]["columns"][0]["paper"] = "BLEU.X"
+    with pytest.raises(SystemExit, match=r"paper='BLEU.X' is not a column .* allowed: BLEU.U, BLEU.S, BLEU.A, MET.U"):
+        tables.build("webnlg_cpu", tmp_path, table)

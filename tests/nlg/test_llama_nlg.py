@@ -121,3 +121,44 @@ def test_left_padded_batches_equal_one_by_one(arch, prefix):
     for early in (False, True):
         s = BeamSettings(**{**base.__dict__, "batch_size": 8, "pad_batches": True, "early_stop": early})
         assert beam_search(model, PROMPTS, s) == one
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_decode_runs_merged_lora_in_the_training_precision(precision, smol_tok, compose_config, monkeypatch):
+    """decode_and_score: the beam search sees merged LoRA weights (Section 4.1: W0 + (alpha/r) B A, as loralib in
+    eval mode) under the autocast the cell trained in; afterwards W0 is back and the record says the precision. In
+    fp32 the merged decode gives the unmerged one's outputs."""
+    from repro import nlg
+    from repro.cell import resolve_cell
+    from repro.methods import apply_method
+    from repro.methods.lora import lora_modules
+
+    overrides = ["model=tiny-llama", "method=lora", "task=e2e", f"train.precision={precision}",
+                 "decode.num_beams=3", "decode.max_new_tokens=6"]
+    cfg = resolve_cell(compose_config(overrides), overrides)
+    torch.manual_seed(5)
+    base = load_model(model_yaml("tiny-llama"), OmegaConf.create({"kind": "generation"}), smol_tok)
+    model = apply_method(base, OmegaConf.merge(cfg.method, {"r": 2, "dropout": 0.0})).eval()
+    torch.manual_seed(0)
+    for _, _, m in lora_modules(model):
+        for t in m.targets:
+            torch.nn.init.normal_(m.lora_AB(t)[1], std=0.3)   # B != 0: merging changes W0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    test = [{"prompt": prompt_ids(smol_tok, c, 32), "references": ["a"]} for c in ("name : A | food : B", "name : C")]
+    seen = []
+    real = nlg.beam_search
+
+    def spy(model, prompts, settings, progress_every=0):
+        out = real(model, prompts, settings)
+        seen.append((all(m.merged for _, _, m in lora_modules(model)), torch.is_autocast_enabled("cpu"), out))
+        return out
+
+    monkeypatch.setattr(nlg, "beam_search", spy)
+    _, info = nlg.decode_and_score(cfg, model, smol_tok, test)
+    [(was_merged, autocast, merged_out)] = seen
+    assert was_merged and autocast == (precision == "bf16") and info["precision"] == precision
+    assert not any(m.merged for _, _, m in lora_modules(model))
+    after = model.state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    if precision == "fp32":
+        assert real(model, [e["prompt"] for e in test], nlg.beam_settings(cfg, smol_tok)) == merged_out
