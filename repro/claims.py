@@ -48,6 +48,9 @@ Thresholds (points are score points, ×100 scale):
   at least 10x the random-subspace expectation.
 * AMPLIFICATION_MIN = 5: Table 7's "ΔW amplifies" = ‖ΔW‖_F / ‖UᵀWV‖_F of at least 5 at the smallest r (the paper:
   21.5 at r = 4, about 2 at r = 64).
+* NLG (Table 3, Table 14): LoRA vs FT on E2E by BLEU with MATCH_PTS / PARTLY_PTS as above; on WebNLG "generalises
+  to unseen categories" = LoRA's BLEU on the unseen categories within MATCH_PTS of FT's or above; below that but
+  with a smaller drop from seen to unseen than FT's is "partly".
 * DROP_PTS = 1.0: Figure 2's "quality falls with prefix length" = the longest prefix scores more than one point below
   the best shorter one.
 """
@@ -86,7 +89,9 @@ AMPLIFICATION_MIN = 5.0
 DROP_PTS = 1.0
 
 GLUE_TABLES = ("glue", "glue_cpu")            # paper-sized first, then the CPU stand-in (each: `_tuned` first)
-NLG_TABLES = ("e2e", "e2e_cpu", "webnlg", "webnlg_cpu", "dart")   # paper-sized first, then the CPU stand-in
+E2E_TABLES = ("e2e", "e2e_cpu")                # paper-sized first, then the CPU stand-in (SmolLM2-135M)
+WEBNLG_TABLES = ("webnlg", "webnlg_cpu")
+NLG_TABLES = (*E2E_TABLES, *WEBNLG_TABLES, "dart")
 ADAPTERS = ("adapter_h", "adapter_l", "adapter_p", "adapter_d")
 PREFIXES = ("prefix_embed", "prefix_layer")
 
@@ -338,6 +343,78 @@ def claim_lora_matches_ft(ev: Evidence) -> Claim:
                     f"it matches or beats FT on {len(wins)} of {len(pair.tasks)} tasks ({', '.join(wins) or 'none'})")
     else:
         c.verdict, c.reason = NOT_REPRODUCED, f"LoRA's average is {-pair.margin:.1f} points below FT's, on every task"
+    return c
+
+
+def metric_mean(ev: Evidence, table: str, paths: list[str], metric: str, scale: float = 100.0) -> float | None:
+    """The mean of one metric (× scale) over these records of a table (e.g. WebNLG's BLEU_unseen); None when a
+    record lacks it."""
+    by_path = dict(ev.records.get(table, []))
+    vals = [(by_path[p].get("metrics") or {}).get(metric) for p in paths]
+    return None if not vals or None in vals else scale * statistics.fmean(vals)
+
+
+def claim_lora_matches_ft_nlg(ev: Evidence) -> Claim:
+    t3 = paper("table3_e2e.yaml")
+    rows = {(r["model"], r["method"]): r for r in t3.get("rows", []) if r["method"] in ("LoRA", "FT")}
+    c = Claim("lora_matches_ft_nlg", "LoRA matches or beats full fine-tuning on E2E NLG", "Section 5.4, Table 3",
+              "; ".join(f"{m}: LoRA {rows[(m, 'LoRA')]['params']} {rows[(m, 'LoRA')]['values'][0]} vs FT* "
+                        f"{rows[(m, 'FT')]['params']} {rows[(m, 'FT')]['values'][0]} (BLEU)"
+                        for m in ("gpt2-medium", "gpt2-large") if (m, "LoRA") in rows and (m, "FT") in rows))
+    table, pair, note = pick(ev, E2E_TABLES, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
+    c.source = note
+    if not pair:
+        c.reason = f"no LoRA and FT records on E2E on the same pretrained model ({note})"
+        return c
+    others = []
+    for name, metric, scale in (("NIST", "NIST", 1.0), ("MET", "METEOR", 100.0), ("ROUGE-L", "ROUGE_L", 100.0), ("CIDEr", "CIDEr", 1.0)):
+        a = metric_mean(ev, table, [p for t in pair.tasks for p in pair.a[t].paths], metric, scale)
+        b = metric_mean(ev, table, [p for t in pair.tasks for p in pair.b[t].paths], metric, scale)
+        if a is not None and b is not None:
+            others.append(f"{name} {a:.2f} vs {b:.2f}" if scale == 1 else f"{name} {a:.1f} vs {b:.1f}")
+    lp, fp = pair.params("a"), pair.params("b")
+    c.ours = (f"{pair.model} on {table}: LoRA {fmt_params(lp)} BLEU {pair.a_avg:.1f} vs FT {fmt_params(fp)} "
+              f"{pair.b_avg:.1f} (Δ {pair.margin:+.1f}; seeds {len(pair.a[pair.tasks[0]].scores)} vs "
+              f"{len(pair.b[pair.tasks[0]].scores)})" + (f"; {', '.join(others)}" if others else ""))
+    c.evidence = pair.paths
+    if pair.margin >= -MATCH_PTS:
+        c.verdict, c.reason = REPRODUCED, f"LoRA's BLEU is within {MATCH_PTS} point of FT's or above it"
+    elif pair.margin >= -PARTLY_PTS:
+        c.verdict, c.reason = PARTLY, f"LoRA's BLEU is {-pair.margin:.1f} points below FT's (more than {MATCH_PTS}, at most {PARTLY_PTS})"
+    else:
+        c.verdict, c.reason = NOT_REPRODUCED, f"LoRA's BLEU is {-pair.margin:.1f} points below FT's"
+    return c
+
+
+def claim_lora_generalizes_unseen(ev: Evidence) -> Claim:
+    t14 = paper("table14_webnlg.yaml")
+    rows = {(r["model"], r["method"]): r for r in t14.get("rows", []) if r["method"] in ("LoRA", "FT")}
+    c = Claim("lora_generalizes_unseen", "On WebNLG, LoRA generalises to unseen categories at least as well as FT",
+              "Appendix F.1, Table 14",
+              "; ".join(f"{m}: BLEU unseen/seen LoRA {rows[(m, 'LoRA')]['BLEU'][0]}/{rows[(m, 'LoRA')]['BLEU'][1]} vs FT "
+                        f"{rows[(m, 'FT')]['BLEU'][0]}/{rows[(m, 'FT')]['BLEU'][1]}"
+                        for m in ("gpt2-medium", "gpt2-large") if (m, "LoRA") in rows and (m, "FT") in rows))
+    table, pair, note = pick(ev, WEBNLG_TABLES, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
+    c.source = note
+    if not pair:
+        c.reason = f"no LoRA and FT records on WebNLG on the same pretrained model ({note})"
+        return c
+    side = {k: [p for t in pair.tasks for p in getattr(pair, k)[t].paths] for k in ("a", "b")}
+    (lu, ls), (fu, fs) = [[metric_mean(ev, table, side[k], m) for m in ("BLEU_unseen", "BLEU_seen")] for k in ("a", "b")]
+    c.evidence = pair.paths
+    if None in (lu, ls, fu, fs):
+        c.reason = f"the {table} records lack BLEU on the seen/unseen split (BLEU_seen, BLEU_unseen)"
+        return c
+    c.ours = (f"{pair.model} on {table}: BLEU unseen / seen / all: LoRA {lu:.1f} / {ls:.1f} / {pair.a_avg:.1f} vs FT "
+              f"{fu:.1f} / {fs:.1f} / {pair.b_avg:.1f}; drop from seen to unseen: LoRA {ls - lu:.1f}, FT {fs - fu:.1f}")
+    if lu >= fu - MATCH_PTS:
+        c.verdict, c.reason = REPRODUCED, f"LoRA's unseen BLEU is within {MATCH_PTS} point of FT's or above it"
+    elif ls - lu < fs - fu:
+        c.verdict, c.reason = PARTLY, (f"LoRA's unseen BLEU is {fu - lu:.1f} below FT's, but it loses less from seen to "
+                                       f"unseen ({ls - lu:.1f} against {fs - fu:.1f})")
+    else:
+        c.verdict, c.reason = NOT_REPRODUCED, (f"LoRA's unseen BLEU is {fu - lu:.1f} below FT's and it loses more from "
+                                               f"seen to unseen ({ls - lu:.1f} against {fs - fu:.1f})")
     return c
 
 
@@ -814,7 +891,7 @@ def claim_amplification(ev: Evidence) -> Claim:
 
 # ---------------------------------------------------------------- report
 
-CLAIMS = [claim_lora_matches_ft, claim_lora_beats_adapters_prefix, claim_qv_beats_single, claim_small_rank_suffices,
+CLAIMS = [claim_lora_matches_ft, claim_lora_matches_ft_nlg, claim_lora_generalizes_unseen, claim_lora_beats_adapters_prefix, claim_qv_beats_single, claim_small_rank_suffices,
           claim_no_latency_merged, claim_adapters_add_latency, claim_less_memory_smaller_checkpoints,
           claim_fast_task_switching, claim_faster_training, claim_subspace_overlap, claim_amplification,
           claim_prefix_length_hurts]

@@ -261,3 +261,53 @@ def test_report_over_committed_results(tmp_path):
     # today's files answer the GLUE claim from glue_cpu
     glue_claim = next(c for c in data["claims"] if c["id"] == "lora_matches_ft")
     assert glue_claim["verdict"] != cl.NOT_TESTABLE and "glue_cpu" in glue_claim["source"]
+
+
+# ---------------------------------------------------------------- NLG: E2E (Table 3), WebNLG unseen (Table 14)
+
+
+def write_nlg(root: Path, table: str, method: str, task: str, metrics: dict, seeds=(0, 1), model="smollm2-135m") -> None:
+    main = "BLEU" if task == "e2e" else "BLEU_all"
+    for seed in seeds:
+        path = root / table / model / method / task / f"seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "status": "ok", "error": None, "table": table, "model": model, "method": method, "variant": "default",
+            "task": task, "seed": seed, "metrics": metrics, "trainable_params": 134_515_008 if method == "ft" else 230_400,
+            "adapter_params": None if method == "ft" else 230_400,
+            "config": {"task": {"main_metric": main}, "method": {"name": method}}}))
+
+
+E2E = {"BLEU": 0.66, "NIST": 8.3, "METEOR": 0.44, "ROUGE_L": 0.68, "CIDEr": 2.2}
+
+
+@pytest.mark.parametrize("lora_bleu, verdict", [(0.655, cl.REPRODUCED), (0.68, cl.REPRODUCED), (0.64, cl.PARTLY),
+                                                (0.60, cl.NOT_REPRODUCED)])
+def test_lora_matches_ft_on_e2e(tmp_path, lora_bleu, verdict):
+    write_nlg(tmp_path, "e2e_cpu", "ft", "e2e", E2E)
+    write_nlg(tmp_path, "e2e_cpu", "lora", "e2e", {**E2E, "BLEU": lora_bleu})
+    c = by_id(tmp_path)["lora_matches_ft_nlg"]
+    assert c.verdict == verdict and "table `e2e_cpu`" in c.source and len(c.evidence) == 4
+    assert f"BLEU {100 * lora_bleu:.1f} vs FT 134.5M 66.0" in c.ours and "NIST 8.30 vs 8.30" in c.ours
+
+
+def test_nlg_claims_need_a_pretrained_model(tmp_path):
+    write_nlg(tmp_path, "e2e", "ft", "e2e", E2E, model="tiny-gpt2")
+    write_nlg(tmp_path, "e2e", "lora", "e2e", E2E, model="tiny-gpt2")
+    got = by_id(tmp_path)
+    assert got["lora_matches_ft_nlg"].verdict == got["lora_generalizes_unseen"].verdict == cl.NOT_TESTABLE
+
+
+def webnlg_metrics(unseen: float, seen: float) -> dict:
+    return {"BLEU_unseen": unseen, "BLEU_seen": seen, "BLEU_all": (unseen + seen) / 2, "METEOR_all": 0.4, "TER_all": 0.4}
+
+
+@pytest.mark.parametrize("lora, verdict", [((0.45, 0.60), cl.REPRODUCED),      # unseen above FT's 0.40
+                                           ((0.35, 0.45), cl.PARTLY),          # below, but drops 10 against FT's 22
+                                           ((0.30, 0.60), cl.NOT_REPRODUCED)])  # below, and drops 30
+def test_lora_generalizes_to_unseen_webnlg_categories(tmp_path, lora, verdict):
+    write_nlg(tmp_path, "webnlg_cpu", "ft", "webnlg", webnlg_metrics(0.40, 0.62), seeds=(0,))
+    write_nlg(tmp_path, "webnlg_cpu", "lora", "webnlg", webnlg_metrics(*lora), seeds=(0,))
+    c = by_id(tmp_path)["lora_generalizes_unseen"]
+    assert c.verdict == verdict and "table `webnlg_cpu`" in c.source
+    assert f"LoRA {100 * lora[0]:.1f} / {100 * lora[1]:.1f}" in c.ours and "FT 40.0 / 62.0" in c.ours
