@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from repro import records as rec  # noqa: E402
-from repro.tables import build, load_paper, norm, paper_average, parse_label, parse_params  # noqa: E402
+from repro.tables import build, load_paper, paper_average, parse_label, parse_params, table_columns  # noqa: E402
 
 
 def _colour(method: str, cache: dict):
@@ -32,7 +32,8 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
     rows, _, table = build(table_name, results_dir)
     paper = load_paper(table) or {}
     tasks = list(table["tasks"])
-    columns = [next((c for c in paper.get("columns", []) if norm(c) == norm(t)), t) for t in tasks] + ["Avg"]
+    cols = table_columns(table, paper)   # one panel per task (+ Avg), or per metric of a one-task NLG table
+    columns = [c.name for c in cols] + ([] if any(c.metric for c in cols) else ["Avg"])
     ncol = 3
     nrow = -(-len(columns) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
@@ -50,7 +51,7 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
                     lo = hi = med if k == len(tasks) else None
                     med = med if k == len(tasks) else None
                 else:
-                    cell = row.cells[tasks[i]]
+                    cell = row.cells[cols[i].key]
                     med, lo, hi = cell.median, (min(cell.scores) if cell.scores else None), (max(cell.scores) if cell.scores else None)
                 if med is not None:
                     ax.errorbar([x], [med], yerr=[[med - lo], [hi - med]], fmt="o", color=c, capsize=2,
@@ -58,14 +59,14 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
             # the paper's: hollow marker at the paper's count
             if row.paper:
                 px = parse_params(row.paper.get("params"))
-                py = paper_average(row, len(tasks)) if col == "Avg" else row.cells[tasks[i]].paper
+                py = paper_average(row, len(tasks)) if col == "Avg" else row.cells[cols[i].key].paper
                 if px and py is not None:
                     ax.scatter([px], [py], facecolors="none", edgecolors=[c], marker="s",
                                label=f"{method} (paper, {row.paper['model']})")
         ax.set_xscale("log")
         ax.set_title(col)
         ax.set_xlabel("trainable parameters (log)")
-        ax.set_ylabel("score ×100")
+        ax.set_ylabel("score ×100" if col == "Avg" or cols[i].scale == 100 else "score")
         ax.grid(alpha=0.3)
     for j in range(len(columns), nrow * ncol):
         axes[j // ncol][j % ncol].axis("off")

@@ -238,6 +238,7 @@ def test_e2e_cpu_prints_tables_3_metrics_at_the_papers_scale(tmp_path):
     assert "| 65.7 ± 0.9 (n=2) | 8.18 ± 0.11 (n=2) |" in md and "| 70.4 | 8.85 | 46.8 | 71.8 | 2.53 |" in md
     assert "Records: 3 under" in md and md.count("Diverged: loss not finite") == 1
     assert "| BLEU (mean) | Δ BLEU vs FT |" in md
+    assert plots.score_vs_params("e2e_cpu", root, tmp_path / "plots").exists()   # one panel per metric
 
 
 def test_webnlg_cpu_columns_come_from_table_14s_per_metric_splits(tmp_path):
