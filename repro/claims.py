@@ -268,6 +268,10 @@ class Pair:
     def paths(self) -> list[str]:
         return [p for t in self.tasks for c in (self.a[t], self.b[t]) for p in c.paths]
 
+    def side_paths(self, side: str) -> list[str]:
+        """The record paths of one side ("a" or "b") over the common tasks."""
+        return [p for t in self.tasks for p in getattr(self, side)[t].paths]
+
     def params(self, side: str) -> int | None:
         vals = [c.params for c in getattr(self, side).values() if c.params is not None]
         return int(statistics.median(vals)) if vals else None
@@ -318,16 +322,29 @@ def fmt_params(n) -> str:
 # ---------------------------------------------------------------- claims: quality (Tables 2, 3, 5, 6; Figure 2)
 
 
+def lora_vs_ft(ev: Evidence, c: Claim, bases, where: str) -> tuple[str | None, Pair | None]:
+    """The first table of `bases` with LoRA and FT rows (default variants) on one model: (table, pair). Sets the
+    claim's source; with no such table, its reason ("no LoRA and FT records on <where>")."""
+    table, pair, note = pick(ev, bases, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
+    c.source = note
+    if not pair:
+        c.reason = f"no LoRA and FT records on {where} ({note})"
+    return table, pair
+
+
+def paper_lora_ft(name: str) -> dict[tuple[str, str], dict]:
+    """(model, "LoRA" | "FT") -> the paper file's row."""
+    return {(r["model"], r["method"]): r for r in paper(name).get("rows", []) if r["method"] in ("LoRA", "FT")}
+
+
 def claim_lora_matches_ft(ev: Evidence) -> Claim:
     rows = [(m, paper_glue_row(m, "LoRA"), paper_glue_row(m, "FT*")) for m in ("roberta-base", "roberta-large", "deberta-v2-xxlarge")]
     c = Claim("lora_matches_ft", "LoRA matches or beats full fine-tuning on GLUE with a fraction of the trainable parameters",
               "Section 5.2-5.3, Table 2",
               "; ".join(f"{m}: LoRA {lo['params']} {lo['values'][-1]} vs FT {ft['params']} {ft['values'][-1]} (GLUE avg)"
                         for m, lo, ft in rows if lo and ft))
-    table, pair, note = pick(ev, GLUE_TABLES, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
-    c.source = note
+    table, pair = lora_vs_ft(ev, c, GLUE_TABLES, "the same pretrained model and task")
     if not pair:
-        c.reason = f"no LoRA and FT records on the same pretrained model and task ({note})"
         return c
     lp, fp = pair.params("a"), pair.params("b")
     frac = f", {100 * lp / fp:.2f}% of FT's trainable parameters ({fmt_params(lp)} vs {fmt_params(fp)})" if lp and fp else ""
@@ -355,23 +372,20 @@ def metric_mean(ev: Evidence, table: str, paths: list[str], metric: str, scale: 
 
 
 def claim_lora_matches_ft_nlg(ev: Evidence) -> Claim:
-    t3 = paper("table3_e2e.yaml")
-    rows = {(r["model"], r["method"]): r for r in t3.get("rows", []) if r["method"] in ("LoRA", "FT")}
+    rows = paper_lora_ft("table3_e2e.yaml")
     c = Claim("lora_matches_ft_nlg", "LoRA matches or beats full fine-tuning on E2E NLG", "Section 5.4, Table 3",
               "; ".join(f"{m}: LoRA {rows[(m, 'LoRA')]['params']} {rows[(m, 'LoRA')]['values'][0]} vs FT* "
                         f"{rows[(m, 'FT')]['params']} {rows[(m, 'FT')]['values'][0]} (BLEU)"
                         for m in ("gpt2-medium", "gpt2-large") if (m, "LoRA") in rows and (m, "FT") in rows))
-    table, pair, note = pick(ev, E2E_TABLES, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
-    c.source = note
+    table, pair = lora_vs_ft(ev, c, E2E_TABLES, "E2E on the same pretrained model")
     if not pair:
-        c.reason = f"no LoRA and FT records on E2E on the same pretrained model ({note})"
         return c
-    others = []
-    for name, metric, scale in (("NIST", "NIST", 1.0), ("MET", "METEOR", 100.0), ("ROUGE-L", "ROUGE_L", 100.0), ("CIDEr", "CIDEr", 1.0)):
-        a = metric_mean(ev, table, [p for t in pair.tasks for p in pair.a[t].paths], metric, scale)
-        b = metric_mean(ev, table, [p for t in pair.tasks for p in pair.b[t].paths], metric, scale)
-        if a is not None and b is not None:
-            others.append(f"{name} {a:.2f} vs {b:.2f}" if scale == 1 else f"{name} {a:.1f} vs {b:.1f}")
+    others = []   # the table's other printed columns (render.columns: NIST, MET, ROUGE-L, CIDEr at the paper's scale)
+    for col in tables.table_columns(tables.load_table_config(table), None):
+        if col.metric and col.metric != tables.main_metric(col.task):
+            a, b = (metric_mean(ev, table, pair.side_paths(k), col.metric, col.scale) for k in ("a", "b"))
+            if a is not None and b is not None:
+                others.append(f"{col.name} {a:.{col.digits}f} vs {b:.{col.digits}f}")
     lp, fp = pair.params("a"), pair.params("b")
     c.ours = (f"{pair.model} on {table}: LoRA {fmt_params(lp)} BLEU {pair.a_avg:.1f} vs FT {fmt_params(fp)} "
               f"{pair.b_avg:.1f} (Δ {pair.margin:+.1f}; seeds {len(pair.a[pair.tasks[0]].scores)} vs "
@@ -387,20 +401,16 @@ def claim_lora_matches_ft_nlg(ev: Evidence) -> Claim:
 
 
 def claim_lora_generalizes_unseen(ev: Evidence) -> Claim:
-    t14 = paper("table14_webnlg.yaml")
-    rows = {(r["model"], r["method"]): r for r in t14.get("rows", []) if r["method"] in ("LoRA", "FT")}
+    rows = paper_lora_ft("table14_webnlg.yaml")
     c = Claim("lora_generalizes_unseen", "On WebNLG, LoRA generalises to unseen categories at least as well as FT",
               "Appendix F.1, Table 14",
               "; ".join(f"{m}: BLEU unseen/seen LoRA {rows[(m, 'LoRA')]['BLEU'][0]}/{rows[(m, 'LoRA')]['BLEU'][1]} vs FT "
                         f"{rows[(m, 'FT')]['BLEU'][0]}/{rows[(m, 'FT')]['BLEU'][1]}"
                         for m in ("gpt2-medium", "gpt2-large") if (m, "LoRA") in rows and (m, "FT") in rows))
-    table, pair, note = pick(ev, WEBNLG_TABLES, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
-    c.source = note
+    table, pair = lora_vs_ft(ev, c, WEBNLG_TABLES, "WebNLG on the same pretrained model")
     if not pair:
-        c.reason = f"no LoRA and FT records on WebNLG on the same pretrained model ({note})"
         return c
-    side = {k: [p for t in pair.tasks for p in getattr(pair, k)[t].paths] for k in ("a", "b")}
-    (lu, ls), (fu, fs) = [[metric_mean(ev, table, side[k], m) for m in ("BLEU_unseen", "BLEU_seen")] for k in ("a", "b")]
+    (lu, ls), (fu, fs) = [[metric_mean(ev, table, pair.side_paths(k), m) for m in ("BLEU_unseen", "BLEU_seen")] for k in ("a", "b")]
     c.evidence = pair.paths
     if None in (lu, ls, fu, fs):
         c.reason = f"the {table} records lack BLEU on the seen/unseen split (BLEU_seen, BLEU_unseen)"

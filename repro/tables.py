@@ -122,6 +122,11 @@ class Column:
     first_of_task: bool = True
 
     @property
+    def digits(self) -> int:
+        """Decimals as the paper prints them: 1 for scores x100, 2 for metrics on their own scale (NIST 8.62)."""
+        return 1 if self.scale == 100 else 2
+
+    @property
     def key(self) -> str:
         """The row's cell key: the task (task columns) or the column's name (metric columns)."""
         return self.name if self.metric else self.task
@@ -409,10 +414,10 @@ def paper_average(row: Row, n_tasks: int) -> float | None:
 
 def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> list[list[str]]:
     """The paper's layout, four lines per row: mean ± std (n), median (the paper's statistic), paper, Δ; an Avg
-    column over the task columns (none when the columns are one task's metrics). Digits as the paper prints them:
-    1 decimal for scores x100, 2 for metrics on their own scale (NIST 8.62, TER 0.33)."""
+    column over the task columns (none when the columns are one task's metrics). Digits as the paper prints them
+    (Column.digits)."""
     by_metric = any(c.metric for c in columns)
-    nds = [1 if c.scale == 100 else 2 for c in columns]
+    nds = [c.digits for c in columns]
     header = ["Model", "Method", "# Params (paper / ours)", "Statistic", *[c.name for c in columns]] + ([] if by_metric else ["Avg"])
     out = [header]
     n_tasks = len(tasks)
