@@ -526,9 +526,14 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     title = f"Table {table_name}" + (f" — {paper['source']['paper']}" if paper.get("source") else "")
     n_records = sum(c.n + sum(c.failed.values()) for r in rows
                     for col, c in zip(r.columns, r.cells.values()) if col.first_of_task) + len(unmatched)
-    n_all = sum(1 for _ in rec.iter_records(results_dir, table_name))
+    walls = [r.get("wall_s") for _, r in rec.iter_records(results_dir, table_name)]
+    n_all = len(walls)
     counted = f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)" \
         if n_all > n_records else ""
+    timed = [w for w in walls if w is not None]
+    if timed:   # what the table cost to run: every record, chosen or not, ok or failed
+        counted += (f"; cell time in all {sum(timed) / 3600:.1f} h (the sum of `wall_s` over {len(timed)} records, "
+                    "each cell on its own threads)")
     md = [f"# {title}", "",
           f"Records: {max(n_all, n_records)} under {Path(results_dir) / table_name}{counted}. {scores}, each at the epoch the "
           "run selected (`train.select`; `best` = the paper's best dev epoch). mean ± std over seeds (n = seeds behind "

@@ -260,3 +260,19 @@ def test_a_render_column_the_paper_does_not_have_is_refused(tmp_path):
     table["render"]["columns"][0]["paper"] = "BLEU.X"
     with pytest.raises(SystemExit, match=r"paper='BLEU.X' is not a column .* allowed: BLEU.U, BLEU.S, BLEU.A, MET.U"):
         tables.build("webnlg_cpu", tmp_path, table)
+
+
+def test_the_header_sums_every_records_cell_time(tmp_path):
+    """What a table cost to run: the sum of wall_s over every record under it (rows, failed cells, records of no
+    row), and records without wall_s are not counted as zero."""
+    import json
+    root = tmp_path / "results"
+    paths = [write_record(root, "tiny-roberta", "lora", "rte", 0, 0.5),
+             write_record(root, "tiny-roberta", "ft", "rte", 0, status="failed", error="Diverged: loss not finite"),
+             write_record(root, "tiny-roberta", "lora", "rte", 0, 0.5, variant="r99"),
+             write_record(root, "tiny-roberta", "lora", "rte", 1, 0.6)]
+    assert "cell time" not in tables.render("glue", root, tmp_path / "out0")
+    for path, wall in zip(paths, (3000.0, 1500.0, 2700.0)):
+        records.write_json_atomic(path, {**json.loads(path.read_text()), "wall_s": wall})
+    md = tables.render("glue", root, tmp_path / "out1")
+    assert "Records: 4 under" in md and "cell time in all 2.0 h (the sum of `wall_s` over 3 records" in md
