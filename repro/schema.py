@@ -369,8 +369,21 @@ class RenderColumn(Group):
                                                  "(columns per metric, Table 14); none: no paper number")
 
 
+class PrecisionCheck(Group):
+    """A check row re-runs one seed of a row in another precision (e2e_cpu: LoRA seed 0 in fp32 beside the bf16
+    rows); the row's precision stands when, per column, |check - row| on that seed is no larger than the row's own
+    seed-to-seed difference, on every `must_hold` column and on at least `at_least` columns."""
+    method: Name = Field(description="the method whose default row and check row are compared")
+    variant: Name = Field(description="the check row's variant (e.g. fp32)")
+    seeds: Annotated[list[NonNegInt], Field(min_length=2, max_length=2)] = Field(
+        [0, 1], description="[the seed both rows ran, the row's second seed (the noise)]")
+    must_hold: list[Name] = Field([], description="columns on which the rule must hold (e.g. [BLEU])")
+    at_least: PosInt = Field(description="columns on which it must hold, in all")
+
+
 class TableRender(Group):
     cost: bool = Field(False, description="repro.tables adds a Cost section: peak memory, s/step, min/cell per row")
+    precision_check: PrecisionCheck | None = Field(None, description="repro.tables adds a Precision check section")
     columns: list[RenderColumn] = Field([], description="one task's metrics as the columns (the NLG tables), "
                                                         "instead of one column per task (its main metric x 100)")
 
@@ -394,6 +407,18 @@ class TableConfig(Group):
     def _grid(self):
         if self.name != "adhoc" and not (self.tasks and self.rows):
             raise bad("tasks" if not self.tasks else "rows", [], f"table {self.name} needs tasks and rows")
+        check = self.render.precision_check
+        if check:
+            names = [c.name for c in self.render.columns] or list(self.tasks)
+            if unknown := [m for m in check.must_hold if m not in names]:
+                raise bad("render.precision_check.must_hold", unknown, f"not columns of table {self.name}: {names}")
+            if check.at_least > len(names):
+                raise bad("render.precision_check.at_least", check.at_least, f"table {self.name} has {len(names)} columns")
+            variants = {(r.method, r.variant) for r in self.rows}
+            if {(check.method, "default"), (check.method, check.variant)} - variants:
+                raise bad("render.precision_check", f"{check.method}.{check.variant}",
+                          f"needs rows {check.method} (default) and {check.method} variant {check.variant}; rows: "
+                          f"{sorted(f'{m}.{v}' for m, v in variants)}")
         if self.render.columns and len(self.tasks) != 1:
             raise bad("render.columns", [c.name for c in self.render.columns],
                       f"metric columns are one task's; table {self.name} has tasks {self.tasks}")

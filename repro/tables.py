@@ -467,6 +467,51 @@ def cost_lines(rows: list[Row], n_tasks: int, headline: str = "Avg") -> list[lis
     return out
 
 
+def precision_check(rows: list[Row], check: dict, precisions: tuple[str, str]) -> list[str]:
+    """The table's precision check (render.precision_check): per column, the check row's score on seed s0 against
+    the row's own on s0 (the precision's effect) and the row's s0 against its s1 (seed noise). The row's precision
+    (`precisions[0]`) stands when the effect is no larger than the noise on every `must_hold` column and on at least
+    `at_least` columns. Returns markdown lines ending in the verdict."""
+    s0, s1 = check.get("seeds", [0, 1])
+    base = next((r for r in rows if (r.method, r.variant) == (check["method"], "default")), None)
+    other = next((r for r in rows if (r.method, r.variant) == (check["method"], check["variant"])), None)
+    if base is None or other is None:
+        return [f"Undecided: table has no {check['method']} row and {check['method']} {check['variant']} row."]
+
+    def at(row, key, seed):
+        cell = row.cells[key]
+        return cell.scores[cell.seeds.index(seed)] if seed in cell.seeds else None
+
+    lines = [["Column", f"{base.label} seed {s0}", f"{base.label} seed {s1}", f"{other.label} seed {s0}",
+              f"effect: \|{other.label} − {base.label}\| (seed {s0})", f"noise: \|seed {s0} − seed {s1}\|", "effect ≤ noise"]]
+    holds, missing = {}, []
+    for col in base.columns:
+        a0, a1, b0 = at(base, col.key, s0), at(base, col.key, s1), at(other, col.key, s0)
+        if None in (a0, a1, b0):
+            missing.append(col.name)
+            lines.append([col.name, fmt(a0, col.digits), fmt(a1, col.digits), fmt(b0, col.digits), MISSING, MISSING, MISSING])
+            continue
+        effect, noise = abs(b0 - a0), abs(a0 - a1)
+        holds[col.name] = effect <= noise
+        lines.append([col.name, fmt(a0, col.digits), fmt(a1, col.digits), fmt(b0, col.digits), fmt(effect, col.digits),
+                      fmt(noise, col.digits), "yes" if holds[col.name] else "no"])
+    must, at_least = check.get("must_hold", []), check["at_least"]
+    rule = (f"{precisions[0]} stands if the effect is no larger than the noise"
+            + (f" on {', '.join(must)} and" if must else "") + f" on at least {at_least} of {len(base.columns)} columns")
+    n = sum(holds.values())
+    if missing:
+        verdict = f"**Undecided**: no score yet for {', '.join(missing)} (each column needs all three records)."
+    elif all(holds[m] for m in must) and n >= at_least:
+        verdict = f"**{precisions[0]} stands**: the effect is within the noise on {n} of {len(holds)} columns" \
+                  + (f", {', '.join(must)} among them." if must else ".")
+    else:
+        failed = [m for m in must if not holds[m]]
+        verdict = (f"**{precisions[0]} does not stand**: the effect is within the noise on {n} of {len(holds)} columns"
+                   + (f", not on {', '.join(failed)}" if failed else "") + f"; every row re-runs in {precisions[1]}.")
+    return [f"The {base.label} row ran in {precisions[0]}; {other.label} re-ran its seed {s0} in {precisions[1]}. {rule}.",
+            "", markdown(lines), "", verdict]
+
+
 def markdown(lines: list[list[str]]) -> str:
     head, *body = lines
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -555,6 +600,11 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
                "`train_runtime_s` − the dev evaluations' runtime) / steps, min / cell = `wall_s` (set-up and scoring "
                "included). Avg as above; Δ Avg only when both rows have every task.", "",
                markdown(cost_lines(rows, len(tasks), cols[headline_column(cols)].name if by_metric else "Avg"))]
+    if check := (table.get("render") or {}).get("precision_check"):
+        spec = next((r for r in table["rows"] if (r["method"], r.get("variant")) == (check["method"], check["variant"])), {})
+        precisions = ((table.get("common") or {}).get("train", {}).get("precision", "fp32"),
+                      ((spec.get("set") or {}).get("train") or {}).get("precision", "fp32"))
+        md += ["", "## Precision check", ""] + precision_check(rows, check, precisions)
     if any(row.tuning for row in rows):
         md += ["", "## Tuning", "",
                f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "

@@ -36,6 +36,7 @@ BASE_CELLS = [
     ["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte"],
     ["+table=variants_cpu", "model=minilm", "method=dora", "task=sst2"],   # table.render
     ["+table=glue_cpu_tuned", "model=minilm", "method=lora", "variant=lr1e-3", "task=rte"],   # table.tune
+    ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "variant=fp32", "task=e2e"],   # table.render.precision_check
 ]
 
 
@@ -230,6 +231,13 @@ def test_an_unknown_key_lists_the_allowed_ones(homes):
         (["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte", "method.target_r=13"], "method.target_r=13: at most init_r=12"),
         (["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte", "method.init_r=40", "method.target_r=8"], "method.init_r=40: the rank must be at most 32"),
         (["+table=e2e", "model=tiny-gpt2", "method=adalora", "task=e2e", "method.targets=[q,v]"], "method.targets=['q', 'v']: gpt2's q, k, v are one fused matrix"),
+        # a table's precision check names its columns and rows
+        (["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e", "table.render.precision_check.must_hold=[BLUE]"],
+         "table.render.precision_check.must_hold=['BLUE']: not columns of table e2e_cpu: ['BLEU', 'NIST', 'MET', 'ROUGE-L', 'CIDEr']"),
+        (["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e", "table.render.precision_check.at_least=6"],
+         "table.render.precision_check.at_least=6: table e2e_cpu has 5 columns"),
+        (["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e", "table.render.precision_check.variant=bf16"],
+         "table.render.precision_check='lora.bf16': needs rows lora (default) and lora variant bf16; rows: ["),
     ],
 )
 def test_groups_that_do_not_fit_each_other(compose_config, overrides, starts):

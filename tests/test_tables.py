@@ -208,9 +208,9 @@ def test_cell_cost_counts_memory_only_for_a_fresh_process():
 
 
 def write_nlg_record(root: Path, table: str, method: str, task: str, seed: int, metrics: dict | None,
-                     status: str = "ok", error: str | None = None) -> Path:
+                     status: str = "ok", error: str | None = None, variant: str = "default") -> Path:
     path = write_record(root, "smollm2-135m", method, task, seed, table=table, status=status, error=error,
-                        metric="BLEU" if task == "e2e" else "BLEU_all")
+                        metric="BLEU" if task == "e2e" else "BLEU_all", variant=variant)
     record = records.read_json(path) if hasattr(records, "read_json") else __import__("json").loads(path.read_text())
     record["metrics"] = metrics or {}
     records.write_json_atomic(path, record)
@@ -276,3 +276,28 @@ def test_the_header_sums_every_records_cell_time(tmp_path):
         records.write_json_atomic(path, {**json.loads(path.read_text()), "wall_s": wall})
     md = tables.render("glue", root, tmp_path / "out1")
     assert "Records: 4 under" in md and "cell time in all 2.0 h (the sum of `wall_s` over 3 records" in md
+
+
+@pytest.mark.parametrize("fp32_factor, verdict", [
+    ({}, "**bf16 stands**: the effect is within the noise on 5 of 5 columns, BLEU among them."),
+    ({"BLEU": 1.03}, "**bf16 does not stand**: the effect is within the noise on 4 of 5 columns, not on BLEU; every row re-runs in fp32."),
+    ({"NIST": 0.95, "CIDEr": 1.05}, "**bf16 does not stand**: the effect is within the noise on 3 of 5 columns; every row re-runs in fp32."),
+    ({"NIST": 0.95}, "**bf16 stands**: the effect is within the noise on 4 of 5 columns, BLEU among them."),
+    (None, "**Undecided**: no score yet for BLEU, NIST, MET, ROUGE-L, CIDEr"),
+])
+def test_e2e_cpu_precision_check_applies_its_rule(tmp_path, fp32_factor, verdict):
+    """render.precision_check: LoRA seed 0 in fp32 against bf16 (the effect) beside bf16 seeds 0 and 1 (the noise, 2%
+    here); bf16 stands with the effect within the noise on BLEU and on at least 4 of the 5 columns."""
+    root = tmp_path / "results"
+    e2e = {"BLEU": 0.65, "NIST": 8.1, "METEOR": 0.44, "ROUGE_L": 0.69, "CIDEr": 2.2}
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, e2e)
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 1, {k: v * 1.02 for k, v in e2e.items()})
+    if fp32_factor is not None:
+        write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, {k: v * fp32_factor.get(k.replace("METEOR", "MET").replace("ROUGE_L", "ROUGE-L"), 1.01)
+                                                            for k, v in e2e.items()}, variant="fp32")
+    md = tables.render("e2e_cpu", root, tmp_path / "out")
+    section = md.split("## Precision check", 1)[1]
+    assert "The LoRA row ran in bf16; LoRA (fp32 check) re-ran its seed 0 in fp32. bf16 stands if the effect is no larger than the noise on BLEU and on at least 4 of 5 columns" in section
+    assert verdict in section
+    if fp32_factor == {}:
+        assert "| BLEU | 65.0 | 66.3 | 65.7 | 0.7 | 1.3 | yes |" in section
