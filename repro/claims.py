@@ -23,8 +23,9 @@ Rules shared by all claims:
 * Table preference: for a family of tables (e.g. GLUE: `glue`, then the CPU-sized `glue_cpu`), a tuned table
   `<name>_tuned` is tried before `<name>`, and the paper-sized table before its CPU-sized stand-in; the first table
   that has the rows a claim compares is used, and the report says which one (and why earlier ones were passed over).
-  A table with tune groups (repro/tune.py) counts only once its learning rate is chosen for every (row, task): a
-  half-run tuned grid would otherwise stand for the whole comparison; until then it is passed over, saying so.
+  A table with tune groups (repro/tune.py) counts only once its learning rate is chosen for every (row, task) and
+  the chosen candidates have run every seed: a half-run tuned grid would otherwise stand for the whole comparison;
+  until then it is passed over, saying so.
 
 Thresholds (points are score points, ×100 scale):
 
@@ -136,14 +137,24 @@ def tuning_choice(table: str, pairs: list[tuple[str, dict]]) -> tuple[dict, dict
 
 
 def tuning_unfinished(table: str, pairs: list[tuple[str, dict]]) -> str | None:
-    """A table with tune groups is evidence only once its tuning is decided for every (group, task) of the table: a
-    half-run tuned grid (say one task of five) would otherwise stand for the whole comparison. Returns why not, or
-    None (decided, or not a tuned table)."""
+    """A table with tune groups is evidence only once its tuning is decided for every (group, task) of the table and
+    the chosen candidates have run every seed: a half-run tuned grid (say one task of five, or the selection seed
+    alone, whose score is the best of its candidates on the same dev set) would otherwise stand for the whole
+    comparison. Returns why not, or None (finished, or not a tuned table)."""
     tuned = tuning_choice(table, pairs)
-    undecided = sum(c[0] is None for c in tuned[1].values()) if tuned else 0
-    if not undecided:
+    if tuned is None:
         return None
-    return f"tuning not finished ({undecided} of {len(tuned[1])} (row, task) choices undecided)"
+    config, choice = tuned
+    undecided = sum(c[0] is None for c in choice.values())
+    if undecided:
+        return f"tuning not finished ({undecided} of {len(choice)} (row, task) choices undecided)"
+    have = {(r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task"), r.get("seed")) for _, r in pairs}
+    seeds_of = {(row["model"], row["method"], row.get("variant", "default")): row.get("seeds") or config.get("seeds") or [0]
+                for row in config["rows"]}
+    wanted = [(model, method, chosen, task, seed) for (model, method, _, task), (chosen, _, _) in choice.items()
+              for seed in seeds_of[(model, method, chosen)]]
+    missing = sum(key not in have for key in wanted)
+    return f"tuning not finished (the chosen candidates' seeds: {missing} of {len(wanted)} not run)" if missing else None
 
 
 def chosen_candidates(table: str, pairs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
