@@ -601,9 +601,11 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
                "included). Avg as above; Δ Avg only when both rows have every task.", "",
                markdown(cost_lines(rows, len(tasks), cols[headline_column(cols)].name if by_metric else "Avg"))]
     if check := (table.get("render") or {}).get("precision_check"):
-        spec = next((r for r in table["rows"] if (r["method"], r.get("variant")) == (check["method"], check["variant"])), {})
-        precisions = ((table.get("common") or {}).get("train", {}).get("precision", "fp32"),
-                      ((spec.get("set") or {}).get("train") or {}).get("precision", "fp32"))
+        def precision(variant):   # the row's train.precision: its own `set`, else the table's common, else fp32 (conf/config.yaml)
+            spec = next((r for r in table["rows"] if (r["method"], r.get("variant", "default")) == (check["method"], variant)), {})
+            return (((spec.get("set") or {}).get("train") or {}).get("precision")
+                    or ((table.get("common") or {}).get("train") or {}).get("precision") or "fp32")
+        precisions = (precision("default"), precision(check["variant"]))
         md += ["", "## Precision check", ""] + precision_check(rows, check, precisions)
     if any(row.tuning for row in rows):
         md += ["", "## Tuning", "",
