@@ -190,6 +190,7 @@ class Cell:
     paper: float | None = None
     untraced: list = field(default_factory=list)          # (record path, why its code cannot be traced)
     costs: list = field(default_factory=list)             # one cell_cost(record) per ok seed
+    precisions: list = field(default_factory=list)        # the record's config.train.precision, one per ok seed
 
     @property
     def n(self) -> int:
@@ -350,6 +351,7 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
                         cell.scores.append(score)
                         cell.seeds.append(r.get("seed"))
                         cell.costs.append(cell_cost(r))
+                        cell.precisions.append(((r.get("config") or {}).get("train") or {}).get("precision"))
                         if col.first_of_task and r.get("adapter_params") is not None:
                             row.trainable.append(r["adapter_params"] if spec["method"] != "ft" else r.get("trainable_params"))
                     elif r.get("status") == "ok":
@@ -467,20 +469,31 @@ def cost_lines(rows: list[Row], n_tasks: int, headline: str = "Avg") -> list[lis
     return out
 
 
-def precision_check(rows: list[Row], check: dict, precisions: tuple[str, str]) -> list[str]:
+def precision_check(rows: list[Row], check: dict) -> list[str]:
     """The table's precision check (render.precision_check): per column, the check row's score on seed s0 against
-    the row's own on s0 (the precision's effect) and the row's s0 against its s1 (seed noise). The row's precision
-    (`precisions[0]`) stands when the effect is no larger than the noise on every `must_hold` column and on at least
-    `at_least` columns. Returns markdown lines ending in the verdict."""
+    the row's own on s0 (the precision's effect) and the row's s0 against its s1 (seed noise). Each side's precision
+    is what its records ran in (`config.train.precision`). The row's precision stands when the effect is no larger
+    than the noise on every `must_hold` column and on at least `at_least` columns. Returns markdown lines ending in
+    the verdict."""
     s0, s1 = check.get("seeds", [0, 1])
     base = next((r for r in rows if (r.method, r.variant) == (check["method"], "default")), None)
     other = next((r for r in rows if (r.method, r.variant) == (check["method"], check["variant"])), None)
     if base is None or other is None:
         return [f"Undecided: table has no {check['method']} row and {check['method']} {check['variant']} row."]
 
-    def at(row, key, seed):
+    def at(row, key, seed, field="scores"):
         cell = row.cells[key]
-        return cell.scores[cell.seeds.index(seed)] if seed in cell.seeds else None
+        return getattr(cell, field)[cell.seeds.index(seed)] if seed in cell.seeds else None
+
+    def ran_in(row, seeds):   # the precisions the row's records on these seeds ran in, over every column
+        return sorted({p for key in row.cells for s in seeds if (p := at(row, key, s, "precisions")) is not None})
+
+    mine, theirs = ran_in(base, (s0, s1)), ran_in(other, (s0,))
+    if len(mine) > 1 or len(theirs) > 1 or (mine and mine == theirs):
+        return [f"Undecided: the {base.label} row's seeds {s0} and {s1} ran in {', '.join(mine) or '?'} and "
+                f"{other.label}'s seed {s0} in {', '.join(theirs) or '?'}; the check compares one precision on both "
+                "seeds against another."]
+    precisions = (mine[0] if mine else "?", theirs[0] if theirs else "?")
 
     lines = [["Column", f"{base.label} seed {s0}", f"{base.label} seed {s1}", f"{other.label} seed {s0}",
               f"effect: \|{other.label} − {base.label}\| (seed {s0})", f"noise: \|seed {s0} − seed {s1}\|", "effect ≤ noise"]]
@@ -601,12 +614,7 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
                "included). Avg as above; Δ Avg only when both rows have every task.", "",
                markdown(cost_lines(rows, len(tasks), cols[headline_column(cols)].name if by_metric else "Avg"))]
     if check := (table.get("render") or {}).get("precision_check"):
-        def precision(variant):   # the row's train.precision: its own `set`, else the table's common, else fp32 (conf/config.yaml)
-            spec = next((r for r in table["rows"] if (r["method"], r.get("variant", "default")) == (check["method"], variant)), {})
-            return (((spec.get("set") or {}).get("train") or {}).get("precision")
-                    or ((table.get("common") or {}).get("train") or {}).get("precision") or "fp32")
-        precisions = (precision("default"), precision(check["variant"]))
-        md += ["", "## Precision check", ""] + precision_check(rows, check, precisions)
+        md += ["", "## Precision check", ""] + precision_check(rows, check)
     if any(row.tuning for row in rows):
         md += ["", "## Tuning", "",
                f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "

@@ -208,11 +208,13 @@ def test_cell_cost_counts_memory_only_for_a_fresh_process():
 
 
 def write_nlg_record(root: Path, table: str, method: str, task: str, seed: int, metrics: dict | None,
-                     status: str = "ok", error: str | None = None, variant: str = "default") -> Path:
+                     status: str = "ok", error: str | None = None, variant: str = "default",
+                     precision: str = "bf16") -> Path:
     path = write_record(root, "smollm2-135m", method, task, seed, table=table, status=status, error=error,
                         metric="BLEU" if task == "e2e" else "BLEU_all", variant=variant)
     record = records.read_json(path) if hasattr(records, "read_json") else __import__("json").loads(path.read_text())
     record["metrics"] = metrics or {}
+    record["config"] = {**record.get("config", {}), "train": {"precision": precision}}
     records.write_json_atomic(path, record)
     return path
 
@@ -287,17 +289,36 @@ def test_the_header_sums_every_records_cell_time(tmp_path):
 ])
 def test_e2e_cpu_precision_check_applies_its_rule(tmp_path, fp32_factor, verdict):
     """render.precision_check: LoRA seed 0 in fp32 against bf16 (the effect) beside bf16 seeds 0 and 1 (the noise, 2%
-    here); bf16 stands with the effect within the noise on BLEU and on at least 4 of the 5 columns."""
+    here); bf16 stands with the effect within the noise on BLEU and on at least 4 of the 5 columns. Each side's
+    precision is the one its records ran in."""
     root = tmp_path / "results"
     e2e = {"BLEU": 0.65, "NIST": 8.1, "METEOR": 0.44, "ROUGE_L": 0.69, "CIDEr": 2.2}
     write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, e2e)
     write_nlg_record(root, "e2e_cpu", "lora", "e2e", 1, {k: v * 1.02 for k, v in e2e.items()})
     if fp32_factor is not None:
         write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, {k: v * fp32_factor.get(k.replace("METEOR", "MET").replace("ROUGE_L", "ROUGE-L"), 1.01)
-                                                            for k, v in e2e.items()}, variant="fp32")
+                                                            for k, v in e2e.items()}, variant="fp32", precision="fp32")
     md = tables.render("e2e_cpu", root, tmp_path / "out")
     section = md.split("## Precision check", 1)[1]
-    assert "The LoRA row ran in bf16; LoRA (fp32 check) re-ran its seed 0 in fp32. bf16 stands if the effect is no larger than the noise on BLEU and on at least 4 of 5 columns" in section
+    if fp32_factor is not None:
+        assert "The LoRA row ran in bf16; LoRA (fp32 check) re-ran its seed 0 in fp32. bf16 stands if the effect is no larger than the noise on BLEU and on at least 4 of 5 columns" in section
     assert verdict in section
     if fp32_factor == {}:
         assert "| BLEU | 65.0 | 66.3 | 65.7 | 0.7 | 1.3 | yes |" in section
+
+
+@pytest.mark.parametrize("precisions, says", [
+    (("bf16", "bf16", "bf16"), "the LoRA row's seeds 0 and 1 ran in bf16 and LoRA (fp32 check)'s seed 0 in bf16"),
+    (("bf16", "fp32", "fp32"), "the LoRA row's seeds 0 and 1 ran in bf16, fp32 and LoRA (fp32 check)'s seed 0 in fp32"),
+])
+def test_the_precision_check_reads_the_records_precision_not_the_config(tmp_path, precisions, says):
+    """The check compares what the records ran in: a check record that ran in the row's own precision (a config
+    edited after the run, or an override on the command line), or a row whose seeds ran in different precisions,
+    gives no verdict."""
+    root = tmp_path / "results"
+    e2e = {"BLEU": 0.65, "NIST": 8.1, "METEOR": 0.44, "ROUGE_L": 0.69, "CIDEr": 2.2}
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, e2e, precision=precisions[0])
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 1, {k: v * 1.02 for k, v in e2e.items()}, precision=precisions[1])
+    write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, e2e, variant="fp32", precision=precisions[2])
+    section = tables.render("e2e_cpu", root, tmp_path / "out").split("## Precision check", 1)[1]
+    assert f"Undecided: {says}" in section and "stands" not in section
