@@ -27,14 +27,18 @@ import json
 import re
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from repro import CONF_DIR
+from repro.config import load_group
+from repro.errors import ReproError
+from repro.method_traits import VARIANT_METHODS
 from repro.methods import apply_method, parameter_counts
+from repro.models import build_on_meta
 
-PAPER_DIR = __import__("pathlib").Path(__file__).parent / "paper"
+PAPER_DIR = Path(__file__).parent / "paper"
 TABLES = {"table2": "table2_glue.yaml", "table3": "table3_e2e.yaml", "table13": "table13_dart.yaml",
           "table14": "table14_webnlg.yaml"}
 LABEL_TO_METHOD = {"FT": "ft", "FTTop2": "fttop2", "BitFit": "bitfit", "LoRA": "lora", "AdptD": "adapter_d",
@@ -51,30 +55,14 @@ def printed_value(s: str) -> tuple[float, float]:
     return float(num) * 1e6, 0.5 * 10 ** (-decimals) * 1e6
 
 
-@lru_cache(maxsize=None)
-def model_cfg(name: str):
-    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-
-
 def dims(name: str) -> tuple[int, int]:
-    a = model_cfg(name).arch
+    a = load_group("model", name).arch
     return (a.get("num_hidden_layers") or a.n_layer), (a.get("hidden_size") or a.n_embd)
 
 
 @lru_cache(maxsize=None)
-def _method_yaml(name: str):
-    return OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
-
-
-def method_cfg(name: str, **overrides):
-    return OmegaConf.merge(_method_yaml(name), overrides)
-
-
-@lru_cache(maxsize=None)
 def meta_model(model: str) -> torch.nn.Module:
-    from repro.models import build_on_meta
-
-    mc = model_cfg(model)
+    mc = load_group("model", model)
     return build_on_meta(mc, "generation" if mc.kind == "decoder" else "classification", num_labels=2)
 
 
@@ -82,12 +70,12 @@ def count(model: str, method: str, **overrides) -> int:
     """Our |Θ| (task head excluded) of `method` on the paper's `model`, built on the meta device."""
     net = copy.deepcopy(meta_model(model))
     with torch.device("meta"):
-        net = apply_method(net, method_cfg(method, **overrides))
+        net = apply_method(net, load_group("method", method, **overrides))
     return parameter_counts(net)["adapter_params"]
 
 
 def adapter_formula(L: int, d: int, method: str, r: int, drop: int = 0) -> tuple[str, int]:
-    cfg = _method_yaml(method)
+    cfg = load_group("method", method)
     n_adpt = (L - drop) * len(cfg.sites)
     n_ln = (L - drop) * (1 if cfg.adapter_layernorm else 0) + (2 * L if cfg.train_layernorm else 0)
     return (f"L̂_Adpt×(2·d·r+r+d) + 2·L̂_LN·d = {n_adpt}×(2·{d}·{r}+{r}+{d}) + 2·{n_ln}·{d}",
@@ -121,7 +109,7 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
             note.append(f"r={r}: closest formula value to the printed count (the paper gives no r)")
         over = {"r": r}
         formula, fval = adapter_formula(L, d, method, r)
-        if method_cfg(method).train_layernorm:
+        if load_group("method", method).train_layernorm:
             no_ln = fval - 2 * 2 * L * d
             note.append(f"with the block LayerNorms frozen (L̂_LN=0) the formula gives {no_ln:,}, which "
                         + ("matches" if abs(no_ln - paper) <= tol else "does not match either") + " the printed count")
@@ -158,11 +146,11 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
 
 
 VARIANT_MODELS = {"roberta-base": 8, "roberta-large": 8, "gpt2-medium": 4}   # model -> r (LoRA's r in the paper)
-VARIANTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear", "qlora", "adalora")
+VARIANTS = ("lora", *VARIANT_METHODS)   # LoRA, then its variants (repro.method_traits)
 
 
 def d_ff(name: str) -> int:
-    a = model_cfg(name).arch
+    a = load_group("model", name).arch
     return a.get("intermediate_size") or a.get("n_inner") or 4 * dims(name)[1]
 
 
@@ -177,8 +165,8 @@ def variant_formula(model: str, method: str, r: int) -> tuple[str, int]:
         f = d_ff(model)
         return (f"L·r·(4·2d + 2·(d+d_ff)) = {L}·{r}·(8·{d} + 2·({d}+{f}))", L * r * (8 * d + 2 * (d + f)))
     if method == "adalora":   # P, Q, Λ at init_r on all six block matrices; GPT-2's fused c_attn is one 3d × d matrix
-        f, r0 = d_ff(model), _method_yaml("adalora").init_r
-        if model_cfg(model).model_type == "gpt2":
+        f, r0 = d_ff(model), load_group("method", "adalora").init_r
+        if load_group("model", model).model_type == "gpt2":
             return (f"L·(r₀(d+3d)+r₀ + r₀·2d+r₀ + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = "
                     f"{L}·({r0}·4·{d}+{r0} + {r0}·2·{d}+{r0} + 2·({r0}·({d}+{f})+{r0}))",
                     L * (r0 * 4 * d + r0 + r0 * 2 * d + r0 + 2 * (r0 * (d + f) + r0)))
@@ -194,11 +182,11 @@ def variant_rows() -> list[dict]:
     out = []
     for model, r in VARIANT_MODELS.items():
         for method in VARIANTS:
-            if method == "qlora" and model_cfg(model).model_type == "gpt2":
+            if method == "qlora" and load_group("model", model).model_type == "gpt2":
                 continue   # Conv1D is not quantized (repro.methods.qlora)
             formula, fval = variant_formula(model, method, r)
             if method == "adalora":
-                ours, config = count(model, method), f"adalora init_r={_method_yaml('adalora').init_r}"
+                ours, config = count(model, method), f"adalora init_r={load_group('method', 'adalora').init_r}"
             else:
                 ours, config = count(model, method, r=r, alpha=r), f"{method} r={r}"
             out.append({"table": "variants", "model": model, "method": method, "config": config,
@@ -217,7 +205,7 @@ STAND_IN_ROWS = [("FT", "ft", {}), ("FTTop2", "fttop2", {}), ("AdapterL", "adapt
 
 def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]:
     """|Θ| of `method` on a Llama from its config alone (no model built)."""
-    a = model_cfg(model).arch
+    a = load_group("model", model).arch
     L, d, ff, V = a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.vocab_size
     d_kv = a.num_key_value_heads * a.get("head_dim", d // a.num_attention_heads)
     block = 2 * d * d + 2 * d * d_kv + 3 * d * ff + 2 * d     # q, o; k, v; gate, up, down; two RMSNorm weights
@@ -249,8 +237,6 @@ def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]
 
 
 def stand_in_rows(model: str = "smollm2-135m") -> list[dict]:
-    from repro.errors import ReproError
-
     out = []
     for label, method, over in STAND_IN_ROWS:
         formula, fval = llama_formula(model, method, over)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from pydantic_core import PydanticCustomError
 
 from repro.errors import ReproError
+from repro.method_traits import DECODER_ONLY
 
 
 class ConfigError(ReproError):
@@ -259,7 +260,6 @@ class AdaLoraConfig(Group):
 
 METHOD_FAMILIES = (FullConfig, TopLayersConfig, AdapterConfig, PrefixConfig, LoraConfig, QLoraConfig, AdaLoraConfig)
 METHOD_TAG = {name: cls.__name__ for cls in METHOD_FAMILIES for name in cls.model_fields["name"].annotation.__args__}
-DECODER_ONLY = ("prefix_embed", "prefix_layer")
 
 
 def _method_tag(v: Any) -> str | None:

@@ -1,7 +1,8 @@
 """Method name (the Hydra option under conf/method/, its field `name`) -> the function that adapts a model.
 
 Every function is `apply(model, method_cfg) -> model`: it performs the model surgery and marks exactly the right
-parameters trainable (the task head always, counted apart: repro.methods.common.parameter_counts)."""
+parameters trainable (the task head always, counted apart: repro.methods.common.parameter_counts). What kind of
+method each name is (a LoRA variant, decoder-only, a full update) is plain data in repro.method_traits."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from repro.methods.lora import apply_lora
 from repro.methods.prefix import apply_prefix
 from repro.methods.qlora import apply_qlora
 
+# the names are exactly repro.method_traits.TRAITS's, in its order
 METHODS = {
     "ft": apply_ft,
     "fttop2": apply_fttop,
@@ -28,17 +30,13 @@ METHODS = {
     "prefix_embed": apply_prefix,
     "prefix_layer": apply_prefix,
     "lora": apply_lora,          # also with `targets: all_linear`
-    "lora_all_linear": apply_lora,   # the same, targets: all_linear as its default
     "rslora": apply_lora,        # rslora: true -- scaling alpha/√r
     "pissa": apply_lora,         # init: pissa -- A, B from W's top-r SVD, W0 <- the residual
     "dora": apply_dora,
+    "lora_all_linear": apply_lora,   # the same as lora, targets: all_linear as its default
     "qlora": apply_qlora,        # base in 4-bit NF4 (bitsandbytes), LoRA on top
     "adalora": apply_adalora,    # PEFT's AdaLoRA injected in place; its Trainer callback: trainer_callbacks(model)
 }
-LORA_FAMILY = ("lora", "lora_all_linear", "rslora", "pissa", "dora", "qlora")
-# Issue 14's variants: run only in tables whose rows name them (a stand-in model does not pick them up by default)
-VARIANT_METHODS = ("lora_all_linear", "rslora", "pissa", "dora", "qlora", "adalora")   # methods whose trained tensors are LoRA's A, B (+ DoRA's m)
-DECODER_ONLY = ("prefix_embed", "prefix_layer")
 
 
 def trainer_callbacks(model: nn.Module) -> list:
