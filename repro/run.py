@@ -38,7 +38,7 @@ from transformers import set_seed
 
 from repro import dist, records
 from repro.cell import resolve_cell
-from repro.bench.common import hwm_rss_mb, reset_peak_rss
+from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.errors import ReproError
 from repro.methods import apply_method, parameter_counts
 from repro.models import load_model, load_tokenizer

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import time
@@ -20,9 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers.initialization import no_init_weights
 
-from repro import CONF_DIR, PROJECT_ROOT
+from repro import PROJECT_ROOT
+from repro.config import load_group, options
+from repro.methods import METHODS
+from repro.models import model_class, model_config
 
 RESULTS_DIR = PROJECT_ROOT / "results" / "bench"
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
@@ -62,8 +66,6 @@ def git_revision() -> dict[str, Any]:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    import transformers
-
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
         "cpu_cores_visible": os.cpu_count(),
@@ -81,7 +83,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "git": git_revision(),
     }
     try:
-        import peft
+        import peft   # optional: the train benchmark's comparison with PEFT's LoRA
 
         info["peft_version"] = peft.__version__
     except ImportError:
@@ -137,30 +139,11 @@ def summarize(seconds: Iterable[float]) -> dict[str, Any]:
     }
 
 
-def rss_now_mb() -> float:
-    """Current resident set size of this process (VmRSS), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident set (ru_maxrss: KiB on Linux), MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # --------------------------------------------------------------------------------------------- models and methods
-def model_cfg(name: str) -> DictConfig:
-    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-
-
 def build_model(name: str, task_kind: str, *, seed: int = 0, num_labels: int = 2) -> torch.nn.Module:
     """The architecture of conf/model/<name>.yaml with random weights (no download): a causal LM for
     task_kind='generation' (GPT2LMHeadModel for GPT-2), a sequence classifier otherwise."""
-    from repro.models import model_class, model_config
-
-    cfg = model_cfg(name)
+    cfg = load_group("model", name)
     config = model_config(cfg, num_labels=num_labels if task_kind == "classification" else None)
     torch.manual_seed(seed)
     model = model_class(cfg.kind, task_kind).from_config(config)
@@ -169,25 +152,17 @@ def build_model(name: str, task_kind: str, *, seed: int = 0, num_labels: int = 2
     return model
 
 
-def method_cfg(name: str, **overrides: Any) -> DictConfig:
-    """conf/method/<name>.yaml with overrides (e.g. r=4, targets=[q, v])."""
-    cfg = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
-    return OmegaConf.merge(cfg, OmegaConf.create(overrides)) if overrides else cfg
-
-
 def available_methods() -> list[str]:
     """Methods that are registered in repro.methods.METHODS and have a conf/method/<name>.yaml."""
-    from repro.methods import METHODS
-
-    return [m for m in METHODS if (CONF_DIR / "method" / f"{m}.yaml").exists()]
+    written = options("method")
+    return [m for m in METHODS if m in written]
 
 
 def apply_method(model: torch.nn.Module, name: str, **overrides: Any) -> torch.nn.Module:
-    from repro.methods import METHODS
-
+    """The method `name` with its conf/method/<name>.yaml and these overrides (e.g. r=4, targets=[q, v])."""
     if name not in METHODS:
         raise KeyError(f"method {name!r} is not registered in repro.methods.METHODS (registered: {sorted(METHODS)})")
-    return METHODS[name](model, method_cfg(name, **overrides))
+    return METHODS[name](model, load_group("method", name, **overrides))
 
 
 def randomize_lora_B(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -> None:
@@ -197,12 +172,6 @@ def randomize_lora_B(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def param_counts(model: torch.nn.Module) -> dict[str, int]:
-    from repro.methods import parameter_counts
-
-    return parameter_counts(model)
 
 
 # -------------------------------------------------------------------------------------------------------- output
@@ -251,8 +220,6 @@ def header(title: str, machine: dict, load: dict | None = None) -> str:
 
 def save_weights(model: torch.nn.Module, path: Path) -> Path:
     """The full state dict in safetensors, each shared tensor once (GPT-2's LM head is tied to the embedding)."""
-    from safetensors.torch import save_file
-
     seen, state = set(), {}
     for name, t in model.state_dict().items():
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
@@ -265,8 +232,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> Path:
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     """Load save_weights()'s file; the only keys allowed to be missing are the tied ones, re-tied afterwards."""
-    from safetensors.torch import load_file
-
     missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     model.tie_weights()
     state = model.state_dict()
@@ -288,11 +253,7 @@ def weights_file(name: str, task_kind: str, folder: Path, *, seed: int = 0) -> P
 
 def load_model_file(name: str, task_kind: str, path: Path, *, num_labels: int = 2) -> torch.nn.Module:
     """The architecture with no init (empty tensors), then the weights of `path` (tied weights re-tied)."""
-    from transformers.initialization import no_init_weights
-
-    from repro.models import model_class, model_config
-
-    cfg = model_cfg(name)
+    cfg = load_group("model", name)
     config = model_config(cfg, num_labels=num_labels if task_kind == "classification" else None)
     with no_init_weights():
         model = model_class(cfg.kind, task_kind).from_config(config)
@@ -301,19 +262,3 @@ def load_model_file(name: str, task_kind: str, path: Path, *, num_labels: int = 
         model.config.pad_token_id = model.config.eos_token_id
     return model
 
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0: `echo 5 > clear_refs`)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def hwm_rss_mb() -> float:
-    """Peak RSS since the last reset_peak_rss() (VmHWM), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return peak_rss_mb()

@@ -25,13 +25,21 @@ benchmarks; --quick does not.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
+from omegaconf import OmegaConf
 
 from repro.bench import common
+from repro.config import load_group
+from repro.data.nlg import load_examples, prompt_ids
+from repro.decode import (BeamSettings, EOS_TEXT, banned_tokens, beam_search, clean_output, decode_tokens,
+                          group_references, resolve_end_token_ids)
+from repro.models import load_model, load_tokenizer, model_source
 
 FULL = {"model": "smollm2-135m", "inputs": 32, "max_new_tokens": 64, "num_beams": 10, "batch_sizes": [1, 16]}
 QUICK = {"model": "tiny-llama", "inputs": 4, "max_new_tokens": 8, "num_beams": 3, "batch_sizes": [1, 4]}
@@ -40,13 +48,7 @@ SETTINGS = {"length_penalty": 0.8, "no_repeat_ngram_size": 4, "max_seq_length": 
 
 def e2e_prompts(tokenizer, data_dir: str | None, n: int, max_new_tokens: int) -> list[dict]:
     """The first n unique E2E test inputs (the paper's file), as the runner builds its queries."""
-    from omegaconf import OmegaConf
-
-    from repro import CONF_DIR
-    from repro.data.nlg import load_examples, prompt_ids
-    from repro.decode import group_references
-
-    task = OmegaConf.load(CONF_DIR / "task" / "e2e.yaml").task
+    task = load_group("task", "e2e").task
     test = group_references(load_examples(task, "test", data_dir))[:n]
     return [{"context": e["context"], "prompt": prompt_ids(tokenizer, e["context"], SETTINGS["max_seq_length"] - max_new_tokens)}
             for e in test]
@@ -65,8 +67,6 @@ def paper_score(model, prompt: list[int], generated: list[int], length_penalty: 
     len(generated) ** length_penalty. -inf when a token is one the paper's ban forbids."""
     if not generated:
         return float("-inf")
-    from repro.decode import banned_tokens
-
     ids = torch.tensor([prompt + generated], device=next(model.parameters()).device)
     logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
     total = 0.0
@@ -99,11 +99,6 @@ def hf_generate(model, prompts: list[list[int]], end_ids: tuple[int, ...], pad_i
 
 
 def run(args) -> dict[str, Any]:
-    import os
-
-    from repro.decode import BeamSettings, EOS_TEXT, beam_search, clean_output, decode_tokens, resolve_end_token_ids
-    from repro.models import load_model, load_tokenizer, model_source
-
     spec = {**(QUICK if args.quick else FULL), **SETTINGS}
     if getattr(args, "models", None):
         spec["model"] = args.models.split(",")[0]
@@ -111,10 +106,8 @@ def run(args) -> dict[str, Any]:
     load = None if args.quick else common.wait_for_quiet(args.max_load, args.max_wait_s, log=print)
     machine = common.machine_info(str(device))
     data_dir = os.environ.get("REPRO_DATA_DIR")
-    mcfg = common.model_cfg(spec["model"])
+    mcfg = load_group("model", spec["model"])
     tokenizer = load_tokenizer(mcfg, data_dir)
-    from omegaconf import OmegaConf
-
     model = load_model(mcfg, OmegaConf.create({"kind": "generation"}), tokenizer).to(device).eval()
     if mcfg.source == "tiny":   # random weights: make the distribution peaky so that beams end and n-grams repeat
         torch.manual_seed(0)
@@ -149,8 +142,6 @@ def run(args) -> dict[str, Any]:
                      "ours": {"ids": a, "text": clean_output(decode_tokens(tokenizer, a), eos_text), "paper_score": sa},
                      "generate": {"ids": b, "text": clean_output(decode_tokens(tokenizer, b), eos_text), "paper_score": sb},
                      "better_by_paper_score": "same" if a == b else ("ours" if sa > sb else "generate" if sb > sa else "tie")})
-    import transformers
-
     n_equal = sum(r["equal"] for r in rows)
     result = {
         "benchmark": "decode", "quick": bool(args.quick), "machine": machine, "load": load,

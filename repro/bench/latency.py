@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from repro.bench import common
+from repro.methods import parameter_counts
 from repro.methods.lora import merge, unmerge
 
 LORA = {"r": 4, "alpha": 32, "dropout": 0.0, "targets": ["q", "v"]}   # Table 1 / E2E recipe: r=4 on Wq, Wv
@@ -70,7 +71,7 @@ class Variants:
 
     def __init__(self, base, d_model: int, n_layer: int, adapter_target: float, dtype, device, errors: dict):
         self.models: dict[str, torch.nn.Module] = {"base": base}
-        self.info: dict[str, dict[str, Any]] = {"base": {"params": common.param_counts(base)["total_params"]}}
+        self.info: dict[str, dict[str, Any]] = {"base": {"params": parameter_counts(base)["total_params"]}}
         self.errors = errors
         self.lora_state = None
         if "lora" not in errors:
@@ -80,7 +81,7 @@ class Variants:
                 lora.to(device=device, dtype=dtype).eval()
                 self.models["lora"] = lora
                 self.lora_state = "unmerged"
-                counts = common.param_counts(lora)
+                counts = parameter_counts(lora)
                 for v in ("lora_merged", "lora_unmerged"):
                     self.info[v] = {"adapter_params": counts["adapter_params"], **{k: LORA[k] for k in ("r", "targets")}}
             except Exception as exc:  # noqa: BLE001 - reported in the output, the other variants still run
@@ -91,7 +92,7 @@ class Variants:
                 m = common.apply_method(shared_copy(base), kind, r=r).to(device=device, dtype=dtype).eval()
                 self.models[kind] = m
                 self.info[kind] = {"r": r, "target_params": adapter_target, "formula_params": formula,
-                                   "adapter_params": common.param_counts(m)["adapter_params"]}
+                                   "adapter_params": parameter_counts(m)["adapter_params"]}
             except Exception as exc:  # noqa: BLE001
                 errors[kind] = f"{type(exc).__name__}: {exc}"
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from repro.bench import common
+from repro.serve import MixedBatchModel, Switchboard, TaskAdapter, fold, load_head
 
 FULL = {"model": "minilm", "seq": 128, "batch_sizes": [1, 8, 32], "task_counts": [2, 4, 8], "rounds": 7, "r": 8}
 QUICK = {"model": "tiny-roberta", "seq": 16, "batch_sizes": [1, 4], "task_counts": [2], "rounds": 2, "r": 4}
@@ -35,8 +36,6 @@ def _bytes(tensors) -> int:
 
 
 def run(args) -> dict[str, Any]:
-    from repro.serve import MixedBatchModel, Switchboard, TaskAdapter, fold, load_head
-
     spec = dict(QUICK if args.quick else FULL)
     if getattr(args, "models", None):
         spec["model"] = args.models.split(",")[0]

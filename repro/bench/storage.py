@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from repro.bench import common
 from repro.bench.train import FULL_MODELS, QUICK_MODELS, overrides_for
+from repro.methods import parameter_counts
+from repro.methods.common import trainable_state_dict
 from repro.methods.lora import merge, unmerge
 
 
@@ -36,15 +38,13 @@ def drop_page_cache(path: Path) -> bool:
 
 
 def checkpoint_sizes(model_name: str, task_kind: str, weights: Path, methods: list[str], folder: Path) -> list[dict]:
-    from repro.methods.common import trainable_state_dict
-
     full = weights.stat().st_size
     rows = []
     for method in methods:
         try:
             model = common.apply_method(common.load_model_file(model_name, task_kind, weights), method,
                                         **overrides_for(model_name, method))
-            counts = common.param_counts(model)
+            counts = parameter_counts(model)
             path = folder / f"{model_name}-{method}.safetensors"
             if method == "ft":
                 common.save_weights(model, path)   # the whole model (GPT-2's tied embedding once)
@@ -63,8 +63,6 @@ def checkpoint_sizes(model_name: str, task_kind: str, weights: Path, methods: li
 def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, switches: int) -> dict[str, Any]:
     """Resident LoRA model: unmerge the current task's ΔW, load the next adapter file, merge. Versus a resident
     model into which the next task's full fine-tuned checkpoint is loaded. Alternating tasks A, B, A, ..."""
-    from repro.methods.common import trainable_state_dict
-
     over = overrides_for(model_name, "lora")
     model = common.apply_method(common.load_model_file(model_name, task_kind, weights), "lora", **over).eval()
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and "weight" in n

@@ -24,7 +24,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from repro import memory
 from repro.bench import common
+from repro.config import load_group
+from repro.methods import parameter_counts
+from repro.methods.common import is_head
 
 RESULT_TAG = "@@BENCH_RESULT "
 FULL_MODELS = {"roberta-base": "classification", "gpt2-medium": "generation"}
@@ -57,9 +61,7 @@ def make_batch(model, task_kind: str, batch: int, seq: int, device, seed: int = 
 
 def apply_peft_lora(model, cfg) -> torch.nn.Module:
     """PEFT's LoRA with our config's r, alpha, dropout on RoBERTa's query/value; classifier head trained as ours."""
-    from peft import LoraConfig, get_peft_model
-
-    from repro.methods.common import is_head
+    from peft import LoraConfig, get_peft_model   # optional: only for this comparison (the test extra installs it)
 
     names = {"q": "query", "v": "value", "k": "key"}
     pcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
@@ -74,7 +76,7 @@ def apply_peft_lora(model, cfg) -> torch.nn.Module:
 def prepare(model_name: str, task_kind: str, method: str, weights: Path, device) -> torch.nn.Module:
     model = common.load_model_file(model_name, task_kind, weights)
     if method == "peft_lora":
-        model = apply_peft_lora(model, common.method_cfg("lora", **overrides_for(model_name, "lora")))
+        model = apply_peft_lora(model, load_group("method", "lora", **overrides_for(model_name, "lora")))
     else:
         model = common.apply_method(model, method, **overrides_for(model_name, method))
     return model.to(device).train()
@@ -124,20 +126,20 @@ def worker(spec: dict) -> dict[str, Any]:
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     model = prepare(spec["model"], spec["task_kind"], spec["method"], Path(spec["weights"]), device)
-    counts = common.param_counts(model if spec["method"] != "peft_lora" else model.base_model.model)
+    counts = parameter_counts(model if spec["method"] != "peft_lora" else model.base_model.model)
     trainer = Trainer(model, make_batch(model, spec["task_kind"], spec["batch"], spec["seq"], device))
-    rss_loaded = common.rss_now_mb()
-    hwm_reset = common.reset_peak_rss()
+    rss_loaded = memory.rss_now_mb()
+    hwm_reset = memory.reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses = [trainer.step().item() for _ in range(spec["warmup"])]
     times = [common.timed(trainer.step, device) for _ in range(spec["steps"])]
-    peak_rss = common.hwm_rss_mb()
+    peak_rss = memory.hwm_rss_mb()
     cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     acts = trainer.saved_activation_bytes()
     return {"status": "ok", "params": counts, "step": common.summarize(times), "first_losses": losses,
             "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss if hwm_reset else None,
-            "peak_rss_process_mb": common.peak_rss_mb(), "peak_rss_reset": hwm_reset, "cuda_max_allocated_mb": cuda_peak,
+            "peak_rss_process_mb": memory.peak_rss_mb(), "peak_rss_reset": hwm_reset, "cuda_max_allocated_mb": cuda_peak,
             "bytes": {**trainer.state_bytes(), "saved_activations": acts}}
 
 
@@ -161,7 +163,7 @@ def run_worker(spec: dict, timeout_s: float) -> dict[str, Any]:
 def ours_vs_peft(model_name: str, task_kind: str, weights: Path, batch: int, seq: int, rounds: int, device) -> dict:
     """Same weights, same LoRA (A copied from ours into PEFT's, B set to the same random values), one process,
     alternating order; step-time ratio ours/PEFT per round; activation bytes and (CUDA) peak allocation per step."""
-    cfg = common.method_cfg("lora", **overrides_for(model_name, "lora"))
+    cfg = load_group("method", "lora", **overrides_for(model_name, "lora"))
     base = common.load_model_file(model_name, task_kind, weights)
     ours = common.apply_method(copy.deepcopy(base), "lora", **overrides_for(model_name, "lora"))
     common.randomize_lora_B(ours)
@@ -225,7 +227,7 @@ def run(args) -> dict[str, Any]:
         models = {m: known.get(m, "classification") for m in args.models.split(",")}
     methods = args.methods.split(",") if args.methods else common.available_methods()
     try:
-        import peft  # noqa: F401
+        import peft  # noqa: F401  -- optional: only whether it is installed
         have_peft = True
     except ImportError:
         have_peft = False
