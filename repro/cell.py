@@ -8,6 +8,7 @@ Precedence, lowest to highest: conf/config.yaml < model/method/task options < th
 
 from __future__ import annotations
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -20,8 +21,6 @@ GROUPS = ("model", "method", "task", "table", "paths", "local", "hydra")
 
 def cli_value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
     """The `key=value` overrides of a command line (not group choices like model=..., +table=...)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     out = []
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.key_or_group
@@ -29,6 +28,18 @@ def cli_value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
             continue
         out.append((key, o.value()))
     return out
+
+
+def smoke_reason(cfg: DictConfig) -> str | None:
+    """Why a cell is a smoke run, else None. A smoke run is one whose command line shortens the training its config
+    and table define: it sets `train.max_steps` > 0 or a `data.max_train_samples` (a table's own subsample or
+    step count, e.g. glue_cpu's, is the cell's schedule, not smoke). Stored with its weights (the checkpoint's
+    `smoke`), so that a table cell never starts from a smoke run's weights (train.init_from)."""
+    for key, value in cli_value_overrides(list(cfg.get("cli_overrides") or [])):
+        if (key == "train.max_steps" and value is not None and int(value) > 0) or \
+                (key == "data.max_train_samples" and value is not None):
+            return f"{key}={value} on the command line"
+    return None
 
 
 _REQUIRED = object()

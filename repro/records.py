@@ -213,6 +213,7 @@ def fingerprint(cfg: DictConfig) -> str:
             node = node.get(parent) or {}
         node.pop(leaf, None)
     if data.get("train", {}).get("init_from"):
+        # here, not at the top: the weights file format needs torch, and tables and claims read records without it
         from repro.methods.checkpoint import source_fingerprint
 
         data["train"]["init_from_fingerprint"] = source_fingerprint(data["train"]["init_from"])

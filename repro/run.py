@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from repro import dist, records
-from repro.cell import resolve_cell
+from repro.cell import resolve_cell, smoke_reason
 from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.errors import ReproError
 from repro.methods import apply_method, parameter_counts
@@ -244,7 +244,8 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
         if record["status"] == "ok":
             from repro.methods.checkpoint import save_trainable
 
-            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"))
+            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"),
+                           fingerprint=record["fingerprint"], smoke=smoke_reason(cfg))
         record["provenance"] = records.provenance(diff := records.code_diff())
         records.write_diff(path, diff)   # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
         records.write_json_atomic(path, record)

@@ -93,7 +93,7 @@ class AdaLoraCallback(TrainerCallback):
 
 def apply_adalora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     """PEFT's AdaLoRA SVD layers on `targets` of every block, injected into `model` itself; task head trainable."""
-    from peft import AdaLoraConfig
+    from peft import AdaLoraConfig   # optional dependency (pip install .[adalora]): only method=adalora needs it
     from peft.tuners.adalora import AdaLoraModel
 
     total = cfg.get("total_step") or 10 ** 9   # replaced by the Trainer's max_steps at train begin
@@ -118,7 +118,7 @@ def rank_pattern(model: nn.Module) -> dict[str, int]:
 
 
 def adalora_modules(model: nn.Module):
-    from peft.tuners.adalora.layer import SVDLinear
+    from peft.tuners.adalora.layer import SVDLinear   # optional dependency, as in apply_adalora
 
     for name, module in model.named_modules():
         if isinstance(module, SVDLinear):

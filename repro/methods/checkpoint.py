@@ -6,13 +6,16 @@ repro.methods.lora), and string metadata:
   fan_in_fan_out ("true" for GPT-2's Conv1D), init, model (our model name), model_type, base_model (hub id),
   task, head_keys (JSON list of the task-head tensors), and where the cell is known: source_fingerprint (the
   fingerprint of the cell that wrote it, as in its record), steps (JSON: optimizer steps taken), smoke (JSON: null, or
-  why the run was a smoke run; see `smoke_reason`); AdaLoRA: rank_pattern (JSON {module: allocated rank}).
+  why the run was a smoke run: repro.cell.smoke_reason); AdaLoRA: rank_pattern (JSON {module: allocated rank}).
+The caller that knows the cell (repro.run) passes its fingerprint and smoke reason in: this module reads neither the
+records nor the command line.
 `load_trainable` refuses a file that does not fit the model or the method config, so that evaluating, say, a
 LoRA checkpoint with another alpha is impossible (alpha/r lives outside the tensors: microsoft/LoRA #151).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -25,7 +28,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from repro.errors import CellMismatch, ReproError
+from repro.methods.adalora import rank_pattern
 from repro.methods.common import is_head, trainable_state_dict
+from repro.methods.lora import LoRAConv1D, LoRALinear, delta_weights, lora_scaling
+from repro.methods.registry import apply_method
+from repro.methods.targets import BLOCK_MODULES
 
 FORMAT = "repro-trainable-v1"
 # method fields that change the model's function or its tensors' shapes (training-only fields may differ)
@@ -42,22 +49,8 @@ def _method_dict(method_cfg) -> dict:
     return out
 
 
-def smoke_reason(cfg: DictConfig) -> str | None:
-    """Why a cell is a smoke run, else None. A smoke run is one whose command line shortens the training its config
-    and table define: it sets `train.max_steps` > 0 or a `data.max_train_samples` (a table's own subsample or
-    step count, e.g. glue_cpu's, is the cell's schedule, not smoke)."""
-    from repro.cell import cli_value_overrides
-
-    for key, value in cli_value_overrides(list(cfg.get("cli_overrides") or [])):
-        if (key == "train.max_steps" and value is not None and int(value) > 0) or \
-                (key == "data.max_train_samples" and value is not None):
-            return f"{key}={value} on the command line"
-    return None
-
-
-def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None) -> dict[str, str]:
-    from repro.records import fingerprint
-
+def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None, fingerprint: str | None = None,
+                 smoke: str | None = None) -> dict[str, str]:
     m = cfg.method
     state_keys = [n for n, p in model.named_parameters() if p.requires_grad]
     return {
@@ -75,9 +68,9 @@ def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None) ->
         "base_model": str(cfg.model.get("hub_id") or cfg.model.name),
         "task": str(cfg.task.name) if "task" in cfg else "",
         "head_keys": json.dumps([k for k in state_keys if is_head(k)]),
-        "source_fingerprint": fingerprint(cfg),
+        **({"source_fingerprint": fingerprint} if fingerprint is not None else {}),
         "steps": json.dumps(steps),
-        "smoke": json.dumps(smoke_reason(cfg)),
+        "smoke": json.dumps(smoke),
         **_adalora_metadata(model),
     }
 
@@ -86,17 +79,18 @@ def _adalora_metadata(model: nn.Module) -> dict[str, str]:
     """AdaLoRA: the allocated rank of each matrix (PEFT's rank_pattern; not the non-zero entries of E)."""
     if not hasattr(model, "_adalora_tuner"):
         return {}
-    from repro.methods.adalora import rank_pattern
-
     return {"rank_pattern": json.dumps(rank_pattern(model))}
 
 
-def save_trainable(model: nn.Module, path: Path, cfg: DictConfig, steps: int | None = None) -> None:
-    """Atomic: written to a temporary name in the same folder, then renamed. `steps`: optimizer steps taken."""
+def save_trainable(model: nn.Module, path: Path, cfg: DictConfig, steps: int | None = None, *,
+                   fingerprint: str | None = None, smoke: str | None = None) -> None:
+    """Atomic: written to a temporary name in the same folder, then renamed. `steps`: optimizer steps taken;
+    `fingerprint`: the fingerprint of the cell that trained it (its record's; a cell that starts from this file hashes
+    it, repro.records.fingerprint); `smoke`: why the run was a smoke run (repro.cell.smoke_reason), None if not."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(trainable_state_dict(model), str(tmp), metadata=metadata_for(model, cfg, steps))
+    save_file(trainable_state_dict(model), str(tmp), metadata=metadata_for(model, cfg, steps, fingerprint, smoke))
     os.replace(tmp, path)
 
 
@@ -190,17 +184,9 @@ def load_delta_weights(path: Path, base_model: nn.Module | None = None) -> list[
     all-linear. AdaLoRA (ΔW = (alpha/r_k) B (A ⊙ E), r_k a frozen tensor of the module), DoRA (ΔW = W' − W0) and PiSSA (ΔW = γ(B A − B0 A0), B0 A0 from W's SVD) need the pretrained weights:
     pass `base_model` (the unadapted model the cell started from); it is adapted with the checkpoint's method
     config, loaded, and ΔW taken from the modules (repro.methods.lora.delta_weights)."""
-    from repro.methods.lora import lora_scaling
-    from repro.methods.targets import BLOCK_MODULES
-
     tensors, meta = read_trainable(path)
     method = json.loads(meta["method"])
     if base_model is not None:
-        import copy
-
-        from repro.methods import apply_method
-        from repro.methods.lora import delta_weights
-
         cfg = OmegaConf.create(method)
         model = apply_method(copy.deepcopy(base_model), cfg)
         load_trainable(model, path, cfg, only="lora")
@@ -232,8 +218,6 @@ def export_peft(model: nn.Module, cfg: DictConfig, out_dir: Path) -> Path:
 
     Refused for GPT-2: the paper's LoRA adapts W_q and W_v *inside* the fused c_attn with two independent rank-r
     pairs; PEFT can only adapt c_attn as a whole (one shared A, updates to q, k and v), which is another model."""
-    from repro.methods.lora import LoRAConv1D, LoRALinear
-
     m = cfg.method
     if m.name != "lora":
         raise CellMismatch(f"PEFT export is for LoRA adapters; method={m.name}")

@@ -44,6 +44,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from repro.errors import CellMismatch
+from repro.methods.adalora import delta_weights as adalora_delta_weights
 from repro.methods.common import freeze_all_but_head
 from repro.methods.targets import FUSED_QKV, find_targets, model_type
 
@@ -283,8 +284,6 @@ def delta_weights(model: nn.Module):
     """Yield (layer index, target, ΔW) for every adapted weight matrix (ΔW: d_out × d_in, fp32), any LoRA variant
     (AdaLoRA's PEFT modules included)."""
     if hasattr(model, "_adalora_tuner"):
-        from repro.methods.adalora import delta_weights as adalora_delta_weights
-
         yield from adalora_delta_weights(model)
         return
     for _, layer, module in lora_modules(model):

@@ -36,7 +36,7 @@ BLOCK = 64   # weights per absmax (bitsandbytes' 4-bit blocksize)
 
 
 def _bnb():
-    import bitsandbytes as bnb   # logs a failed optional `kernels` load: harmless
+    import bitsandbytes as bnb   # optional (pip install .[qlora]); logs a failed optional `kernels` load: harmless
 
     return bnb
 

@@ -10,9 +10,12 @@ import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 
+from repro import records
+from repro.cell import smoke_reason
 from repro.errors import CellMismatch, ReproError
 from repro.methods import apply_method
-from repro.methods.checkpoint import export_peft, init_from, load_delta_weights, load_trainable, save_trainable
+from repro.methods.checkpoint import (export_peft, init_from, load_delta_weights, load_trainable, read_metadata,
+                                      save_trainable, source_fingerprint)
 from repro.methods.lora import delta_weights
 from tests.methods.conftest import batch, method, randomize_B, tiny
 
@@ -116,10 +119,9 @@ def test_peft_export_refused_for_gpt2(tmp_path):
 
 
 def test_checkpoint_carries_source_fingerprint_steps_and_smoke(tmp_path):
-    """An init_from checkpoint names the record that wrote it (fingerprint, steps); a smoke run's is refused as an
-    init unless train.allow_smoke_init. Smoke: the command line sets train.max_steps > 0 or data.max_train_samples."""
-    from repro import records
-    from repro.methods.checkpoint import read_metadata, smoke_reason, source_fingerprint
+    """An init_from checkpoint names the record that wrote it (fingerprint, steps: passed in by the runner); a smoke
+    run's is refused as an init unless train.allow_smoke_init. Smoke: the command line sets train.max_steps > 0 or
+    data.max_train_samples (repro.cell.smoke_reason). Without a fingerprint the file has no source_fingerprint."""
 
     m = method("lora", r=2, alpha=4)
     full, smoke = cell("tiny-roberta", m), cell("tiny-roberta", m)
@@ -128,11 +130,14 @@ def test_checkpoint_carries_source_fingerprint_steps_and_smoke(tmp_path):
     assert smoke_reason(OmegaConf.create({"cli_overrides": ["train.max_steps=-1", "seed=1"]})) is None
     assert smoke_reason(OmegaConf.create({"cli_overrides": ["data.max_train_samples=64"]})) is not None
     for name, cfg in (("full", full), ("smoke", smoke)):
-        save_trainable(trained("roberta", m), tmp_path / f"{name}.safetensors", cfg, steps=7)
+        save_trainable(trained("roberta", m), tmp_path / f"{name}.safetensors", cfg, steps=7,
+                       fingerprint=records.fingerprint(cfg), smoke=smoke_reason(cfg))
     meta = read_metadata(tmp_path / "full.safetensors")
     assert meta["source_fingerprint"] == records.fingerprint(full) == source_fingerprint(tmp_path / "full.safetensors")
     assert json.loads(meta["steps"]) == 7 and json.loads(meta["smoke"]) is None
     assert source_fingerprint(tmp_path / "missing.safetensors") is None
+    save_trainable(trained("roberta", m), tmp_path / "anonymous.safetensors", full)
+    assert source_fingerprint(tmp_path / "anonymous.safetensors") is None
     rte = apply_method(tiny("roberta", num_labels=2), m)
     assert init_from(rte, tmp_path / "full.safetensors", m)
     with pytest.raises(ReproError, match=r"smoke run \(train.max_steps=5 on the command line\).*allow_smoke_init=true"):
