@@ -264,7 +264,7 @@ def main(cfg: DictConfig):
     try:
         cfg = resolve_cell(cfg, list(HydraConfig.get().overrides.task))
         if cfg.dry_run:   # one cell; a grid's dry run (-m) is the table sweeper's, and never reaches this function
-            from repro.plan import describe_cell
+            from repro.plan.report import describe_cell
 
             print(json.dumps(describe_cell(cfg), indent=2, default=str))
             return "dry_run"

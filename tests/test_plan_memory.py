@@ -1,5 +1,5 @@
 """Issue 16 items 6 and 9: each paper model's per-device batch cap and gradient-checkpointing switch, the planner's
-peak-memory-per-GPU and scratch-disk estimates (repro/plan.py), and that every paper cell fits the SLURM GPU."""
+peak-memory-per-GPU and scratch-disk estimates (repro/plan/cost.py), and that every paper cell fits the SLURM GPU."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
 
-from repro import CONF_DIR, PROJECT_ROOT, plan
+from repro import CONF_DIR, PROJECT_ROOT
+from repro.cell import resolve_cell
+from repro.config import load_group, options
+from repro.methods import apply_method
+from repro.plan import cost, grid
+from repro.train import batch_plan, training_arguments
+from tests.methods.conftest import batch, method, tiny
+from tests.test_sweep import sweeper_for
 
 PAPER_MODELS = ("roberta-base", "roberta-large", "deberta-v2-xxlarge", "gpt2-medium", "gpt2-large")
 
@@ -26,14 +33,10 @@ def hydra_ctx():
 
 
 def cell(overrides: list[str]):
-    from repro.cell import resolve_cell
-
     return resolve_cell(compose(config_name="config", overrides=overrides), overrides)
 
 
 def test_model_cap_and_checkpointing_reach_the_trainer(hydra_ctx, tmp_path):
-    from repro.train import batch_plan, training_arguments
-
     ov = ["+table=glue", "model=roberta-large", "method=lora", "task=qnli", "train.precision=fp32"]
     cfg = cell(ov)                                              # global batch 32, RoBERTa-large cap 8
     assert cfg.train.max_per_device_batch_size == cfg.model.max_per_device_batch_size == 8
@@ -49,57 +52,55 @@ def test_model_cap_and_checkpointing_reach_the_trainer(hydra_ctx, tmp_path):
 
 
 def test_every_model_config_has_the_memory_keys():
-    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
-        m = OmegaConf.load(path)
-        assert isinstance(m.max_per_device_batch_size, int) and m.max_per_device_batch_size >= 1, path.name
-        assert isinstance(m.gradient_checkpointing, bool), path.name
+    for name in options("model"):
+        m = load_group("model", name)
+        assert isinstance(m.max_per_device_batch_size, int) and m.max_per_device_batch_size >= 1, name
+        assert isinstance(m.gradient_checkpointing, bool), name
 
 
 def test_memory_and_disk_formulas(hydra_ctx):
     cfg = cell(["+table=glue", "model=roberta-base", "method=ft", "task=rte"])    # fp32, seq 512, global batch 32
-    p, pt = plan.param_counts(cfg)
+    p, pt = cost.param_counts(cfg)
     assert p == pt and 124e6 < p < 126e6                        # RoBERTa-base + its classification head, all trained
-    mem = plan.memory_estimate(cfg)
+    mem = cost.memory_estimate(cfg)
     s, b, h, a, L = 512, 16, 768, 12, 12
     act = L * 2 * (34 * s * b * h + 5 * a * s * s * b)
     assert mem["per_device_batch"] == b and not mem["checkpointing"]
     assert mem["mem_bytes"] == 16 * p + act + (1 << 30)
-    disk = plan.disk_estimate(cfg)
+    disk = cost.disk_estimate(cfg)
     assert disk["ckpt_bytes"] == 12 * pt and disk["final_bytes"] == 4 * pt
     assert disk["disk_bytes"] == 2 * disk["ckpt_bytes"] + disk["final_bytes"]
 
     lora = cell(["+table=glue", "model=roberta-base", "method=lora", "task=rte"])
-    p2, pt2 = plan.param_counts(lora)
+    p2, pt2 = cost.param_counts(lora)
     assert p < p2 < 1.01 * p and pt2 < p / 100                   # frozen backbone + LoRA; trained: LoRA + head only
-    assert plan.disk_estimate(lora)["final_bytes"] == 4 * pt2
-    assert plan.disk_estimate(lora)["ckpt_bytes"] == 12 * pt2   # adapters-only Trainer checkpoints (ReproTrainer._save)
+    assert cost.disk_estimate(lora)["final_bytes"] == 4 * pt2
+    assert cost.disk_estimate(lora)["ckpt_bytes"] == 12 * pt2   # adapters-only Trainer checkpoints (ReproTrainer._save)
 
 
 def test_gpu_of_the_slurm_config():
-    gpu, gib = plan.slurm_gpu()
-    constraint = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm.yaml").get("constraint")
-    assert gpu == (constraint or plan.DEFAULT_GPU) and gib == plan.GPU_MEMORY_GIB[gpu]
+    gpu, gib = cost.slurm_gpu()
+    constraint = load_group("hydra/launcher", "slurm").get("constraint")
+    assert gpu == (constraint or cost.DEFAULT_GPU) and gib == cost.GPU_MEMORY_GIB[gpu]
 
 
 def test_every_paper_cell_fits_the_slurm_gpu(hydra_ctx):
     """Every (model, method, variant, task) of every table on a paper model, at its model's cap and checkpointing."""
-    from tests.test_sweep import sweeper_for
-
-    gpu, gib = plan.slurm_gpu()
-    limit = plan.GPU_MARGIN * gib * plan.GiB
+    gpu, gib = cost.slurm_gpu()
+    limit = cost.GPU_MARGIN * gib * cost.GiB
     seen, over = set(), []
     for table in sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml")):
         sweeper = sweeper_for([f"+table={table}"], Path(tempfile.mkdtemp()))
         jobs = {tuple(j for j in job if not j.startswith("seed=")) for job in sweeper.expand([])}
-        jobs = [[f"+table={table}", *j] for j in sorted(jobs) if plan.job_dict(j).get("model") in PAPER_MODELS]
+        jobs = [[f"+table={table}", *j] for j in sorted(jobs) if grid.job_dict(j).get("model") in PAPER_MODELS]
         loader = GlobalHydra.instance().config_loader()
-        for _job, cfg, _note in plan.resolve_jobs(loader, sweeper.config, jobs, fallback=False):
+        for _job, cfg, _note in grid.resolve_jobs(loader, sweeper.config, jobs, fallback=False):
             seen.add(cfg.model.name)
-            mem = plan.memory_estimate(cfg)["mem_bytes"]
+            mem = cost.memory_estimate(cfg)["mem_bytes"]
             if mem > limit:
-                over.append(f"{table} {cfg.model.name} {cfg.method.name} {cfg.variant} {cfg.task.name}: {mem / plan.GiB:.1f} GiB")
+                over.append(f"{table} {cfg.model.name} {cfg.method.name} {cfg.variant} {cfg.task.name}: {mem / cost.GiB:.1f} GiB")
     assert seen == set(PAPER_MODELS)
-    assert not over, f"cells over {plan.GPU_MARGIN:.0%} of a {gpu} ({gib:.0f} GiB): {over}"
+    assert not over, f"cells over {cost.GPU_MARGIN:.0%} of a {gpu} ({gib:.0f} GiB): {over}"
 
 
 def test_plan_prints_memory_and_disk_per_row(tmp_path):
@@ -118,11 +119,6 @@ def test_plan_prints_memory_and_disk_per_row(tmp_path):
 
 def test_gradient_checkpointing_still_trains_lora_on_a_frozen_backbone():
     """The switch recomputes activations; with a frozen embedding (LoRA) the gradients must still reach the adapters."""
-    import torch
-
-    from repro.methods import apply_method
-    from tests.methods.conftest import batch, method, tiny
-
     grads = {}
     for checkpointing in (False, True):
         model = apply_method(tiny("roberta"), method("lora", r=4, targets=["q", "v"]))

@@ -10,20 +10,23 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
-from omegaconf import OmegaConf
+from omegaconf import open_dict
 
-from repro import CONF_DIR, PROJECT_ROOT
-from repro import plan, records
+from hydra_plugins.repro_table_sweeper import table_sweeper
+from repro import CONF_DIR, PROJECT_ROOT, records
+from repro.cell import resolve_cell
+from repro.plan import cost, grid, order
 
 
 def sweeper_for(overrides: list[str], tmp_path):
-    """A TableSweeper as Hydra builds it for `python -m repro.run -m <overrides>`, with the real config loader."""
-    from hydra_plugins.repro_table_sweeper.table_sweeper import TableSweeper
-
+    """A TableSweeper as Hydra builds it for `python -m repro.run -m <overrides>`, with the real config loader. The class
+    is looked up now, not at import: Hydra's plugin scan (on the first compose) re-executes the plugin modules in
+    place, and a class taken before it subclasses a BasicSweeper that no longer is the module's."""
     cfg = compose(config_name="config", overrides=[*overrides, f"paths.results_dir={tmp_path}"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("TableSweeper")
-    sweeper = TableSweeper(max_batch_size=cfg.hydra.sweeper.max_batch_size, params=dict(cfg.hydra.sweeper.params or {}))
+    sweeper = table_sweeper.TableSweeper(max_batch_size=cfg.hydra.sweeper.max_batch_size, params=dict(cfg.hydra.sweeper.params or {}))
     sweeper.config = cfg
     sweeper.hydra_context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
     return sweeper
@@ -38,7 +41,7 @@ def hydra_ctx():
 def cells(jobs):
     out = set()
     for job in jobs:
-        d = plan.job_dict(job)
+        d = grid.job_dict(job)
         out.add((d.get("model"), d.get("method"), d.get("variant", "default"), d.get("task"), d.get("seed")))
     return out
 
@@ -66,7 +69,7 @@ def test_every_cell_of_every_table_resolves(hydra_ctx, tmp_path, table):
     loader = GlobalHydra.instance().config_loader()
     primary = sweeper.config
     for job in {tuple(j for j in job if not j.startswith("seed=")) for job in jobs}:   # the seed changes nothing here
-        cfg, note = plan.resolve_job(loader, primary, [f"+table={table}", *job], fallback=False)
+        cfg, note = grid.resolve_job(loader, primary, [f"+table={table}", *job], fallback=False)
         assert note is None and cfg.task.name in cfg.table.tasks, job
 
 
@@ -93,36 +96,30 @@ def test_variant_axis_expands_and_filters(hydra_ctx, tmp_path):
 
 
 def test_task_outside_the_table_is_dropped_with_a_reason(hydra_ctx, tmp_path):
-    from repro.plan import filter_jobs
-
     cfg = compose(config_name="config", overrides=["+table=glue"])
-    out = filter_jobs([["model=roberta-base", "method=lora", "task=e2e"], ["model=roberta-base", "method=lora", "task=rte"]], cfg)
+    out = grid.filter_jobs([["model=roberta-base", "method=lora", "task=e2e"], ["model=roberta-base", "method=lora", "task=rte"]], cfg)
     assert len(out.kept) == 1 and out.n_dropped == 1 and "task e2e" in next(iter(out.dropped))
 
 
 def test_fast_compose_matches_hydra_composition(hydra_ctx, tmp_path):
     """Skipping done cells before launch relies on the planner's config giving the job's own fingerprint."""
-    from repro.cell import resolve_cell
-
     # as in a real multirun, every job carries the command line's constant overrides (sweeper_for adds results_dir)
     job = ["model=tiny-roberta", "method=lora", "task=mrpc", "seed=1", "+table=glue", "train.max_steps=5",
            f"paths.results_dir={tmp_path}"]
     sweeper = sweeper_for(["+table=glue", "model=tiny-roberta", "train.max_steps=5"], tmp_path)
-    fast, note = plan.resolve_job(sweeper.hydra_context.config_loader, sweeper.config, job, fallback=False)
+    fast, note = grid.resolve_job(sweeper.hydra_context.config_loader, sweeper.config, job, fallback=False)
     assert note is None
     full = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, job)
     overrides = list(full.hydra.overrides.task)
-    with __import__("omegaconf").open_dict(full):
+    with open_dict(full):
         del full["hydra"]
     assert records.fingerprint(fast) == records.fingerprint(resolve_cell(full, overrides))
 
 
 def test_estimate_formula(hydra_ctx):
-    from repro.cell import resolve_cell
-
     ov = ["+table=glue", "model=roberta-base", "method=lora", "task=rte"]
     cfg = resolve_cell(compose(config_name="config", overrides=ov), ov)
-    est = plan.estimate(cfg)
+    est = cost.estimate(cfg)
     n = 12 * (4 * 768**2 + 2 * 768 * 3072)
     assert est["params"] == n
     examples = 2490 * 80                                   # RTE train x 80 epochs (roberta_base_rte.sh)
@@ -163,15 +160,15 @@ def test_glue_grid_puts_every_mnli_source_in_an_earlier_wave(hydra_ctx, tmp_path
     second wave, each after the MNLI cell of its model and seed."""
     sweeper = sweeper_for(["+table=glue"], tmp_path)
     jobs = sweeper.expand([])
-    sources = plan.init_sources(sweeper.hydra_context.config_loader, sweeper.config, jobs)
-    waves = plan.launch_waves(len(jobs), sources)
+    sources = order.init_sources(sweeper.hydra_context.config_loader, sweeper.config, jobs)
+    waves = order.launch_waves(len(jobs), sources)
     assert [len(w) for w in waves] == [515, 45]
     wave_of = {i: k for k, w in enumerate(waves) for i in w}
     for i, src in sources.items():
-        d, s = plan.job_dict(jobs[i]), plan.job_dict(jobs[src])
+        d, s = grid.job_dict(jobs[i]), grid.job_dict(jobs[src])
         assert d["method"] == "lora" and "variant" not in d and d["task"] in ("rte", "mrpc", "stsb")
         assert s == {**d, "task": "mnli"} and wave_of[src] < wave_of[i]
-    assert {plan.job_dict(jobs[i])["model"] for i in sources} == {"roberta-base", "roberta-large", "deberta-v2-xxlarge"}
+    assert {grid.job_dict(jobs[i])["model"] for i in sources} == {"roberta-base", "roberta-large", "deberta-v2-xxlarge"}
 
 
 class RecordingLauncher:
@@ -182,11 +179,9 @@ class RecordingLauncher:
         self.sweeper, self.fail, self.calls = sweeper, [set(f) for f in fail], []
 
     def launch(self, batch, initial_job_idx):
-        from hydra.core.utils import JobReturn, JobStatus
-
-        self.calls.append([plan.job_dict(job) for job in batch])
+        self.calls.append([grid.job_dict(job) for job in batch])
         returns = []
-        for job, cfg, _ in plan.resolve_jobs(self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False):
+        for job, cfg, _ in grid.resolve_jobs(self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False):
             status = "failed" if set(job) in self.fail else "ok"
             records.write_json_atomic(records.record_path(cfg), {"status": status, "error": "boom" if status == "failed" else None,
                                                                  "fingerprint": records.fingerprint(cfg)})
@@ -227,8 +222,6 @@ def test_cpu_nlg_tables_run_the_rows_seeds(hydra_ctx, tmp_path):
 
 
 def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
-    from repro.cell import resolve_cell
-
     args = ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e"]
     cfg = resolve_cell(compose(config_name="config", overrides=[*args, f"paths.results_dir={tmp_path}"]), args)
     assert (cfg.method.r, cfg.method.alpha, cfg.method.dropout, list(cfg.method.targets)) == (4, 32, 0.1, ["q", "v"])
@@ -243,9 +236,10 @@ def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
 
 
 def test_planner_does_not_import_the_runner(tmp_path):
-    """The runner stands above the planner: repro.run imports repro.plan (a cell's dry run), never the reverse,
-    neither on import nor in `python -m repro.plan` (run here with repro.run made unimportable)."""
-    code = "import repro.plan, sys; assert 'repro.run' not in sys.modules, sorted(m for m in sys.modules if m.startswith('repro'))"
+    """The runner stands above the planner: repro.run imports repro.plan.report (a cell's dry run), never the reverse,
+    neither on import of any planner module nor in `python -m repro.plan` (run here with repro.run made unimportable)."""
+    code = ("import repro.plan.grid, repro.plan.order, repro.plan.cost, repro.plan.report, sys; "
+            "assert 'repro.run' not in sys.modules, sorted(m for m in sys.modules if m.startswith('repro'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cli = ("import runpy, sys; sys.modules['repro.run'] = None; "   # any `import repro.run` now raises ImportError

@@ -10,7 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from pydantic import ValidationError
 
-from repro import CONF_DIR, claims, plan, records, tables, tune
+from repro import CONF_DIR, claims, records, tables, tune
+from repro.plan import grid
 from repro.schema import TableConfig
 
 
@@ -69,9 +70,9 @@ class ScoringLauncher:
     def launch(self, batch, initial_job_idx):
         from hydra.core.utils import JobReturn, JobStatus
 
-        self.calls.append([plan.job_dict(job) for job in batch])
+        self.calls.append([grid.job_dict(job) for job in batch])
         returns = []
-        for job, cfg, _ in plan.resolve_jobs(self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False):
+        for job, cfg, _ in grid.resolve_jobs(self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False):
             score = SCORES[(cfg.task.name, cfg.variant, cfg.seed)]
             status = "failed" if score is None else "ok"
             records.write_json_atomic(records.record_path(cfg), {

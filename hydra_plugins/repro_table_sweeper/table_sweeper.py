@@ -1,7 +1,8 @@
 """TableSweeper: Hydra's BasicSweeper, keeping only the jobs that are cells of the paper's table.
 
 Selected by a table config with `defaults: [override /hydra/sweeper: table]`; its grid is `hydra.sweeper.params`.
-`dry_run=true` prints the expanded grid, its job count and a GPU-hour estimate (repro.plan) and launches nothing.
+`dry_run=true` prints the expanded grid, its job count and a GPU-hour estimate (repro.plan.report) and launches
+nothing.
 Jobs are launched in waves so that a cell starting from another cell's weights (train.init_from) runs after it, and
 a tune group's other seeds run after its selection seed, for the chosen candidate only (repro/tune.py).
 """
@@ -19,6 +20,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 
+from repro import records
+from repro.plan.grid import Expansion, cartesian, filter_jobs, job_values, resolve_jobs
+from repro.plan.order import deferred_jobs, describe_waves, init_sources, launch_waves, tuning_choices
+from repro.tune import group_of
+
 log = logging.getLogger(__name__)
 
 
@@ -31,8 +37,6 @@ class TableSweeper(BasicSweeper):
 
     def expand(self, arguments: List[str]) -> List[List[str]]:
         """The jobs this sweep launches, in order (also used by tests and the dry run)."""
-        from repro.plan import Expansion, cartesian, filter_jobs
-
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = cartesian(parser.parse_overrides([*self._parse_config(), *arguments]))
@@ -47,8 +51,6 @@ class TableSweeper(BasicSweeper):
         """Launch the grid in waves: a cell that starts from another cell's weights (train.init_from: Table 2's RTE,
         MRPC, STS-B LoRA from MNLI) is launched only after that cell's wave has ended (a launcher's launch() returns
         when its jobs have ended, submitit's too), and not at all, with the reason, when that cell did not end ok."""
-        from repro.plan import deferred_jobs, describe_waves, init_sources, launch_waves, tuning_choices
-
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         jobs = self.expand(arguments)
         loader = self.hydra_context.config_loader
@@ -56,14 +58,13 @@ class TableSweeper(BasicSweeper):
         deferred = deferred_jobs(jobs, self.config)   # tune groups: other seeds wait for the selection seed's choice
         waves = [w for w in ([i for i in wave if i not in deferred] for wave in launch_waves(len(jobs), sources)) if w]
         if self.config.get("dry_run"):
-            from repro.plan import plan_jobs
+            # here, not at the top: the cost model builds models on the meta device (torch, transformers), and Hydra
+            # imports this plugin at the start of every app
+            from repro.plan.report import plan_jobs
 
             print(plan_jobs(loader, self.config, jobs, self.expansion), flush=True)
             print(describe_waves(waves), flush=True)
             if deferred:
-                from repro.plan import job_values
-                from repro.tune import group_of
-
                 slots = {(group_of(self.config.table, d["model"], d["method"], d["variant"]), d["task"], d["seed"])
                          for d in (job_values(self.config, jobs[i]) for i in deferred)}
                 print(f"tuning: {len(deferred)} of these jobs are tune-group candidates on seeds other than the selection "
@@ -133,9 +134,6 @@ class TableSweeper(BasicSweeper):
 
     def sources_not_ok(self, sources: Dict[int, List[str]]) -> Dict[int, str]:
         """{job index: why} for the jobs whose init_from source job has no `ok` record with its config's fingerprint."""
-        from repro import records
-        from repro.plan import resolve_jobs
-
         unique = [list(j) for j in dict.fromkeys(tuple(j) for j in sources.values())]
         why = {}
         for job, cfg, note in resolve_jobs(self.hydra_context.config_loader, self.config, unique, fallback=False):
@@ -150,9 +148,6 @@ class TableSweeper(BasicSweeper):
     def skip_done(self, jobs: List[List[str]], label: str = "the grid") -> List[List[str]]:
         """Leave out, before launching anything, the cells whose `ok` record has this config's fingerprint (the
         job itself checks again). A job that does not resolve is launched, to fail there with its reason."""
-        from repro import records
-        from repro.plan import resolve_jobs
-
         if self.config.get("force"):
             return jobs
         todo, done = [], []

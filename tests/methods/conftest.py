@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from repro import CONF_DIR
+from repro.config import load_group
 
 ENCODERS = ("roberta", "bert", "deberta-v2")
 DECODERS = ("gpt2", "llama")   # llama: SmolLM2's architecture (grouped-query attention, no biases, RMSNorm, gated MLP)
@@ -34,7 +33,7 @@ def tiny(model_type: str, seed: int = 0, num_labels: int = 3, hidden: int = 32, 
 
 
 def method(name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml"), overrides)
+    return load_group("method", name, **overrides)
 
 
 def batch(model_type: str, seed: int = 1, T: int = 9):

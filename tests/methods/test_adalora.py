@@ -10,10 +10,13 @@ import json
 import pytest
 import torch
 from datasets import Dataset
+from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from repro.errors import CellMismatch
 from repro.methods import apply_method, parameter_counts
-from repro.methods.adalora import loss_term, rank_pattern
+from repro.methods.adalora import loss_term, rank_pattern, target_module_names
+from repro.methods.checkpoint import load_delta_weights, load_trainable, read_metadata, save_trainable
 from repro.methods.lora import delta_weights
 from repro.methods.registry import trainer_callbacks
 from repro.train import ReproTrainer, classifier_loss
@@ -49,8 +52,6 @@ def test_loss_and_grads_equal_peft_adalora(arch):
     base = tiny(arch)
     targets = ["q", "v"] if arch == "roberta" else ["q", "k", "v", "o"]
     ours = apply_method(copy.deepcopy(base), method("adalora", init_r=4, target_r=2, targets=targets, total_step=10))
-    from repro.methods.adalora import target_module_names
-
     cfg = peft.AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8, total_step=10, tinit=0, tfinal=1,
                              target_modules=target_module_names(base, targets), fan_in_fan_out=arch == "gpt2",
                              task_type="CAUSAL_LM" if arch == "gpt2" else "SEQ_CLS")   # so PeftModel calls AdaLoraModel.forward
@@ -82,8 +83,6 @@ def test_reprotrainer_adds_the_penalty_once_per_optimizer_step(tmp_path, per_dev
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     ours = apply_method(copy.deepcopy(base), method("adalora", init_r=4, target_r=2, targets=["q", "v"], tinit=0, tfinal=1))
-    from repro.methods.adalora import target_module_names
-
     cfg = peft.AdaLoraConfig(init_r=4, target_r=2, lora_alpha=8, total_step=2, tinit=0, tfinal=1, task_type="SEQ_CLS",
                              target_modules=target_module_names(base, ["q", "v"]))
     theirs = peft.get_peft_model(copy.deepcopy(base), cfg)
@@ -143,10 +142,6 @@ def test_schedule_reaches_target_budget_in_trainer_loop(tmp_path):
     assert seen[final] == 2 * n_mat                               # the target budget at total_step − tfinal
     assert all(seen[s] == 2 * n_mat for s in range(final, 12))
     assert all(seen[s] is None or seen[s] >= 2 * n_mat for s in range(final))
-    from omegaconf import OmegaConf
-
-    from repro.methods.checkpoint import read_metadata, save_trainable
-
     save_trainable(model, tmp_path / "w.safetensors", OmegaConf.create({"method": {"name": "adalora", "targets": ["q", "v"]},
                                                                         "model": {"name": "tiny-roberta"}}))
     saved = json.loads(read_metadata(tmp_path / "w.safetensors")["rank_pattern"])
@@ -159,8 +154,6 @@ def test_schedule_reaches_target_budget_in_trainer_loop(tmp_path):
 
 
 def test_final_step_must_be_reached(tmp_path):
-    from repro.errors import CellMismatch
-
     model = apply_method(tiny("roberta"), method("adalora", init_r=4, target_r=2, targets=["q", "v"], tinit=5, tfinal=0))
     ds = Dataset.from_dict({"input_ids": [[3, 4, 5]] * 8, "labels": [0] * 8})
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, report_to=[],
@@ -170,17 +163,11 @@ def test_final_step_must_be_reached(tmp_path):
 
 
 def test_gpt2_needs_q_k_v_together():
-    from repro.errors import CellMismatch
-
     with pytest.raises(CellMismatch, match="fused"):
         apply_method(tiny("gpt2"), method("adalora", targets=["q", "v"]))
 
 
 def test_checkpoint_round_trip_and_delta_weights(tmp_path):
-    from omegaconf import OmegaConf
-
-    from repro.methods.checkpoint import load_delta_weights, load_trainable, save_trainable
-
     m = method("adalora", init_r=4, target_r=2, targets=["q", "v"])
     base = tiny("roberta")
     model = apply_method(copy.deepcopy(base), m).eval()

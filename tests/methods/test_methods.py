@@ -6,8 +6,11 @@ import copy
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from repro.config import load_group, options
 from repro.errors import CellMismatch
+from repro.method_traits import DECODER_ONLY, FULL_UPDATE_METHODS, TRAITS, VARIANT_METHODS
 from repro.methods import METHODS, apply_method, parameter_counts
 from repro.methods.adapters import Adapter
 from tests.methods.conftest import ARCHS, DECODERS, ENCODERS, batch, method, tiny
@@ -158,11 +161,12 @@ def test_prefix_refused_on_encoders(arch, name):
 
 
 def test_registry_and_configs():
-    from repro import CONF_DIR
-
-    from omegaconf import OmegaConf
-
-    for f in (CONF_DIR / "method").glob("*.yaml"):
-        assert OmegaConf.load(f).name == f.stem and f.stem in METHODS
+    """Every conf/method/<name>.yaml is named <name> and registered; the registry's names are the trait table's, in its
+    order, and each trait list is the names that carry it."""
+    for name in options("method"):
+        assert load_group("method", name).name == name and name in METHODS
+    assert list(METHODS) == list(TRAITS)
+    assert VARIANT_METHODS == ("rslora", "pissa", "dora", "lora_all_linear", "qlora", "adalora")
+    assert DECODER_ONLY == ("prefix_embed", "prefix_layer") and FULL_UPDATE_METHODS == ("ft",)
     with pytest.raises(CellMismatch, match="allowed"):
         apply_method(tiny("roberta"), OmegaConf.create({"name": "nope"}))

@@ -7,9 +7,11 @@ import copy
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from repro.errors import CellMismatch
 from repro.methods import apply_method, parameter_counts
+from repro.methods.checkpoint import load_delta_weights, load_trainable, save_trainable
 from repro.methods.lora import delta_weights, lora_modules, merge
 from repro.methods.qlora import QLoRALinear, dequantize_weight, dequantized, is_4bit
 from tests.methods.conftest import batch, method, randomize_B
@@ -117,10 +119,6 @@ def test_matches_peft_lora_over_the_same_4bit_layers():
 
 
 def test_checkpoint_round_trip_and_delta(tmp_path):
-    from omegaconf import OmegaConf
-
-    from repro.methods.checkpoint import load_delta_weights, load_trainable, save_trainable
-
     m = method("qlora", r=2, alpha=4)
     base = tiny("roberta")
     model = apply_method(copy.deepcopy(base), m).eval()

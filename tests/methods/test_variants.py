@@ -10,14 +10,22 @@ import re
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from repro.analysis.factors import adapter_from_model, load_adapter
+from repro.errors import CellMismatch
+from repro.method_traits import VARIANT_METHODS
 from repro.methods import apply_method, parameter_counts
+from repro.methods.checkpoint import load_delta_weights, load_trainable, save_trainable
 from repro.methods.dora import DoRAConv1D, DoRALinear
 from repro.methods.lora import LoRAConv1D, LoRALinear, delta_weights, lora_modules, merge, merged, unmerge
 from repro.methods.targets import ALL_LINEAR
+from repro.plan.grid import filter_jobs
+from tests.conftest import compose_cfg
 from tests.methods.conftest import DECODERS, batch, method, randomize_B, tiny
 
 peft = pytest.importorskip("peft")
+from peft.tuners.lora import LoraLayer  # noqa: E402  -- after the skip: peft is optional (the test extra)
 OURS = re.compile(r"^(?P<mod>.+)\.lora_(?P<w>A|B|magnitude)(?:\.\w+)?$")
 
 
@@ -101,8 +109,6 @@ def test_all_linear_targets_the_modules_peft_targets(arch):
     base = tiny(arch)
     ours = apply_method(copy.deepcopy(base), method("lora_all_linear", r=2))
     theirs = peft_model(base, arch, r=2, target_modules="all-linear")
-    from peft.tuners.lora import LoraLayer
-
     peft_paths = sorted(n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if isinstance(m, LoraLayer))
     peft_paths = [p for p in peft_paths if ".layer." in p or ".h." in p or ".layers." in p]   # blocks only
     assert adapted_paths(ours) == peft_paths
@@ -265,8 +271,6 @@ def test_pissa_residual_plus_BA_is_W_at_init(arch):
 
 
 def _cell(model_name, m):
-    from omegaconf import OmegaConf
-
     return OmegaConf.create({"method": OmegaConf.to_container(m), "model": {"name": model_name}, "task": {"name": "rte"}})
 
 
@@ -277,8 +281,6 @@ VARIANTS = [("roberta", "rslora", {}), ("gpt2", "rslora", {}), ("roberta", "lora
 
 @pytest.mark.parametrize("arch,name,over", VARIANTS)
 def test_checkpoint_round_trip_and_delta_weights(tmp_path, arch, name, over):
-    from repro.methods.checkpoint import load_delta_weights, load_trainable, save_trainable
-
     m = method(name, r=2, alpha=4, **over)
     base = tiny(arch)
     model = apply_method(copy.deepcopy(base), m).eval()
@@ -294,8 +296,6 @@ def test_checkpoint_round_trip_and_delta_weights(tmp_path, arch, name, over):
     assert [(l, t) for l, t, _ in got] == [(l, t) for l, t, _ in expect]
     assert all(torch.allclose(a[2], e[2], atol=1e-6) for a, e in zip(got, expect))
     if name in ("dora", "pissa"):
-        from repro.errors import CellMismatch
-
         with pytest.raises(CellMismatch, match="base_model"):
             load_delta_weights(path)
     else:
@@ -304,9 +304,6 @@ def test_checkpoint_round_trip_and_delta_weights(tmp_path, arch, name, over):
 
 
 def test_rslora_checkpoint_refused_as_lora(tmp_path):
-    from repro.errors import CellMismatch
-    from repro.methods.checkpoint import load_trainable, save_trainable
-
     m = method("rslora", r=2, alpha=4)
     path = tmp_path / "w.safetensors"
     save_trainable(apply_method(tiny("roberta"), m), path, _cell("tiny-roberta", m))
@@ -316,9 +313,6 @@ def test_rslora_checkpoint_refused_as_lora(tmp_path):
 
 
 def test_analysis_reads_rslora_and_refuses_dora(tmp_path):
-    from repro.analysis.factors import adapter_from_model, load_adapter
-    from repro.methods.checkpoint import save_trainable
-
     m = method("rslora", r=4, alpha=8, targets="all_linear")
     model = apply_method(tiny("llama"), m)
     randomize_B(model)
@@ -339,11 +333,6 @@ def test_analysis_reads_rslora_and_refuses_dora(tmp_path):
 
 
 def test_stand_ins_do_not_pick_up_the_variants():
-    from repro.methods.registry import VARIANT_METHODS
-    from repro.plan import VARIANT_METHODS as PLAN_VARIANTS, filter_jobs
-    from tests.conftest import compose_cfg
-
-    assert PLAN_VARIANTS == VARIANT_METHODS
     cfg = compose_cfg(["+table=glue"])
     jobs = [["model=minilm", f"method={m}", "task=rte"] for m in ("lora", *VARIANT_METHODS)]
     out = filter_jobs(jobs, cfg)
