@@ -640,7 +640,7 @@ def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) ->
     picks from the finished records (same config fingerprint) of every candidate on the selection seed; None: no
     choice can be made yet (why says which candidate is missing)."""
     from repro import records, tune
-    from repro.tables import record_score
+    from repro.results import record_score
 
     table = primary.table
     seed = tune.selection_seed(table)
