@@ -63,7 +63,7 @@ class Record:
     peak_rss_mb: float | None
     peak_rss_scope: str | None        # "cell": since the cell started; "process": the sweep process's peak
     process_cell_index: int | None    # 0: the first cell its process ran
-    history: dict                     # train_loss [{step, epoch, loss}], eval [{step, epoch, dev_<metric>, dev_runtime}]
+    history: dict                     # train_loss [{step, epoch, loss}], eval [{step, epoch, dev_<metric>, ...}]
     selected: dict                    # the step whose weights were scored: {rule, step, epoch}
     decode: dict                      # NLG: how the test inputs were decoded
     batch: dict                       # the global batch's split: per_device, accumulation, world_size
@@ -268,12 +268,15 @@ class Tuning:
         if undecided:
             return f"tuning not finished ({undecided} of {len(self.choices)} (row, task) choices undecided)"
         have = {(*r.key, r.seed) for r in records}
-        seeds_of = {(row["model"], row["method"], row.get("variant", "default")): row.get("seeds") or self.table.get("seeds") or [0]
-                    for row in self.table["rows"]}
-        wanted = [(model, method, chosen, task, seed) for (model, method, _, task), (chosen, _, _) in self.choices.items()
+        seeds_of = {(row["model"], row["method"], row.get("variant", "default")):
+                    row.get("seeds") or self.table.get("seeds") or [0] for row in self.table["rows"]}
+        wanted = [(model, method, chosen, task, seed)
+                  for (model, method, _, task), (chosen, _, _) in self.choices.items()
                   for seed in seeds_of[(model, method, chosen)]]
         missing = sum(key not in have for key in wanted)
-        return f"tuning not finished (the chosen candidates' seeds: {missing} of {len(wanted)} not run)" if missing else None
+        if missing:
+            return f"tuning not finished (the chosen candidates' seeds: {missing} of {len(wanted)} not run)"
+        return None
 
     def chosen(self, records: Iterable[Record]) -> list[Record]:
         """The records that stand for the table's rows: per task, the chosen candidate's, as the row's (variant
