@@ -28,7 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from repro import PROJECT_ROOT
-from repro import plots, records, tables
+from repro import plots, tables
+from repro.results import load_records
 
 results_dir = Path(os.environ.get("REPRO_RESULTS_DIR") or PROJECT_ROOT / "results")
 out_dir = Path(os.environ.get("REPRO_OUT_DIR") or results_dir)
@@ -42,11 +43,11 @@ print("results:", results_dir, "| tables:", table_names)
 # %%
 frame = pd.DataFrame(
     [
-        {"path": str(path.relative_to(results_dir)), "status": r.get("status"), "table": r.get("table"), "model": r.get("model"),
-         "method": r.get("method"), "variant": r.get("variant"), "task": r.get("task"), "seed": r.get("seed"),
-         **{f"metric.{k}": v for k, v in (r.get("metrics") or {}).items()},
-         "adapter_params": r.get("adapter_params"), "wall_s": r.get("wall_s"), "error": r.get("error")}
-        for path, r in records.iter_records(results_dir)
+        {"path": str(r.path.relative_to(results_dir)), "status": r.status, "table": r.table, "model": r.model,
+         "method": r.method, "variant": r.variant, "task": r.task, "seed": r.seed,
+         **{f"metric.{k}": v for k, v in r.metrics.items()},
+         "adapter_params": r.adapter_params, "wall_s": r.wall_s, "error": r.error}
+        for r in load_records(results_dir)[0]
     ]
 )
 print(f"{len(frame)} records")

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from repro import records as rec  # noqa: E402
+from repro.results import load_records  # noqa: E402
 from repro.tables import build, load_paper, paper_average, parse_label, parse_params, table_columns  # noqa: E402
 
 
@@ -88,13 +88,13 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
 def loss_curves(table_name: str, results_dir, out_dir) -> list[Path]:
     """One PNG per cell (model, method[.variant], task), a line per seed; cells without a logged loss are skipped
     and listed by the caller (a 5-step smoke run logs none: the Trainer logs every `train.logging_steps`)."""
-    cells: dict[tuple, list[dict]] = {}
-    for _path, r in rec.iter_records(results_dir, table_name):
-        method = r.get("method", "?") + ("" if r.get("variant", "default") == "default" else f".{r['variant']}")
-        cells.setdefault((r.get("model"), method, r.get("task")), []).append(r)
+    cells: dict[tuple, list] = {}
+    for r in load_records(results_dir, table_name)[0]:
+        method = (r.method or "?") + ("" if r.variant == "default" else f".{r.variant}")
+        cells.setdefault((r.model, method, r.task), []).append(r)
     written = []
     for (model, method, task), recs in sorted(cells.items()):
-        curves = [(r.get("seed"), (r.get("history") or {}).get("train_loss") or []) for r in recs]
+        curves = [(r.seed, r.history.get("train_loss") or []) for r in recs]
         curves = [(s, c) for s, c in curves if c]
         if not curves:
             continue

@@ -277,14 +277,6 @@ def finished_record(cfg: DictConfig) -> dict | None:
     return None
 
 
-def iter_records(results_dir: str | Path, table: str | None = None):
-    root = Path(results_dir) / table if table else Path(results_dir)
-    for path in sorted(root.rglob("seed*.json")):
-        record = read_record(path)
-        if record is not None:
-            yield path, record
-
-
 def diff_path(record: Path) -> Path:
     """seed<k>.diff beside seed<k>.json: the uncommitted code change the record ran with."""
     return Path(record).with_suffix(".diff")

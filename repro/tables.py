@@ -14,23 +14,28 @@ with a record whose code cannot be traced (no git commit, or uncommitted changes
 The NLG tables (3, 13, 14) print one task's metrics as columns instead (the table config's `render.columns`: the
 paper's column name, the record's metric key, the scale the paper prints it at, and the paper file's column), e.g.
 E2E's BLEU, NIST, MET, ROUGE-L, CIDEr, or WebNLG's BLEU/MET/TER on its unseen, seen and all test inputs.
+
+The records, their scores, parameter counts, costs, the cells' statistics and the tuned rows' choices come from
+repro.results; this module lays them out beside the paper's numbers and renders them (markdown, csv, tex).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
+import os
 import re
 import statistics
 import sys
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from repro import CONF_DIR, PROJECT_ROOT, tune
-from repro import records as rec
+from repro.results import Cell, Record, Tuning, by_cell, load_records, main_metric
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
 MISSING = "-"
@@ -51,18 +56,6 @@ def load_table_config(name: str) -> dict:
 def load_paper(table: dict) -> dict | None:
     path = PAPER_DIR / table["paper"] if table.get("paper") else None
     return yaml.safe_load(path.read_text()) if path and path.exists() else None
-
-
-def main_metric(task: str, record: dict | None = None) -> str:
-    """The task's column metric: the record's own config, else conf/task/<task>.yaml."""
-    cfg_task = ((record or {}).get("config") or {}).get("task") or {}
-    if cfg_task.get("main_metric"):
-        return cfg_task["main_metric"]
-    path = CONF_DIR / "task" / f"{task}.yaml"
-    if not path.exists():
-        return "accuracy"
-    data = yaml.safe_load(path.read_text()) or {}
-    return (data.get("task") or data).get("main_metric", "accuracy")   # the task files nest it under `task:`
 
 
 def norm(s: str) -> str:
@@ -179,38 +172,7 @@ def check_columns(columns: list[Column], paper: dict | None, table_name: str) ->
                          f"allowed: {', '.join(allowed)}")
 
 
-# ---------------------------------------------------------------- aggregation
-
-
-@dataclass
-class Cell:
-    scores: list[float] = field(default_factory=list)     # x100, one per ok seed
-    seeds: list[int] = field(default_factory=list)
-    failed: Counter = field(default_factory=Counter)      # reason -> count
-    paper: float | None = None
-    untraced: list = field(default_factory=list)          # (record path, why its code cannot be traced)
-    costs: list = field(default_factory=list)             # one cell_cost(record) per ok seed
-    precisions: list = field(default_factory=list)        # the record's config.train.precision, one per ok seed
-
-    @property
-    def n(self) -> int:
-        return len(self.scores)
-
-    @property
-    def mean(self):
-        return statistics.fmean(self.scores) if self.scores else None
-
-    @property
-    def std(self):
-        return statistics.stdev(self.scores) if len(self.scores) > 1 else None    # undefined for one seed
-
-    @property
-    def median(self):
-        return statistics.median(self.scores) if self.scores else None
-
-    @property
-    def diff(self):
-        return None if self.median is None or self.paper is None else self.median - self.paper
+# ---------------------------------------------------------------- rows: the table's layout, our cells beside the paper's
 
 
 @dataclass
@@ -223,7 +185,6 @@ class Row:
     cited: bool
     paper: dict | None
     cells: "OrderedDict[str, Cell]"
-    trainable: list[int] = field(default_factory=list)
     tuning: dict = field(default_factory=dict)   # a tune group's row: task -> (chosen variant or None, why, {variant: score})
     tuning_labels: dict = field(default_factory=dict)   # its candidates' labels by variant
     columns: list = field(default_factory=list)   # the Column behind each cell, in order
@@ -231,6 +192,11 @@ class Row:
     @property
     def stand_in(self) -> bool:
         return self.model != self.paper_model
+
+    @property
+    def trainable(self) -> list[int]:
+        """The row's parameter counts (repro.results.shown_params), one per scored record of each task."""
+        return [p for col, cell in zip(self.columns, self.cells.values()) if col.first_of_task for p in cell.params]
 
     def average(self, stat: str):
         """Mean over the task columns of a statistic; (value, tasks present)."""
@@ -246,44 +212,6 @@ class Row:
         return self.average(stat)
 
 
-def record_score(record: dict, col: Column | None = None) -> float | None:
-    """The record's score in a column: its task's main metric x 100, or the column's metric x its scale."""
-    metric = col.metric if col and col.metric else main_metric(record.get("task", ""), record)
-    value = (record.get("metrics") or {}).get(metric)
-    return None if value is None else (col.scale if col else 100.0) * float(value)
-
-
-def cell_cost(record: dict) -> dict:
-    """What a cell cost: its peak resident memory, wall time, and seconds per optimizer step = (the Trainer's
-    train_runtime_s, or wall time for older records, − the dev evaluations' runtime) / steps. The memory is the
-    cell's own only when it was the first cell its process ran (process_cell_index 0, peak_rss_scope "cell": since
-    the cell started, model load included): a later cell of an in-process sweep starts on what earlier cells left
-    allocated, and older records hold their sweep process's peak; those give none."""
-    evals = sum(e.get("dev_runtime", 0.0) for e in (record.get("history") or {}).get("eval", []))
-    steps, wall = record.get("steps"), record.get("wall_s")
-    runtime = record.get("train_runtime_s", wall)
-    own = record.get("peak_rss_scope") == "cell" and record.get("process_cell_index") == 0
-    return {"peak_rss_mb": record.get("peak_rss_mb") if own else None, "wall_s": wall,
-            "s_per_step": (runtime - evals) / steps if steps and runtime is not None else None}
-
-
-def records_by_cell(pairs) -> dict[tuple, list[tuple]]:
-    """(path, record) pairs by (model, method, variant, task)."""
-    out: dict[tuple, list[tuple]] = {}
-    for path, r in pairs:
-        out.setdefault((r.get("model"), r.get("method"), r.get("variant", "default"), r.get("task")), []).append((path, r))
-    return out
-
-
-def selection_score(by_cell: dict, model: str, method: str, variant: str, task: str, seed: int):
-    """A tune candidate's dev score on the selection seed from the records found (repro.tune): the score, None for a
-    failed cell, tune.NOT_RUN for none."""
-    for _path, r in by_cell.get((model, method, variant, task), []):
-        if r.get("seed") == seed:
-            return record_score(r) if r.get("status") == "ok" else None
-    return tune.NOT_RUN
-
-
 def tuning_lines(rows: list[Row], tasks: list[str]) -> list[list[str]]:
     """A tune group's candidates on the selection seed, per task, the chosen one marked."""
     out = [["Row", "Task", "candidates on the selection seed (dev score ×100)", "chosen"]]
@@ -296,38 +224,34 @@ def tuning_lines(rows: list[Row], tasks: list[str]) -> list[list[str]]:
     return out
 
 
-def short_reason(error: str | None) -> str:
-    first = (error or "unknown").strip().splitlines()[0]
-    return first if len(first) <= 90 else first[:87] + "..."
-
-
-def build(table_name: str, results_dir: str | Path, table: dict | None = None) -> tuple[list[Row], list[tuple], dict]:
-    """(rows, unmatched records as (path, record), table config)."""
+def build(table_name: str, results_dir: str | Path, table: dict | None = None) -> tuple[list[Row], list[Record], dict]:
+    """(rows, the records that fit no row, table config). Each row x column is a repro.results.Cell of the row's
+    records, in seed order; a tune group's row takes, per task, the chosen candidate's (repro.results.Tuning)."""
     table = table or load_table_config(table_name)
     paper = load_paper(table)
     tasks = list(table["tasks"])
     columns = table_columns(table, paper)
     check_columns(columns, paper, table_name)
     stand_ins = table.get("stand_ins") or {}
-    by_cell = records_by_cell(rec.iter_records(results_dir, table_name))
-    present_models = {k[0] for k in by_cell}
-
-    choices = tune.choices(table, tasks, lambda *key: selection_score(by_cell, *key))
+    records, _unreadable = load_records(results_dir, table_name)   # the unreadable ones: not listed yet
+    cells_of = by_cell(records)
+    present_models = {k[0] for k in cells_of}
+    tuning = Tuning.of(table, records)
     labels = {(s["model"], s["method"], s.get("variant", "default")): s.get("label") for s in table["rows"]}
     rows, used, groups_done = [], set(), set()
     for spec in table["rows"]:
         variant = spec.get("variant", "default")
         if spec.get("tune"):   # the group's candidates print as one row: per task, the chosen candidate's seeds
             group = (spec["model"], spec["method"], spec["tune"])
-            used.update(str(p) for v in tune.groups(table)[group] for t in tasks
-                        for p, _ in by_cell.get((spec["model"], spec["method"], v, t), []))
+            used.update(r.path for v in tune.groups(table)[group] for t in tasks
+                        for r in cells_of.get((spec["model"], spec["method"], v, t), []))
             if group in groups_done:
                 continue
             groups_done.add(group)
         prow = paper_row(paper, spec)
         runners = [spec["model"]] + [s for s, big in stand_ins.items() if big == spec["model"] and s in present_models]
         for model in runners:
-            has_any = any((model, spec["method"], variant, t) in by_cell for t in tasks)
+            has_any = any((model, spec["method"], variant, t) in cells_of for t in tasks)
             if model != spec["model"] and not has_any:
                 continue
             cells: OrderedDict = OrderedDict()
@@ -336,32 +260,18 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
                       cited, prow, cells)
             if spec.get("tune"):
                 row.label, row.variant = spec["tune"], "default"
-                row.tuning = {t: choices[(*group, t)] for t in tasks}
+                row.tuning = {t: tuning.choices[(*group, t)] for t in tasks}
                 row.tuning_labels = {v: labels[(*group[:2], v)] or v for v in tune.groups(table)[group]}
             for col in columns:
-                task = col.task
                 cell = Cell(paper=paper_value(prow, paper, col))
-                chosen = row.tuning[task][0] if spec.get("tune") else variant
-                for path, r in sorted(by_cell.get((model, spec["method"], chosen, task), []), key=lambda x: x[1].get("seed", 0)):
-                    used.add(str(path))
-                    if (why := rec.untraced(path, r)) is not None:
-                        cell.untraced.append((path, why))
-                    score = record_score(r, col)
-                    if r.get("status") == "ok" and score is not None:
-                        cell.scores.append(score)
-                        cell.seeds.append(r.get("seed"))
-                        cell.costs.append(cell_cost(r))
-                        cell.precisions.append(((r.get("config") or {}).get("train") or {}).get("precision"))
-                        if col.first_of_task and r.get("adapter_params") is not None:
-                            row.trainable.append(r["adapter_params"] if spec["method"] != "ft" else r.get("trainable_params"))
-                    elif r.get("status") == "ok":
-                        cell.failed[f"no {col.metric or main_metric(task, r)} in metrics"] += 1
-                    else:
-                        cell.failed[short_reason(r.get("error"))] += 1
+                chosen = row.tuning[col.task][0] if spec.get("tune") else variant
+                for r in sorted(cells_of.get((model, spec["method"], chosen, col.task), []), key=lambda r: r.seed or 0):
+                    used.add(r.path)
+                    cell.add(r, col.metric, col.scale)
                 cells[col.key] = cell
             row.columns = columns
             rows.append(row)
-    unmatched = [(p, r) for key, lst in by_cell.items() for p, r in lst if str(p) not in used]
+    unmatched = [r for rs in cells_of.values() for r in rs if r.path not in used]
     return rows, unmatched, table
 
 
@@ -567,9 +477,7 @@ def long_rows(rows: list[Row]) -> list[dict]:
 
 
 def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None = None, table: dict | None = None) -> str:
-    """Aggregate, write <out_dir>/<table>.{md,csv,tex} (default <results_dir>/tables) and return the markdown."""
-    import csv
-
+    """Lay out, write <out_dir>/<table>.{md,csv,tex} (default <results_dir>/tables) and return the markdown."""
     rows, unmatched, table = build(table_name, results_dir, table)
     paper = load_paper(table) or {}
     tasks = list(table["tasks"])
@@ -584,7 +492,7 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     title = f"Table {table_name}" + (f" — {paper['source']['paper']}" if paper.get("source") else "")
     n_records = sum(c.n + sum(c.failed.values()) for r in rows
                     for col, c in zip(r.columns, r.cells.values()) if col.first_of_task) + len(unmatched)
-    walls = [r.get("wall_s") for _, r in rec.iter_records(results_dir, table_name)]
+    walls = [r.wall_s for r in load_records(results_dir, table_name)[0]]
     n_all = len(walls)
     counted = f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)" \
         if n_all > n_records else ""
@@ -633,8 +541,8 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
         md += [f"- {p}: {why}" for p, why in untraced]
     if unmatched:
         md += ["", f"Records that are no row of table {table_name} ({len(unmatched)}):", ""]
-        md += [f"- {p}: status {r.get('status')}, model {r.get('model')}, method {r.get('method')}, variant {r.get('variant')}"
-               for p, r in unmatched]
+        md += [f"- {r.path}: status {r.status}, model {r.model}, method {r.method}, variant {r.variant}"
+               for r in unmatched]
     text = "\n".join(md) + "\n"
     out_dir = Path(out_dir) if out_dir else Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -654,8 +562,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
     ap.add_argument("--out-dir", default=None, help="default: <results-dir>/tables")
     args = ap.parse_args(argv)
-    import os
-
     results_dir = args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
     sys.stdout.write(render(args.table, results_dir, args.out_dir))
 

@@ -17,8 +17,9 @@ only in their `set:`, e.g. the learning rate), and `table.tune.seed` is the sele
 3. only the chosen candidate runs the table's other seeds, and the table reports its median over all seeds.
 
 The sweeper (hydra_plugins/repro_table_sweeper) launches the other seeds after the selection seed's jobs have ended;
-repro.tables and repro.claims read the choice from the records with the same rule. Choosing on dev and reporting dev
-is the paper's GLUE protocol (it has no test labels); it favours the tuned rows a little, alike for every method.
+repro.tables and repro.claims read the choice from the records with the same rule, through repro.results.Tuning.
+Choosing on dev and reporting dev is the paper's GLUE protocol (it has no test labels); it favours the tuned rows a
+little, alike for every method.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ import pytest
 
 from repro import PROJECT_ROOT
 from repro import claims as cl
+from repro.claims import quality
+from repro.claims.evidence import load_evidence
+from repro.claims.report import CLAIMS, evaluate, markdown
 
 
 def write_record(root: Path, table: str, method: str, task: str, seed: int, score: float | None, *, model="minilm",
@@ -37,7 +40,7 @@ def glue(root: Path, table: str, scores: dict[str, dict[str, float]], seeds=(0, 
 
 
 def by_id(results: Path) -> dict[str, cl.Claim]:
-    return {c.id: c for c in cl.evaluate(cl.load_evidence(results))}
+    return {c.id: c for c in evaluate(load_evidence(results))}
 
 
 def write_bench(root: Path, name: str, data: dict) -> None:
@@ -54,11 +57,26 @@ def latency_cell(batch, seq, merged, adapter, within=None):
             "variants": {"base": v((1, 1, 1)), "lora_merged": v(merged), "adapter_h": v(adapter)}}
 
 
+# ---------------------------------------------------------------- the verdict rule for a margin
+
+
+@pytest.mark.parametrize("margin, kw, expected", [
+    (0.5, {}, cl.REPRODUCED), (-1.0, {}, cl.REPRODUCED),                   # within MATCH_PTS (1 point) or above
+    (-2.0, {}, cl.PARTLY), (-3.0, {}, cl.PARTLY),                          # a small miss: down to PARTLY_PTS (3)
+    (-3.5, {}, cl.NOT_REPRODUCED),
+    (-3.5, {"partly": True}, cl.PARTLY),                                   # part of the claim holds anyway
+    (-2.0, {"small_miss": False}, cl.NOT_REPRODUCED),                      # a claim that allows no small miss
+    (-9.0, {"small_miss": False, "partly": True}, cl.PARTLY),
+])
+def test_the_verdict_from_a_margin(margin, kw, expected):
+    assert cl.verdict(margin, **kw) == expected
+
+
 # ---------------------------------------------------------------- not testable
 
 
 def test_no_records_every_claim_not_testable(tmp_path):
-    claims = cl.evaluate(cl.load_evidence(tmp_path))
+    claims = evaluate(load_evidence(tmp_path))
     assert {c.id for c in claims} >= {"lora_matches_ft", "lora_beats_adapters_prefix", "qv_beats_single", "small_rank_suffices",
                                       "no_latency_merged", "adapters_add_latency", "less_memory_smaller_checkpoints",
                                       "fast_task_switching", "subspace_overlap", "amplification", "prefix_length_hurts"}
@@ -70,10 +88,10 @@ def test_no_records_every_claim_not_testable(tmp_path):
 def test_failed_and_random_weight_records_are_not_evidence(tmp_path):
     glue(tmp_path, "glue_cpu", {"lora": {"rte": 80.0}, "ft": {"rte": 70.0}}, status="failed")
     glue(tmp_path, "glue_cpu", {"lora": {"rte": 80.0}, "ft": {"rte": 70.0}}, model="tiny-roberta")
-    ev = cl.load_evidence(tmp_path)
+    ev = load_evidence(tmp_path)
     assert ev.excluded["glue_cpu"] == 4
-    assert cl.claim_lora_matches_ft(ev).verdict == cl.NOT_TESTABLE
-    assert "excluded" in cl.markdown(cl.evaluate(ev), ev)
+    assert quality.claim_lora_matches_ft(ev).verdict == cl.NOT_TESTABLE
+    assert "excluded" in markdown(evaluate(ev), ev)
 
 
 # ---------------------------------------------------------------- quality claims
@@ -255,7 +273,7 @@ def test_report_over_committed_results(tmp_path):
     assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "claims.md").read_text()
     data = json.loads((tmp_path / "claims.json").read_text())
-    ids = [f.__name__.removeprefix("claim_") for f in cl.CLAIMS]
+    ids = [f.__name__.removeprefix("claim_") for f in CLAIMS]
     assert [c["id"] for c in data["claims"]] == ids
     for c in data["claims"]:
         assert c["verdict"] in cl.VERDICTS and c["reason"]

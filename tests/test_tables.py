@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from repro import plots, records, tables
+from repro.results import Record, cell_cost, load_records
 
 
 def write_record(root: Path, model: str, method: str, task: str, seed: int, score: float | None = None,
@@ -73,7 +74,7 @@ def test_statistics_and_paper_numbers(built):
     assert ft.cells["mrpc"].n == 0 and ft.cells["mrpc"].failed["RuntimeError: CUDA out of memory"] == 2
     # every paper row is there (14), plus the two stand-in rows that have records
     assert len([r for r in rows if not r.stand_in]) == 14 and len([r for r in rows if r.stand_in]) == 2
-    assert [r.get("variant") for _, r in unmatched] == ["r99"]
+    assert [r.variant for r in unmatched] == ["r99"]
 
 
 def test_paper_row_mapping_by_label():
@@ -197,14 +198,18 @@ def test_glue_cpu_plot_puts_each_paper_point_in_its_task_panel(tmp_path, monkeyp
 
 def test_cell_cost_counts_memory_only_for_a_fresh_process():
     """A cell's peak RSS is its own only when it was its process's first cell; s/step leaves out dev evaluation."""
-    from repro.tables import cell_cost
+    def cost(record: dict) -> dict:
+        return cell_cost(Record.from_dict(record))
 
     base = {"steps": 100, "wall_s": 60.0, "train_runtime_s": 50.0, "peak_rss_mb": 1100.0, "peak_rss_scope": "cell",
             "history": {"eval": [{"dev_runtime": 4.0}, {"dev_runtime": 6.0}]}}
-    assert cell_cost({**base, "process_cell_index": 0}) == {"peak_rss_mb": 1100.0, "wall_s": 60.0, "s_per_step": 0.4}
-    assert cell_cost({**base, "process_cell_index": 3})["peak_rss_mb"] is None        # after other cells in-process
-    assert cell_cost(base)["peak_rss_mb"] is None                                       # older record: unknown
-    assert cell_cost({**base, "process_cell_index": 0, "peak_rss_scope": "process"})["peak_rss_mb"] is None
+    assert cost({**base, "process_cell_index": 0}) == {"peak_rss_mb": 1100.0, "wall_s": 60.0, "s_per_step": 0.4}
+    assert cost({**base, "process_cell_index": 3})["peak_rss_mb"] is None        # after other cells in-process
+    assert cost(base)["peak_rss_mb"] is None                                       # older record: unknown
+    assert cost({**base, "process_cell_index": 0, "peak_rss_scope": "process"})["peak_rss_mb"] is None
+    no_runtime = {k: v for k, v in base.items() if k != "train_runtime_s"}
+    assert cost(no_runtime)["s_per_step"] == pytest.approx(0.5)                  # older record: wall time
+    assert cost({**base, "train_runtime_s": None})["s_per_step"] is None         # the Trainer logged none
 
 
 def write_nlg_record(root: Path, table: str, method: str, task: str, seed: int, metrics: dict | None,
@@ -322,3 +327,23 @@ def test_the_precision_check_reads_the_records_precision_not_the_config(tmp_path
     write_nlg_record(root, "e2e_cpu", "lora", "e2e", 0, e2e, variant="fp32", precision=precisions[2])
     section = tables.render("e2e_cpu", root, tmp_path / "out").split("## Precision check", 1)[1]
     assert f"Undecided: {says}" in section and "stands" not in section
+
+
+def test_the_loader_returns_what_it_could_not_read(tmp_path):
+    """load_records reads every seed*.json into a Record and lists, with the reason, the files it could not read
+    (not JSON, not a record); the renderers read the same records and leave those out."""
+    root = tmp_path / "results"
+    good = write_record(root, "tiny-roberta", "lora", "rte", 0, 0.5)
+    broken = root / "glue" / "tiny-roberta" / "lora" / "rte" / "seed1.json"
+    broken.write_text('{"status": "ok", ')
+    listed = root / "glue" / "tiny-roberta" / "lora" / "rte" / "seed2.json"
+    listed.write_text("[1, 2]")
+    records, unreadable = load_records(root, "glue")
+    assert [r.path for r in records] == [good]
+    r = records[0]
+    assert (r.key, r.seed, r.ok, r.precision) == (("tiny-roberta", "lora", "default", "rte"), 0, True, None)
+    assert r.metrics == {"accuracy": 0.5} and r.raw["fingerprint"] == "x" and r.adapter_params == 2048
+    assert [p for p, _ in unreadable] == [broken, listed]
+    assert unreadable[0][1].startswith("JSONDecodeError") and unreadable[1][1] == "not a record: a JSON list"
+    rows, unmatched, _ = tables.build("glue", root)
+    assert find(rows, "tiny-roberta", "lora").cells["rte"].n == 1 and not unmatched

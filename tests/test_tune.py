@@ -10,8 +10,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from pydantic import ValidationError
 
-from repro import CONF_DIR, claims, records, tables, tune
+from repro import CONF_DIR, records, tables, tune
 from repro.plan import grid
+from repro.results import Tuning, load_records
 from repro.schema import TableConfig
 
 
@@ -117,10 +118,11 @@ def test_sweep_runs_every_candidate_on_seed0_then_only_the_chosen_one(hydra_ctx,
     # the record count says how many records the rows hold and how many are candidates not chosen
     assert "(6 in the rows; the other 4: tuning candidates not chosen, under Tuning)" in text
 
-    # ... and so do the claims: only the chosen candidates' records, as the method's row
-    pairs = [(str(p), r) for p, r in records.iter_records(tmp_path, "glue_cpu_tuned")]
-    kept = claims.chosen_candidates("glue_cpu_tuned", pairs)
-    assert sorted((r["task"], r["seed"], r["variant"]) for _, r in kept) == \
+    # ... and so do the claims (repro.results.Tuning): only the chosen candidates' records, as the method's row
+    recs = load_records(tmp_path, "glue_cpu_tuned")[0]
+    tuning = Tuning.of(tables.load_table_config("glue_cpu_tuned"), recs)
+    kept = tuning.chosen(recs)
+    assert sorted((r.task, r.seed, r.variant) for r in kept) == \
         sorted([("rte", s, "default") for s in (0, 1, 2)] + [("mrpc", s, "default") for s in (0, 1, 2)])
 
 

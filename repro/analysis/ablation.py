@@ -18,8 +18,7 @@ from pathlib import Path
 import yaml
 
 from repro import CONF_DIR, PROJECT_ROOT
-from repro import records as rec
-from repro.claims import MATCH_PTS
+from repro.results import MATCH_PTS, load_records, record_score
 
 PAPER = PROJECT_ROOT / "repro" / "paper" / "table5_6_ablations.yaml"
 
@@ -45,26 +44,21 @@ def paper_value(paper: dict, table: str, weights: str, r: int, dataset: str) -> 
     return None
 
 
-def main_metric(record: dict) -> str:
-    return ((record.get("config") or {}).get("task") or {}).get("main_metric", "accuracy")
-
-
 def build(table: str, results_dir: str | Path = "results", model: str | None = None) -> dict:
     """model: read the records of this model instead of each row's own (e.g. a smoke run on tiny-roberta)."""
     cfg = yaml.safe_load((CONF_DIR / "table" / f"{table}.yaml").read_text())["table"]
     paper = yaml.safe_load(PAPER.read_text())
     scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
     failed: dict[tuple[str, str], int] = {}
-    for path, record in rec.iter_records(results_dir, cfg["name"]):
-        if record.get("method") != "lora":
+    for record in load_records(results_dir, cfg["name"])[0]:
+        if record.method != "lora":
             continue
-        key = (record.get("model"), record.get("variant", "default"), record.get("task"))
-        if record.get("status") != "ok":
+        key = (record.model, record.variant, record.task)
+        if not record.ok:
             failed[key] = failed.get(key, 0) + 1
             continue
-        v = (record.get("metrics") or {}).get(main_metric(record))
-        if v is not None:
-            scores.setdefault(key, []).append((record.get("seed"), 100.0 * v))
+        if (v := record_score(record)) is not None:
+            scores.setdefault(key, []).append((record.seed, v))
     rows = []
     for row in cfg["rows"]:
         pc = row.get("paper_cell") or {}
@@ -94,7 +88,7 @@ def task_name(task: str) -> str:
 
 
 DATASETS = ("WikiSQL", "MultiNLI")   # the paper's columns (GPT-3 175B validation accuracy)
-TOL = MATCH_PTS                       # points: "as good as the best rank", the claims report's "matches" threshold
+TOL = MATCH_PTS                       # points: "as good as the best rank", scores that "match" (repro.results)
 
 
 def _ours(c: dict) -> str:

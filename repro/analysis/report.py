@@ -20,6 +20,7 @@ from repro.analysis.factors import Adapter, base_weights, load_adapter
 from repro.analysis.linalg import (amplification, as_array, effective_rank, energy_captured, expected_random_phi,
                                    numerical_rank, phi_grid, right_singular_basis, singular_values, stable_rank,
                                    subspace_similarity)
+from repro.results import Record
 
 # Table 7 of the paper (GPT-3, layer 48 of 96, ΔW_q); repro/paper/section7_analysis.yaml
 PAPER_TABLE7 = [
@@ -182,11 +183,10 @@ def per_layer_markdown(rows_by_r: dict[int, list[dict]]) -> list[str]:
 
 
 def record_line(a: Adapter) -> str:
-    rec = a.record or {}
-    m = rec.get("metrics") or {}
-    metric = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, (int, float)))
+    rec = Record.from_dict(a.record or {})
+    metric = ", ".join(f"{k} {v:.4f}" for k, v in rec.metrics.items() if isinstance(v, (int, float)))
     return (f"`{a.source}`: r={a.r}, alpha={a.alpha:g}, targets={a.method.get('targets')}, "
-            f"status={rec.get('status', '?')}, dev {metric or '-'}, wall {rec.get('wall_s', '-')} s")
+            f"status={rec.status or '?'}, dev {metric or '-'}, wall {'-' if rec.wall_s is None else rec.wall_s} s")
 
 
 def report(results_dir: str | Path = "results", table: str = "rank", model: str = "minilm", task: str = "sst2",

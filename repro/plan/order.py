@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from repro import records, tune
 from repro.plan.grid import job_values, override_key, resolve_jobs
-from repro.tables import record_score
+from repro.results import record_score
 
 # ---------------------------------------------------------------- waves: train.init_from chains
 

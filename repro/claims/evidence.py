@@ -1,0 +1,105 @@
+"""What the claims read: the records of every table (through repro.results), the benchmark JSONs under bench/, the
+Section 7 reports under analysis/, and the paper's numbers (repro/paper/*.yaml, through repro.tables' loaders).
+
+A table's records count as evidence when their status is `ok` (the others are counted as excluded); a table with tune
+groups contributes its chosen candidates' records as its rows (repro.results.Tuning) and is marked unfinished until
+its tuning is decided and the chosen candidates have run every seed. Quality claims read scores from `cells`, which
+leaves out the models with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from repro import CONF_DIR, tables
+from repro.results import Cell, Record, Tuning, load_records, record_score
+
+
+@dataclass
+class Evidence:
+    results_dir: Path
+    records: dict[str, list[Record]]             # table -> its ok records, random-weight models kept
+    excluded: Counter                            # table -> records with status != ok
+    bench: dict[str, tuple[str, dict]]           # bench file stem -> (path, json)
+    analysis: dict[str, tuple[str, dict]]        # path under analysis/ -> (path, json)
+    unfinished: dict[str, str] = field(default_factory=dict)   # tuned table -> why it is not used yet
+    unreadable: list = field(default_factory=list)   # (path, why) of record files that could not be read: not shown yet
+
+
+def table_config(name: str) -> dict | None:
+    """conf/table/<name>.yaml's table node; None for a results folder with no (readable) table config."""
+    try:
+        return tables.load_table_config(name)
+    except (SystemExit, OSError, KeyError, ValueError):
+        return None
+
+
+def load_json(folder: Path, pattern: str) -> dict[str, tuple[str, dict]]:
+    """{path under folder, without .json: (path, its JSON)}; files that are not JSON are left out."""
+    out = {}
+    for p in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+        try:
+            out[str(p.relative_to(folder).with_suffix(""))] = (str(p), json.loads(p.read_text()))
+        except (json.JSONDecodeError, OSError):
+            continue
+    return out
+
+
+def load_evidence(results_dir: str | Path) -> Evidence:
+    root = Path(results_dir)
+    loaded, unreadable = load_records(root)
+    found: dict[str, list[Record]] = {}
+    for r in loaded:
+        parts = r.path.relative_to(root).parts
+        if len(parts) == 5:     # <table>/<model>/<method>/<task>/seed<k>.json only
+            found.setdefault(parts[0], []).append(r)
+    records: dict[str, list[Record]] = {}
+    excluded: Counter = Counter()
+    unfinished = {}
+    for table, recs in found.items():
+        records[table] = []
+        config = table_config(table)
+        tuning = Tuning.of(config, recs) if config is not None else None
+        if tuning is not None:
+            if (why := tuning.unfinished(recs)):
+                unfinished[table] = why
+            recs = tuning.chosen(recs)
+        for r in recs:
+            if r.ok:
+                records[table].append(r)
+            else:
+                excluded[table] += 1
+    return Evidence(root, records, excluded, load_json(root / "bench", "*.json"), load_json(root / "analysis", "**/*.json"),
+                    unfinished, unreadable)
+
+
+_MODEL_SOURCE: dict[str, str | None] = {}
+
+
+def random_weights(model: str) -> bool:
+    """A smoke-test model (conf/model/<model>.yaml `source: tiny`): never evidence of quality."""
+    if model not in _MODEL_SOURCE:
+        path = CONF_DIR / "model" / f"{model}.yaml"
+        _MODEL_SOURCE[model] = (yaml.safe_load(path.read_text()) or {}).get("source") if path.exists() else None
+    return _MODEL_SOURCE[model] == "tiny"
+
+
+def cells(ev: Evidence, table: str) -> dict[tuple, Cell]:
+    """Cell key (model, method, variant, task) -> the Cell of the table's scored ok records on pretrained models, in
+    record order."""
+    out: dict[tuple, Cell] = {}
+    for r in ev.records.get(table, []):
+        if record_score(r) is None or random_weights(r.model or ""):
+            continue
+        out.setdefault(r.key, Cell()).add(r)
+    return out
+
+
+def paper(name: str) -> dict:
+    """A paper file of repro/paper/ through repro.tables' loader."""
+    return tables.load_paper({"paper": name}) or {}
