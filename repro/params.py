@@ -33,6 +33,8 @@ from omegaconf import OmegaConf
 
 from repro import CONF_DIR
 from repro.methods import apply_method, parameter_counts
+from repro.models import build_on_meta
+from repro.tasks import kind_for_model
 
 PAPER_DIR = __import__("pathlib").Path(__file__).parent / "paper"
 TABLES = {"table2": "table2_glue.yaml", "table3": "table3_e2e.yaml", "table13": "table13_dart.yaml",
@@ -72,10 +74,8 @@ def method_cfg(name: str, **overrides):
 
 @lru_cache(maxsize=None)
 def meta_model(model: str) -> torch.nn.Module:
-    from repro.models import build_on_meta
-
     mc = model_cfg(model)
-    return build_on_meta(mc, "generation" if mc.kind == "decoder" else "classification", num_labels=2)
+    return build_on_meta(mc, kind_for_model(mc.kind), num_labels=2)
 
 
 def count(model: str, method: str, **overrides) -> int:

@@ -286,7 +286,7 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
     """Each task's dev score alone (its adapter merged) and under the weighted combination (its own head), and the
     drift of W from W0 after `switches` switches between the adapters."""
     from repro.models import load_model, load_tokenizer
-    from repro.run import load_data
+    from repro.tasks import family
 
     cells = [_cell(p) for p in record_paths]
     base_cfg = cells[0][1]
@@ -302,7 +302,7 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
     board.switch(None)
     out["switching"] = {"switches": switches, "max_abs_w_minus_w0": board.w0_error()}
     for (record, cfg, _), adapter in zip(cells, adapters):
-        dev = load_data(cfg, tokenizer)["dev"]
+        dev = family(cfg.task.kind).load_data(cfg, tokenizer)["dev"]
         model = board.model
         scores = {}
         for label, adapt in (("alone", adapter), ("combined", combine(adapters, weights, head_of=adapter))):

@@ -16,7 +16,8 @@ from repro.methods import apply_method, parameter_counts
 from repro.methods.adalora import loss_term, rank_pattern
 from repro.methods.lora import delta_weights
 from repro.methods.registry import trainer_callbacks
-from repro.train import ReproTrainer, classifier_loss
+from repro.tasks.classification import classifier_loss
+from repro.train import ReproTrainer
 from tests.methods.conftest import batch, method, tiny
 
 peft = pytest.importorskip("peft")
