@@ -217,7 +217,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
         prediction_loss_only=prediction_loss_only,
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=True,        # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
-        average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (classifier_loss)
+        average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (the recipes' losses)
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=cfg.seed,
         data_seed=cfg.seed,

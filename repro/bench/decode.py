@@ -43,7 +43,8 @@ def e2e_prompts(tokenizer, data_dir: str | None, n: int, max_new_tokens: int) ->
     from omegaconf import OmegaConf
 
     from repro import CONF_DIR
-    from repro.data.nlg import load_examples, prompt_ids
+    from repro.data.nlg import prompt_ids
+    from repro.tasks.generation import load_examples
     from repro.decode import group_references
 
     task = OmegaConf.load(CONF_DIR / "task" / "e2e.yaml").task

@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from repro.bench import common
-from repro.tasks import family
+from repro import tasks
 
 RESULT_TAG = "@@BENCH_RESULT "
 FULL_MODELS = {"roberta-base": "classification", "gpt2-medium": "generation"}
@@ -49,7 +49,7 @@ def overrides_for(model_name: str, method: str) -> dict:
 # ------------------------------------------------------------------------------------------------ in one process
 def is_classifier(task_kind: str) -> bool:
     """The family's head labels whole sequences (a classifier), not tokens (a language model)."""
-    return family(task_kind).head(2).num_labels is not None
+    return tasks.family(task_kind).head(2).num_labels is not None
 
 
 def make_batch(model, task_kind: str, batch: int, seq: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
