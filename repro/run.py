@@ -5,7 +5,8 @@
 
 Steps: compose the config (Hydra) -> resolve the cell (table settings) and check it against the schema
 (repro/schema.py) -> skip if an `ok` record with the same fingerprint exists -> load tokenizer, data, model -> apply
-the method -> take the cell's lock -> train and evaluate -> write the record and the trained weights.
+the method -> take the cell's lock -> train and evaluate -> write the record and the trained weights. What depends on
+the task's kind (its data, its head, its training and scoring recipe) is its family's (repro/tasks/).
 
 The boundary between bad input and a failed run is the cell's lock (run_cell):
   * before it (composing, the schema, loading the tokenizer, data and model, the method's surgery, init_from) any error
@@ -32,8 +33,10 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
 from repro import dist, records
@@ -41,7 +44,12 @@ from repro.cell import resolve_cell, smoke_reason
 from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.errors import ReproError
 from repro.methods import apply_method, parameter_counts
+from repro.methods.checkpoint import init_from, save_trainable
 from repro.models import load_model, load_tokenizer
+from repro.plan.report import describe_cell
+from repro.schema import allowed_keys
+from repro.tasks import family
+from repro.train import Diverged, check_devices
 
 log = logging.getLogger("repro.run")
 
@@ -69,33 +77,12 @@ def finish_tracking(cfg: DictConfig, record: dict) -> None:
     """The record's outcome as the wandb run's summary, then close the run (one run per cell, also in a sweep)."""
     if not cfg.wandb.enabled:
         return
-    import wandb
+    import wandb   # an optional dependency, imported only when tracking is on
 
     if wandb.run is not None:
         wandb.run.summary.update({"status": record["status"], **{f"final/{k}": v for k, v in record["metrics"].items()},
                                   **{k: record.get(k) for k in ("trainable_params", "adapter_params", "wall_s")}})
         wandb.finish(exit_code=0 if record["status"] == "ok" else 1)
-
-
-def load_data(cfg: DictConfig, tokenizer) -> dict:
-    if cfg.task.kind == "classification":
-        from repro.data.glue import load_glue
-
-        return load_glue(cfg.task, tokenizer, cfg.data, cfg.paths.data_dir, cfg.seed)
-    from repro.nlg import load_nlg_data
-
-    return load_nlg_data(cfg, tokenizer)
-
-
-def train_and_score(cfg: DictConfig, model, tokenizer, data: dict) -> dict:
-    output_dir = records.checkpoint_dir(cfg)
-    if cfg.task.kind == "classification":
-        from repro.train import train_classifier
-
-        return train_classifier(cfg, model, tokenizer, data, output_dir)
-    from repro.nlg import train_generator
-
-    return train_generator(cfg, model, tokenizer, data, output_dir)
 
 
 def run_cell(cfg: DictConfig) -> dict:
@@ -178,8 +165,6 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
     several GPUs without torchrun, a paper cell on a CPU, no Java for METEOR) breaks. Every error here is a ReproError
     (exit 2, nothing written); see the module's docstring."""
-    from repro.train import check_devices
-
     check_devices()
     check_cpu_allowed(cfg)
     check_tools(cfg)
@@ -189,14 +174,12 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     with setup_step(f"loading the tokenizer of model={cfg.model.name}"):
         tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
     with setup_step(f"loading the data of task={cfg.task.name}"):
-        data = load_data(cfg, tokenizer)
+        data = family(cfg.task.kind).load_data(cfg, tokenizer)
     with setup_step(f"loading model={cfg.model.name}"):
         model = load_model(cfg.model, cfg.task, tokenizer)
     with setup_step(f"applying method={cfg.method.name} to model={cfg.model.name}"):
         model = apply_method(model, cfg.method)
     if cfg.train.get("init_from"):   # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
-        from repro.methods.checkpoint import init_from
-
         with setup_step(f"train.init_from={cfg.train.init_from}"):
             n = len(init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init"))))
         log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, n)
@@ -218,19 +201,17 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
               "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed,
               "world_size": dist.world_size()}
     in_step = True   # every rank reaches the end of the cell (ok, or diverged: the logged loss is the all-ranks mean)
+    outcome = None
     try:
-        outcome = train_and_score(cfg, model, tokenizer, data)
+        outcome = family(cfg.task.kind).train_and_score(cfg, model, tokenizer, data, records.checkpoint_dir(cfg))
     except Exception as exc:  # a diverged or crashed cell is a result too: recorded as failed, with the reason
-        from repro.train import Diverged
-
         in_step = isinstance(exc, Diverged)
         if not main and not in_step:
             raise   # this rank alone crashed: its exit makes torchrun stop the cell; nothing is recorded, it resumes
         log.exception("cell failed")
-        outcome = {"metrics": {}}
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
     record.update(
-        outcome,
+        outcome.fields() if outcome is not None else {"metrics": {}},
         **counts,
         wall_s=round(time.time() - start, 1),
         peak_rss_mb=round(hwm_rss_mb() if rss_scope == "cell" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -242,9 +223,7 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
     )
     if main:   # rank 0 alone writes the weights, the record and its code diff, and removes the checkpoints
         if record["status"] == "ok":
-            from repro.methods.checkpoint import save_trainable
-
-            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.get("steps"),
+            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.steps,
                            fingerprint=record["fingerprint"], smoke=smoke_reason(cfg))
         record["provenance"] = records.provenance(diff := records.code_diff())
         records.write_diff(path, diff)   # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
@@ -264,8 +243,6 @@ def main(cfg: DictConfig):
     try:
         cfg = resolve_cell(cfg, list(HydraConfig.get().overrides.task))
         if cfg.dry_run:   # one cell; a grid's dry run (-m) is the table sweeper's, and never reaches this function
-            from repro.plan.report import describe_cell
-
             print(json.dumps(describe_cell(cfg), indent=2, default=str))
             return "dry_run"
         record = run_cell(cfg)
@@ -303,8 +280,6 @@ def one_line(text: str) -> str:
 def hydra_error(exc: BaseException) -> str:
     """A command line that Hydra cannot compose (a group option that does not exist, a key the config does not have,
     an override it cannot parse) as one line; an unknown key lists the keys the schema allows there."""
-    from repro.schema import allowed_keys
-
     cause = exc.__cause__
     if cause is not None and "not in struct" in str(cause) and getattr(cause, "full_key", None):
         path = str(cause.full_key).split(".")
@@ -319,9 +294,6 @@ def hydra_error(exc: BaseException) -> str:
 
 def cli() -> None:
     """`python -m repro.run`: Hydra's own errors (composing the command line) as one line and exit 2, like bad values."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     if debug():
         os.environ["HYDRA_FULL_ERROR"] = "1"
         main()

@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from repro.errors import ReproError
 from repro.method_traits import DECODER_ONLY
+from repro.tasks import traits
 
 
 class ConfigError(ReproError):
@@ -532,18 +533,18 @@ class CellConfig(Group):
     @model_validator(mode="after")
     def _cell(self):
         model, method, task, table = self.model, self.method, self.task, self.table
-        # the task's kind decides the model's kind
-        wants = "encoder" if task.kind == "classification" else "decoder"
+        # the task's family decides the model's kind
+        wants = traits(task.kind).model_kind
         if model.kind != wants:
             raise bad("model.kind", model.kind,
                       f"task={task.name} is a {task.kind} task and needs {'an' if wants == 'encoder' else 'a'} {wants} model; "
                       f"model={model.name} is {'an' if model.kind == 'encoder' else 'a'} {model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, smollm2-135m, tiny-gpt2, tiny-llama)")
         if table.name != "adhoc" and task.name not in table.tasks:
             raise bad("task.name", task.name, f"not in table {table.name}; its tasks: {', '.join(table.tasks)}")
-        # NLG decoding settings exist exactly for generation tasks
-        if task.kind == "generation":
+        # decoding settings exist exactly for the tasks whose family decodes text
+        if traits(task.kind).decodes:
             if self.decode is None:
-                raise bad("decode", None, f"task={task.name} is a generation task and needs decode settings")
+                raise bad("decode", None, f"task={task.name} is a {task.kind} task and needs decode settings")
             if self.decode.split not in task.splits:
                 raise bad("decode.split", self.decode.split, f"a split of task {task.name}: {', '.join(task.splits)}")
             if self.decode.max_new_tokens >= self.data.max_seq_length:

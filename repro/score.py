@@ -4,11 +4,12 @@
     python -m repro.score webnlg --refs ref.txt --hyps hyp.txt --seen seen.txt
     python -m repro.score dart --refs ref.txt --hyps hyp.txt
 
-Input formats are the E2E challenge's plain text (what gpt2_decode.py and repro.nlg write): the references of one
-instance on consecutive lines, instances separated by a blank line; one hypothesis per line, in the same order. A
-file with a single block is read as one reference per instance (as measure_scores.py does). For WebNLG, --seen is
-a file of 1/0 per instance (seen category or not); without it only the `all` scores are printed.
-WebNLG/DART text is scored as given: apply gpt2_decode.py's --tokenize --lower first (repro.nlg does).
+Input formats are the E2E challenge's plain text (what gpt2_decode.py and repro.tasks.generation write): the
+references of one instance on consecutive lines, instances separated by a blank line; one hypothesis per line, in the
+same order. A file with a single block is read as one reference per instance (as measure_scores.py does). For
+WebNLG, --seen is a file of 1/0 per instance (seen category or not); without it only the `all` scores are printed.
+WebNLG/DART text is scored as given: apply gpt2_decode.py's --tokenize --lower first (repro.tasks.generation does).
+Each task's scorer is the runner's (repro.tasks.scorers).
 
 Scales: E2E as measure_scores.py prints them (BLEU, METEOR, ROUGE_L in [0, 1]; NIST, CIDEr as they come);
 WebNLG/DART BLEU, METEOR, TER as fractions (the paper prints BLEU x100).
@@ -20,6 +21,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from repro.tasks.scorers import SCORERS, score
 
 
 class ScoreInputError(ValueError):
@@ -59,25 +62,18 @@ def score_files(task: str, refs_path: str, hyps_path: str, seen_path: str | None
     if len(refs) != len(hyps):
         raise ScoreInputError(f"{len(hyps)} hypotheses in {hyps_path} but {len(refs)} reference instances in {refs_path}: "
                               "each hypothesis line needs one block of references (blocks end with a blank line)")
-    if task == "e2e":
-        from repro.metrics.e2e import e2e_scores
-
-        return e2e_scores(hyps, refs)
-    if task == "webnlg" and seen_path:
-        from repro.metrics.nlg import webnlg_scores
-
+    seen = None
+    if seen_path and SCORERS[task].by_seen is not None:
         flags = read_hyps(seen_path)
         if len(flags) != len(hyps) or any(f not in ("0", "1") for f in flags):
             raise ScoreInputError(f"{seen_path}: need one 0/1 line per hypothesis ({len(hyps)})")
-        return webnlg_scores(hyps, refs, [f == "1" for f in flags])
-    from repro.metrics.nlg import gem_scores
-
-    return gem_scores(hyps, refs)
+        seen = [f == "1" for f in flags]
+    return score(task, hyps, refs, seen)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m repro.score", description=__doc__.split("\n\n")[0])
-    ap.add_argument("task", choices=["e2e", "webnlg", "dart"])
+    ap.add_argument("task", choices=list(SCORERS))
     ap.add_argument("--refs", required=True, help="references: one block per instance, blank line between blocks")
     ap.add_argument("--hyps", required=True, help="hypotheses: one per line")
     ap.add_argument("--seen", default=None, help="webnlg only: 1/0 per instance (seen category)")

@@ -40,6 +40,7 @@ from repro.methods.common import is_head
 from repro.methods.lora import lora_scaling
 from repro.metrics.glue import glue_metrics, predictions
 from repro.models import load_model, load_tokenizer
+from repro.tasks import family
 from repro.records import write_json_atomic
 
 SERVABLE = ("lora", "rslora", "lora_all_linear")   # ΔW = s B A over the pretrained W0 (PiSSA's W0 is a residual)
@@ -284,8 +285,6 @@ def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> di
 def combination_report(record_paths: list[Path], weights: list[float], switches: int = 10) -> dict:
     """Each task's dev score alone (its adapter merged) and under the weighted combination (its own head), and the
     drift of W from W0 after `switches` switches between the adapters."""
-    from repro.run import load_data
-
     cells = [_cell(p) for p in record_paths]
     base_cfg = cells[0][1]
     if len({c.model.name for _, c, _ in cells}) != 1:
@@ -300,7 +299,7 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
     board.switch(None)
     out["switching"] = {"switches": switches, "max_abs_w_minus_w0": board.w0_error()}
     for (record, cfg, _), adapter in zip(cells, adapters):
-        dev = load_data(cfg, tokenizer)["dev"]
+        dev = family(cfg.task.kind).load_data(cfg, tokenizer)["dev"]
         model = board.model
         scores = {}
         for label, adapt in (("alone", adapter), ("combined", combine(adapters, weights, head_of=adapter))):

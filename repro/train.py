@@ -1,24 +1,25 @@
 """The training mechanics every cell shares, from transformers' Trainer: batching and accumulation, mixed
-precision, distributed launch (torchrun), checkpoints and resume, per-epoch evaluation and best-epoch selection."""
+precision, distributed launch (torchrun), checkpoints and resume, per-epoch evaluation and best-epoch selection.
+
+Each task family's recipe (repro/tasks/) builds its trainer (a ReproTrainer with its loss, collator and metrics, on
+`training_arguments`), calls `fit` and scores what it returns: an Outcome, the fields of the cell's record from
+`metrics` to `nonfinite_steps`."""
 
 from __future__ import annotations
 
 import logging
 import os
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from repro import records
 from repro.dist import world_size
 from repro.errors import ReproError
-from repro.methods.registry import loss_term, trainer_callbacks
-from repro.metrics.glue import glue_metrics, predictions
+from repro.methods.registry import loss_term
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +64,6 @@ def batch_record(train: DictConfig) -> dict:
     per_device, accumulation = batch_plan(train)
     return {"per_device": per_device, "accumulation": accumulation, "world_size": world_size(),
             "global": per_device * accumulation * world_size()}
-
-
-def classifier_loss(outputs, labels, num_items_in_batch=None, smoothing: float = 0.0) -> torch.Tensor:
-    """transformers' sequence-classification loss (MSE for one label, else cross-entropy), summed over the examples and
-    divided by `num_items_in_batch`, the Trainer's count of labels in the whole accumulated batch on all processes.
-
-    Why: transformers 5 assumes that a model whose forward takes **kwargs divides its loss by that count, so it no longer
-    divides by the accumulation steps; the classifiers' own loss is a per-micro-batch mean, so 2 x 4 gave 4x the loss
-    and gradients of 8 x 1 (issue 16). Sum / count is the unaccumulated mean on every step, the last (short) one too.
-    With several processes the Trainer multiplies this by their number (average_tokens_across_devices) and DDP averages
-    the gradients: sum over all processes / global count again."""
-    logits = outputs["logits"].float()
-    if logits.shape[-1] == 1:   # STS-B: transformers' problem_type "regression" for num_labels == 1
-        total = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
-    else:
-        total = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
-    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
 
 
 class DivergenceGuard(TrainerCallback):
@@ -193,14 +177,20 @@ class ReproTrainer(Trainer):
         super()._issue_warnings_after_load(load_result._replace(missing_keys=[k for k in load_result.missing_keys if k in trainable]))
 
 
-def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str | None) -> TrainingArguments:
+def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str | None, *, select: str | None = None,
+                       greater_is_better: bool = True, eval_batch_size: int | None = None,
+                       prediction_loss_only: bool = False) -> TrainingArguments:
+    """The Trainer's arguments of a cell. `main_metric_key`: the logged dev metric that selects the best weights (None:
+    no evaluation while training); `select`: "best" (load them at the end) or "last" (train.select unless given);
+    `greater_is_better`: False for a loss; `eval_batch_size`: the per-device batch of evaluation (default: at least
+    32); `prediction_loss_only`: evaluation computes the loss alone (no logits gathered)."""
     t = cfg.train
     per_device, accumulation = batch_plan(t)
     evaluate = main_metric_key is not None
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=max(per_device, 32),
+        per_device_eval_batch_size=eval_batch_size or max(per_device, 32),
         gradient_accumulation_steps=accumulation,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
@@ -221,12 +211,13 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
         save_strategy=t.eval_strategy if evaluate else "epoch",
         save_steps=t.eval_steps,
         save_total_limit=1,          # one per cell (the Trainer also keeps the best one while it differs from the last)
-        load_best_model_at_end=evaluate and t.select == "best",
+        load_best_model_at_end=evaluate and (select or t.select) == "best",
         metric_for_best_model=main_metric_key,
-        greater_is_better=True,
+        greater_is_better=greater_is_better,
+        prediction_loss_only=prediction_loss_only,
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=True,        # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
-        average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (classifier_loss)
+        average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (the recipes' losses)
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -267,46 +258,44 @@ def history_from_logs(log_history: list[dict], main_metric_key: str | None) -> d
     return {"train_loss": loss, "eval": evals}
 
 
-def train_classifier(cfg: DictConfig, model, tokenizer, data: dict, output_dir: Path) -> dict:
-    """Train a GLUE cell and score every dev split with the selected (best-epoch or last) weights."""
-    task = cfg.task
-    eval_sets = {split: ds for split, ds in data.items() if split != "train"}
+@dataclass
+class Outcome:
+    """What training and scoring a cell produced: its record's fields from `metrics` to `nonfinite_steps`. `fit`
+    fills the training part; the recipe sets `selected` (the weights it scored), `metrics` and its own fields
+    (`extra`, e.g. generation's `decode`), which the record places after `selected`."""
 
-    def compute_metrics(p):
-        return glue_metrics(list(task.metrics), predictions(np.asarray(p.predictions), task.num_labels), np.asarray(p.label_ids))
+    history: dict                 # loss curve and per-evaluation dev metrics (history_from_logs)
+    steps: int                    # optimizer steps taken
+    train_runtime_s: float | None
+    resumed_from: str | None      # the checkpoint training resumed from, if any
+    batch: dict                   # batch_record
+    skipped_steps: int            # optimizer steps the loss scaler skipped (DivergenceGuard)
+    nonfinite_steps: int          # optimizer steps with a non-finite loss
+    selected: dict | None = None  # {"rule", "step", "epoch"} of the weights scored
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
-    main_key = f"eval_dev_{task.main_metric}"
-    guard = DivergenceGuard(cfg.train.divergence_patience)
-    trainer = ReproTrainer(
-        model=model,
-        args=training_arguments(cfg, output_dir, main_key),
-        train_dataset=data["train"],
-        eval_dataset=eval_sets,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        compute_loss_func=partial(classifier_loss, smoothing=float(cfg.train.label_smoothing)),
-        callbacks=trainer_callbacks(model),   # the method's own (AdaLoRA's rank allocation); the guard is appended
-        guard=guard,
+    def fields(self) -> dict:
+        """The record's fields, in the record's order."""
+        return {"metrics": self.metrics, "history": self.history, "selected": self.selected, **self.extra,
+                "steps": self.steps, "train_runtime_s": self.train_runtime_s, "resumed_from": self.resumed_from,
+                "batch": self.batch, "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps}
+
+
+def fit(cfg: DictConfig, trainer: ReproTrainer, output_dir: Path, main_metric_key: str | None, *,
+        evaluate_selected: bool = False) -> Outcome:
+    """Train the cell (from its last complete checkpoint, if any; Diverged if the loss stays non-finite) and return
+    the training part of its outcome. `evaluate_selected`: evaluate the weights training leaves (the best or the
+    last) once more on the eval set; the evaluation is logged, so it is the history's last `eval` entry."""
+    resumed_from = train_resuming(trainer, output_dir, trainer.guard)
+    if evaluate_selected:
+        trainer.evaluate()
+    return Outcome(
+        history=history_from_logs(trainer.state.log_history, main_metric_key),
+        steps=trainer.state.global_step,
+        train_runtime_s=train_runtime(trainer),
+        resumed_from=resumed_from,
+        batch=batch_record(cfg.train),
+        skipped_steps=trainer.guard.skipped_steps,
+        nonfinite_steps=trainer.guard.nonfinite_steps,
     )
-    last = train_resuming(trainer, output_dir, guard)
-
-    metrics = {}
-    for split, ds in eval_sets.items():
-        scores = trainer.evaluate(eval_dataset=ds, metric_key_prefix=split)
-        prefix = "" if split == "dev" else f"{split}_"
-        metrics.update({prefix + m: scores[f"{split}_{m}"] for m in task.metrics})
-    history = history_from_logs(trainer.state.log_history, main_key)
-    best = trainer.state.best_metric if cfg.train.select == "best" else None
-    best_step = next((e["step"] for e in history["eval"] if best is not None and e.get(f"dev_{task.main_metric}") == best), None)
-    return {
-        "metrics": metrics,
-        "history": history,
-        "selected": {"rule": cfg.train.select, "step": best_step or trainer.state.global_step,
-                     "epoch": next((e["epoch"] for e in history["eval"] if e["step"] == best_step), None)},
-        "steps": trainer.state.global_step,
-        "train_runtime_s": train_runtime(trainer),
-        "resumed_from": last,
-        "batch": batch_record(cfg.train),
-        "skipped_steps": guard.skipped_steps,
-        "nonfinite_steps": guard.nonfinite_steps,
-    }

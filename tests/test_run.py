@@ -111,11 +111,12 @@ def test_a_set_up_error_that_is_not_a_repro_error_is_bad_input_in_one_line(compo
     """The boundary: before the cell's lock every error is bad input (ReproError, exit 2, nothing written), also one
     that a library raised on a malformed input (here a KeyError from the data loader)."""
     import repro.run as run
+    from repro.tasks import classification
 
     def malformed(cfg, tokenizer):
         raise KeyError("sentence1")
 
-    monkeypatch.setattr(run, "load_data", malformed)
+    monkeypatch.setattr(classification, "load_data", malformed)
     monkeypatch.delenv("REPRO_DEBUG", raising=False)
     with pytest.raises(run.SetupFailed) as err:
         run_cell(cell(compose_config, TINY_CELL))

@@ -139,11 +139,12 @@ def test_cli_paper_cell_on_cpu_exits_2_naming_allow_cpu(tmp_path):
 
 def test_meteor_cell_without_java_fails_before_training(compose_config, tmp_path, data_dir, monkeypatch):
     import repro.run
+    from repro.tasks import generation
 
     real_which = shutil.which
     monkeypatch.setattr(repro.run.shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
     trained = []
-    monkeypatch.setattr(repro.run, "train_and_score", lambda *a, **k: trained.append(1) or {"metrics": {}})
+    monkeypatch.setattr(generation, "train_and_score", lambda *a, **k: trained.append(1))
     overrides = ["+table=e2e", "model=tiny-gpt2", "method=ft", "task=e2e", "train.max_steps=1", "decode.max_inputs=1",
                  "data.max_train_samples=8", "data.max_eval_samples=4"]
     with pytest.raises(ReproError, match="Java") as err:
@@ -155,7 +156,7 @@ def test_meteor_cell_without_java_fails_before_training(compose_config, tmp_path
 def test_nlg_from_the_hub_names_prepare_data(compose_config, data_dir, monkeypatch):
     from repro.data import nlg as data_nlg
     from repro.models import load_tokenizer
-    from repro.nlg import load_nlg_data
+    from repro.tasks.generation import load_data
 
     def no_scripts(*args, **kwargs):
         raise RuntimeError("Dataset scripts are no longer supported, but found e2e_nlg.py")
@@ -165,13 +166,13 @@ def test_nlg_from_the_hub_names_prepare_data(compose_config, data_dir, monkeypat
     tokenizer = load_tokenizer(cfg.model, data_dir)
     cfg.paths.data_dir = None   # as with REPRO_DATA_DIR unset
     with pytest.raises(DataFileMissing) as err:
-        load_nlg_data(cfg, tokenizer)
+        load_data(cfg, tokenizer)
     text = str(err.value)
     assert "scripts/prepare_data.py" in text and "REPRO_DATA_DIR" in text and "loading script" in text
     monkeypatch.undo()
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataFileMissing, match="scripts/prepare_data.py"):   # offline: the hub is unreachable
-        load_nlg_data(cfg, tokenizer)
+        load_data(cfg, tokenizer)
 
 
 def test_decoding_shards_reassemble_in_order():

@@ -20,9 +20,9 @@ from repro.data.nlg import encode_example
 from repro.errors import ReproError
 from repro.methods import apply_method
 from repro.models import load_model, load_tokenizer
-from repro.nlg import train_generator
 from repro.records import record_path
 from repro.run import run_cell
+from repro.tasks import classification, generation
 
 TEXTS = ["a b", "the cat sat on the mat", "no", "one two three four five six seven eight nine",
          "hello there", "it rains", "a much longer sentence than most of the others here", "yes"]
@@ -69,13 +69,13 @@ def one_step(compose_config, data_dir, tmp_path, family: str, max_per_device: in
             p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
     if task == "e2e":
         train = datasets.Dataset.from_list([encode_example(tok, c, t, 64) for c, t in PAIRS])
-        out = train_generator(cfg, model, tok, {"train": train, "dev": train, "test": []}, tmp_path / f"ckpt{max_per_device}")
+        out = generation.train_and_score(cfg, model, tok, {"train": train, "dev": train, "test": []}, tmp_path / f"ckpt{max_per_device}")
     else:
         train = datasets.Dataset.from_list([{**tok(t), "label": i % 2} for i, t in enumerate(TEXTS)])
-        out = rt.train_classifier(cfg, model, tok, {"train": train, "dev": train}, tmp_path / f"ckpt{max_per_device}")
-    assert out["steps"] == 1
-    assert (out["batch"]["per_device"], out["batch"]["accumulation"]) == ((8, 1) if max_per_device == 8 else (2, 4))
-    return out["history"]["train_loss"][0]["loss"], grads
+        out = classification.train_and_score(cfg, model, tok, {"train": train, "dev": train}, tmp_path / f"ckpt{max_per_device}")
+    assert out.steps == 1
+    assert (out.batch["per_device"], out.batch["accumulation"]) == ((8, 1) if max_per_device == 8 else (2, 4))
+    return out.history["train_loss"][0]["loss"], grads
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -199,8 +199,8 @@ def test_classifier_loss_is_the_models_mean_over_the_accumulated_batch(num_label
     labels = torch.randn(6) if num_labels == 1 else torch.randint(0, num_labels, (6,))
     whole = (torch.nn.functional.mse_loss(logits.squeeze(-1), labels) if num_labels == 1
              else torch.nn.functional.cross_entropy(logits, labels))
-    halves = [rt.classifier_loss({"logits": logits[i:i + 3]}, labels[i:i + 3], torch.tensor(6)) for i in (0, 3)]
-    assert torch.isclose(sum(halves), whole) and torch.isclose(rt.classifier_loss({"logits": logits}, labels), whole)
+    halves = [classification.classifier_loss({"logits": logits[i:i + 3]}, labels[i:i + 3], torch.tensor(6)) for i in (0, 3)]
+    assert torch.isclose(sum(halves), whole) and torch.isclose(classification.classifier_loss({"logits": logits}, labels), whole)
 
 
 @pytest.mark.parametrize("method,adapters_only", [("lora", True), ("ft", False)])

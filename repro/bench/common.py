@@ -26,7 +26,7 @@ from transformers.initialization import no_init_weights
 from repro import PROJECT_ROOT
 from repro.config import load_group, options
 from repro.methods import METHODS
-from repro.models import model_class, model_config
+from repro.models import build_from_arch
 
 RESULTS_DIR = PROJECT_ROOT / "results" / "bench"
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
@@ -141,12 +141,11 @@ def summarize(seconds: Iterable[float]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- models and methods
 def build_model(name: str, task_kind: str, *, seed: int = 0, num_labels: int = 2) -> torch.nn.Module:
-    """The architecture of conf/model/<name>.yaml with random weights (no download): a causal LM for
-    task_kind='generation' (GPT2LMHeadModel for GPT-2), a sequence classifier otherwise."""
-    cfg = load_group("model", name)
-    config = model_config(cfg, num_labels=num_labels if task_kind == "classification" else None)
+    """The architecture of conf/model/<name>.yaml with random weights (no download) and the head of the task
+    family `task_kind` (repro.tasks): a causal LM for generation (GPT2LMHeadModel for GPT-2), a sequence classifier
+    for classification."""
     torch.manual_seed(seed)
-    model = model_class(cfg.kind, task_kind).from_config(config)
+    model = build_from_arch(load_group("model", name), task_kind, num_labels)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
@@ -253,10 +252,8 @@ def weights_file(name: str, task_kind: str, folder: Path, *, seed: int = 0) -> P
 
 def load_model_file(name: str, task_kind: str, path: Path, *, num_labels: int = 2) -> torch.nn.Module:
     """The architecture with no init (empty tensors), then the weights of `path` (tied weights re-tied)."""
-    cfg = load_group("model", name)
-    config = model_config(cfg, num_labels=num_labels if task_kind == "classification" else None)
     with no_init_weights():
-        model = model_class(cfg.kind, task_kind).from_config(config)
+        model = build_from_arch(load_group("model", name), task_kind, num_labels)
     load_weights(model, path)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id

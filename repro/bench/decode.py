@@ -36,10 +36,11 @@ from omegaconf import OmegaConf
 
 from repro.bench import common
 from repro.config import load_group
-from repro.data.nlg import load_examples, prompt_ids
+from repro.data.nlg import prompt_ids
 from repro.decode import (BeamSettings, EOS_TEXT, banned_tokens, beam_search, clean_output, decode_tokens,
                           group_references, resolve_end_token_ids)
 from repro.models import load_model, load_tokenizer, model_source
+from repro.tasks.generation import load_examples
 
 FULL = {"model": "smollm2-135m", "inputs": 32, "max_new_tokens": 64, "num_beams": 10, "batch_sizes": [1, 16]}
 QUICK = {"model": "tiny-llama", "inputs": 4, "max_new_tokens": 8, "num_beams": 3, "batch_sizes": [1, 4]}

@@ -29,6 +29,7 @@ from repro.bench import common
 from repro.config import load_group
 from repro.methods import parameter_counts
 from repro.methods.common import is_head
+from repro import tasks
 
 RESULT_TAG = "@@BENCH_RESULT "
 FULL_MODELS = {"roberta-base": "classification", "gpt2-medium": "generation"}
@@ -50,12 +51,18 @@ def overrides_for(model_name: str, method: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ in one process
+def is_classifier(task_kind: str) -> bool:
+    """The family's head labels whole sequences (a classifier), not tokens (a language model)."""
+    return tasks.family(task_kind).head(2).num_labels is not None
+
+
 def make_batch(model, task_kind: str, batch: int, seq: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids; labels: one of 2 classes per sequence for a classifier, the inputs for a language model."""
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
     ids = torch.randint(3, vocab, (batch, seq), generator=g)
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    out["labels"] = torch.randint(0, 2, (batch,), generator=g) if task_kind == "classification" else ids.clone()
+    out["labels"] = torch.randint(0, 2, (batch,), generator=g) if is_classifier(task_kind) else ids.clone()
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -243,7 +250,7 @@ def run(args) -> dict[str, Any]:
             print(f"building {model_name} weights ...", flush=True)
             weights = common.weights_file(model_name, task_kind, Path(tmp))
             model_methods = list(methods)
-            if have_peft and task_kind == "classification" and "lora" in methods:
+            if have_peft and is_classifier(task_kind) and "lora" in methods:
                 model_methods.append("peft_lora")
             for method in model_methods:
                 spec = {"model": model_name, "task_kind": task_kind, "method": method, "weights": str(weights),
@@ -256,7 +263,7 @@ def run(args) -> dict[str, Any]:
                              "warmup": warmup, "steps": steps, "overrides": spec["overrides"], **out})
                 if out["status"] != "ok":
                     print(f"    error: {out['error']}", flush=True)
-            if have_peft and task_kind == "classification" and "lora" in methods and comparison is None:
+            if have_peft and is_classifier(task_kind) and "lora" in methods and comparison is None:
                 rounds = args.peft_rounds or (2 if args.quick else 8)
                 print(f"  ours vs PEFT LoRA on {model_name}: {rounds} alternating rounds", flush=True)
                 try:

@@ -25,7 +25,7 @@ import datasets
 from omegaconf import DictConfig
 
 from repro.data import read_text
-from repro.errors import DataFileInvalid, DataFileMissing
+from repro.errors import CellMismatch, DataFileInvalid, DataFileMissing
 from repro.metrics.nlg import SEEN_CATEGORIES_2017
 
 log = logging.getLogger(__name__)
@@ -35,19 +35,17 @@ EOS = 50256   # GPT-2's <|endoftext|>
 def end_token(tokenizer) -> int:
     """The separator and end token of the paper's format in this tokenizer: its eos token (GPT-2: 50256)."""
     if tokenizer.eos_token_id is None:
-        from repro.errors import CellMismatch
-
         raise CellMismatch(f"the tokenizer {type(tokenizer).__name__} has no end (eos) token; the NLG format needs one")
     return int(tokenizer.eos_token_id)
 
-HOW_TO_GET = {
-    "e2e": "The paper's files are microsoft/LoRA examples/NLG/data/e2e/{train,valid,test}.txt (../shared/data/e2e has all three).",
-    "webnlg": "The paper's files are microsoft/LoRA examples/NLG/data/webnlg_challenge_2017/{train,dev,test}.json "
-              "(../shared/data/webnlg has all three).",
-    "dart": "Get dart-v1.1.1-full-train.json from github.com/Yale-LILY/dart (data/v1.1.1/) or microsoft/LoRA's "
-            "create_datasets.sh on a machine with internet and save it as $REPRO_DATA_DIR/dart/train.json "
-            "(../shared/data/dart has only dev.json and test.json), or unset REPRO_DATA_DIR to read DART from the hub.",
-}
+
+# How to get each dataset's files, for the error that says a split is missing (repro.tasks.generation.DATASETS).
+E2E_FILES = "The paper's files are microsoft/LoRA examples/NLG/data/e2e/{train,valid,test}.txt (../shared/data/e2e has all three)."
+WEBNLG_FILES = ("The paper's files are microsoft/LoRA examples/NLG/data/webnlg_challenge_2017/{train,dev,test}.json "
+                "(../shared/data/webnlg has all three).")
+DART_FILES = ("Get dart-v1.1.1-full-train.json from github.com/Yale-LILY/dart (data/v1.1.1/) or microsoft/LoRA's "
+              "create_datasets.sh on a machine with internet and save it as $REPRO_DATA_DIR/dart/train.json "
+              "(../shared/data/dart has only dev.json and test.json), or unset REPRO_DATA_DIR to read DART from the hub.")
 
 
 def triples_context(triples: list[tuple[str, str, str]], lower_property: bool = False) -> str:
@@ -131,9 +129,6 @@ def read_dart(path: Path) -> list[dict]:
     return out
 
 
-READERS = {"e2e": read_e2e, "webnlg": read_webnlg, "dart": read_dart}
-
-
 # ------------------------------------------------------------------ readers: the hub (not the paper's files)
 
 E2E_KEYS = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}
@@ -152,26 +147,29 @@ def e2e_mr_from_hub(mr: str) -> str:
     return " | ".join(parts)
 
 
-def read_hub(task: DictConfig, split: str) -> list[dict]:
-    hub_split = task.splits[split].hub
-    if task.name == "e2e":
-        log.warning("E2E from the hub (%s): raw, untokenized references, unlike the paper's pre-tokenized files "
-                    "(\"... called Blue Spice .\"); BLEU/NIST/... are NOT comparable with Table 3. Set REPRO_DATA_DIR "
-                    "to a folder with e2e/{train,valid,test}.txt for the paper's data.", task.hub.path)
-        ds = datasets.load_dataset(task.hub.path, split=hub_split)
-        return [{"context": e2e_mr_from_hub(r["meaning_representation"]), "completion": r["human_reference"]} for r in ds]
-    if task.name == "webnlg":
-        ds = datasets.load_dataset(task.hub.path, task.hub.name, split=hub_split)
-        out = []
-        for r in ds:
-            triples = [tuple(x.strip() for x in t.split(" | ")) for t in r["modified_triple_sets"]["mtriple_set"][0]]
-            context = triples_context(triples)
-            for text, comment in zip(r["lex"]["text"], r["lex"]["comment"]):
-                if comment == "good":
-                    out.append({"context": context, "completion": text, "category": r["category"],
-                                "seen": r["category"] in SEEN_CATEGORIES_2017})
-        return out
-    ds = datasets.load_dataset(task.hub.path, split=hub_split)
+def e2e_from_hub(task: DictConfig, split: str) -> list[dict]:
+    log.warning("E2E from the hub (%s): raw, untokenized references, unlike the paper's pre-tokenized files "
+                "(\"... called Blue Spice .\"); BLEU/NIST/... are NOT comparable with Table 3. Set REPRO_DATA_DIR "
+                "to a folder with e2e/{train,valid,test}.txt for the paper's data.", task.hub.path)
+    ds = datasets.load_dataset(task.hub.path, split=task.splits[split].hub)
+    return [{"context": e2e_mr_from_hub(r["meaning_representation"]), "completion": r["human_reference"]} for r in ds]
+
+
+def webnlg_from_hub(task: DictConfig, split: str) -> list[dict]:
+    ds = datasets.load_dataset(task.hub.path, task.hub.name, split=task.splits[split].hub)
+    out = []
+    for r in ds:
+        triples = [tuple(x.strip() for x in t.split(" | ")) for t in r["modified_triple_sets"]["mtriple_set"][0]]
+        context = triples_context(triples)
+        for text, comment in zip(r["lex"]["text"], r["lex"]["comment"]):
+            if comment == "good":
+                out.append({"context": context, "completion": text, "category": r["category"],
+                            "seen": r["category"] in SEEN_CATEGORIES_2017})
+    return out
+
+
+def dart_from_hub(task: DictConfig, split: str) -> list[dict]:
+    ds = datasets.load_dataset(task.hub.path, split=task.splits[split].hub)
     out = []
     for r in ds:
         context = triples_context([tuple(t) for t in r["tripleset"]], lower_property=True)
@@ -179,18 +177,12 @@ def read_hub(task: DictConfig, split: str) -> list[dict]:
     return out
 
 
-def nlg_file(task: DictConfig, split: str, data_dir: str) -> Path:
+def nlg_file(task: DictConfig, split: str, data_dir: str, how_to_get: str) -> Path:
+    """The local file of one split; a missing one is DataFileMissing that says `how_to_get` the dataset."""
     path = Path(data_dir) / task.data_subdir / task.splits[split].local
     if not path.exists():
-        raise DataFileMissing(f"task={task.name}: the {split} split is missing: {path} does not exist. {HOW_TO_GET[task.name]}")
+        raise DataFileMissing(f"task={task.name}: the {split} split is missing: {path} does not exist. {how_to_get}")
     return path
-
-
-def load_examples(task: DictConfig, split: str, data_dir: str | None) -> list[dict]:
-    """One split as examples {context, completion[, category, seen]}, in file order."""
-    if data_dir:
-        return READERS[task.name](nlg_file(task, split, data_dir))
-    return read_hub(task, split)
 
 
 # ------------------------------------------------------------------ encoding (gpt2_encode.py + FT_Dataset)

@@ -154,8 +154,8 @@ def _meta(model_yaml: str, task_kind: str, num_labels: int):
 def param_counts(cfg: DictConfig) -> tuple[int, int]:
     """(P, P_t) of the cell; FT when the method does not build (e.g. its config is not written yet: all trainable
     only for ft, else the backbone's non-embedding count as P and 0 trainable)."""
-    kind = cfg.task.get("kind", "classification")
-    labels = int(cfg.task.get("num_labels") or 2) if kind == "classification" else 2
+    kind = cfg.task.kind
+    labels = int(cfg.task.get("num_labels") or 2)   # a head without labels (a causal LM) ignores it
     model_yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg.model, [k for k in ("name", "model_type", "kind", "arch") if k in cfg.model]))
     try:
         return _counts(model_yaml, OmegaConf.to_yaml(cfg.method), kind, labels)

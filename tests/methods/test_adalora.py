@@ -19,7 +19,8 @@ from repro.methods.adalora import loss_term, rank_pattern, target_module_names
 from repro.methods.checkpoint import load_delta_weights, load_trainable, read_metadata, save_trainable
 from repro.methods.lora import delta_weights
 from repro.methods.registry import trainer_callbacks
-from repro.train import ReproTrainer, classifier_loss
+from repro.tasks.classification import classifier_loss
+from repro.train import ReproTrainer
 from tests.methods.conftest import batch, method, tiny
 
 peft = pytest.importorskip("peft")

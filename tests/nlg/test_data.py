@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from repro.data.nlg import (SEEN_CATEGORIES_2017, e2e_mr_from_hub, encode_example, load_examples, prompt_ids,
-                            read_dart, read_e2e, read_webnlg)
+from repro.data.nlg import (SEEN_CATEGORIES_2017, e2e_mr_from_hub, encode_example, prompt_ids, read_dart, read_e2e,
+                            read_webnlg)
 from repro.decode import group_references
 from repro.errors import DataFileMissing
 from repro.models import load_tokenizer
+from repro.tasks.generation import load_examples
 
 
 @pytest.fixture(scope="module")

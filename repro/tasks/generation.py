@@ -1,0 +1,320 @@
+"""Generation cells (Tables 3, 13, 14): GPT-2 (and the CPU stand-ins) on E2E, WebNLG, DART.
+
+The recipe, as microsoft/LoRA examples/NLG runs it:
+- data: the task's splits formatted and encoded as its format_converting_*.py and gpt2_encode.py do (repro.data.nlg);
+  the test split grouped into unique inputs with their references;
+- training with the original loss (completion tokens only, label smoothing as gpt2_ft.py computes it:
+  (1 - eps) * nll + eps * mean over the vocabulary of -log p; CompletionTrainer: the labels reach the method's
+  forward hooks, the LM head runs on the completion positions only), dev loss per epoch;
+- the paper's beam search (repro.decode) on the test inputs with the chosen checkpoint (decode.checkpoint: last, or
+  best by dev loss), gpt2_decode.py's post-processing, and the dataset's official scorer (repro.tasks.scorers).
+Hypotheses and references are written beside the record (seed<k>.hyp.txt, seed<k>.ref.txt in the E2E challenge's
+multi-reference format; where the inputs carry a seen/unseen flag, as WebNLG's do, also seed<k>.seen.txt), so
+`python -m repro.score` re-scores them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import datasets
+import torch
+import torch.nn.functional as F
+import transformers
+from omegaconf import DictConfig, OmegaConf
+from transformers import DataCollatorForSeq2Seq
+
+from repro import dist, records
+from repro.data import nlg as nlg_data
+from repro.data.glue import subsample
+from repro.decode import (EOS_TEXT, BeamSettings, beam_search, clean_output, decode_tokens, group_references,
+                          resolve_end_token_ids)
+from repro.errors import CellMismatch, DataFileMissing
+from repro.methods.lora import merged
+from repro.methods.registry import trainer_callbacks
+from repro.metrics.nlg import decode_postprocess
+from repro.tasks import Head
+from repro.tasks.scorers import score
+from repro.train import DivergenceGuard, Outcome, ReproTrainer, batch_plan, fit, training_arguments
+
+log = logging.getLogger(__name__)
+
+DEV_LOSS = "eval_loss"   # the metric that selects the best checkpoint (decode.checkpoint=best): lower is better
+
+
+def head(num_labels: int | None) -> Head:
+    """A causal LM: its head is the vocabulary (num_labels does not apply)."""
+    return Head(transformers.AutoModelForCausalLM)
+
+
+# ------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a generation task's examples come from (DATASETS, by task name)."""
+
+    read_file: Callable[[Path], list[dict]]            # one split of the paper's files
+    read_hub: Callable[[DictConfig, str], list[dict]]  # one split of the hub's dataset (not the paper's files)
+    how_to_get: str                                    # what the error says when a file is missing
+
+
+DATASETS = {
+    "e2e": Source(nlg_data.read_e2e, nlg_data.e2e_from_hub, nlg_data.E2E_FILES),
+    "webnlg": Source(nlg_data.read_webnlg, nlg_data.webnlg_from_hub, nlg_data.WEBNLG_FILES),
+    "dart": Source(nlg_data.read_dart, nlg_data.dart_from_hub, nlg_data.DART_FILES),
+}
+
+
+def load_examples(task: DictConfig, split: str, data_dir: str | None) -> list[dict]:
+    """One split as examples {context, completion[, category, seen]}, in file order: the paper's files under
+    data_dir, else the hub. A hub dataset that cannot be read says so and how to get the files instead: offline the
+    hub is unreachable, and online `datasets` 4+ runs no loading scripts, which the hub's e2e_nlg, web_nlg and dart
+    are (or were) built on."""
+    source = DATASETS[task.name]
+    if data_dir:
+        return source.read_file(nlg_data.nlg_file(task, split, data_dir, source.how_to_get))
+    try:
+        return source.read_hub(task, split)
+    except Exception as exc:   # ConnectionError offline, RuntimeError "Dataset scripts are no longer supported", ...
+        script = "loading script" in str(exc).lower() or "scripts are no longer supported" in str(exc).lower()
+        raise DataFileMissing(
+            f"task={task.name}: no data folder is set (REPRO_DATA_DIR unset, paths.data_dir=null), so the {split} split "
+            f"was read from the hub dataset {task.hub.path!r}, and that failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. "
+            + ("It needs a loading script, and the installed `datasets` runs none. " if script else
+               "Offline the hub is unreachable, and online the installed `datasets` runs no loading scripts. ")
+            + f"Write the paper's files with `python scripts/prepare_data.py nlg --out DIR` (on a machine with internet) "
+            f"and set REPRO_DATA_DIR=DIR. {source.how_to_get}") from exc
+
+
+def load_data(cfg: DictConfig, tokenizer) -> dict:
+    """{"train": Dataset, "dev": Dataset, "test": [{context, prompt, references[, seen]}] (unique inputs)}."""
+    task, data_dir = cfg.task, cfg.paths.data_dir
+    max_len = cfg.data.max_seq_length
+    resolve_end_token_ids(cfg.decode.eos_token_ids, tokenizer)   # end tokens that do not fit the tokenizer: refused now
+    out = {}
+    train = load_examples(task, "train", data_dir)
+    if cfg.data.max_train_samples:   # a seeded random subset, drawn as repro.data.glue draws one
+        index = datasets.Dataset.from_dict({"i": list(range(len(train)))})
+        train = [train[i] for i in subsample(index, cfg.data.max_train_samples, cfg.seed)["i"]]
+    out["train"] = nlg_data.encode_split(train, tokenizer, max_len, f"encode {task.name} train")
+    dev = load_examples(task, "dev", data_dir)
+    if cfg.data.max_eval_samples:
+        dev = dev[: cfg.data.max_eval_samples]
+    out["dev"] = nlg_data.encode_split(dev, tokenizer, max_len, f"encode {task.name} dev")
+    test = group_references(load_examples(task, cfg.decode.split, data_dir))
+    if cfg.decode.max_inputs:
+        test = test[: cfg.decode.max_inputs]
+    for entry in test:   # the query: at most seq_len - eval_len context tokens (FT_Dataset)
+        entry["prompt"] = nlg_data.prompt_ids(tokenizer, entry["context"], max_len - cfg.decode.max_new_tokens)
+    out["test"] = test
+    log.info("%s: %d train, %d dev examples; %d unique %s inputs to decode", task.name, len(out["train"]),
+             len(out["dev"]), len(test), cfg.decode.split)
+    return out
+
+
+# ------------------------------------------------------------------ the loss
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """gpt2_ft.py / model.py's per-token loss: with smoothing eps, (1 - eps) * (-log p[target]) + eps * mean_v(-log p[v])."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    nll = -logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return nll if smoothing <= 0 else (1.0 - smoothing) * nll + smoothing * (-logprobs.mean(dim=-1))
+
+
+def _mean(total: torch.Tensor, count, num_items) -> torch.Tensor:
+    denom = num_items if num_items is not None else count
+    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+def completion_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, num_items=None) -> torch.Tensor:
+    """gpt2_ft.py / model.py's loss on shifted targets, masked to the completion (token_loss), averaged over the
+    completion tokens (or over `num_items`, the Trainer's count for the whole accumulated batch)."""
+    labels = labels[:, 1:]
+    mask = labels.ne(-100)
+    loss = token_loss(logits[:, :-1, :], labels, smoothing)
+    return _mean((loss * mask).sum(), mask.sum(), num_items)
+
+
+class CompletionLoss:
+    """The training/dev loss of a causal LM as gpt2_ft.py computes it, for the Trainer (`CompletionTrainer`).
+
+    While a batch is in the model (`attach`), three forward pre-hooks are in place:
+    - on the model, first: the labels are handed to the model's forward, so that the method's own pre-hooks see them
+      (prefix tuning inserts its l_p + l_i positions into labels and inputs alike; with the labels popped, as
+      Trainer's `compute_loss_func` path pops them, logits and labels came out misaligned and PreLayer/PreEmbed NLG
+      cells crashed);
+    - on the model, last: the labels as the model will see them are taken back out (the model never computes
+      transformers' own loss) and kept;
+    - on the output embeddings (the LM head): only the positions that predict a completion token go through it.
+      The loss is the same; the 50257-way head, ~95% of a small model's step, is skipped on context and padding.
+    """
+
+    def __init__(self, model, smoothing: float):
+        self.model, self.smoothing = model, smoothing
+        self.labels = self.positions = None
+        self.selected = False
+
+    def _give_labels(self, labels, module, args, kwargs):
+        return args, {**kwargs, "labels": labels}
+
+    def _take_labels(self, module, args, kwargs):
+        kwargs = dict(kwargs)
+        self.labels = kwargs.pop("labels", None)
+        self.positions = None if self.labels is None else self.labels[:, 1:].ne(-100)
+        return args, kwargs
+
+    def _select(self, module, args):
+        hidden = args[0]
+        if self.positions is None or hidden.dim() != 3 or hidden.shape[:2] != self.labels.shape:
+            return None
+        self.selected = True
+        return (hidden[:, :-1][self.positions], *args[1:])
+
+    @contextlib.contextmanager
+    def attach(self, labels: torch.Tensor):
+        """The hooks in place for one forward pass of `labels`' batch."""
+        self.labels = self.positions = None
+        self.selected = False
+        handles = [
+            self.model.register_forward_pre_hook(partial(self._give_labels, labels), with_kwargs=True, prepend=True),
+            self.model.register_forward_pre_hook(self._take_labels, with_kwargs=True),
+            self.model.get_output_embeddings().register_forward_pre_hook(self._select),
+        ]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def __call__(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+        # label smoothing while training only; the dev loss is the plain completion NLL (gpt2_ft.py's evaluate)
+        smoothing = self.smoothing if self.model.training else 0.0
+        seen = self.labels if self.labels is not None else labels
+        if not self.selected:
+            return completion_loss(outputs.logits, seen, smoothing, num_items_in_batch)
+        targets = seen[:, 1:][self.positions]
+        loss = token_loss(outputs.logits, targets, smoothing)
+        return _mean(loss.sum(), targets.numel(), num_items_in_batch)
+
+
+class CompletionTrainer(ReproTrainer):
+    """Trainer with `compute_loss_func=CompletionLoss(...)`: each batch's forward runs with its hooks attached.
+
+    Gradient accumulation: CompletionLoss divides the loss summed over a micro-batch's target tokens by
+    `num_items_in_batch`, the Trainer's count of target tokens (labels[:, 1:] != -100) in the whole accumulated batch
+    on all processes, so 2 x 4 gives the token mean of the unaccumulated batch of 8 (tests/test_train.py)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self.compute_loss_func.attach(inputs["labels"]):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+# ------------------------------------------------------------------ training, then decoding and scoring
+
+
+def generation_arguments(cfg: DictConfig, output_dir: Path) -> transformers.TrainingArguments:
+    """The shared training arguments, selecting by the dev loss: lower is better, evaluation computes the loss alone
+    (never gathering B x T x 50257 logits), in the training's per-device batch."""
+    return training_arguments(cfg, output_dir, DEV_LOSS, select=cfg.decode.checkpoint, greater_is_better=False,
+                              eval_batch_size=batch_plan(cfg.train)[0], prediction_loss_only=True)
+
+
+def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: Path) -> Outcome:
+    """Train, then decode the test inputs with the chosen checkpoint and score them; the dev loss of the weights that
+    decode joins the metrics."""
+    if cfg.decode.checkpoint not in ("last", "best"):
+        raise CellMismatch(f"decode.checkpoint={cfg.decode.checkpoint!r}; allowed: last, best")
+    trainer = CompletionTrainer(
+        model=model,
+        args=generation_arguments(cfg, output_dir),
+        train_dataset=data["train"],
+        eval_dataset=data["dev"],
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
+        callbacks=trainer_callbacks(model),   # the method's own (AdaLoRA's rank allocation); the guard is appended
+        guard=DivergenceGuard(cfg.train.divergence_patience),
+    )
+    outcome = fit(cfg, trainer, output_dir, DEV_LOSS, evaluate_selected=True)
+    dev_loss = outcome.history["eval"][-1]["loss"]   # of the weights that will decode (best or last)
+    best_step = None
+    if cfg.decode.checkpoint == "best" and trainer.state.best_model_checkpoint:
+        best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
+
+    metrics, decode_info = decode_and_score(cfg, trainer.model, tokenizer, data["test"])
+    decode_info["checkpoint"] = cfg.decode.checkpoint
+    step = best_step or trainer.state.global_step
+    outcome.metrics = {**metrics, "dev_loss": dev_loss}
+    outcome.selected = {"rule": cfg.decode.checkpoint, "step": step,
+                        "epoch": next((e["epoch"] for e in outcome.history["eval"] if e["step"] == step), None)}
+    outcome.extra = {"decode": decode_info}
+    return outcome
+
+
+def beam_settings(cfg: DictConfig, tokenizer=None) -> BeamSettings:
+    """The decode settings; the end tokens in the tokenizer's ids (the task configs write GPT-2's 50256, 628)."""
+    d = cfg.decode
+    eos = resolve_end_token_ids(d.eos_token_ids, tokenizer) if tokenizer is not None else tuple(d.eos_token_ids)
+    return BeamSettings(num_beams=d.num_beams, length_penalty=d.length_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
+                        eos_token_ids=eos, max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
+                        early_stop=d.get("early_stop", True), pad_batches=bool(d.get("pad_batches", False)))
+
+
+def decode_precision(cfg: DictConfig, model):
+    """Decoding runs in the precision the cell trained in: fp32 as is; bf16/fp16 under the same autocast the Trainer
+    used (weights stay fp32, matrix products in half precision)."""
+    p = str(cfg.train.precision)
+    if p == "fp32":
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device
+    return torch.autocast(device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+
+def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
+    """Beam search over the test inputs with LoRA merged (W = W0 + (alpha/r) B A, Section 4.1: loralib merges in
+    eval mode, so gpt2_beam.py decodes merged weights too; unmerged again afterwards), scored. Inputs that carry a
+    `seen` flag (WebNLG's) are scored on the seen, unseen and all inputs."""
+    settings = beam_settings(cfg, tokenizer)
+    start = time.time()
+    mine = dist.shard(test)   # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
+    with merged(model), decode_precision(cfg, model):
+        outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
+    if dist.active():
+        outputs = dist.unshard(dist.all_gather(outputs), len(test))
+    decode_s = time.time() - start
+    if not dist.is_main():
+        return {}, {"inputs": len(test), "decode_s": round(decode_s, 1)}
+    pp = cfg.task.postprocess
+    eos_text = tokenizer.eos_token or EOS_TEXT
+    hyps = [decode_postprocess(clean_output(decode_tokens(tokenizer, ids), eos_text), pp.tokenize, pp.lower) for ids in outputs]
+    refs = [[decode_postprocess(r, pp.tokenize, pp.lower) for r in e["references"]] for e in test]
+    seen = [bool(e["seen"]) for e in test] if any("seen" in e for e in test) else None
+    files = write_outputs(records.record_path(cfg).with_suffix(""), hyps, refs, seen)
+    start = time.time()
+    metrics = score(cfg.task.name, hyps, refs, seen) if test else {}
+    info = {"settings": OmegaConf.to_container(cfg.decode, resolve=True), "end_token_ids": list(settings.eos_token_ids),
+            "precision": str(cfg.train.precision), "inputs": len(test),
+            "decode_s": round(decode_s, 1), "score_s": round(time.time() - start, 1), "files": files,
+            "empty_hypotheses": sum(1 for h in hyps if not h)}
+    return metrics, info
+
+
+def write_outputs(base: Path, hyps: list[str], refs: list[list[str]], seen: list[bool] | None) -> dict:
+    """E2E challenge formats: one hypothesis per line; references of one input on consecutive lines, a blank line
+    after each input; the seen flags (if any) as 1/0 per line."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"hyp": f"{base}.hyp.txt", "ref": f"{base}.ref.txt"}
+    Path(paths["hyp"]).write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf8")
+    Path(paths["ref"]).write_text("".join("".join(r.replace("\n", " ") + "\n" for r in rs) + "\n" for rs in refs), encoding="utf8")
+    if seen is not None:
+        paths["seen"] = f"{base}.seen.txt"
+        Path(paths["seen"]).write_text("".join(f"{int(s)}\n" for s in seen), encoding="utf8")
+    return paths
