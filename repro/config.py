@@ -33,3 +33,10 @@ def load_group(group: str, name: str, **overrides) -> DictConfig:
         raise ReproError(f"{group}={name}: no such option (conf/{group}/{name}.yaml); options: {', '.join(options(group))}")
     cfg = OmegaConf.load(path)
     return OmegaConf.merge(cfg, overrides) if overrides else cfg
+
+
+def read_group(group: str, name: str) -> dict | None:
+    """The option's file as plain data (dicts, lists, scalars; interpolations left as written), or None when the
+    option does not exist: for readers of records (tables, claims, analysis) that fall back to a default."""
+    path = group_path(group, name)
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else None

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import yaml
 
-from repro import CONF_DIR, tune
+from repro import tune
+from repro.config import read_group
 from repro.records import untraced
 
 # Two scores "match" when within one point (x100 scale): about one seed std of the 2-seed CPU cells; the paper's own
@@ -134,10 +134,9 @@ def main_metric(task: str, config: Mapping | None = None) -> str:
     cfg_task = (config or {}).get("task") or {}
     if cfg_task.get("main_metric"):
         return cfg_task["main_metric"]
-    path = CONF_DIR / "task" / f"{task}.yaml"
-    if not path.exists():
+    data = read_group("task", task)
+    if data is None:
         return "accuracy"
-    data = yaml.safe_load(path.read_text()) or {}
     return (data.get("task") or data).get("main_metric", "accuracy")   # the NLG task files nest it under `task:`
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import yaml
 
-from repro import CONF_DIR, PROJECT_ROOT, tune
+from repro import PROJECT_ROOT, tune
+from repro.config import group_path, options, read_group
 from repro.results import Cell, Record, Tuning, by_cell, load_records, main_metric
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
@@ -47,10 +48,10 @@ UNTRACED = "§"
 
 def load_table_config(name: str) -> dict:
     """conf/table/<name>.yaml's `table` node (plain YAML: the rows, tasks, stand-ins and paper file)."""
-    path = CONF_DIR / "table" / f"{name}.yaml"
-    if not path.exists():
-        raise SystemExit(f"no table config {path}; tables: {', '.join(p.stem for p in (CONF_DIR / 'table').glob('*.yaml'))}")
-    return yaml.safe_load(path.read_text())["table"]
+    data = read_group("table", name)
+    if data is None:
+        raise SystemExit(f"no table config {group_path('table', name)}; tables: {', '.join(options('table'))}")
+    return data["table"]
 
 
 def load_paper(table: dict) -> dict | None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from repro import CONF_DIR, PROJECT_ROOT
+from repro import PROJECT_ROOT
+from repro.config import read_group
 from repro.results import MATCH_PTS, load_records, record_score
 
 PAPER = PROJECT_ROOT / "repro" / "paper" / "table5_6_ablations.yaml"
@@ -46,7 +47,7 @@ def paper_value(paper: dict, table: str, weights: str, r: int, dataset: str) -> 
 
 def build(table: str, results_dir: str | Path = "results", model: str | None = None) -> dict:
     """model: read the records of this model instead of each row's own (e.g. a smoke run on tiny-roberta)."""
-    cfg = yaml.safe_load((CONF_DIR / "table" / f"{table}.yaml").read_text())["table"]
+    cfg = read_group("table", table)["table"]
     paper = yaml.safe_load(PAPER.read_text())
     scores: dict[tuple[str, str], list[tuple[int, float]]] = {}
     failed: dict[tuple[str, str], int] = {}
@@ -80,10 +81,9 @@ def build(table: str, results_dir: str | Path = "results", model: str | None = N
 
 def task_name(task: str) -> str:
     """How the table names a task's column: GLUE's name and the main metric (e.g. 'STS-B pearson')."""
-    path = CONF_DIR / "task" / f"{task}.yaml"
-    if not path.exists():
+    t = read_group("task", task)
+    if t is None:
         return task
-    t = yaml.safe_load(path.read_text())
     return f"{t.get('glue_dir') or task} {t.get('main_metric', '')}".strip()
 
 

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from repro import CONF_DIR, tables
+from repro import tables
+from repro.config import read_group
 from repro.results import Cell, Record, Tuning, load_records, record_score
 
 
@@ -84,8 +84,7 @@ _MODEL_SOURCE: dict[str, str | None] = {}
 def random_weights(model: str) -> bool:
     """A smoke-test model (conf/model/<model>.yaml `source: tiny`): never evidence of quality."""
     if model not in _MODEL_SOURCE:
-        path = CONF_DIR / "model" / f"{model}.yaml"
-        _MODEL_SOURCE[model] = (yaml.safe_load(path.read_text()) or {}).get("source") if path.exists() else None
+        _MODEL_SOURCE[model] = (read_group("model", model) or {}).get("source")
     return _MODEL_SOURCE[model] == "tiny"
 
 
