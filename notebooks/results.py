@@ -27,13 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from repro import PROJECT_ROOT
-from repro import plots, tables
+from repro import PROJECT_ROOT, plots, tables
 from repro.results import load_records
 
 results_dir = Path(os.environ.get("REPRO_RESULTS_DIR") or PROJECT_ROOT / "results")
 out_dir = Path(os.environ.get("REPRO_OUT_DIR") or results_dir)
-available = sorted({p.stem for p in (PROJECT_ROOT / "conf" / "table").glob("*.yaml") if (results_dir / p.stem).is_dir()})
+available = sorted(
+    {p.stem for p in (PROJECT_ROOT / "conf" / "table").glob("*.yaml") if (results_dir / p.stem).is_dir()}
+)
 table_names = [t for t in os.environ.get("REPRO_TABLES", ",".join(available)).split(",") if t]
 print("results:", results_dir, "| tables:", table_names)
 
@@ -43,10 +44,20 @@ print("results:", results_dir, "| tables:", table_names)
 # %%
 frame = pd.DataFrame(
     [
-        {"path": str(r.path.relative_to(results_dir)), "status": r.status, "table": r.table, "model": r.model,
-         "method": r.method, "variant": r.variant, "task": r.task, "seed": r.seed,
-         **{f"metric.{k}": v for k, v in r.metrics.items()},
-         "adapter_params": r.adapter_params, "wall_s": r.wall_s, "error": r.error}
+        {
+            "path": str(r.path.relative_to(results_dir)),
+            "status": r.status,
+            "table": r.table,
+            "model": r.model,
+            "method": r.method,
+            "variant": r.variant,
+            "task": r.task,
+            "seed": r.seed,
+            **{f"metric.{k}": v for k, v in r.metrics.items()},
+            "adapter_params": r.adapter_params,
+            "wall_s": r.wall_s,
+            "error": r.error,
+        }
         for r in load_records(results_dir)[0]
     ]
 )

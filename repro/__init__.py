@@ -4,6 +4,7 @@ The pipeline is config -> cell -> record -> table: `repro.run` trains and scores
 record; `repro.tables` turns records into the paper's tables; `repro.analysis` tests the low-rank hypothesis.
 """
 
+import logging as _logging
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -12,6 +13,4 @@ CONF_DIR = PROJECT_ROOT / "conf"
 # bitsandbytes (the 4-bit base of QLoRA; peft imports it when installed) warns at import, on CPUs with avx512-bf16, that
 # it cannot fetch an optional kernel from the hub ("pip install kernels"): harmless offline (its own CPU path runs),
 # and it would be the first line of every command's output. Its other warnings stay.
-import logging as _logging
-
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 def _name(path: str) -> str:
     p = Path(path)
-    parts = p.with_suffix("").parts[-4:]   # <method dir>/<task>/seed<k> and the model above it
+    parts = p.with_suffix("").parts[-4:]  # <method dir>/<task>/seed<k> and the model above it
     return "_".join(parts).replace("lora.", "")
 
 
@@ -49,19 +49,44 @@ def cmd_subspace(args) -> list[Path]:
     label = f"layer {layer + 1} of {n_layers}"
     files = []
     if a.r == b.r:
-        files.append(figures.figure4(grids[layer], random_grid(a.r, b.r, d), label, a.r, out / f"{stem}_layer{layer + 1}.png",
-                                     vmax=1.0, note=f"{args.a} vs {args.b}"))
+        files.append(
+            figures.figure4(
+                grids[layer],
+                random_grid(a.r, b.r, d),
+                label,
+                a.r,
+                out / f"{stem}_layer{layer + 1}.png",
+                vmax=1.0,
+                note=f"{args.a} vs {args.b}",
+            )
+        )
     else:
-        files.append(figures.figure3(grids[layer], label, a.r, b.r, out / f"{stem}_layer{layer + 1}.png",
-                                     note=f"{args.a} vs {args.b}"))
+        files.append(
+            figures.figure3(
+                grids[layer], label, a.r, b.r, out / f"{stem}_layer{layer + 1}.png", note=f"{args.a} vs {args.b}"
+            )
+        )
     files.append(figures.per_layer(grids, f"φ({args.basis}), {args.a} vs {args.b}", out / f"{stem}_all_layers.png"))
     js = out / f"{stem}.json"
-    js.write_text(json.dumps({"a": args.a, "b": args.b, "basis": args.basis, "summary": phi_summary(grids, d),
-                              "grids": {f"{l}/{t}": g.tolist() for l, bt in grids.items() for t, g in bt.items()}}, indent=1) + "\n")
+    js.write_text(
+        json.dumps(
+            {
+                "a": args.a,
+                "b": args.b,
+                "basis": args.basis,
+                "summary": phi_summary(grids, d),
+                "grids": {f"{l}/{t}": g.tolist() for l, bt in grids.items() for t, g in bt.items()},
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     s = phi_summary({layer: grids[layer]}, d)
     for v in s.values():
-        print(f"layer {layer + 1} ΔW_{v['target']}: φ(1,1)={v['phi_1_1']:.3f}  φ(1,n)={v['phi_1_n']:.3f}  "
-              f"mean φ(i,i)={v['diag_mean']:.3f}  (random: {v['random_expect_1_1']:.4f}, {v['random_expect_diag_mean']:.4f})")
+        print(
+            f"layer {layer + 1} ΔW_{v['target']}: φ(1,1)={v['phi_1_1']:.3f}  φ(1,n)={v['phi_1_n']:.3f}  "
+            f"mean φ(i,i)={v['diag_mean']:.3f}  (random: {v['random_expect_1_1']:.4f}, {v['random_expect_diag_mean']:.4f})"
+        )
     return files + [js]
 
 
@@ -80,14 +105,23 @@ def cmd_spectrum(args) -> list[Path]:
     rows = spectrum_rows(a, W)
     files = []
     for t in a.targets:
-        curves = {f"ΔW_{t} r={a.r}": singular_values(a[(layer, t)].delta())[:a.r], f"W_{t} (pretrained)": singular_values(W[(layer, t)])}
-        files.append(figures.spectra(curves, f"{args.adapter}: ΔW_{t} and W_{t}, layer {layer + 1}", out / f"{stem}_{t}_layer{layer + 1}.png"))
+        curves = {
+            f"ΔW_{t} r={a.r}": singular_values(a[(layer, t)].delta())[: a.r],
+            f"W_{t} (pretrained)": singular_values(W[(layer, t)]),
+        }
+        files.append(
+            figures.spectra(
+                curves, f"{args.adapter}: ΔW_{t} and W_{t}, layer {layer + 1}", out / f"{stem}_{t}_layer{layer + 1}.png"
+            )
+        )
     js = out / f"{stem}.json"
     js.write_text(json.dumps({"adapter": args.adapter, "rows": rows}, indent=1) + "\n")
     for row in rows:
         if row["layer"] == layer:
-            print(f"layer {layer + 1} ΔW_{row['target']}: numerical rank {row['dW_numerical_rank']} (r={row['r']}), "
-                  f"energy {json.dumps({k: round(v, 3) for k, v in row['dW_energy'].items()})}")
+            print(
+                f"layer {layer + 1} ΔW_{row['target']}: numerical rank {row['dW_numerical_rank']} (r={row['r']}), "
+                f"energy {json.dumps({k: round(v, 3) for k, v in row['dW_energy'].items()})}"
+            )
     return files + [js]
 
 
@@ -102,13 +136,22 @@ def cmd_amplification(args) -> list[Path]:
         rows_by_r[a.r] = amplification_rows(a, base_weights(a), seed=args.seed)
         n_layers, targets = len(a.layers), a.targets
     layer = args.layer - 1 if args.layer else middle_layer(n_layers)
-    md = "\n".join(table7_markdown(rows_by_r, layer, n_layers, targets) + ["## per layer", ""] + per_layer_markdown(rows_by_r)) + "\n"
+    md = (
+        "\n".join(
+            table7_markdown(rows_by_r, layer, n_layers, targets) + ["## per layer", ""] + per_layer_markdown(rows_by_r)
+        )
+        + "\n"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "amplification_" + "__".join(_name(p) for p in args.adapter)
     (out / f"{stem}.md").write_text(md)
-    (out / f"{stem}.json").write_text(json.dumps({"adapters": args.adapter, "rows": {f"r{r}": v for r, v in rows_by_r.items()}},
-                                                 indent=1, default=float) + "\n")
+    (out / f"{stem}.json").write_text(
+        json.dumps(
+            {"adapters": args.adapter, "rows": {f"r{r}": v for r, v in rows_by_r.items()}}, indent=1, default=float
+        )
+        + "\n"
+    )
     print(md)
     return [out / f"{stem}.md", out / f"{stem}.json"]
 
@@ -117,8 +160,17 @@ def cmd_report(args) -> list[Path]:
     # imported per command, for start-up: `ablation` (records, YAML) runs without torch and matplotlib
     from repro.analysis.report import report
 
-    res = report(args.results, args.table, args.model, args.task, args.family, args.r_small, args.r_large,
-                 args.out if args.out != DEFAULT_OUT else None, seed=args.seed)
+    res = report(
+        args.results,
+        args.table,
+        args.model,
+        args.task,
+        args.family,
+        args.r_small,
+        args.r_large,
+        args.out if args.out != DEFAULT_OUT else None,
+        seed=args.seed,
+    )
     print(Path(res["out_dir"]) / "report.md")
     return [Path(f) for f in res["files"]]
 
@@ -141,7 +193,9 @@ def main(argv=None) -> int:
 
     def common(p):
         p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default results/analysis)")
-        p.add_argument("--layer", type=int, default=None, help="1-based layer for the single-layer figure (default: middle)")
+        p.add_argument(
+            "--layer", type=int, default=None, help="1-based layer for the single-layer figure (default: middle)"
+        )
         p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
 
     p = sub.add_parser("report", help="Figures 3/4/6/7, spectra and Table 7 for one table's LoRA cells")

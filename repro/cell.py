@@ -36,8 +36,9 @@ def smoke_reason(cfg: DictConfig) -> str | None:
     step count, e.g. glue_cpu's, is the cell's schedule, not smoke). Stored with its weights (the checkpoint's
     `smoke`), so that a table cell never starts from a smoke run's weights (train.init_from)."""
     for key, value in cli_value_overrides(list(cfg.get("cli_overrides") or [])):
-        if (key == "train.max_steps" and value is not None and int(value) > 0) or \
-                (key == "data.max_train_samples" and value is not None):
+        if (key == "train.max_steps" and value is not None and int(value) > 0) or (
+            key == "data.max_train_samples" and value is not None
+        ):
             return f"{key}={value} on the command line"
     return None
 
@@ -56,7 +57,9 @@ def find_row(table: DictConfig, model: str, method: str, variant: str, default=_
         f"{r.model}/{r.method}" + (f"(variant={r.variant})" if r.get("variant", "default") != "default" else "")
         for r in table.rows
     )
-    raise CellMismatch(f"model={model} method={method} variant={variant} is not a row of table {table.name}; its rows: {rows}")
+    raise CellMismatch(
+        f"model={model} method={method} variant={variant} is not a row of table {table.name}; its rows: {rows}"
+    )
 
 
 def check_method_fits_model(cfg: DictConfig) -> None:
@@ -64,10 +67,16 @@ def check_method_fits_model(cfg: DictConfig) -> None:
     config declares no biases (Llama/SmolLM2). The method surgery refuses it too (repro.methods.finetune), with
     the same words, for a model built outside the runner."""
     arch = cfg.model.get("arch") or {}
-    if cfg.method.name == "bitfit" and cfg.model.get("model_type") == "llama" and \
-            arch.get("attention_bias", False) is False and arch.get("mlp_bias", False) is False:
-        raise CellMismatch(f"method=bitfit: model {cfg.model.name} has no bias parameters (Llama: attention_bias=False, "
-                           "mlp_bias=False); BitFit trains biases only")
+    if (
+        cfg.method.name == "bitfit"
+        and cfg.model.get("model_type") == "llama"
+        and arch.get("attention_bias", False) is False
+        and arch.get("mlp_bias", False) is False
+    ):
+        raise CellMismatch(
+            f"method=bitfit: model {cfg.model.name} has no bias parameters (Llama: attention_bias=False, "
+            "mlp_bias=False); BitFit trains biases only"
+        )
 
 
 def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:
@@ -77,9 +86,9 @@ def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> D
     check_method_fits_model(cfg)
     try:
         resolved = _resolve(cfg, overrides)
-    except OmegaConfBaseException as exc:   # e.g. a table layer with a key the config does not have
+    except OmegaConfBaseException as exc:  # e.g. a table layer with a key the config does not have
         raise ConfigError(one_line_omegaconf(exc)) from None
-    except CellMismatch:   # not a row of the table: when the groups themselves do not fit (a decoder for GLUE), say that
+    except CellMismatch:  # not a row of the table: when the groups themselves do not fit (a decoder for GLUE), say that
         if check:
             check_cell(cfg, table_rules=False)
         raise
@@ -95,7 +104,7 @@ def check_cell(cfg: DictConfig | dict, table_rules: bool = True) -> None:
     then read as adhoc)."""
     try:
         container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    except OmegaConfBaseException as exc:   # an interpolation that does not resolve (${oc.env:...}, ${nope})
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve (${oc.env:...}, ${nope})
         raise ConfigError(one_line_omegaconf(exc)) from None
     container.pop("hydra", None)
     if not table_rules:
@@ -126,11 +135,14 @@ def _resolve(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             layers = [table.get("common") or {}, per_task, set_, (row.get("tasks") or {}).get(cfg.task.name) or {}]
         else:  # a small model standing in for a paper model: the row's method settings, the table's stand-in training
             stand_in = table.get("stand_in") or {}
-            layers = [{"method": set_.get("method") or {}}, stand_in.get("common") or {},
-                      (stand_in.get("methods") or {}).get(cfg.method.name) or {}]
-    if "config_overrides" in cfg.model:   # open: tables set per-task model settings (DeBERTa's cls_dropout, Table 10)
+            layers = [
+                {"method": set_.get("method") or {}},
+                stand_in.get("common") or {},
+                (stand_in.get("methods") or {}).get(cfg.method.name) or {},
+            ]
+    if "config_overrides" in cfg.model:  # open: tables set per-task model settings (DeBERTa's cls_dropout, Table 10)
         OmegaConf.set_struct(cfg.model.config_overrides, False)
-    if "decode" in cfg:   # open for the optional keys (decode.pad_batches), which the schema checks
+    if "decode" in cfg:  # open for the optional keys (decode.pad_batches), which the schema checks
         OmegaConf.set_struct(cfg.decode, False)
     cfg = OmegaConf.merge(cfg, *layers)
     with open_dict(cfg):
@@ -138,4 +150,3 @@ def _resolve(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         cfg.cli_overrides = list(overrides)
     return cfg
-

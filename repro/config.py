@@ -30,7 +30,9 @@ def load_group(group: str, name: str, **overrides) -> DictConfig:
     a fresh object on every call: the caller may change it."""
     path = group_path(group, name)
     if not path.exists():
-        raise ReproError(f"{group}={name}: no such option (conf/{group}/{name}.yaml); options: {', '.join(options(group))}")
+        raise ReproError(
+            f"{group}={name}: no such option (conf/{group}/{name}.yaml); options: {', '.join(options(group))}"
+        )
     cfg = OmegaConf.load(path)
     return OmegaConf.merge(cfg, overrides) if overrides else cfg
 

@@ -80,12 +80,12 @@ def all_gather(obj) -> list:
 
 def shard(items: list) -> list:
     """This rank's share of items: every world_size-th, from position rank (all of them when not distributed)."""
-    return items[rank()::world_size()] if active() else list(items)
+    return items[rank() :: world_size()] if active() else list(items)
 
 
 def unshard(parts: list[list], n: int) -> list:
     """The inverse of shard: parts[r] holds items r, r + W, r + 2W, ... of n."""
     out = [None] * n
     for r, part in enumerate(parts):
-        out[r::len(parts)] = part
+        out[r :: len(parts)] = part
     return out

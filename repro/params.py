@@ -26,7 +26,7 @@ import copy
 import json
 import re
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -40,11 +40,25 @@ from repro.models import build_on_meta
 from repro.tasks import kind_for_model
 
 PAPER_DIR = Path(__file__).parent / "paper"
-TABLES = {"table2": "table2_glue.yaml", "table3": "table3_e2e.yaml", "table13": "table13_dart.yaml",
-          "table14": "table14_webnlg.yaml"}
-LABEL_TO_METHOD = {"FT": "ft", "FTTop2": "fttop2", "BitFit": "bitfit", "LoRA": "lora", "AdptD": "adapter_d",
-                   "AdptP": "adapter_p", "AdptH": "adapter_h", "AdapterL": "adapter_l", "AdapterH": "adapter_h",
-                   "PreLayer": "prefix_layer", "PreEmbed": "prefix_embed"}
+TABLES = {
+    "table2": "table2_glue.yaml",
+    "table3": "table3_e2e.yaml",
+    "table13": "table13_dart.yaml",
+    "table14": "table14_webnlg.yaml",
+}
+LABEL_TO_METHOD = {
+    "FT": "ft",
+    "FTTop2": "fttop2",
+    "BitFit": "bitfit",
+    "LoRA": "lora",
+    "AdptD": "adapter_d",
+    "AdptP": "adapter_p",
+    "AdptH": "adapter_h",
+    "AdapterL": "adapter_l",
+    "AdapterH": "adapter_h",
+    "PreLayer": "prefix_layer",
+    "PreEmbed": "prefix_embed",
+}
 LORA_R = {"roberta-base": 8, "roberta-large": 8, "deberta-v2-xxlarge": 16, "gpt2-medium": 4, "gpt2-large": 4}
 
 
@@ -61,7 +75,7 @@ def dims(name: str) -> tuple[int, int]:
     return (a.get("num_hidden_layers") or a.n_layer), (a.get("hidden_size") or a.n_embd)
 
 
-@lru_cache(maxsize=None)
+@cache
 def meta_model(model: str) -> torch.nn.Module:
     mc = load_group("model", model)
     return build_on_meta(mc, kind_for_model(mc.kind), num_labels=2)
@@ -79,8 +93,10 @@ def adapter_formula(L: int, d: int, method: str, r: int, drop: int = 0) -> tuple
     cfg = load_group("method", method)
     n_adpt = (L - drop) * len(cfg.sites)
     n_ln = (L - drop) * (1 if cfg.adapter_layernorm else 0) + (2 * L if cfg.train_layernorm else 0)
-    return (f"L̂_Adpt×(2·d·r+r+d) + 2·L̂_LN·d = {n_adpt}×(2·{d}·{r}+{r}+{d}) + 2·{n_ln}·{d}",
-            n_adpt * (2 * d * r + r + d) + 2 * n_ln * d)
+    return (
+        f"L̂_Adpt×(2·d·r+r+d) + 2·L̂_LN·d = {n_adpt}×(2·{d}·{r}+{r}+{d}) + 2·{n_ln}·{d}",
+        n_adpt * (2 * d * r + r + d) + 2 * n_ln * d,
+    )
 
 
 def closest(f, target: float, lo: int = 1, hi: int = 2048) -> int:
@@ -112,14 +128,19 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
         formula, fval = adapter_formula(L, d, method, r)
         if load_group("method", method).train_layernorm:
             no_ln = fval - 2 * 2 * L * d
-            note.append(f"with the block LayerNorms frozen (L̂_LN=0) the formula gives {no_ln:,}, which "
-                        + ("matches" if abs(no_ln - paper) <= tol else "does not match either") + " the printed count")
+            note.append(
+                f"with the block LayerNorms frozen (L̂_LN=0) the formula gives {no_ln:,}, which "
+                + ("matches" if abs(no_ln - paper) <= tol else "does not match either")
+                + " the printed count"
+            )
     elif method == "prefix_layer":
         n = closest(lambda k: L * d * k, solve_for, 1, 512)
         over = {"l_p": n, "l_i": 0}
         formula, fval = f"L·d·(l_p+l_i) = {L}·{d}·({n}+0)", L * d * n
-        note.append(f"l_p={n}, l_i=0: closest to the printed count; the printed 0.35M/0.77M are Li & Liang's '0.1%' "
-                    f"of the model (Li & Liang's own prefix length for table-to-text: 10)")
+        note.append(
+            f"l_p={n}, l_i=0: closest to the printed count; the printed 0.35M/0.77M are Li & Liang's '0.1%' "
+            f"of the model (Li & Liang's own prefix length for table-to-text: 10)"
+        )
     elif method == "fttop2":
         per_block = count(model, "fttop2", top_layers=1)
         formula, fval = f"2 × params of one block = 2×{per_block}", 2 * per_block
@@ -140,14 +161,26 @@ def row_count(row: dict, precise: dict | None = None) -> dict:
         note.append(f"ours != formula ({ours:,} vs {fval:,})")
     if method in ("ft", "bitfit") and not agrees:
         note.append(f"printed {row['params']} vs our count {ours:,}")
-    config = method + "".join(f" {k}={v}" for k, v in over.items() if k != "targets") + (" (q,v)" if method == "lora" else "")
-    return {"model": model, "method": label + row.get("marker", "").replace("*", "*"), "config": config, "ours": ours,
-            "paper": row["params"], "formula": formula, "formula_value": fval,
-            "paper_matches_formula": agrees if fval is not None else None, "note": "; ".join(note)}
+    config = (
+        method
+        + "".join(f" {k}={v}" for k, v in over.items() if k != "targets")
+        + (" (q,v)" if method == "lora" else "")
+    )
+    return {
+        "model": model,
+        "method": label + row.get("marker", "").replace("*", "*"),
+        "config": config,
+        "ours": ours,
+        "paper": row["params"],
+        "formula": formula,
+        "formula_value": fval,
+        "paper_matches_formula": agrees if fval is not None else None,
+        "note": "; ".join(note),
+    }
 
 
-VARIANT_MODELS = {"roberta-base": 8, "roberta-large": 8, "gpt2-medium": 4}   # model -> r (LoRA's r in the paper)
-VARIANTS = ("lora", *VARIANT_METHODS)   # LoRA, then its variants (repro.method_traits)
+VARIANT_MODELS = {"roberta-base": 8, "roberta-large": 8, "gpt2-medium": 4}  # model -> r (LoRA's r in the paper)
+VARIANTS = ("lora", *VARIANT_METHODS)  # LoRA, then its variants (repro.method_traits)
 
 
 def d_ff(name: str) -> int:
@@ -158,21 +191,27 @@ def d_ff(name: str) -> int:
 def variant_formula(model: str, method: str, r: int) -> tuple[str, int]:
     """|Θ| of a LoRA variant on (q, v), or on every block matrix for lora_all_linear. L̂_LoRA = 2L matrices of d × d."""
     L, d = dims(model)
-    if method in ("lora", "rslora", "pissa"):   # rsLoRA, PiSSA change γ and the init, not the shapes
+    if method in ("lora", "rslora", "pissa"):  # rsLoRA, PiSSA change γ and the init, not the shapes
         return f"2·L̂_LoRA·d·r = 2·{2 * L}·{d}·{r}", 2 * 2 * L * d * r
-    if method == "dora":                       # + a magnitude per output row of each adapted matrix
+    if method == "dora":  # + a magnitude per output row of each adapted matrix
         return f"2·L̂_LoRA·d·r + L̂_LoRA·d = 2·{2 * L}·{d}·{r} + {2 * L}·{d}", 2 * 2 * L * d * r + 2 * L * d
-    if method in ("lora_all_linear", "qlora"):  # QLoRA: LoRA on all linears; the 4-bit base is not counted. Σ over a block's matrices of r·(d_in + d_out): q,k,v,o, mlp_in, mlp_out
+    if (
+        method in ("lora_all_linear", "qlora")
+    ):  # QLoRA: LoRA on all linears; the 4-bit base is not counted. Σ over a block's matrices of r·(d_in + d_out): q,k,v,o, mlp_in, mlp_out
         f = d_ff(model)
         return (f"L·r·(4·2d + 2·(d+d_ff)) = {L}·{r}·(8·{d} + 2·({d}+{f}))", L * r * (8 * d + 2 * (d + f)))
-    if method == "adalora":   # P, Q, Λ at init_r on all six block matrices; GPT-2's fused c_attn is one 3d × d matrix
+    if method == "adalora":  # P, Q, Λ at init_r on all six block matrices; GPT-2's fused c_attn is one 3d × d matrix
         f, r0 = d_ff(model), load_group("method", "adalora").init_r
         if load_group("model", model).model_type == "gpt2":
-            return (f"L·(r₀(d+3d)+r₀ + r₀·2d+r₀ + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = "
-                    f"{L}·({r0}·4·{d}+{r0} + {r0}·2·{d}+{r0} + 2·({r0}·({d}+{f})+{r0}))",
-                    L * (r0 * 4 * d + r0 + r0 * 2 * d + r0 + 2 * (r0 * (d + f) + r0)))
-        return (f"L·(4·(2d·r₀+r₀) + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = {L}·(4·(2·{d}·{r0}+{r0}) + 2·({r0}·({d}+{f})+{r0}))",
-                L * (4 * (2 * d * r0 + r0) + 2 * (r0 * (d + f) + r0)))
+            return (
+                f"L·(r₀(d+3d)+r₀ + r₀·2d+r₀ + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = "
+                f"{L}·({r0}·4·{d}+{r0} + {r0}·2·{d}+{r0} + 2·({r0}·({d}+{f})+{r0}))",
+                L * (r0 * 4 * d + r0 + r0 * 2 * d + r0 + 2 * (r0 * (d + f) + r0)),
+            )
+        return (
+            f"L·(4·(2d·r₀+r₀) + 2·(r₀(d+d_ff)+r₀)), r₀=init_r = {L}·(4·(2·{d}·{r0}+{r0}) + 2·({r0}·({d}+{f})+{r0}))",
+            L * (4 * (2 * d * r0 + r0) + 2 * (r0 * (d + f) + r0)),
+        )
     raise KeyError(method)
 
 
@@ -184,24 +223,40 @@ def variant_rows() -> list[dict]:
     for model, r in VARIANT_MODELS.items():
         for method in VARIANTS:
             if method == "qlora" and load_group("model", model).model_type == "gpt2":
-                continue   # Conv1D is not quantized (repro.methods.qlora)
+                continue  # Conv1D is not quantized (repro.methods.qlora)
             formula, fval = variant_formula(model, method, r)
             if method == "adalora":
                 ours, config = count(model, method), f"adalora init_r={load_group('method', 'adalora').init_r}"
             else:
                 ours, config = count(model, method, r=r, alpha=r), f"{method} r={r}"
-            out.append({"table": "variants", "model": model, "method": method, "config": config,
-                        "ours": ours, "paper": "-", "formula": formula, "formula_value": fval,
-                        "paper_matches_formula": None,
-                        "note": "" if ours == fval else f"ours != formula ({ours:,} vs {fval:,})"})
+            out.append(
+                {
+                    "table": "variants",
+                    "model": model,
+                    "method": method,
+                    "config": config,
+                    "ours": ours,
+                    "paper": "-",
+                    "formula": formula,
+                    "formula_value": fval,
+                    "paper_matches_formula": None,
+                    "note": "" if ours == fval else f"ours != formula ({ours:,} vs {fval:,})",
+                }
+            )
     return out
 
 
 # SmolLM2-135M under the methods of conf/table/e2e_cpu.yaml (sizes: the paper's GPT-2 M rows, see that table)
-STAND_IN_ROWS = [("FT", "ft", {}), ("FTTop2", "fttop2", {}), ("AdapterL", "adapter_l", {"r": 6}),
-                 ("AdapterH", "adapter_h", {"r": 111}), ("PreEmbed", "prefix_embed", {"l_p": 10, "l_i": 0}),
-                 ("PreLayer", "prefix_layer", {"l_p": 10, "l_i": 0}),
-                 ("LoRA", "lora", {"r": 4, "alpha": 32, "targets": ["q", "v"]}), ("BitFit", "bitfit", {})]
+STAND_IN_ROWS = [
+    ("FT", "ft", {}),
+    ("FTTop2", "fttop2", {}),
+    ("AdapterL", "adapter_l", {"r": 6}),
+    ("AdapterH", "adapter_h", {"r": 111}),
+    ("PreEmbed", "prefix_embed", {"l_p": 10, "l_i": 0}),
+    ("PreLayer", "prefix_layer", {"l_p": 10, "l_i": 0}),
+    ("LoRA", "lora", {"r": 4, "alpha": 32, "targets": ["q", "v"]}),
+    ("BitFit", "bitfit", {}),
+]
 
 
 def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]:
@@ -209,23 +264,32 @@ def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]
     a = load_group("model", model).arch
     L, d, ff, V = a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.vocab_size
     d_kv = a.num_key_value_heads * a.get("head_dim", d // a.num_attention_heads)
-    block = 2 * d * d + 2 * d * d_kv + 3 * d * ff + 2 * d     # q, o; k, v; gate, up, down; two RMSNorm weights
+    block = 2 * d * d + 2 * d * d_kv + 3 * d * ff + 2 * d  # q, o; k, v; gate, up, down; two RMSNorm weights
     if method == "ft":
         return f"V·d + L·block + d = {V}·{d} + {L}·{block} + {d} (LM head tied to the embedding)", V * d + L * block + d
     if method == "fttop2":
-        return (f"2·block = 2·(2·d·d + 2·d·d_kv + 3·d·d_ff + 2·d) = 2·(2·{d}·{d} + 2·{d}·{d_kv} + 3·{d}·{ff} + 2·{d})",
-                2 * block)
+        return (
+            f"2·block = 2·(2·d·d + 2·d·d_kv + 3·d·d_ff + 2·d) = 2·(2·{d}·{d} + 2·{d}·{d_kv} + 3·{d}·{ff} + 2·{d})",
+            2 * block,
+        )
     if method == "lora":
         r = over["r"]
-        return (f"L·r·((d+d) + (d+d_kv)) = {L}·{r}·(({d}+{d}) + ({d}+{d_kv}))  [not 2·L̂·d·r = {2 * 2 * L * d * r:,}: "
-                f"W_v is {d} -> {d_kv}]", L * r * ((d + d) + (d + d_kv)))
+        return (
+            f"L·r·((d+d) + (d+d_kv)) = {L}·{r}·(({d}+{d}) + ({d}+{d_kv}))  [not 2·L̂·d·r = {2 * 2 * L * d * r:,}: "
+            f"W_v is {d} -> {d_kv}]",
+            L * r * ((d + d) + (d + d_kv)),
+        )
     if method == "adapter_l":
         r = over["r"]
-        return f"L·(2·d·r+r+d) + 2·L·d = {L}·(2·{d}·{r}+{r}+{d}) + 2·{L}·{d}  (own LayerNorm)", L * (2 * d * r + r + d) + 2 * L * d
+        return f"L·(2·d·r+r+d) + 2·L·d = {L}·(2·{d}·{r}+{r}+{d}) + 2·{L}·{d}  (own LayerNorm)", L * (
+            2 * d * r + r + d
+        ) + 2 * L * d
     if method == "adapter_h":
         r = over["r"]
-        return (f"2L·(2·d·r+r+d) + 2L·d = {2 * L}·(2·{d}·{r}+{r}+{d}) + {2 * L}·{d}  (RMSNorm: weight only)",
-                2 * L * (2 * d * r + r + d) + 2 * L * d)
+        return (
+            f"2L·(2·d·r+r+d) + 2L·d = {2 * L}·(2·{d}·{r}+{r}+{d}) + {2 * L}·{d}  (RMSNorm: weight only)",
+            2 * L * (2 * d * r + r + d) + 2 * L * d,
+        )
     if method == "prefix_layer":
         n = over["l_p"] + over["l_i"]
         return f"L·d·(l_p+l_i) = {L}·{d}·({over['l_p']}+{over['l_i']})", L * d * n
@@ -243,14 +307,29 @@ def stand_in_rows(model: str = "smollm2-135m") -> list[dict]:
         formula, fval = llama_formula(model, method, over)
         try:
             ours, note = count(model, method, **over), ""
-        except ReproError as exc:   # BitFit on a model without biases
+        except ReproError as exc:  # BitFit on a model without biases
             ours, note = None, f"refused: {exc}"
         if fval is not None and ours != fval:
             note = f"ours != formula ({ours:,} vs {fval:,})"
-        config = method + "".join(f" {k}={v}" for k, v in over.items() if k not in ("targets", "alpha")) + \
-            (" (q,v)" if method == "lora" else "")
-        out.append({"table": "e2e_cpu", "model": model, "method": label, "config": config, "ours": ours, "paper": "-",
-                    "formula": formula, "formula_value": fval, "paper_matches_formula": None, "note": note})
+        config = (
+            method
+            + "".join(f" {k}={v}" for k, v in over.items() if k not in ("targets", "alpha"))
+            + (" (q,v)" if method == "lora" else "")
+        )
+        out.append(
+            {
+                "table": "e2e_cpu",
+                "model": model,
+                "method": label,
+                "config": config,
+                "ours": ours,
+                "paper": "-",
+                "formula": formula,
+                "formula_value": fval,
+                "paper_matches_formula": None,
+                "note": note,
+            }
+        )
     return out
 
 
@@ -272,8 +351,10 @@ def fmt_text(rows: list[dict]) -> str:
         fv = f"{r['formula_value']:,}" if r["formula_value"] is not None else "-"
         ag = {True: "yes", False: "NO", None: "-"}[r["paper_matches_formula"]]
         ours = f"{r['ours']:,}" if r["ours"] is not None else "-"
-        lines.append(f"{r['table']:<8} {r['model']:<19} {r['method']:<10} {r['config']:<22} {ours:>13} "
-                     f"{r['paper']:>8} {fv:>14}  {ag:<6}  {r['note']}")
+        lines.append(
+            f"{r['table']:<8} {r['model']:<19} {r['method']:<10} {r['config']:<22} {ours:>13} "
+            f"{r['paper']:>8} {fv:>14}  {ag:<6}  {r['note']}"
+        )
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
     rows, _, table = build(table_name, results_dir)
     paper = load_paper(table) or {}
     tasks = list(table["tasks"])
-    cols = table_columns(table, paper)   # one panel per task (+ Avg), or per metric of a one-task NLG table
+    cols = table_columns(table, paper)  # one panel per task (+ Avg), or per metric of a one-task NLG table
     columns = [c.name for c in cols] + ([] if any(c.metric for c in cols) else ["Avg"])
     ncol = 3
     nrow = -(-len(columns) // ncol)
@@ -52,17 +52,34 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
                     med = med if k == len(tasks) else None
                 else:
                     cell = row.cells[cols[i].key]
-                    med, lo, hi = cell.median, (min(cell.scores) if cell.scores else None), (max(cell.scores) if cell.scores else None)
+                    med, lo, hi = (
+                        cell.median,
+                        (min(cell.scores) if cell.scores else None),
+                        (max(cell.scores) if cell.scores else None),
+                    )
                 if med is not None:
-                    ax.errorbar([x], [med], yerr=[[med - lo], [hi - med]], fmt="o", color=c, capsize=2,
-                                label=f"{method} ({row.model})")
+                    ax.errorbar(
+                        [x],
+                        [med],
+                        yerr=[[med - lo], [hi - med]],
+                        fmt="o",
+                        color=c,
+                        capsize=2,
+                        label=f"{method} ({row.model})",
+                    )
             # the paper's: hollow marker at the paper's count
             if row.paper:
                 px = parse_params(row.paper.get("params"))
                 py = paper_average(row, len(tasks)) if col == "Avg" else row.cells[cols[i].key].paper
                 if px and py is not None:
-                    ax.scatter([px], [py], facecolors="none", edgecolors=[c], marker="s",
-                               label=f"{method} (paper, {row.paper['model']})")
+                    ax.scatter(
+                        [px],
+                        [py],
+                        facecolors="none",
+                        edgecolors=[c],
+                        marker="s",
+                        label=f"{method} (paper, {row.paper['model']})",
+                    )
         ax.set_xscale("log")
         ax.set_title(col)
         ax.set_xlabel("trainable parameters (log)")
@@ -70,13 +87,15 @@ def score_vs_params(table_name: str, results_dir, out_dir) -> Path:
         ax.grid(alpha=0.3)
     for j in range(len(columns), nrow * ncol):
         axes[j // ncol][j % ncol].axis("off")
-    handles, labels = {}, []
+    handles = {}
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.suptitle(f"Table {table_name}: score against trainable parameters (filled: ours, median over seeds; hollow: paper)")
+    fig.suptitle(
+        f"Table {table_name}: score against trainable parameters (filled: ours, median over seeds; hollow: paper)"
+    )
     fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(handles) // 3), 1, 0.96))
     out = Path(out_dir) / f"{table_name}_score_vs_params.png"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,22 @@ log = logging.getLogger(__name__)
 # go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
 # over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan); how a table
 # is printed (table.render).
-VOLATILE_KEYS = ("force", "dry_run", "paths", "wandb", "cli_overrides", "allow_cpu", "threads", "table.render",
-                 "train.keep_checkpoints", "train.logging_steps", "train.allow_smoke_init", "train.divergence_patience",
-                 "model.max_per_device_batch_size", "model.gradient_checkpointing")
+VOLATILE_KEYS = (
+    "force",
+    "dry_run",
+    "paths",
+    "wandb",
+    "cli_overrides",
+    "allow_cpu",
+    "threads",
+    "table.render",
+    "train.keep_checkpoints",
+    "train.logging_steps",
+    "train.allow_smoke_init",
+    "train.divergence_patience",
+    "model.max_per_device_batch_size",
+    "model.gradient_checkpointing",
+)
 
 
 def method_dirname(cfg: DictConfig) -> str:
@@ -95,10 +108,14 @@ def cell_lock(cfg: DictConfig):
     if no_flock is not None:
         if not _warned_no_flock:
             _warned_no_flock = True
-            log.warning("flock is not supported on %s (%s): cell locks fall back to exclusive lock files "
-                        "(seed<k>.lock.pid, holding pid, host and SLURM job). A job killed with SIGKILL on another host "
-                        "leaves its file behind: delete it by hand if no job of that cell runs (the same SLURM job, "
-                        "requeued, and a dead pid on the same host take it over).", path.parent, os.strerror(no_flock))
+            log.warning(
+                "flock is not supported on %s (%s): cell locks fall back to exclusive lock files "
+                "(seed<k>.lock.pid, holding pid, host and SLURM job). A job killed with SIGKILL on another host "
+                "leaves its file behind: delete it by hand if no job of that cell runs (the same SLURM job, "
+                "requeued, and a dead pid on the same host take it over).",
+                path.parent,
+                os.strerror(no_flock),
+            )
         with exclusive_file_lock(cfg, path.with_name(path.name + ".pid")) as held:
             yield held
         return
@@ -150,8 +167,10 @@ def exclusive_file_lock(cfg: DictConfig, path: Path):
                 path.unlink(missing_ok=True)
                 continue
             who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "unknown"
-            raise CellBusy(f"{record_path(cfg)} is being run by another job ({who}); lock file {path} (no flock on "
-                           f"this filesystem: if no job of this cell is running, delete the file)") from None
+            raise CellBusy(
+                f"{record_path(cfg)} is being run by another job ({who}); lock file {path} (no flock on "
+                f"this filesystem: if no job of this cell is running, delete the file)"
+            ) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
@@ -175,8 +194,14 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    steps = sorted(((int(m.group(1)), p) for p in folder.iterdir()
-                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))), reverse=True)
+    steps = sorted(
+        (
+            (int(m.group(1)), p)
+            for p in folder.iterdir()
+            if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+        ),
+        reverse=True,
+    )
     for _, ckpt in steps:
         try:
             json.loads((ckpt / "trainer_state.json").read_text())
@@ -287,8 +312,12 @@ def code_diff() -> str:
     adds to its commit; "" for a clean tree (or no git). Untracked files are not part of it (nor of git_dirty).
     Secret-looking environment values are redacted, as in records."""
     try:
-        out = subprocess.run(["git", "diff", "HEAD", "--no-color", "--no-ext-diff", "--binary", "--", ".", ":(exclude)results"],
-                             cwd=PROJECT_ROOT, capture_output=True, timeout=30)
+        out = subprocess.run(
+            ["git", "diff", "HEAD", "--no-color", "--no-ext-diff", "--binary", "--", ".", ":(exclude)results"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return redact(out.stdout.decode("utf-8", "replace")) if out.returncode == 0 else ""
@@ -338,7 +367,9 @@ def provenance(diff: str | None = None) -> dict:
 
     def git(*args):
         try:
-            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -352,5 +383,7 @@ def provenance(diff: str | None = None) -> dict:
         "python": platform.python_version(),
         "host": platform.node(),
         "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()})",
     }

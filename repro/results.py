@@ -22,10 +22,9 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterable, Mapping
-
 
 from repro import tune
 from repro.config import read_group
@@ -43,32 +42,33 @@ MATCH_PTS = 1.0
 class Record:
     """One seed of one cell, as repro.run wrote it (the fields are the JSON's keys; `raw` is the whole record, for the
     fields no reader needs a name for: traceback, resumed_from, skipped_steps, world_size, ...)."""
+
     path: Path | None
-    status: str | None                # "ok", "failed"
-    error: str | None                 # why a failed cell failed ("Diverged: ...")
+    status: str | None  # "ok", "failed"
+    error: str | None  # why a failed cell failed ("Diverged: ...")
     table: str | None
     model: str | None
     method: str | None
-    variant: str                      # "default" when the record names none
+    variant: str  # "default" when the record names none
     task: str | None
     seed: int | None
-    metrics: dict                     # metric -> value on its own scale (accuracy 0.91, BLEU 0.68, NIST 8.6)
-    trainable_params: int | None      # adapter + task head
-    adapter_params: int | None        # trainable less the task head
+    metrics: dict  # metric -> value on its own scale (accuracy 0.91, BLEU 0.68, NIST 8.6)
+    trainable_params: int | None  # adapter + task head
+    adapter_params: int | None  # trainable less the task head
     head_params: int | None
     total_params: int | None
-    steps: int | None                 # optimizer steps taken
-    wall_s: float | None              # the whole cell: set-up, training, scoring
-    train_runtime_s: float | None     # the Trainer's train_runtime (None: it logged none)
+    steps: int | None  # optimizer steps taken
+    wall_s: float | None  # the whole cell: set-up, training, scoring
+    train_runtime_s: float | None  # the Trainer's train_runtime (None: it logged none)
     peak_rss_mb: float | None
-    peak_rss_scope: str | None        # "cell": since the cell started; "process": the sweep process's peak
-    process_cell_index: int | None    # 0: the first cell its process ran
-    history: dict                     # train_loss [{step, epoch, loss}], eval [{step, epoch, dev_<metric>, ...}]
-    selected: dict                    # the step whose weights were scored: {rule, step, epoch}
-    decode: dict                      # NLG: how the test inputs were decoded
-    batch: dict                       # the global batch's split: per_device, accumulation, world_size
-    config: dict                      # the resolved config the cell ran
-    provenance: dict                  # git commit, dirty, diff sha256, versions, host
+    peak_rss_scope: str | None  # "cell": since the cell started; "process": the sweep process's peak
+    process_cell_index: int | None  # 0: the first cell its process ran
+    history: dict  # train_loss [{step, epoch, loss}], eval [{step, epoch, dev_<metric>, ...}]
+    selected: dict  # the step whose weights were scored: {rule, step, epoch}
+    decode: dict  # NLG: how the test inputs were decoded
+    batch: dict  # the global batch's split: per_device, accumulation, world_size
+    config: dict  # the resolved config the cell ran
+    provenance: dict  # git commit, dirty, diff sha256, versions, host
     fingerprint: str | None
     raw: dict = field(repr=False)
 
@@ -137,7 +137,7 @@ def main_metric(task: str, config: Mapping | None = None) -> str:
     data = read_group("task", task)
     if data is None:
         return "accuracy"
-    return (data.get("task") or data).get("main_metric", "accuracy")   # the NLG task files nest it under `task:`
+    return (data.get("task") or data).get("main_metric", "accuracy")  # the NLG task files nest it under `task:`
 
 
 def record_score(record: Record | Mapping, metric: str | None = None, scale: float = 100.0) -> float | None:
@@ -163,10 +163,13 @@ def cell_cost(record: Record) -> dict:
     allocated, and older records hold their sweep process's peak; those give none."""
     evals = sum(e.get("dev_runtime", 0.0) for e in record.history.get("eval", []))
     steps, wall = record.steps, record.wall_s
-    runtime = record.train_runtime_s if "train_runtime_s" in record.raw else wall   # older records: no such field
+    runtime = record.train_runtime_s if "train_runtime_s" in record.raw else wall  # older records: no such field
     own = record.peak_rss_scope == "cell" and record.process_cell_index == 0
-    return {"peak_rss_mb": record.peak_rss_mb if own else None, "wall_s": wall,
-            "s_per_step": (runtime - evals) / steps if steps and runtime is not None else None}
+    return {
+        "peak_rss_mb": record.peak_rss_mb if own else None,
+        "wall_s": wall,
+        "s_per_step": (runtime - evals) / steps if steps and runtime is not None else None,
+    }
 
 
 def short_reason(error: str | None) -> str:
@@ -183,14 +186,15 @@ class Cell:
     """The seeds of one cell scored in one column (a metric at a scale): an ok record with a score counts, one
     without the metric and a failed one count as failed, with the reason. `paper` is the paper's number for the
     cell when a table prints it beside ours (repro.tables)."""
-    scores: list[float] = field(default_factory=list)     # one per scored seed, in the order added
+
+    scores: list[float] = field(default_factory=list)  # one per scored seed, in the order added
     seeds: list[int] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)        # the scored records
-    params: list[int] = field(default_factory=list)       # shown_params of the scored records that have one
-    costs: list[dict] = field(default_factory=list)       # cell_cost of each scored record
-    precisions: list = field(default_factory=list)        # the precision each scored record ran in
-    failed: Counter = field(default_factory=Counter)      # reason -> count
-    untraced: list = field(default_factory=list)          # (record path, why its code cannot be traced)
+    paths: list[str] = field(default_factory=list)  # the scored records
+    params: list[int] = field(default_factory=list)  # shown_params of the scored records that have one
+    costs: list[dict] = field(default_factory=list)  # cell_cost of each scored record
+    precisions: list = field(default_factory=list)  # the precision each scored record ran in
+    failed: Counter = field(default_factory=Counter)  # reason -> count
+    untraced: list = field(default_factory=list)  # (record path, why its code cannot be traced)
     paper: float | None = None
 
     def add(self, record: Record, metric: str | None = None, scale: float = 100.0) -> None:
@@ -220,7 +224,7 @@ class Cell:
 
     @property
     def std(self):
-        return statistics.stdev(self.scores) if len(self.scores) > 1 else None    # undefined for one seed
+        return statistics.stdev(self.scores) if len(self.scores) > 1 else None  # undefined for one seed
 
     @property
     def median(self):
@@ -239,6 +243,7 @@ class Tuning:
     """A tuned table's choices, read from its records with repro/tune.py's rule: per (tune group, task) the candidate
     with the best dev score on the selection seed. `choices`: (model, method, tune name, task) -> (chosen variant or
     None, why, {variant: score on the selection seed, None if it failed, tune.NOT_RUN if it has no record})."""
+
     table: Mapping
     choices: dict
 
@@ -267,11 +272,17 @@ class Tuning:
         if undecided:
             return f"tuning not finished ({undecided} of {len(self.choices)} (row, task) choices undecided)"
         have = {(*r.key, r.seed) for r in records}
-        seeds_of = {(row["model"], row["method"], row.get("variant", "default")):
-                    row.get("seeds") or self.table.get("seeds") or [0] for row in self.table["rows"]}
-        wanted = [(model, method, chosen, task, seed)
-                  for (model, method, _, task), (chosen, _, _) in self.choices.items()
-                  for seed in seeds_of[(model, method, chosen)]]
+        seeds_of = {
+            (row["model"], row["method"], row.get("variant", "default")): row.get("seeds")
+            or self.table.get("seeds")
+            or [0]
+            for row in self.table["rows"]
+        }
+        wanted = [
+            (model, method, chosen, task, seed)
+            for (model, method, _, task), (chosen, _, _) in self.choices.items()
+            for seed in seeds_of[(model, method, chosen)]
+        ]
         missing = sum(key not in have for key in wanted)
         if missing:
             return f"tuning not finished (the chosen candidates' seeds: {missing} of {len(wanted)} not run)"

@@ -41,8 +41,8 @@ from transformers import set_seed
 
 from repro import dist, records
 from repro.cell import resolve_cell, smoke_reason
-from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.errors import ReproError
+from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.methods import apply_method, parameter_counts
 from repro.methods.checkpoint import init_from, save_trainable
 from repro.models import load_model, load_tokenizer
@@ -55,7 +55,9 @@ log = logging.getLogger("repro.run")
 
 # conf/hydra/launcher/submitit_local.yaml shadows the plugin's schema of that name (to give CPU defaults); Hydra 1.3
 # accepts it and warns on every start.
-warnings.filterwarnings("ignore", message=r"(?s).*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
+warnings.filterwarnings(
+    "ignore", message=r"(?s).*'hydra/launcher/submitit_local' is validated against ConfigStore schema"
+)
 
 
 def configure_tracking(cfg: DictConfig) -> None:
@@ -77,11 +79,16 @@ def finish_tracking(cfg: DictConfig, record: dict) -> None:
     """The record's outcome as the wandb run's summary, then close the run (one run per cell, also in a sweep)."""
     if not cfg.wandb.enabled:
         return
-    import wandb   # an optional dependency, imported only when tracking is on
+    import wandb  # an optional dependency, imported only when tracking is on
 
     if wandb.run is not None:
-        wandb.run.summary.update({"status": record["status"], **{f"final/{k}": v for k, v in record["metrics"].items()},
-                                  **{k: record.get(k) for k in ("trainable_params", "adapter_params", "wall_s")}})
+        wandb.run.summary.update(
+            {
+                "status": record["status"],
+                **{f"final/{k}": v for k, v in record["metrics"].items()},
+                **{k: record.get(k) for k in ("trainable_params", "adapter_params", "wall_s")},
+            }
+        )
         wandb.finish(exit_code=0 if record["status"] == "ok" else 1)
 
 
@@ -95,9 +102,9 @@ def run_cell(cfg: DictConfig) -> dict:
         log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
         return {**done, "skipped": True}
     start = time.time()
-    rss_scope = "cell" if reset_peak_rss() else "process"   # peak memory of this cell, not of the sweep's process
-    setup = set_up_cell(cfg)   # bad input fails here, before any file or folder of the cell is written
-    if cfg.get("threads"):   # submitit's local executor ignores cpus_per_task: the cell sets its own threads
+    rss_scope = "cell" if reset_peak_rss() else "process"  # peak memory of this cell, not of the sweep's process
+    setup = set_up_cell(cfg)  # bad input fails here, before any file or folder of the cell is written
+    if cfg.get("threads"):  # submitit's local executor ignores cpus_per_task: the cell sets its own threads
         torch.set_num_threads(int(cfg.threads))
     with contextlib.ExitStack() as lock:
         verdict = None
@@ -129,7 +136,8 @@ def check_cpu_allowed(cfg: DictConfig) -> None:
     raise ReproError(
         f"model={cfg.model.name} in table={cfg.table.name} is a paper cell sized for GPUs, and no CUDA device is "
         f"available here: pass allow_cpu=true to train it on the CPU anyway, or run one of the table's stand-ins "
-        f"({', '.join(cfg.table.get('stand_ins') or {}) or 'none'}) instead.")
+        f"({', '.join(cfg.table.get('stand_ins') or {}) or 'none'}) instead."
+    )
 
 
 def check_tools(cfg: DictConfig) -> None:
@@ -138,7 +146,8 @@ def check_tools(cfg: DictConfig) -> None:
         raise ReproError(
             f"task={cfg.task.name} is scored with METEOR (meteor-1.5.jar), which needs Java 1.8+ on PATH, and there is "
             f"no `java` on PATH: install a JRE (e.g. `apt-get install default-jre-headless`, or `module load java` on "
-            f"a cluster) before training the cell.")
+            f"a cluster) before training the cell."
+        )
 
 
 class SetupFailed(ReproError):
@@ -179,61 +188,79 @@ def set_up_cell(cfg: DictConfig) -> tuple:
         model = load_model(cfg.model, cfg.task, tokenizer)
     with setup_step(f"applying method={cfg.method.name} to model={cfg.model.name}"):
         model = apply_method(model, cfg.method)
-    if cfg.train.get("init_from"):   # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
+    if cfg.train.get("init_from"):  # e.g. the MNLI LoRA for RTE/MRPC/STS-B: LoRA tensors only (the head differs)
         with setup_step(f"train.init_from={cfg.train.init_from}"):
-            n = len(init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init"))))
+            n = len(
+                init_from(model, cfg.train.init_from, cfg.method, allow_smoke=bool(cfg.train.get("allow_smoke_init")))
+            )
         log.info("init_from %s: %d LoRA tensors", cfg.train.init_from, n)
     return tokenizer, data, model
 
 
-_CELLS_RUN = [0]   # cells this process has trained before the current one (records' process_cell_index)
+_CELLS_RUN = [0]  # cells this process has trained before the current one (records' process_cell_index)
 
 
 def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, data: dict, model) -> dict:
     main = dist.is_main()
     if main:
         records.prepare_checkpoint_dir(cfg)
-    dist.barrier()   # the folder is ready (an other config's checkpoints gone) before any rank's Trainer uses it
+    dist.barrier()  # the folder is ready (an other config's checkpoints gone) before any rank's Trainer uses it
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
 
-    record = {"status": "ok", "error": None, "table": cfg.table.name, "model": cfg.model.name,
-              "method": cfg.method.name, "variant": cfg.variant, "task": cfg.task.name, "seed": cfg.seed,
-              "world_size": dist.world_size()}
-    in_step = True   # every rank reaches the end of the cell (ok, or diverged: the logged loss is the all-ranks mean)
+    record = {
+        "status": "ok",
+        "error": None,
+        "table": cfg.table.name,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "variant": cfg.variant,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "world_size": dist.world_size(),
+    }
+    in_step = True  # every rank reaches the end of the cell (ok, or diverged: the logged loss is the all-ranks mean)
     outcome = None
     try:
         outcome = family(cfg.task.kind).train_and_score(cfg, model, tokenizer, data, records.checkpoint_dir(cfg))
     except Exception as exc:  # a diverged or crashed cell is a result too: recorded as failed, with the reason
         in_step = isinstance(exc, Diverged)
         if not main and not in_step:
-            raise   # this rank alone crashed: its exit makes torchrun stop the cell; nothing is recorded, it resumes
+            raise  # this rank alone crashed: its exit makes torchrun stop the cell; nothing is recorded, it resumes
         log.exception("cell failed")
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
     record.update(
         outcome.fields() if outcome is not None else {"metrics": {}},
         **counts,
         wall_s=round(time.time() - start, 1),
-        peak_rss_mb=round(hwm_rss_mb() if rss_scope == "cell" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        peak_rss_scope=rss_scope,   # "cell": since this cell started (VmHWM reset); "process": the sweep process's peak
-        process_cell_index=_CELLS_RUN[0],   # 0: the process's first cell, so its peak is its own (later cells of an
-                                            # in-process sweep start on memory earlier cells left behind)
+        peak_rss_mb=round(
+            hwm_rss_mb() if rss_scope == "cell" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
+        peak_rss_scope=rss_scope,  # "cell": since this cell started (VmHWM reset); "process": the sweep process's peak
+        process_cell_index=_CELLS_RUN[0],  # 0: the process's first cell, so its peak is its own (later cells of an
+        # in-process sweep start on memory earlier cells left behind)
         fingerprint=records.fingerprint(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    if main:   # rank 0 alone writes the weights, the record and its code diff, and removes the checkpoints
+    if main:  # rank 0 alone writes the weights, the record and its code diff, and removes the checkpoints
         if record["status"] == "ok":
-            save_trainable(model, records.weights_path(cfg), cfg, steps=outcome.steps,
-                           fingerprint=record["fingerprint"], smoke=smoke_reason(cfg))
+            save_trainable(
+                model,
+                records.weights_path(cfg),
+                cfg,
+                steps=outcome.steps,
+                fingerprint=record["fingerprint"],
+                smoke=smoke_reason(cfg),
+            )
         record["provenance"] = records.provenance(diff := records.code_diff())
-        records.write_diff(path, diff)   # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
+        records.write_diff(path, diff)  # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
         records.write_json_atomic(path, record)
         finish_tracking(cfg, record)
         if record["status"] == "ok" and not cfg.train.keep_checkpoints:
             shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
         log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
     if in_step:
-        dist.barrier()   # no rank exits (and makes torchrun stop the others) before rank 0 has written
+        dist.barrier()  # no rank exits (and makes torchrun stop the others) before rank 0 has written
     _CELLS_RUN[0] += 1
     return record
 
@@ -242,7 +269,7 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
 def main(cfg: DictConfig):
     try:
         cfg = resolve_cell(cfg, list(HydraConfig.get().overrides.task))
-        if cfg.dry_run:   # one cell; a grid's dry run (-m) is the table sweeper's, and never reaches this function
+        if cfg.dry_run:  # one cell; a grid's dry run (-m) is the table sweeper's, and never reaches this function
             print(json.dumps(describe_cell(cfg), indent=2, default=str))
             return "dry_run"
         record = run_cell(cfg)
@@ -252,7 +279,7 @@ def main(cfg: DictConfig):
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     if record["status"] == "busy" and HydraConfig.get().mode == RunMode.RUN:
-        sys.exit(75)   # EX_TEMPFAIL: the cell is running elsewhere
+        sys.exit(75)  # EX_TEMPFAIL: the cell is running elsewhere
     if record["status"] not in ("ok", "busy") and HydraConfig.get().mode == RunMode.RUN:
         sys.exit(1)
     return "skipped" if record.get("skipped") else record["status"]
@@ -286,7 +313,7 @@ def hydra_error(exc: BaseException) -> str:
         allowed = allowed_keys(path[:-1])
         if allowed:
             return f"{cause.full_key}: unknown key; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}"
-    text = str(exc).split("\nConfig search path:")[0]   # Hydra's search path says nothing about the mistake
+    text = str(exc).split("\nConfig search path:")[0]  # Hydra's search path says nothing about the mistake
     if cause is not None and str(cause) not in text:
         text += f"\n{cause}"
     return one_line(text)
@@ -299,7 +326,7 @@ def cli() -> None:
         main()
         return
     previous = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"     # Hydra raises instead of printing its report: formatted below
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report: formatted below
     try:
         main()
     except (HydraException, OmegaConfBaseException) as exc:

@@ -12,7 +12,7 @@ so a new field is tested without a new test.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -39,13 +39,14 @@ class Group(BaseModel):
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Name = Annotated[str, Field(min_length=1)]
-Partial = dict[str, Any]   # a partial cell config inside a table (merged into the cell, so checked there)
+Partial = dict[str, Any]  # a partial cell config inside a table (merged into the cell, so checked there)
 
 
 # ---------------------------------------------------------------- model
 class ArchConfig(Group):
     """`model.arch`: the transformers config keys of the architecture (encoders: BERT/RoBERTa/DeBERTa names;
     GPT-2: n_* names). Which ones are required depends on model.model_type (ModelConfig)."""
+
     # encoders
     num_hidden_layers: PosInt | None = None
     hidden_size: PosInt | None = None
@@ -91,9 +92,21 @@ class ArchConfig(Group):
 
 ARCH_REQUIRED = {
     "gpt2": ("n_layer", "n_embd", "n_head", "n_positions"),
-    "encoder": ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings"),
-    "llama": ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-              "max_position_embeddings"),
+    "encoder": (
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    ),
+    "llama": (
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    ),
 }
 DECODER_TYPES = ("gpt2", "llama")
 
@@ -104,15 +117,20 @@ class ModelConfig(Group):
     hub_id: Name | None = None
     package: Name | None = None
     tokenizer_hub_id: Name | None = None
-    tokenizer_model: Name | None = Field(None, description="tiny models: use this conf/model's tokenizer when available")
+    tokenizer_model: Name | None = Field(
+        None, description="tiny models: use this conf/model's tokenizer when available"
+    )
     gguf_file: Name | None = Field(None, description="source=package: the GGUF file inside the package")
     package_weights: Literal["q4_1_dequantized"] | None = Field(
-        None, description="what the package's weights are (SmolLM2: Q4_1 4-bit, dequantized to fp32 at load)")
+        None, description="what the package's weights are (SmolLM2: Q4_1 4-bit, dequantized to fp32 at load)"
+    )
     model_type: Literal["roberta", "bert", "deberta-v2", "gpt2", "llama"]
     kind: Literal["encoder", "decoder"]
     arch: ArchConfig
-    config_overrides: dict[str, Any] = {}   # set on the transformers config at load (e.g. DeBERTa cls_dropout)
-    max_per_device_batch_size: PosInt = Field(description="the per-device batch cap sized for the SLURM GPU (repro.plan)")
+    config_overrides: dict[str, Any] = {}  # set on the transformers config at load (e.g. DeBERTa cls_dropout)
+    max_per_device_batch_size: PosInt = Field(
+        description="the per-device batch cap sized for the SLURM GPU (repro.plan)"
+    )
     gradient_checkpointing: bool = Field(description="activation checkpointing: recompute activations in backward")
 
     @model_validator(mode="after")
@@ -120,21 +138,32 @@ class ModelConfig(Group):
         needed = ARCH_REQUIRED[self.model_type if self.model_type in ARCH_REQUIRED else "encoder"]
         missing = [k for k in needed if getattr(self.arch, k) is None]
         if missing:
-            raise bad(f"arch.{missing[0]}", None, f"required for model_type={self.model_type} (needs {', '.join(needed)})")
+            raise bad(
+                f"arch.{missing[0]}", None, f"required for model_type={self.model_type} (needs {', '.join(needed)})"
+            )
         if (self.kind == "decoder") != (self.model_type in DECODER_TYPES):
-            raise bad("kind", self.kind, f"model_type={self.model_type} is "
-                      f"{'a decoder' if self.model_type in DECODER_TYPES else 'an encoder'}")
+            raise bad(
+                "kind",
+                self.kind,
+                f"model_type={self.model_type} is {'a decoder' if self.model_type in DECODER_TYPES else 'an encoder'}",
+            )
         if self.source == "hub" and not self.hub_id:
             raise bad("hub_id", self.hub_id, "source=hub needs the hub id")
         if self.source == "package" and not self.package:
             raise bad("package", self.package, "source=package needs the package name")
         if self.source == "tiny" and not (self.tokenizer_hub_id or self.hub_id):
-            raise bad("tokenizer_hub_id", self.tokenizer_hub_id,
-                      "source=tiny needs the tokenizer's hub id (or the model's hub_id), for when no local tokenizer is set")
+            raise bad(
+                "tokenizer_hub_id",
+                self.tokenizer_hub_id,
+                "source=tiny needs the tokenizer's hub id (or the model's hub_id), for when no local tokenizer is set",
+            )
         d, heads = self.d_model, self.arch.n_head or self.arch.num_attention_heads
         if d % heads:
-            raise bad("arch.hidden_size" if self.model_type != "gpt2" else "arch.n_embd", d,
-                      f"must be a multiple of the number of attention heads ({heads})")
+            raise bad(
+                "arch.hidden_size" if self.model_type != "gpt2" else "arch.n_embd",
+                d,
+                f"must be a multiple of the number of attention heads ({heads})",
+            )
         return self
 
     @property
@@ -157,6 +186,7 @@ class ModelConfig(Group):
 # ---------------------------------------------------------------- method (one model per family, chosen by `name`)
 class FullConfig(Group):
     """ft: every parameter; bitfit: the biases (+ the task head)."""
+
     name: Literal["ft", "bitfit"]
 
 
@@ -191,8 +221,8 @@ class PrefixConfig(Group):
         return self
 
 
-LORA_TARGETS = ("q", "k", "v", "o", "mlp_in", "mlp_out", "mlp_gate")   # mlp_gate: Llama's gated MLP only
-TARGET_LIST = "target_list"   # the union tag of a list of targets (left out of an error's dotted path)
+LORA_TARGETS = ("q", "k", "v", "o", "mlp_in", "mlp_out", "mlp_gate")  # mlp_gate: Llama's gated MLP only
+TARGET_LIST = "target_list"  # the union tag of a list of targets (left out of an error's dotted path)
 
 
 def _targets_tag(v: Any) -> str | None:
@@ -200,15 +230,21 @@ def _targets_tag(v: Any) -> str | None:
 
 
 # a non-empty list of target names, or "all_linear" (every linear layer of each block: repro.methods.targets)
-Targets = Annotated[Union[Annotated[Annotated[list[Literal[LORA_TARGETS]], Field(min_length=1)], Tag(TARGET_LIST)],
-                          Annotated[Literal["all_linear"], Tag("all_linear")]],
-                    Discriminator(_targets_tag, custom_error_type="targets",
-                                  custom_error_message=f"a non-empty list of {', '.join(LORA_TARGETS)}, or 'all_linear'")]
+Targets = Annotated[
+    Annotated[Annotated[list[Literal[LORA_TARGETS]], Field(min_length=1)], Tag(TARGET_LIST)]
+    | Annotated[Literal["all_linear"], Tag("all_linear")],
+    Discriminator(
+        _targets_tag,
+        custom_error_type="targets",
+        custom_error_message=f"a non-empty list of {', '.join(LORA_TARGETS)}, or 'all_linear'",
+    ),
+]
 
 
 class LoraConfig(Group):
     """LoRA, h = W0 x + s B A x, and the successors that keep that form: lora_all_linear (targets: all_linear),
     rslora (s = alpha / √r), pissa (A, B from W's top-r SVD), dora (a learned magnitude per row)."""
+
     name: Literal["lora", "lora_all_linear", "rslora", "pissa", "dora"]
     r: PosInt = Field(description="the rank of B A")
     alpha: Annotated[float, Field(gt=0)]
@@ -220,7 +256,9 @@ class LoraConfig(Group):
     @model_validator(mode="after")
     def _variant(self):
         if self.init == "pissa" and self.name not in ("lora", "rslora", "pissa"):
-            raise bad("init", self.init, f"pissa is for methods lora, rslora and pissa, not {self.name}; kaiming or gaussian")
+            raise bad(
+                "init", self.init, f"pissa is for methods lora, rslora and pissa, not {self.name}; kaiming or gaussian"
+            )
         if self.name == "pissa" and self.init != "pissa":
             raise bad("init", self.init, "method pissa needs init: pissa")
         if self.name == "rslora" and not self.rslora:
@@ -230,14 +268,18 @@ class LoraConfig(Group):
 
 class QLoraConfig(LoraConfig):
     """LoRA over a 4-bit base (bitsandbytes): every linear layer of each block quantized, whatever `targets` is."""
+
     name: Literal["qlora"]
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = Field(True, description="quantize the block absmaxes too")
-    compute_dtype: Literal["float32", "bfloat16"] = Field("float32", description="the dtype of the 4-bit layers' matmul")
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="the dtype of the 4-bit layers' matmul"
+    )
 
 
 class AdaLoraConfig(Group):
     """AdaLoRA through PEFT (repro.methods.adalora): ranks pruned from init_r to target_r on average."""
+
     name: Literal["adalora"]
     init_r: PosInt = Field(description="the starting rank of every adapted matrix")
     target_r: PosInt = Field(description="the average rank after the final allocation, at most init_r")
@@ -250,7 +292,9 @@ class AdaLoraConfig(Group):
     beta1: Annotated[float, Field(gt=0, lt=1)] = Field(0.85, description="EMA of the sensitivity")
     beta2: Annotated[float, Field(gt=0, lt=1)] = Field(0.85, description="EMA of its uncertainty")
     orth_reg_weight: Annotated[float, Field(ge=0)] = Field(0.5, description="weight of the orthogonality penalty")
-    total_step: PosInt | None = Field(None, description="null: the Trainer's max_steps (it is set to them at train begin)")
+    total_step: PosInt | None = Field(
+        None, description="null: the Trainer's max_steps (it is set to them at train begin)"
+    )
 
     @model_validator(mode="after")
     def _budget(self):
@@ -268,9 +312,12 @@ def _method_tag(v: Any) -> str | None:
     return METHOD_TAG.get(name) if isinstance(name, str) else None
 
 
-MethodConfig = Annotated[Union[tuple(Annotated[c, Tag(c.__name__)] for c in METHOD_FAMILIES)],
-                         Discriminator(_method_tag, custom_error_type="method_name",
-                                       custom_error_message=f"allowed: {', '.join(METHOD_TAG)}")]
+MethodConfig = Annotated[
+    tuple(Annotated[c, Tag(c.__name__)] for c in METHOD_FAMILIES),
+    Discriminator(
+        _method_tag, custom_error_type="method_name", custom_error_message=f"allowed: {', '.join(METHOD_TAG)}"
+    ),
+]
 
 
 # ---------------------------------------------------------------- task (one model per kind)
@@ -331,9 +378,14 @@ class GenerationTask(_Task):
     postprocess: Postprocess
 
 
-TaskConfig = Annotated[Union[Annotated[ClassificationTask, Tag("classification")], Annotated[GenerationTask, Tag("generation")]],
-                       Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None),
-                                     custom_error_type="task_kind", custom_error_message="allowed: classification, generation")]
+TaskConfig = Annotated[
+    Annotated[ClassificationTask, Tag("classification")] | Annotated[GenerationTask, Tag("generation")],
+    Discriminator(
+        lambda v: v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None),
+        custom_error_type="task_kind",
+        custom_error_message="allowed: classification, generation",
+    ),
+]
 
 
 # ---------------------------------------------------------------- table
@@ -354,30 +406,40 @@ class TableRow(Group):
     paper_row: dict[str, Any] | None = None
     paper_cell: dict[str, Any] | None = None
     seeds: list[NonNegInt] | None = Field(None, description="the row runs only these of the table's seeds (repro.plan)")
-    tune: str | None = Field(None, description="tune group: rows with the same model, method and tune name are "
-                                               "candidates; one is chosen per task on the selection seed (repro.tune)")
+    tune: str | None = Field(
+        None,
+        description="tune group: rows with the same model, method and tune name are "
+        "candidates; one is chosen per task on the selection seed (repro.tune)",
+    )
 
 
 class TableTune(Group):
-    seed: NonNegInt = Field(0, description="the selection seed: every candidate runs it; the chosen one runs the others")
+    seed: NonNegInt = Field(
+        0, description="the selection seed: every candidate runs it; the chosen one runs the others"
+    )
 
 
 class RenderColumn(Group):
     name: Name = Field(description="the column as the paper prints it (BLEU, MET, BLEU-U, ...)")
     metric: Name = Field(description="the record's metric key (BLEU, METEOR, BLEU_unseen, ...)")
     scale: Literal[1, 100] = Field(100, description="the paper prints metric x scale (E2E: BLEU x100, NIST x1)")
-    paper: Name | None = Field(None, description="the paper file's column: BLEU (a list of columns) or BLEU.U "
-                                                 "(columns per metric, Table 14); none: no paper number")
+    paper: Name | None = Field(
+        None,
+        description="the paper file's column: BLEU (a list of columns) or BLEU.U "
+        "(columns per metric, Table 14); none: no paper number",
+    )
 
 
 class PrecisionCheck(Group):
     """A check row re-runs one seed of a row in another precision (e2e_cpu: LoRA seed 0 in fp32 beside the bf16
     rows); the row's precision stands when, per column, |check - row| on that seed is no larger than the row's own
     seed-to-seed difference, on every `must_hold` column and on at least `at_least` columns."""
+
     method: Name = Field(description="the method whose default row and check row are compared")
     variant: Name = Field(description="the check row's variant (e.g. fp32)")
     seeds: Annotated[list[NonNegInt], Field(min_length=2, max_length=2)] = Field(
-        [0, 1], description="[the seed both rows ran, the row's second seed (the noise)]")
+        [0, 1], description="[the seed both rows ran, the row's second seed (the noise)]"
+    )
     must_hold: list[Name] = Field([], description="columns on which the rule must hold (e.g. [BLEU])")
     at_least: PosInt = Field(description="columns on which it must hold, in all")
 
@@ -385,8 +447,11 @@ class PrecisionCheck(Group):
 class TableRender(Group):
     cost: bool = Field(False, description="repro.tables adds a Cost section: peak memory, s/step, min/cell per row")
     precision_check: PrecisionCheck | None = Field(None, description="repro.tables adds a Precision check section")
-    columns: list[RenderColumn] = Field([], description="one task's metrics as the columns (the NLG tables), "
-                                                        "instead of one column per task (its main metric x 100)")
+    columns: list[RenderColumn] = Field(
+        [],
+        description="one task's metrics as the columns (the NLG tables), "
+        "instead of one column per task (its main metric x 100)",
+    )
 
 
 class TableConfig(Group):
@@ -401,7 +466,7 @@ class TableConfig(Group):
     common: Partial = {}
     per_task: dict[str, Partial] = {}
     rows: list[TableRow] = []
-    render: TableRender = TableRender()   # how repro.tables prints the table (not part of a cell's fingerprint)
+    render: TableRender = TableRender()  # how repro.tables prints the table (not part of a cell's fingerprint)
     tune: TableTune = TableTune()
 
     @model_validator(mode="after")
@@ -414,28 +479,47 @@ class TableConfig(Group):
             if unknown := [m for m in check.must_hold if m not in names]:
                 raise bad("render.precision_check.must_hold", unknown, f"not columns of table {self.name}: {names}")
             if check.at_least > len(names):
-                raise bad("render.precision_check.at_least", check.at_least, f"table {self.name} has {len(names)} columns")
+                raise bad(
+                    "render.precision_check.at_least", check.at_least, f"table {self.name} has {len(names)} columns"
+                )
             variants = {(r.method, r.variant) for r in self.rows}
             if {(check.method, "default"), (check.method, check.variant)} - variants:
-                raise bad("render.precision_check", f"{check.method}.{check.variant}",
-                          f"needs rows {check.method} (default) and {check.method} variant {check.variant}; rows: "
-                          f"{sorted(f'{m}.{v}' for m, v in variants)}")
+                raise bad(
+                    "render.precision_check",
+                    f"{check.method}.{check.variant}",
+                    f"needs rows {check.method} (default) and {check.method} variant {check.variant}; rows: "
+                    f"{sorted(f'{m}.{v}' for m, v in variants)}",
+                )
         if self.render.columns and len(self.tasks) != 1:
-            raise bad("render.columns", [c.name for c in self.render.columns],
-                      f"metric columns are one task's; table {self.name} has tasks {self.tasks}")
+            raise bad(
+                "render.columns",
+                [c.name for c in self.render.columns],
+                f"metric columns are one task's; table {self.name} has tasks {self.tasks}",
+            )
         groups: dict[tuple, list[TableRow]] = {}
         for row in self.rows:
             if row.tune:
                 groups.setdefault((row.model, row.method, row.tune), []).append(row)
         for (model, method, name), rows in groups.items():
             if len(rows) < 2 or len({r.variant for r in rows}) < len(rows):
-                raise bad("rows.tune", name, f"tune group {name!r} ({model} x {method}) needs at least two candidate "
-                          f"rows with distinct variants; it has {[r.variant for r in rows]}")
+                raise bad(
+                    "rows.tune",
+                    name,
+                    f"tune group {name!r} ({model} x {method}) needs at least two candidate "
+                    f"rows with distinct variants; it has {[r.variant for r in rows]}",
+                )
             if any(r.seeds is not None and self.tune.seed not in r.seeds for r in rows):
-                raise bad("rows.seeds", name, f"every candidate of tune group {name!r} must run the selection seed "
-                          f"tune.seed={self.tune.seed}")
+                raise bad(
+                    "rows.seeds",
+                    name,
+                    f"every candidate of tune group {name!r} must run the selection seed tune.seed={self.tune.seed}",
+                )
         if groups and self.seeds and self.tune.seed not in self.seeds:
-            raise bad("tune.seed", self.tune.seed, f"tune.seed={self.tune.seed}: the selection seed must be one of the table's seeds {self.seeds}")
+            raise bad(
+                "tune.seed",
+                self.tune.seed,
+                f"tune.seed={self.tune.seed}: the selection seed must be one of the table's seeds {self.seeds}",
+            )
         return self
 
 
@@ -449,7 +533,9 @@ class TrainConfig(Group):
     weight_decay: Annotated[float, Field(ge=0)]
     warmup_ratio: Annotated[float, Field(ge=0, le=1)]
     warmup_steps: NonNegInt
-    lr_scheduler_type: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ]
     max_grad_norm: Annotated[float, Field(ge=0)] = Field(description="0: no clipping")
     adam_beta1: Annotated[float, Field(ge=0, lt=1)]
     adam_beta2: Annotated[float, Field(ge=0, lt=1)]
@@ -483,6 +569,7 @@ class DataConfig(Group):
 
 class DecodeConfig(Group):
     """Beam search for the NLG tasks (conf/task/{e2e,webnlg,dart}.yaml set it)."""
+
     num_beams: PosInt = Field(description="the beam size")
     length_penalty: float
     no_repeat_ngram_size: NonNegInt = Field(description="0: off")
@@ -493,8 +580,11 @@ class DecodeConfig(Group):
     max_inputs: PosInt | None = Field(description="null: every test input")
     split: Name
     early_stop: bool = True
-    pad_batches: bool | None = Field(None, description="left-pad prompts of different lengths into full batches; "
-                                                       "absent/false: equal-length groups (repro.decode)")
+    pad_batches: bool | None = Field(
+        None,
+        description="left-pad prompts of different lengths into full batches; "
+        "absent/false: equal-length groups (repro.decode)",
+    )
 
 
 class PathsConfig(Group):
@@ -522,13 +612,15 @@ class CellConfig(Group):
     force: bool
     dry_run: bool
     allow_cpu: bool = Field(description="train a paper model's cell of a paper table without a GPU")
-    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="CPU threads of this cell (null: torch's default)")
+    threads: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None, description="CPU threads of this cell (null: torch's default)"
+    )
     data: DataConfig
     train: TrainConfig
     wandb: WandbConfig
     decode: DecodeConfig | None = None
     cli_overrides: list[str] = []
-    local: dict[str, Any] | None = None   # conf/local/ (untracked, machine-specific) when it is its own package
+    local: dict[str, Any] | None = None  # conf/local/ (untracked, machine-specific) when it is its own package
 
     @model_validator(mode="after")
     def _cell(self):
@@ -536,9 +628,12 @@ class CellConfig(Group):
         # the task's family decides the model's kind
         wants = traits(task.kind).model_kind
         if model.kind != wants:
-            raise bad("model.kind", model.kind,
-                      f"task={task.name} is a {task.kind} task and needs {'an' if wants == 'encoder' else 'a'} {wants} model; "
-                      f"model={model.name} is {'an' if model.kind == 'encoder' else 'a'} {model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, smollm2-135m, tiny-gpt2, tiny-llama)")
+            raise bad(
+                "model.kind",
+                model.kind,
+                f"task={task.name} is a {task.kind} task and needs {'an' if wants == 'encoder' else 'a'} {wants} model; "
+                f"model={model.name} is {'an' if model.kind == 'encoder' else 'a'} {model.kind} (encoders: roberta-*, deberta-*, minilm, tiny-roberta, tiny-deberta; decoders: gpt2-*, smollm2-135m, tiny-gpt2, tiny-llama)",
+            )
         if table.name != "adhoc" and task.name not in table.tasks:
             raise bad("task.name", task.name, f"not in table {table.name}; its tasks: {', '.join(table.tasks)}")
         # decoding settings exist exactly for the tasks whose family decodes text
@@ -548,47 +643,85 @@ class CellConfig(Group):
             if self.decode.split not in task.splits:
                 raise bad("decode.split", self.decode.split, f"a split of task {task.name}: {', '.join(task.splits)}")
             if self.decode.max_new_tokens >= self.data.max_seq_length:
-                raise bad("decode.max_new_tokens", self.decode.max_new_tokens,
-                          f"less than data.max_seq_length={self.data.max_seq_length} (the prompt gets the rest)")
+                raise bad(
+                    "decode.max_new_tokens",
+                    self.decode.max_new_tokens,
+                    f"less than data.max_seq_length={self.data.max_seq_length} (the prompt gets the rest)",
+                )
         if self.data.max_seq_length > model.max_positions:
-            raise bad("data.max_seq_length", self.data.max_seq_length,
-                      f"at most {model.max_positions}, the positions model={model.name} has")
+            raise bad(
+                "data.max_seq_length",
+                self.data.max_seq_length,
+                f"at most {model.max_positions}, the positions model={model.name} has",
+            )
         # the method must fit the architecture
         L = model.num_layers
         if method.name in DECODER_ONLY and model.model_type not in DECODER_TYPES:
-            raise bad("method.name", method.name,
-                      f"prefix tuning is implemented for decoders (GPT-2, Llama), model={model.name} is a {model.model_type} "
-                      f"{model.kind}; for encoders use lora, adapter_*, bitfit or ft")
+            raise bad(
+                "method.name",
+                method.name,
+                f"prefix tuning is implemented for decoders (GPT-2, Llama), model={model.name} is a {model.model_type} "
+                f"{model.kind}; for encoders use lora, adapter_*, bitfit or ft",
+            )
         if isinstance(method, (LoraConfig, AdaLoraConfig)):
             from repro.methods.targets import BLOCK_MODULES, FUSED_QKV, target_names
 
             has = BLOCK_MODULES.get(model.model_type, {})
-            targets = target_names(model.model_type, method.targets)   # "all_linear": every linear layer of a block
+            targets = target_names(model.model_type, method.targets)  # "all_linear": every linear layer of a block
             unknown = [t for t in targets if t not in has]
             if unknown:
                 raise bad("method.targets", method.targets, f"{model.model_type} has {', '.join(has)}")
-            d_kv = ((model.arch.num_key_value_heads or 0) * (model.arch.head_dim or model.d_model // model.arch.num_attention_heads)
-                    if model.arch.num_key_value_heads else model.d_model)   # Llama GQA: W_k, W_v are d -> d_kv
-            sizes = {t: (model.d_model, model.d_ffn) if t.startswith("mlp") else
-                     (model.d_model, d_kv if t in ("k", "v") else model.d_model) for t in targets}
+            d_kv = (
+                (model.arch.num_key_value_heads or 0)
+                * (model.arch.head_dim or model.d_model // model.arch.num_attention_heads)
+                if model.arch.num_key_value_heads
+                else model.d_model
+            )  # Llama GQA: W_k, W_v are d -> d_kv
+            sizes = {
+                t: (model.d_model, model.d_ffn)
+                if t.startswith("mlp")
+                else (model.d_model, d_kv if t in ("k", "v") else model.d_model)
+                for t in targets
+            }
             cap = min(min(s) for s in sizes.values())
             rank = ("r", method.r) if isinstance(method, LoraConfig) else ("init_r", method.init_r)
             if rank[1] > cap:
-                raise bad(f"method.{rank[0]}", rank[1], f"the rank must be at most {cap}, min(fan_in, fan_out) of the targeted "
-                          f"matrices of model={model.name} ({', '.join(f'{t}: {a}x{b}' for t, (a, b) in sizes.items())})")
+                raise bad(
+                    f"method.{rank[0]}",
+                    rank[1],
+                    f"the rank must be at most {cap}, min(fan_in, fan_out) of the targeted "
+                    f"matrices of model={model.name} ({', '.join(f'{t}: {a}x{b}' for t, (a, b) in sizes.items())})",
+                )
             fused = FUSED_QKV.get(model.model_type)
-            if isinstance(method, AdaLoraConfig) and fused and {*fused[1]} & {*targets} and not {*fused[1]} <= {*targets}:
-                raise bad("method.targets", method.targets, f"{model.model_type}'s q, k, v are one fused matrix "
-                          f"({fused[0]}): AdaLoRA targets all three or none")
+            if (
+                isinstance(method, AdaLoraConfig)
+                and fused
+                and {*fused[1]} & {*targets}
+                and not {*fused[1]} <= {*targets}
+            ):
+                raise bad(
+                    "method.targets",
+                    method.targets,
+                    f"{model.model_type}'s q, k, v are one fused matrix "
+                    f"({fused[0]}): AdaLoRA targets all three or none",
+                )
         if isinstance(method, QLoraConfig):
             from repro.methods.qlora import BLOCK
 
             if model.model_type == "gpt2":
-                raise bad("method.name", method.name, "GPT-2's Conv1D layers are not converted to 4 bits; qlora needs "
-                          "a model of nn.Linear layers (an encoder)")
+                raise bad(
+                    "method.name",
+                    method.name,
+                    "GPT-2's Conv1D layers are not converted to 4 bits; qlora needs "
+                    "a model of nn.Linear layers (an encoder)",
+                )
             if model.d_model % BLOCK or model.d_ffn % BLOCK:
-                raise bad("method.name", method.name, f"every block matrix is quantized in blocks of {BLOCK} inputs: "
-                          f"d_model={model.d_model} and d_ffn={model.d_ffn} of model={model.name} must be multiples of {BLOCK}")
+                raise bad(
+                    "method.name",
+                    method.name,
+                    f"every block matrix is quantized in blocks of {BLOCK} inputs: "
+                    f"d_model={model.d_model} and d_ffn={model.d_ffn} of model={model.name} must be multiples of {BLOCK}",
+                )
         if isinstance(method, AdapterConfig) and method.drop >= L:
             raise bad("method.drop", method.drop, f"in 0..{L - 1} (model={model.name} has {L} blocks)")
         if isinstance(method, TopLayersConfig) and method.top_layers > L:
@@ -598,8 +731,11 @@ class CellConfig(Group):
 
 # ---------------------------------------------------------------- errors as one line
 TASK_FAMILIES = {"classification": ClassificationTask, "generation": GenerationTask}
-FAMILIES = {**{cls.__name__: cls for cls in METHOD_FAMILIES}, **TASK_FAMILIES}   # union tags -> member models
-UNION_TAGS = {*FAMILIES, TARGET_LIST}   # what pydantic puts in an error's location to say which member of a union it checked
+FAMILIES = {**{cls.__name__: cls for cls in METHOD_FAMILIES}, **TASK_FAMILIES}  # union tags -> member models
+UNION_TAGS = {
+    *FAMILIES,
+    TARGET_LIST,
+}  # what pydantic puts in an error's location to say which member of a union it checked
 
 
 def _field_path(loc: tuple) -> list[str]:
@@ -624,7 +760,7 @@ def _walk(loc: list) -> tuple[Any, Any]:
             continue
         fields = getattr(cls, "model_fields", None)
         if isinstance(part, int) or str(part).isdigit():
-            continue   # an item of a list of models: the same model
+            continue  # an item of a list of models: the same model
         if not fields or part not in fields:
             return None, None
         info = fields[part]
@@ -645,7 +781,7 @@ def describe(err: dict) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "cell_rule":
         return f"{'.'.join([*path, ctx['field']])}={ctx['value']!r}: {ctx['why']}"
-    if kind in ("method_name", "task_kind"):   # the discriminator of a union of groups
+    if kind in ("method_name", "task_kind"):  # the discriminator of a union of groups
         key = "name" if kind == "method_name" else "kind"
         if isinstance(value, dict):
             return f"{'.'.join([*path, key])}={value.get(key)!r}: {err['msg']}"
@@ -653,7 +789,9 @@ def describe(err: dict) -> str:
     dotted = ".".join(path)
     if kind == "extra_forbidden":
         allowed = allowed_keys(list(err["loc"][:-1]))
-        return f"{dotted}={value!r}: unknown key" + (f"; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}" if allowed else "")
+        return f"{dotted}={value!r}: unknown key" + (
+            f"; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}" if allowed else ""
+        )
     if kind == "missing":
         return f"{dotted}: missing (required)"
     msg = err["msg"].replace("Input should be", "must be").replace("Input", "the value")

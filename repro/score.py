@@ -50,7 +50,7 @@ def read_refs(path: str) -> list[list[str]]:
             buf[-1].append(line)
     while buf and not buf[-1]:
         buf.pop()
-    if len(buf) == 1:   # a single block: one reference per instance
+    if len(buf) == 1:  # a single block: one reference per instance
         buf = [[r] for r in buf[0]]
     if any(not b for b in buf):
         raise ScoreInputError(f"{path}: an instance has no reference (two blank lines in a row?)")
@@ -60,8 +60,10 @@ def read_refs(path: str) -> list[list[str]]:
 def score_files(task: str, refs_path: str, hyps_path: str, seen_path: str | None = None) -> dict[str, float]:
     refs, hyps = read_refs(refs_path), read_hyps(hyps_path)
     if len(refs) != len(hyps):
-        raise ScoreInputError(f"{len(hyps)} hypotheses in {hyps_path} but {len(refs)} reference instances in {refs_path}: "
-                              "each hypothesis line needs one block of references (blocks end with a blank line)")
+        raise ScoreInputError(
+            f"{len(hyps)} hypotheses in {hyps_path} but {len(refs)} reference instances in {refs_path}: "
+            "each hypothesis line needs one block of references (blocks end with a blank line)"
+        )
     seen = None
     if seen_path and SCORERS[task].by_seen is not None:
         flags = read_hyps(seen_path)

@@ -40,10 +40,10 @@ from repro.methods.common import is_head
 from repro.methods.lora import lora_scaling
 from repro.metrics.glue import glue_metrics, predictions
 from repro.models import load_model, load_tokenizer
-from repro.tasks import family
 from repro.records import write_json_atomic
+from repro.tasks import family
 
-SERVABLE = ("lora", "rslora", "lora_all_linear")   # ΔW = s B A over the pretrained W0 (PiSSA's W0 is a residual)
+SERVABLE = ("lora", "rslora", "lora_all_linear")  # ΔW = s B A over the pretrained W0 (PiSSA's W0 is a residual)
 
 
 class ServeError(ReproError):
@@ -66,12 +66,14 @@ class TaskAdapter:
         return sB @ A
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, task: str | None = None) -> "TaskAdapter":
+    def from_checkpoint(cls, path: str | Path, task: str | None = None) -> TaskAdapter:
         tensors, meta = read_trainable(Path(path))
         name = meta.get("method_name")
         if name not in SERVABLE:
-            raise ServeError(f"{path}: method {name!r} cannot be served by switching or combining (ΔW must be s·B A over the "
-                             f"pretrained W0); allowed: {', '.join(SERVABLE)}")
+            raise ServeError(
+                f"{path}: method {name!r} cannot be served by switching or combining (ΔW must be s·B A over the "
+                f"pretrained W0); allowed: {', '.join(SERVABLE)}"
+            )
         method = json.loads(meta["method"])
         s = lora_scaling(method["alpha"], method["r"], bool(method.get("rslora", False)))
         factors = {}
@@ -80,27 +82,35 @@ class TaskAdapter:
                 module = key[: -len(".lora_A")]
                 factors[module] = (A.float(), s * tensors[f"{module}.lora_B"].float())
             elif ".lora_A." in key:
-                raise ServeError(f"{path}: {key} is a fused (GPT-2 c_attn) LoRA pair; serving handles nn.Linear targets")
+                raise ServeError(
+                    f"{path}: {key} is a fused (GPT-2 c_attn) LoRA pair; serving handles nn.Linear targets"
+                )
         head = {k: v.float() for k, v in tensors.items() if is_head(k)}
         return cls(task or meta.get("task", ""), factors, head, num_labels=_num_labels(head), source=str(path))
 
     @classmethod
-    def random(cls, model: nn.Module, task: str, r: int, targets=("query", "value"), std: float = 0.05,
-               seed: int = 0) -> "TaskAdapter":
+    def random(
+        cls, model: nn.Module, task: str, r: int, targets=("query", "value"), std: float = 0.05, seed: int = 0
+    ) -> TaskAdapter:
         """A LoRA with random A and B on every nn.Linear whose name ends in one of `targets`, and a random copy of the
         model's head: for tests and benchmarks (scores need trained adapters, timings do not)."""
         g = torch.Generator().manual_seed(seed)
         factors = {}
         for name, mod in model.named_modules():
             if isinstance(mod, nn.Linear) and name.split(".")[-1] in targets and not is_head(name + "."):
-                factors[name] = (torch.randn(r, mod.in_features, generator=g) * std,
-                                 torch.randn(mod.out_features, r, generator=g) * std)
-        head = {k: p.detach().float() + torch.randn(p.shape, generator=g) * std
-                for k, p in model.named_parameters() if is_head(k)}
+                factors[name] = (
+                    torch.randn(r, mod.in_features, generator=g) * std,
+                    torch.randn(mod.out_features, r, generator=g) * std,
+                )
+        head = {
+            k: p.detach().float() + torch.randn(p.shape, generator=g) * std
+            for k, p in model.named_parameters()
+            if is_head(k)
+        }
         return cls(task, factors, head, num_labels=_num_labels(head))
 
 
-OUTPUT_LAYERS = ("classifier.out_proj.weight", "classifier.weight", "score.weight")   # RoBERTa; BERT, DeBERTa; Llama
+OUTPUT_LAYERS = ("classifier.out_proj.weight", "classifier.weight", "score.weight")  # RoBERTa; BERT, DeBERTa; Llama
 
 
 def _num_labels(head: dict[str, torch.Tensor]) -> int:
@@ -152,9 +162,9 @@ class Switchboard:
 
     def switch(self, adapter: TaskAdapter | None) -> nn.Module:
         if self.active is not None:
-            fold(self.model, self.active, sign=-1)        # W0 = W - s B A
+            fold(self.model, self.active, sign=-1)  # W0 = W - s B A
         if adapter is not None:
-            fold(self.model, adapter, sign=+1)            # W = W0 + s' B' A'
+            fold(self.model, adapter, sign=+1)  # W = W0 + s' B' A'
             load_head(self.model, adapter.head)
         self.active = adapter
         return self.model
@@ -162,7 +172,9 @@ class Switchboard:
     def w0_error(self) -> float:
         """max |W - W0| over every non-head weight (0 up to fp32 rounding once no adapter is active)."""
         params = dict(self.model.named_parameters())
-        return max(float((params[n].detach().float() - w.float()).abs().max()) for n, w in self._w0.items() if not is_head(n))
+        return max(
+            float((params[n].detach().float() - w.float()).abs().max()) for n, w in self._w0.items() if not is_head(n)
+        )
 
 
 def combine(adapters: list[TaskAdapter], weights: list[float], head_of: TaskAdapter) -> TaskAdapter:
@@ -173,7 +185,9 @@ def combine(adapters: list[TaskAdapter], weights: list[float], head_of: TaskAdap
         raise ServeError(f"{len(adapters)} adapters but {len(weights)} weights")
     factors = {}
     for module in sorted({m for a in adapters for m in a.factors}):
-        parts = [(a.factors[module][0], w * a.factors[module][1]) for a, w in zip(adapters, weights) if module in a.factors]
+        parts = [
+            (a.factors[module][0], w * a.factors[module][1]) for a, w in zip(adapters, weights) if module in a.factors
+        ]
         factors[module] = (torch.cat([A for A, _ in parts], 0), torch.cat([sB for _, sB in parts], 1))
     label = " + ".join(f"{w:g}·{a.task}" for a, w in zip(adapters, weights))
     return TaskAdapter(f"{label} (head: {head_of.task})", factors, head_of.head, head_of.num_labels)
@@ -188,8 +202,8 @@ class MixedLoRALinear(nn.Module):
         super().__init__()
         self.weight, self.bias = base.weight, base.bias
         r = max(A.shape[0] for A, _ in filter(None, pairs))
-        self.register_buffer("lora_A", torch.zeros(len(pairs), r, base.in_features))     # T × r × d_in
-        self.register_buffer("lora_B", torch.zeros(len(pairs), base.out_features, r))    # T × d_out × r (s·B)
+        self.register_buffer("lora_A", torch.zeros(len(pairs), r, base.in_features))  # T × r × d_in
+        self.register_buffer("lora_B", torch.zeros(len(pairs), base.out_features, r))  # T × d_out × r (s·B)
         for t, pair in enumerate(pairs):
             if pair is not None:
                 self.lora_A[t, : pair[0].shape[0]] = pair[0]
@@ -197,8 +211,8 @@ class MixedLoRALinear(nn.Module):
         self.task_ids: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = nn.functional.linear(x, self.weight, self.bias)                       # W0 x + b: shared by the batch
-        A, B = self.lora_A[self.task_ids], self.lora_B[self.task_ids]            # b × r × d_in, b × d_out × r
+        h = nn.functional.linear(x, self.weight, self.bias)  # W0 x + b: shared by the batch
+        A, B = self.lora_A[self.task_ids], self.lora_B[self.task_ids]  # b × r × d_in, b × d_out × r
         return h + torch.einsum("b...r,bor->b...o", torch.einsum("b...i,bri->b...r", x, A), B)
 
 
@@ -229,13 +243,19 @@ class MixedBatchModel(nn.Module):
         self.model, self.adapters = copy.deepcopy(base).eval(), adapters
         self.mixed: list[nn.Module] = []
         for module in sorted({m for a in adapters for m in a.factors}):
-            self._replace(module, MixedLoRALinear(_linear(self.model, module), [a.factors.get(module) for a in adapters]))
+            self._replace(
+                module, MixedLoRALinear(_linear(self.model, module), [a.factors.get(module) for a in adapters])
+            )
         head_modules = sorted({k.rsplit(".", 1)[0] for k in adapters[0].head})
         for module in head_modules:
             if not isinstance(self.model.get_submodule(module), nn.Linear):
                 raise ServeError(f"head module {module} is not an nn.Linear; a mixed batch needs per-task Linear heads")
-            self._replace(module, MixedLinear([a.head[f"{module}.weight"] for a in adapters],
-                                              [a.head[f"{module}.bias"] for a in adapters]))
+            self._replace(
+                module,
+                MixedLinear(
+                    [a.head[f"{module}.weight"] for a in adapters], [a.head[f"{module}.bias"] for a in adapters]
+                ),
+            )
 
     def _replace(self, name: str, new: nn.Module) -> None:
         parent, attr = name.rsplit(".", 1) if "." in name else ("", name)
@@ -250,7 +270,7 @@ class MixedBatchModel(nn.Module):
 
 
 # -------------------------------------------------------------------------------------------- dev scores (CLI)
-def _cell(record_path: Path) -> tuple[dict, "OmegaConf", Path]:
+def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
     record = json.loads(record_path.read_text())
     if record.get("status") != "ok":
         raise ServeError(f"{record_path}: status {record.get('status')!r}; only ok cells have trained adapters")
@@ -261,17 +281,20 @@ def _cell(record_path: Path) -> tuple[dict, "OmegaConf", Path]:
     cfg.paths.data_dir = data_dir
     weights = record_path.with_suffix(".safetensors")
     if not weights.exists():
-        raise ServeError(f"{weights} is missing (weights are not committed): rerun the cell to write it, e.g. "
-                         f"python -m repro.run +table={record['table']} model={record['model']} method={record['method']} "
-                         f"task={record['task']} seed={record['seed']} force=true")
+        raise ServeError(
+            f"{weights} is missing (weights are not committed): rerun the cell to write it, e.g. "
+            f"python -m repro.run +table={record['table']} model={record['model']} method={record['method']} "
+            f"task={record['task']} seed={record['seed']} force=true"
+        )
     return record, cfg, weights
 
 
 def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> dict[str, float]:
     """The task's GLUE metrics on its dev set (repro.metrics.glue, as the runner scores)."""
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in dev.column_names]
-    loader = torch.utils.data.DataLoader(dev.select_columns(keep), batch_size=batch_size,
-                                         collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = torch.utils.data.DataLoader(
+        dev.select_columns(keep), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer)
+    )
     logits, labels = [], []
     model.eval()
     with torch.no_grad():
@@ -288,13 +311,15 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
     cells = [_cell(p) for p in record_paths]
     base_cfg = cells[0][1]
     if len({c.model.name for _, c, _ in cells}) != 1:
-        raise ServeError("the records must share one base model; got " + ", ".join(sorted({c.model.name for _, c, _ in cells})))
+        raise ServeError(
+            "the records must share one base model; got " + ", ".join(sorted({c.model.name for _, c, _ in cells}))
+        )
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base_cfg.model, base_cfg.paths.data_dir)
     adapters = [TaskAdapter.from_checkpoint(w, task=c.task.name) for _, c, w in cells]
     out = {"base_model": base_cfg.model.name, "weights": weights, "tasks": []}
     board = Switchboard(load_model(base_cfg.model, cells[0][1].task, tokenizer))
-    for k in range(switches):                                        # switch around and come back to W0
+    for k in range(switches):  # switch around and come back to W0
         board.switch(adapters[k % len(adapters)])
     board.switch(None)
     out["switching"] = {"switches": switches, "max_abs_w_minus_w0": board.w0_error()}
@@ -307,24 +332,41 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
             scores[label] = dev_score(model, cfg, tokenizer, dev)
             board.switch(None)
         main = cfg.task.main_metric
-        out["tasks"].append({"task": cfg.task.name, "record": str(record_paths[len(out["tasks"])]),
-                             "main_metric": main, "record_score": record["metrics"][main],
-                             "alone": scores["alone"][main], "combined": scores["combined"][main],
-                             "delta": scores["combined"][main] - scores["alone"][main]})
+        out["tasks"].append(
+            {
+                "task": cfg.task.name,
+                "record": str(record_paths[len(out["tasks"])]),
+                "main_metric": main,
+                "record_score": record["metrics"][main],
+                "alone": scores["alone"][main],
+                "combined": scores["combined"][main],
+                "delta": scores["combined"][main] - scores["alone"][main],
+            }
+        )
     return out
 
 
 def markdown(report: dict) -> str:
     w = " + ".join(f"{x:g}·ΔW_{t['task']}" for x, t in zip(report["weights"], report["tasks"]))
-    lines = [f"# Two LoRAs combined on one {report['base_model']} base: W0 + {w}", "",
-             "Generated by `python -m repro.serve` from the committed records (each task scored with its own head).", "",
-             "| task | metric | record | alone (re-scored) | combined | Δ |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Two LoRAs combined on one {report['base_model']} base: W0 + {w}",
+        "",
+        "Generated by `python -m repro.serve` from the committed records (each task scored with its own head).",
+        "",
+        "| task | metric | record | alone (re-scored) | combined | Δ |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in report["tasks"]:
-        lines.append(f"| {t['task']} | {t['main_metric']} | {t['record_score']:.4f} | {t['alone']:.4f} | "
-                     f"{t['combined']:.4f} | {t['delta']:+.4f} |")
+        lines.append(
+            f"| {t['task']} | {t['main_metric']} | {t['record_score']:.4f} | {t['alone']:.4f} | "
+            f"{t['combined']:.4f} | {t['delta']:+.4f} |"
+        )
     s = report["switching"]
-    lines += ["", f"Switching (Sec. 4.1): after {s['switches']} switches between the adapters and unmerging the last, "
-              f"max |W − W0| = {s['max_abs_w_minus_w0']:.2e} (fp32 rounding)."]
+    lines += [
+        "",
+        f"Switching (Sec. 4.1): after {s['switches']} switches between the adapters and unmerging the last, "
+        f"max |W − W0| = {s['max_abs_w_minus_w0']:.2e} (fp32 rounding).",
+    ]
     return "\n".join(lines) + "\n"
 
 

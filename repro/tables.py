@@ -89,8 +89,12 @@ def paper_row(paper: dict | None, row: dict) -> dict | None:
         spec = row["paper_row"]
         if not spec:
             return None
-        want = {"model": spec.get("model", row["model"]), "method": spec.get("method") or parse_label(row.get("label", ""))["method"],
-                "marker": spec.get("marker"), "params": parse_params(spec["params"]) if spec.get("params") else None}
+        want = {
+            "model": spec.get("model", row["model"]),
+            "method": spec.get("method") or parse_label(row.get("label", ""))["method"],
+            "marker": spec.get("marker"),
+            "params": parse_params(spec["params"]) if spec.get("params") else None,
+        }
     else:
         want = {"model": row["model"], **parse_label(row.get("label", ""))}
     for p in paper.get("rows", []):
@@ -98,7 +102,9 @@ def paper_row(paper: dict | None, row: dict) -> dict | None:
             continue
         if want["marker"] is not None and (p.get("marker") or "") != want["marker"]:
             continue
-        if want["params"] is not None and not math.isclose(parse_params(p.get("params")) or -1, want["params"], rel_tol=0.05):
+        if want["params"] is not None and not math.isclose(
+            parse_params(p.get("params")) or -1, want["params"], rel_tol=0.05
+        ):
             continue
         return p
     return None
@@ -108,6 +114,7 @@ def paper_row(paper: dict | None, row: dict) -> dict | None:
 class Column:
     """One printed column: a task scored by `metric` (None: the task's main metric) times `scale`; `paper` locates
     the paper's number in its row (an index into `values`, or "METRIC.SPLIT" in a table with per-metric columns)."""
+
     name: str
     task: str
     metric: str | None = None
@@ -131,8 +138,10 @@ def table_columns(table: dict, paper: dict | None) -> list[Column]:
     tasks = list(table["tasks"])
     spec = (table.get("render") or {}).get("columns")
     if spec:
-        return [Column(c["name"], tasks[0], c["metric"], float(c.get("scale", 100)), c.get("paper"), i == 0)
-                for i, c in enumerate(spec)]
+        return [
+            Column(c["name"], tasks[0], c["metric"], float(c.get("scale", 100)), c.get("paper"), i == 0)
+            for i, c in enumerate(spec)
+        ]
     names = list((paper or {}).get("columns") or [])
     out = []
     for task in tasks:
@@ -166,11 +175,13 @@ def check_columns(columns: list[Column], paper: dict | None, table_name: str) ->
     if not paper:
         return
     cols = paper.get("columns")
-    allowed = ([f"{m}.{s}" for m, splits in cols.items() for s in splits] if isinstance(cols, dict) else list(cols or []))
+    allowed = [f"{m}.{s}" for m, splits in cols.items() for s in splits] if isinstance(cols, dict) else list(cols or [])
     bad = [c.paper for c in columns if isinstance(c.paper, str) and c.paper not in allowed]
     if bad:
-        raise SystemExit(f"table {table_name}: render.columns paper={bad[0]!r} is not a column of {paper['source']['paper']}; "
-                         f"allowed: {', '.join(allowed)}")
+        raise SystemExit(
+            f"table {table_name}: render.columns paper={bad[0]!r} is not a column of {paper['source']['paper']}; "
+            f"allowed: {', '.join(allowed)}"
+        )
 
 
 # ---------------------------------------------------------------- rows: the table's layout, our cells beside the paper's
@@ -178,17 +189,19 @@ def check_columns(columns: list[Column], paper: dict | None, table_name: str) ->
 
 @dataclass
 class Row:
-    model: str            # the model that ran (a stand-in, or the paper's model)
+    model: str  # the model that ran (a stand-in, or the paper's model)
     paper_model: str
     method: str
     variant: str
     label: str
     cited: bool
     paper: dict | None
-    cells: "OrderedDict[str, Cell]"
-    tuning: dict = field(default_factory=dict)   # a tune group's row: task -> (chosen variant or None, why, {variant: score})
-    tuning_labels: dict = field(default_factory=dict)   # its candidates' labels by variant
-    columns: list = field(default_factory=list)   # the Column behind each cell, in order
+    cells: OrderedDict[str, Cell]
+    tuning: dict = field(
+        default_factory=dict
+    )  # a tune group's row: task -> (chosen variant or None, why, {variant: score})
+    tuning_labels: dict = field(default_factory=dict)  # its candidates' labels by variant
+    columns: list = field(default_factory=list)  # the Column behind each cell, in order
 
     @property
     def stand_in(self) -> bool:
@@ -219,8 +232,12 @@ def tuning_lines(rows: list[Row], tasks: list[str]) -> list[list[str]]:
     for row in rows:
         for task in tasks if row.tuning else []:
             chosen, why, scores = row.tuning[task]
-            cands = ", ".join(f"{row.tuning_labels.get(v, v)}: " + ("failed" if s is None else MISSING if s == tune.NOT_RUN else f"{s:.1f}")
-                              + (" ✓" if v == chosen else "") for v, s in scores.items())
+            cands = ", ".join(
+                f"{row.tuning_labels.get(v, v)}: "
+                + ("failed" if s is None else MISSING if s == tune.NOT_RUN else f"{s:.1f}")
+                + (" ✓" if v == chosen else "")
+                for v, s in scores.items()
+            )
             out.append([row.label, task, cands, row.tuning_labels.get(chosen, chosen) if chosen else why])
     return out
 
@@ -234,7 +251,7 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
     columns = table_columns(table, paper)
     check_columns(columns, paper, table_name)
     stand_ins = table.get("stand_ins") or {}
-    records, _unreadable = load_records(results_dir, table_name)   # the unreadable ones: not listed yet
+    records, _unreadable = load_records(results_dir, table_name)  # the unreadable ones: not listed yet
     cells_of = by_cell(records)
     present_models = {k[0] for k in cells_of}
     tuning = Tuning.of(table, records)
@@ -242,10 +259,14 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
     rows, used, groups_done = [], set(), set()
     for spec in table["rows"]:
         variant = spec.get("variant", "default")
-        if spec.get("tune"):   # the group's candidates print as one row: per task, the chosen candidate's seeds
+        if spec.get("tune"):  # the group's candidates print as one row: per task, the chosen candidate's seeds
             group = (spec["model"], spec["method"], spec["tune"])
-            used.update(r.path for v in tune.groups(table)[group] for t in tasks
-                        for r in cells_of.get((spec["model"], spec["method"], v, t), []))
+            used.update(
+                r.path
+                for v in tune.groups(table)[group]
+                for t in tasks
+                for r in cells_of.get((spec["model"], spec["method"], v, t), [])
+            )
             if group in groups_done:
                 continue
             groups_done.add(group)
@@ -256,9 +277,10 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
             if model != spec["model"] and not has_any:
                 continue
             cells: OrderedDict = OrderedDict()
-            cited = bool(spec.get("cited")) or (prow or {}).get("marker") == "*"    # * = "published in prior works"
-            row = Row(model, spec["model"], spec["method"], variant, spec.get("label", spec["method"]),
-                      cited, prow, cells)
+            cited = bool(spec.get("cited")) or (prow or {}).get("marker") == "*"  # * = "published in prior works"
+            row = Row(
+                model, spec["model"], spec["method"], variant, spec.get("label", spec["method"]), cited, prow, cells
+            )
             if spec.get("tune"):
                 row.label, row.variant = spec["tune"], "default"
                 row.tuning = {t: tuning.choices[(*group, t)] for t in tasks}
@@ -331,7 +353,9 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> lis
     (Column.digits)."""
     by_metric = any(c.metric for c in columns)
     nds = [c.digits for c in columns]
-    header = ["Model", "Method", "# Params (paper / ours)", "Statistic", *[c.name for c in columns]] + ([] if by_metric else ["Avg"])
+    header = ["Model", "Method", "# Params (paper / ours)", "Statistic", *[c.name for c in columns]] + (
+        [] if by_metric else ["Avg"]
+    )
     out = [header]
     n_tasks = len(tasks)
     for row in rows:
@@ -339,10 +363,18 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> lis
         ours = fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING
         params = f"{(row.paper or {}).get('params', MISSING)} / {ours}"
         cells = list(row.cells.values())
-        lines = [[model, label, params, "mean ± std (n)", *[mean_cell(c, nd) for c, nd in zip(cells, nds)]],
-                 ["", "", "", "median (paper's statistic)", *[fmt(c.median, nd) for c, nd in zip(cells, nds)]],
-                 ["", "", "", "paper" + (" (cited in the paper)" if row.cited else ""), *[fmt(c.paper, nd) for c, nd in zip(cells, nds)]],
-                 ["", "", "", "Δ median − paper", *[fmt_signed(c.diff, nd) for c, nd in zip(cells, nds)]]]
+        lines = [
+            [model, label, params, "mean ± std (n)", *[mean_cell(c, nd) for c, nd in zip(cells, nds)]],
+            ["", "", "", "median (paper's statistic)", *[fmt(c.median, nd) for c, nd in zip(cells, nds)]],
+            [
+                "",
+                "",
+                "",
+                "paper" + (" (cited in the paper)" if row.cited else ""),
+                *[fmt(c.paper, nd) for c, nd in zip(cells, nds)],
+            ],
+            ["", "", "", "Δ median − paper", *[fmt_signed(c.diff, nd) for c, nd in zip(cells, nds)]],
+        ]
         if not by_metric:
             avg_mean, k = row.average("mean")
             avg_med, _ = row.average("median")
@@ -351,7 +383,11 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> lis
             lines[0].append((fmt(avg_mean) + partial) if avg_mean is not None else MISSING)
             lines[1].append((fmt(avg_med) + partial) if avg_med is not None else MISSING)
             lines[2].append(fmt(paper_avg))
-            lines[3].append(fmt_signed(avg_med - paper_avg) if avg_med is not None and paper_avg is not None and k == n_tasks else MISSING)
+            lines[3].append(
+                fmt_signed(avg_med - paper_avg)
+                if avg_med is not None and paper_avg is not None and k == n_tasks
+                else MISSING
+            )
         out += lines
     return out
 
@@ -360,23 +396,47 @@ def cost_lines(rows: list[Row], n_tasks: int, headline: str = "Avg") -> list[lis
     """Score beside cost, one line per row: the row's headline score (Row.headline: the average over tasks, or the
     main metric of a one-task table), its difference from the first row's, and the medians over every ok cell of
     the row of peak memory, seconds per step and minutes per cell."""
+
     def median_of(row, key):
-        vals = [c[key] for col, cell in zip(row.columns, row.cells.values()) if col.first_of_task
-                for c in cell.costs if c.get(key) is not None]
+        vals = [
+            c[key]
+            for col, cell in zip(row.columns, row.cells.values())
+            if col.first_of_task
+            for c in cell.costs
+            if c.get(key) is not None
+        ]
         return statistics.median(vals) if vals else None
 
-    out = [["Method", "# trainable (adapter)", f"{headline} (mean)", f"Δ {headline} vs " + rows[0].label, "peak RSS (MB)",
-            "s / step", "min / cell", "cells"]]
+    out = [
+        [
+            "Method",
+            "# trainable (adapter)",
+            f"{headline} (mean)",
+            f"Δ {headline} vs " + rows[0].label,
+            "peak RSS (MB)",
+            "s / step",
+            "min / cell",
+            "cells",
+        ]
+    ]
     ref, k_ref = rows[0].headline("mean")
     for row in rows:
         avg, k = row.headline("mean")
         partial = "" if k == n_tasks else f" ({k}/{n_tasks} tasks)"
         delta = fmt_signed(avg - ref) if avg is not None and ref is not None and k == k_ref == n_tasks else MISSING
         wall = median_of(row, "wall_s")
-        out.append([row_title(row)[1], fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING,
-                    (fmt(avg) + partial) if avg is not None else MISSING, delta, fmt(median_of(row, "peak_rss_mb"), 0),
-                    fmt(median_of(row, "s_per_step"), 3), fmt(wall / 60 if wall is not None else None, 1),
-                    str(sum(c.n for col, c in zip(row.columns, row.cells.values()) if col.first_of_task))])
+        out.append(
+            [
+                row_title(row)[1],
+                fmt_params(statistics.median(row.trainable)) if row.trainable else MISSING,
+                (fmt(avg) + partial) if avg is not None else MISSING,
+                delta,
+                fmt(median_of(row, "peak_rss_mb"), 0),
+                fmt(median_of(row, "s_per_step"), 3),
+                fmt(wall / 60 if wall is not None else None, 1),
+                str(sum(c.n for col, c in zip(row.columns, row.cells.values()) if col.first_of_task)),
+            ]
+        )
     return out
 
 
@@ -396,44 +456,78 @@ def precision_check(rows: list[Row], check: dict) -> list[str]:
         cell = row.cells[key]
         return getattr(cell, field)[cell.seeds.index(seed)] if seed in cell.seeds else None
 
-    def ran_in(row, seeds):   # the precisions the row's records on these seeds ran in, over every column
+    def ran_in(row, seeds):  # the precisions the row's records on these seeds ran in, over every column
         return sorted({p for key in row.cells for s in seeds if (p := at(row, key, s, "precisions")) is not None})
 
     mine, theirs = ran_in(base, (s0, s1)), ran_in(other, (s0,))
     if len(mine) > 1 or len(theirs) > 1 or (mine and mine == theirs):
-        return [f"Undecided: the {base.label} row's seeds {s0} and {s1} ran in {', '.join(mine) or '?'} and "
-                f"{other.label}'s seed {s0} in {', '.join(theirs) or '?'}; the check compares one precision on both "
-                "seeds against another."]
+        return [
+            f"Undecided: the {base.label} row's seeds {s0} and {s1} ran in {', '.join(mine) or '?'} and "
+            f"{other.label}'s seed {s0} in {', '.join(theirs) or '?'}; the check compares one precision on both "
+            "seeds against another."
+        ]
     precisions = (mine[0] if mine else "?", theirs[0] if theirs else "?")
 
-    lines = [["Column", f"{base.label} seed {s0}", f"{base.label} seed {s1}", f"{other.label} seed {s0}",
-              f"effect: \|{other.label} − {base.label}\| (seed {s0})", f"noise: \|seed {s0} − seed {s1}\|", "effect ≤ noise"]]
+    lines = [
+        [
+            "Column",
+            f"{base.label} seed {s0}",
+            f"{base.label} seed {s1}",
+            f"{other.label} seed {s0}",
+            rf"effect: \|{other.label} − {base.label}\| (seed {s0})",
+            rf"noise: \|seed {s0} − seed {s1}\|",
+            "effect ≤ noise",
+        ]
+    ]
     holds, missing = {}, []
     for col in base.columns:
         a0, a1, b0 = at(base, col.key, s0), at(base, col.key, s1), at(other, col.key, s0)
         if None in (a0, a1, b0):
             missing.append(col.name)
-            lines.append([col.name, fmt(a0, col.digits), fmt(a1, col.digits), fmt(b0, col.digits), MISSING, MISSING, MISSING])
+            lines.append(
+                [col.name, fmt(a0, col.digits), fmt(a1, col.digits), fmt(b0, col.digits), MISSING, MISSING, MISSING]
+            )
             continue
         effect, noise = abs(b0 - a0), abs(a0 - a1)
         holds[col.name] = effect <= noise
-        lines.append([col.name, fmt(a0, col.digits), fmt(a1, col.digits), fmt(b0, col.digits), fmt(effect, col.digits),
-                      fmt(noise, col.digits), "yes" if holds[col.name] else "no"])
+        lines.append(
+            [
+                col.name,
+                fmt(a0, col.digits),
+                fmt(a1, col.digits),
+                fmt(b0, col.digits),
+                fmt(effect, col.digits),
+                fmt(noise, col.digits),
+                "yes" if holds[col.name] else "no",
+            ]
+        )
     must, at_least = check.get("must_hold", []), check["at_least"]
-    rule = (f"{precisions[0]} stands if the effect is no larger than the noise"
-            + (f" on {', '.join(must)} and" if must else "") + f" on at least {at_least} of {len(base.columns)} columns")
+    rule = (
+        f"{precisions[0]} stands if the effect is no larger than the noise"
+        + (f" on {', '.join(must)} and" if must else "")
+        + f" on at least {at_least} of {len(base.columns)} columns"
+    )
     n = sum(holds.values())
     if missing:
         verdict = f"**Undecided**: no score yet for {', '.join(missing)} (each column needs all three records)."
     elif all(holds[m] for m in must) and n >= at_least:
-        verdict = f"**{precisions[0]} stands**: the effect is within the noise on {n} of {len(holds)} columns" \
-                  + (f", {', '.join(must)} among them." if must else ".")
+        verdict = f"**{precisions[0]} stands**: the effect is within the noise on {n} of {len(holds)} columns" + (
+            f", {', '.join(must)} among them." if must else "."
+        )
     else:
         failed = [m for m in must if not holds[m]]
-        verdict = (f"**{precisions[0]} does not stand**: the effect is within the noise on {n} of {len(holds)} columns"
-                   + (f", not on {', '.join(failed)}" if failed else "") + f"; every row re-runs in {precisions[1]}.")
-    return [f"The {base.label} row ran in {precisions[0]}; {other.label} re-ran its seed {s0} in {precisions[1]}. {rule}.",
-            "", markdown(lines), "", verdict]
+        verdict = (
+            f"**{precisions[0]} does not stand**: the effect is within the noise on {n} of {len(holds)} columns"
+            + (f", not on {', '.join(failed)}" if failed else "")
+            + f"; every row re-runs in {precisions[1]}."
+        )
+    return [
+        f"The {base.label} row ran in {precisions[0]}; {other.label} re-ran its seed {s0} in {precisions[1]}. {rule}.",
+        "",
+        markdown(lines),
+        "",
+        verdict,
+    ]
 
 
 def markdown(lines: list[list[str]]) -> str:
@@ -444,16 +538,33 @@ def markdown(lines: list[list[str]]) -> str:
 
 
 def latex_escape(s: str) -> str:
-    return (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
-             .replace("#", "\\#").replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("−", "$-$")
-             .replace("†", "$^\\dagger$").replace("×", "$\\times$").replace(UNTRACED, "\\S{}"))
+    return (
+        s.replace("\\", "\\textbackslash{}")
+        .replace("&", "\\&")
+        .replace("%", "\\%")
+        .replace("_", "\\_")
+        .replace("#", "\\#")
+        .replace("±", "$\\pm$")
+        .replace("Δ", "$\\Delta$")
+        .replace("−", "$-$")
+        .replace("†", "$^\\dagger$")
+        .replace("×", "$\\times$")
+        .replace(UNTRACED, "\\S{}")
+    )
 
 
 def latex(lines: list[list[str]], caption: str) -> str:
     head, *body = lines
     cols = "ll" + "l" + "l" + "r" * (len(head) - 4)
-    out = ["\\begin{table}[t]", "\\centering", "\\tiny", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
-           " & ".join(latex_escape(h) for h in head) + " \\\\", "\\midrule"]
+    out = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\tiny",
+        f"\\begin{{tabular}}{{{cols}}}",
+        "\\toprule",
+        " & ".join(latex_escape(h) for h in head) + " \\\\",
+        "\\midrule",
+    ]
     for i, line in enumerate(body):
         if i and i % 4 == 0:
             out.append("\\midrule")
@@ -467,17 +578,38 @@ def long_rows(rows: list[Row]) -> list[dict]:
     out = []
     for row in rows:
         for col, c in zip(row.columns, row.cells.values()):
-            out.append({"model": row.model, "paper_model": row.paper_model, "method": row.method, "variant": row.variant,
-                        "label": row.label, "cited": row.cited, "stand_in": row.stand_in, "task": col.task,
-                        "column": col.name, "metric": col.metric or main_metric(col.task), "scale": col.scale,
-                        "n": c.n, "seeds": " ".join(map(str, c.seeds)), "scores": " ".join(f"{s:.2f}" for s in c.scores),
-                        "mean": c.mean, "std": c.std, "median": c.median, "paper": c.paper, "diff_median_paper": c.diff,
-                        "failed": sum(c.failed.values()), "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
-                        "untraced": len(c.untraced)})
+            out.append(
+                {
+                    "model": row.model,
+                    "paper_model": row.paper_model,
+                    "method": row.method,
+                    "variant": row.variant,
+                    "label": row.label,
+                    "cited": row.cited,
+                    "stand_in": row.stand_in,
+                    "task": col.task,
+                    "column": col.name,
+                    "metric": col.metric or main_metric(col.task),
+                    "scale": col.scale,
+                    "n": c.n,
+                    "seeds": " ".join(map(str, c.seeds)),
+                    "scores": " ".join(f"{s:.2f}" for s in c.scores),
+                    "mean": c.mean,
+                    "std": c.std,
+                    "median": c.median,
+                    "paper": c.paper,
+                    "diff_median_paper": c.diff,
+                    "failed": sum(c.failed.values()),
+                    "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
+                    "untraced": len(c.untraced),
+                }
+            )
     return out
 
 
-def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None = None, table: dict | None = None) -> str:
+def render(
+    table_name: str, results_dir: str | Path, out_dir: str | Path | None = None, table: dict | None = None
+) -> str:
     """Lay out, write <out_dir>/<table>.{md,csv,tex} (default <results_dir>/tables) and return the markdown."""
     rows, unmatched, table = build(table_name, results_dir, table)
     paper = load_paper(table) or {}
@@ -486,64 +618,106 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
     by_metric = any(c.metric for c in cols)
     lines = table_lines(rows, tasks, cols)
     if by_metric:
-        scores = (f"Scores: {tasks[0]}'s metrics as the paper prints them ("
-                  + ", ".join(f"{c.name} = {c.metric}" + (f" ×{c.scale:g}" if c.scale != 1 else "") for c in cols) + ")")
+        scores = (
+            f"Scores: {tasks[0]}'s metrics as the paper prints them ("
+            + ", ".join(f"{c.name} = {c.metric}" + (f" ×{c.scale:g}" if c.scale != 1 else "") for c in cols)
+            + ")"
+        )
     else:
         scores = "Scores ×100 (" + ", ".join(f"{c.name}: {main_metric(c.task)}" for c in cols) + ")"
     title = f"Table {table_name}" + (f" — {paper['source']['paper']}" if paper.get("source") else "")
-    n_records = sum(c.n + sum(c.failed.values()) for r in rows
-                    for col, c in zip(r.columns, r.cells.values()) if col.first_of_task) + len(unmatched)
+    n_records = sum(
+        c.n + sum(c.failed.values()) for r in rows for col, c in zip(r.columns, r.cells.values()) if col.first_of_task
+    ) + len(unmatched)
     walls = [r.wall_s for r in load_records(results_dir, table_name)[0]]
     n_all = len(walls)
-    counted = f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)" \
-        if n_all > n_records else ""
+    counted = (
+        f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)"
+        if n_all > n_records
+        else ""
+    )
     timed = [w for w in walls if w is not None]
-    if timed:   # what the table cost to run: every record, chosen or not, ok or failed
-        counted += (f"; cell time in all {sum(timed) / 3600:.1f} h (the sum of `wall_s` over {len(timed)} records, "
-                    "each cell on its own threads)")
-    md = [f"# {title}", "",
-          f"Records: {max(n_all, n_records)} under {Path(results_dir) / table_name}{counted}. {scores}, each at the epoch the "
-          "run selected (`train.select`; `best` = the paper's best dev epoch). mean ± std over seeds (n = seeds behind "
-          "the cell) is the suite's statistic; the median over seeds is the paper's. \"paper\" is the paper's number, "
-          "Δ = median − paper. \"(cited)\": the paper copied that row from prior work (marked * there). Stand-in rows "
-          "(\"X (for Y)\") ran a small model with the row's method settings; the paper's numbers are those of Y. "
-          f"\"{MISSING}\": no record; \"failed ×k\": k failed seeds (reasons below)."
-          + ("" if by_metric else
-             f" Avg: mean over the task columns (\"(k/{len(tasks)} tasks)\" when some are missing; Δ only when complete)"
-             + ("" if len(tasks) + 1 == len(paper.get("columns", [])) else
-                f"; the paper's Avg here is the mean of its numbers on these {len(tasks)} tasks, not its printed Avg") + "."), "",
-          markdown(lines)]
+    if timed:  # what the table cost to run: every record, chosen or not, ok or failed
+        counted += (
+            f"; cell time in all {sum(timed) / 3600:.1f} h (the sum of `wall_s` over {len(timed)} records, "
+            "each cell on its own threads)"
+        )
+    md = [
+        f"# {title}",
+        "",
+        f"Records: {max(n_all, n_records)} under {Path(results_dir) / table_name}{counted}. {scores}, each at the epoch the "
+        "run selected (`train.select`; `best` = the paper's best dev epoch). mean ± std over seeds (n = seeds behind "
+        "the cell) is the suite's statistic; the median over seeds is the paper's. \"paper\" is the paper's number, "
+        'Δ = median − paper. "(cited)": the paper copied that row from prior work (marked * there). Stand-in rows '
+        "(\"X (for Y)\") ran a small model with the row's method settings; the paper's numbers are those of Y. "
+        f'"{MISSING}": no record; "failed ×k": k failed seeds (reasons below).'
+        + (
+            ""
+            if by_metric
+            else f' Avg: mean over the task columns ("(k/{len(tasks)} tasks)" when some are missing; Δ only when complete)'
+            + (
+                ""
+                if len(tasks) + 1 == len(paper.get("columns", []))
+                else f"; the paper's Avg here is the mean of its numbers on these {len(tasks)} tasks, not its printed Avg"
+            )
+            + "."
+        ),
+        "",
+        markdown(lines),
+    ]
     if (table.get("render") or {}).get("cost") and rows:
-        md += ["", "## Cost", "",
-               "Medians over the row's ok cells, as the runner recorded them on this machine: peak RSS = the cell's "
-               "peak resident memory (model load, training and evaluation; `peak_rss_mb`) over the cells that ran first "
-               "in a fresh process (`process_cell_index` 0: later cells of an in-process sweep start on memory earlier "
-               "cells left allocated; `hydra/launcher=submitit_local` runs every cell in its own process), s / step = (the Trainer's "
-               "`train_runtime_s` − the dev evaluations' runtime) / steps, min / cell = `wall_s` (set-up and scoring "
-               "included). Avg as above; Δ Avg only when both rows have every task.", "",
-               markdown(cost_lines(rows, len(tasks), cols[headline_column(cols)].name if by_metric else "Avg"))]
+        md += [
+            "",
+            "## Cost",
+            "",
+            "Medians over the row's ok cells, as the runner recorded them on this machine: peak RSS = the cell's "
+            "peak resident memory (model load, training and evaluation; `peak_rss_mb`) over the cells that ran first "
+            "in a fresh process (`process_cell_index` 0: later cells of an in-process sweep start on memory earlier "
+            "cells left allocated; `hydra/launcher=submitit_local` runs every cell in its own process), s / step = (the Trainer's "
+            "`train_runtime_s` − the dev evaluations' runtime) / steps, min / cell = `wall_s` (set-up and scoring "
+            "included). Avg as above; Δ Avg only when both rows have every task.",
+            "",
+            markdown(cost_lines(rows, len(tasks), cols[headline_column(cols)].name if by_metric else "Avg")),
+        ]
     if check := (table.get("render") or {}).get("precision_check"):
         md += ["", "## Precision check", ""] + precision_check(rows, check)
     if any(row.tuning for row in rows):
-        md += ["", "## Tuning", "",
-               f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "
-               "the one with the best dev score (✓) ran the other seeds, and the row above reports its seeds.", "",
-               markdown(tuning_lines(rows, tasks))]
-    failures = [(row, col.task, reason, n) for row in rows for col, c in zip(row.columns, row.cells.values())
-                if col.first_of_task for reason, n in c.failed.items()]
+        md += [
+            "",
+            "## Tuning",
+            "",
+            f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "
+            "the one with the best dev score (✓) ran the other seeds, and the row above reports its seeds.",
+            "",
+            markdown(tuning_lines(rows, tasks)),
+        ]
+    failures = [
+        (row, col.task, reason, n)
+        for row in rows
+        for col, c in zip(row.columns, row.cells.values())
+        if col.first_of_task
+        for reason, n in c.failed.items()
+    ]
     if failures:
         md += ["", "Failed cells:", ""]
-        md += [f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures]
+        md += [
+            f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures
+        ]
     untraced = [(p, why) for row in rows for c in row.cells.values() for p, why in c.untraced]
     if untraced:
-        md += ["", f"{UNTRACED} Records whose code cannot be traced ({len(untraced)}): written from a tree with uncommitted "
-               "changes that the record does not carry (no seed<k>.diff), or with no git commit. Re-run them from a "
-               "clean tree (force=true) when the table is re-run:", ""]
+        md += [
+            "",
+            f"{UNTRACED} Records whose code cannot be traced ({len(untraced)}): written from a tree with uncommitted "
+            "changes that the record does not carry (no seed<k>.diff), or with no git commit. Re-run them from a "
+            "clean tree (force=true) when the table is re-run:",
+            "",
+        ]
         md += [f"- {p}: {why}" for p, why in untraced]
     if unmatched:
         md += ["", f"Records that are no row of table {table_name} ({len(unmatched)}):", ""]
-        md += [f"- {r.path}: status {r.status}, model {r.model}, method {r.method}, variant {r.variant}"
-               for r in unmatched]
+        md += [
+            f"- {r.path}: status {r.status}, model {r.model}, method {r.method}, variant {r.variant}" for r in unmatched
+        ]
     text = "\n".join(md) + "\n"
     out_dir = Path(out_dir) if out_dir else Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -558,7 +732,9 @@ def render(table_name: str, results_dir: str | Path, out_dir: str | Path | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("table", help="a table config under conf/table/ (e.g. glue)")
     ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
     ap.add_argument("--out-dir", default=None, help="default: <results-dir>/tables")

@@ -62,8 +62,12 @@ def batch_record(train: DictConfig) -> dict:
     """The record's `batch`: its parts and the global batch the optimizer really saw (per_device x accumulation x
     world_size)."""
     per_device, accumulation = batch_plan(train)
-    return {"per_device": per_device, "accumulation": accumulation, "world_size": world_size(),
-            "global": per_device * accumulation * world_size()}
+    return {
+        "per_device": per_device,
+        "accumulation": accumulation,
+        "world_size": world_size(),
+        "global": per_device * accumulation * world_size(),
+    }
 
 
 class DivergenceGuard(TrainerCallback):
@@ -80,9 +84,9 @@ class DivergenceGuard(TrainerCallback):
 
     def __init__(self, patience: int = 10):
         self.patience = patience
-        self.trainer = None                 # set by ReproTrainer: its accelerator knows whether the step was skipped
+        self.trainer = None  # set by ReproTrainer: its accelerator knows whether the step was skipped
         self.skipped_steps = self.nonfinite_steps = self.streak = 0
-        self.diverged_at = None             # the first step of a streak that reached `patience`
+        self.diverged_at = None  # the first step of a streak that reached `patience`
         self.step_finite = True
 
     def saw_loss(self, loss: torch.Tensor) -> None:
@@ -103,7 +107,7 @@ class DivergenceGuard(TrainerCallback):
         if self.trainer is not None:
             acc = self.trainer.accelerator
             skipped = acc.optimizer_step_was_skipped
-            if acc.num_processes > 1:   # every process must stop at the same step
+            if acc.num_processes > 1:  # every process must stop at the same step
                 finite = acc.reduce(torch.tensor(float(not finite), device=acc.device), "sum").item() == 0
         if self.end_step(state.global_step, finite, skipped):
             control.should_training_stop = True
@@ -111,7 +115,9 @@ class DivergenceGuard(TrainerCallback):
     def failure(self) -> str | None:
         """Why the cell diverged, or None."""
         if self.diverged_at is not None:
-            return f"diverged: training loss not finite for {self.patience} consecutive steps from step {self.diverged_at}"
+            return (
+                f"diverged: training loss not finite for {self.patience} consecutive steps from step {self.diverged_at}"
+            )
         if self.streak:
             return f"diverged: training loss still not finite at the last step ({self.streak} consecutive steps)"
         return None
@@ -174,12 +180,21 @@ class ReproTrainer(Trainer):
     def _issue_warnings_after_load(self, load_result) -> None:
         """Missing keys of an adapters-only checkpoint are the frozen weights: expected, not worth a warning."""
         trainable = self.trainable_names()
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=[k for k in load_result.missing_keys if k in trainable]))
+        super()._issue_warnings_after_load(
+            load_result._replace(missing_keys=[k for k in load_result.missing_keys if k in trainable])
+        )
 
 
-def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str | None, *, select: str | None = None,
-                       greater_is_better: bool = True, eval_batch_size: int | None = None,
-                       prediction_loss_only: bool = False) -> TrainingArguments:
+def training_arguments(
+    cfg: DictConfig,
+    output_dir: Path,
+    main_metric_key: str | None,
+    *,
+    select: str | None = None,
+    greater_is_better: bool = True,
+    eval_batch_size: int | None = None,
+    prediction_loss_only: bool = False,
+) -> TrainingArguments:
     """The Trainer's arguments of a cell. `main_metric_key`: the logged dev metric that selects the best weights (None:
     no evaluation while training); `select`: "best" (load them at the end) or "last" (train.select unless given);
     `greater_is_better`: False for a loss; `eval_batch_size`: the per-device batch of evaluation (default: at least
@@ -203,20 +218,20 @@ def training_arguments(cfg: DictConfig, output_dir: Path, main_metric_key: str |
         adam_epsilon=t.adam_epsilon,
         max_grad_norm=t.max_grad_norm,
         label_smoothing_factor=t.label_smoothing,
-        activation_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),   # transformers 5's name for it
+        activation_checkpointing=bool(cfg.model.get("gradient_checkpointing", False)),  # transformers 5's name for it
         fp16=t.precision == "fp16",
         bf16=t.precision == "bf16",
         eval_strategy=t.eval_strategy if evaluate else "no",
         eval_steps=t.eval_steps,
         save_strategy=t.eval_strategy if evaluate else "epoch",
         save_steps=t.eval_steps,
-        save_total_limit=1,          # one per cell (the Trainer also keeps the best one while it differs from the last)
+        save_total_limit=1,  # one per cell (the Trainer also keeps the best one while it differs from the last)
         load_best_model_at_end=evaluate and (select or t.select) == "best",
         metric_for_best_model=main_metric_key,
         greater_is_better=greater_is_better,
         prediction_loss_only=prediction_loss_only,
         logging_steps=t.logging_steps,
-        logging_nan_inf_filter=True,        # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
+        logging_nan_inf_filter=True,  # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
         average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (the recipes' losses)
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=cfg.seed,
@@ -251,7 +266,11 @@ def history_from_logs(log_history: list[dict], main_metric_key: str | None) -> d
     """Loss curve and per-evaluation dev metrics, from the Trainer's log."""
     loss = [{"step": e["step"], "epoch": e.get("epoch"), "loss": e["loss"]} for e in log_history if "loss" in e]
     evals = [
-        {"step": e["step"], "epoch": e.get("epoch"), **{k.removeprefix("eval_"): v for k, v in e.items() if k.startswith("eval_")}}
+        {
+            "step": e["step"],
+            "epoch": e.get("epoch"),
+            **{k.removeprefix("eval_"): v for k, v in e.items() if k.startswith("eval_")},
+        }
         for e in log_history
         if main_metric_key and main_metric_key in e
     ]
@@ -264,26 +283,41 @@ class Outcome:
     fills the training part; the recipe sets `selected` (the weights it scored), `metrics` and its own fields
     (`extra`, e.g. generation's `decode`), which the record places after `selected`."""
 
-    history: dict                 # loss curve and per-evaluation dev metrics (history_from_logs)
-    steps: int                    # optimizer steps taken
+    history: dict  # loss curve and per-evaluation dev metrics (history_from_logs)
+    steps: int  # optimizer steps taken
     train_runtime_s: float | None
-    resumed_from: str | None      # the checkpoint training resumed from, if any
-    batch: dict                   # batch_record
-    skipped_steps: int            # optimizer steps the loss scaler skipped (DivergenceGuard)
-    nonfinite_steps: int          # optimizer steps with a non-finite loss
+    resumed_from: str | None  # the checkpoint training resumed from, if any
+    batch: dict  # batch_record
+    skipped_steps: int  # optimizer steps the loss scaler skipped (DivergenceGuard)
+    nonfinite_steps: int  # optimizer steps with a non-finite loss
     selected: dict | None = None  # {"rule", "step", "epoch"} of the weights scored
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def fields(self) -> dict:
         """The record's fields, in the record's order."""
-        return {"metrics": self.metrics, "history": self.history, "selected": self.selected, **self.extra,
-                "steps": self.steps, "train_runtime_s": self.train_runtime_s, "resumed_from": self.resumed_from,
-                "batch": self.batch, "skipped_steps": self.skipped_steps, "nonfinite_steps": self.nonfinite_steps}
+        return {
+            "metrics": self.metrics,
+            "history": self.history,
+            "selected": self.selected,
+            **self.extra,
+            "steps": self.steps,
+            "train_runtime_s": self.train_runtime_s,
+            "resumed_from": self.resumed_from,
+            "batch": self.batch,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
 
 
-def fit(cfg: DictConfig, trainer: ReproTrainer, output_dir: Path, main_metric_key: str | None, *,
-        evaluate_selected: bool = False) -> Outcome:
+def fit(
+    cfg: DictConfig,
+    trainer: ReproTrainer,
+    output_dir: Path,
+    main_metric_key: str | None,
+    *,
+    evaluate_selected: bool = False,
+) -> Outcome:
     """Train the cell (from its last complete checkpoint, if any; Diverged if the loss stays non-finite) and return
     the training part of its outcome. `evaluate_selected`: evaluate the weights training leaves (the best or the
     last) once more on the eval set; the evaluation is logged, so it is the history's last `eval` entry."""

@@ -25,9 +25,9 @@ little, alike for every method.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-NOT_RUN = "not run"   # a candidate with no record on the selection seed
+NOT_RUN = "not run"  # a candidate with no record on the selection seed
 
 
 def selection_seed(table: Mapping) -> int | None:
@@ -38,7 +38,7 @@ def selection_seed(table: Mapping) -> int | None:
     return int(tune.get("seed", 0))
 
 
-def groups(table: Mapping) -> "OrderedDict[tuple[str, str, str], list[str]]":
+def groups(table: Mapping) -> OrderedDict[tuple[str, str, str], list[str]]:
     """(model, method, tune name) -> the candidates' variants, in table order."""
     out: OrderedDict = OrderedDict()
     for row in table.get("rows") or []:

@@ -66,7 +66,10 @@ def snapshot(dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     tables = sorted(p.stem for p in (ROOT / "conf" / "table").glob("*.yaml"))
     for t in tables:
-        run(["-m", "repro.tables", t, "--results-dir", "results", "--out-dir", str(dest / "tables")], dest / "tables" / f"{t}.stdout")
+        run(
+            ["-m", "repro.tables", t, "--results-dir", "results", "--out-dir", str(dest / "tables")],
+            dest / "tables" / f"{t}.stdout",
+        )
         run(["-m", "repro.plan", f"+table={t}"], dest / "plan" / f"{t}.txt")
     run(["-m", "repro.claims", "--results-dir", "results", "--out", str(dest / "claims")], dest / "claims.stdout")
     for t in ("rank", "which_weights"):
@@ -86,8 +89,11 @@ def compare(a: Path, b: Path) -> int:
     bad = [f"only in {a}: {p}" for p in sorted(fa - fb)] + [f"only in {b}: {p}" for p in sorted(fb - fa)]
     bad += [f"differs: {p}" for p in sorted(fa & fb) if not filecmp.cmp(a / p, b / p, shallow=False)]
     fp = json.loads((b / "fingerprints.json").read_text()) if (b / "fingerprints.json").exists() else {}
-    bad += [f"fingerprint: {k} recorded {v[0]}, now {v[1]}" for k, v in sorted(fp.items()) if v[0] != v[1]
-            and f"fingerprint: {k}" not in _stale_before(a)]
+    bad += [
+        f"fingerprint: {k} recorded {v[0]}, now {v[1]}"
+        for k, v in sorted(fp.items())
+        if v[0] != v[1] and f"fingerprint: {k}" not in _stale_before(a)
+    ]
     for line in bad:
         print(line)
     print(f"compare: {len(fa & fb)} files in both, {len(bad)} differences")

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE_TASKS = ["mnli", "sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb"]
-STRING_LABELS = {"rte", "qnli", "mnli"}   # the original tsv files spell these labels out
+STRING_LABELS = {"rte", "qnli", "mnli"}  # the original tsv files spell these labels out
 LORA_NLG = "https://raw.githubusercontent.com/microsoft/LoRA/c4593f060e6a368d7bb5af5273b8e42810cdef90/examples/NLG"
 NLG_FILES = {
     "e2e/train.txt": "data/e2e/train.txt",
@@ -64,7 +64,10 @@ def write_glue_task(name: str, out: Path) -> None:
                 label = row["label"]
                 if name in STRING_LABELS:
                     label = task.label_names[label]
-                cells = {**{k: " ".join(row[k].split("\t")).replace("\n", " ") for k in task.text_fields}, "label": label}
+                cells = {
+                    **{k: " ".join(row[k].split("\t")).replace("\n", " ") for k in task.text_fields},
+                    "label": label,
+                }
                 if task.header:
                     writer.writerow([cells[k] for k in fields])
                 else:  # CoLA: source, label, original label, sentence

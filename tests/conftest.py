@@ -13,7 +13,7 @@ from repro import CONF_DIR
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ["WANDB_MODE"] = "disabled"   # tracking is never on in tests
+os.environ["WANDB_MODE"] = "disabled"  # tracking is never on in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

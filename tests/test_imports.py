@@ -33,7 +33,7 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = alias.name
-                while target and target not in known:   # `import repro.methods.lora.x` -> the deepest module
+                while target and target not in known:  # `import repro.methods.lora.x` -> the deepest module
                     target = target.rpartition(".")[0]
                 if target:
                     out.add(target)
@@ -58,7 +58,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle of the graph as [a, b, ..., a], or None (depth-first search, sorted order: the same answer each run)."""
-    state: dict[str, str] = {}   # "open" while on the current path, "done" after
+    state: dict[str, str] = {}  # "open" while on the current path, "done" after
     path: list[str] = []
 
     def visit(node: str) -> list[str] | None:
@@ -66,7 +66,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -82,8 +82,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_is_read():
     graph = import_graph()
     assert "repro.records" in graph["repro.run"] and "repro.plan.grid" in graph["repro.plan.order"]
-    assert "repro.methods.lora" in graph["repro.methods.registry"]                       # module level
-    assert "repro.methods.checkpoint" in graph["repro.records"]                           # inside a function
+    assert "repro.methods.lora" in graph["repro.methods.registry"]  # module level
+    assert "repro.methods.checkpoint" in graph["repro.records"]  # inside a function
 
 
 def test_find_cycle_names_it():

@@ -45,7 +45,15 @@ def test_mnli_chain_end_to_end(compose_config, data_dir, tmp_path):
     data = mnli_data_dir(data_dir, tmp_path)
 
     def cell(overrides):
-        overrides = ["+table=glue", "model=tiny-roberta", "method=lora", "seed=0", *FAST, f"paths.data_dir={data}", *overrides]
+        overrides = [
+            "+table=glue",
+            "model=tiny-roberta",
+            "method=lora",
+            "seed=0",
+            *FAST,
+            f"paths.data_dir={data}",
+            *overrides,
+        ]
         return resolve_cell(compose_config(overrides), overrides)
 
     mnli = cell(["task=mnli"])
@@ -68,7 +76,7 @@ def test_mnli_chain_end_to_end(compose_config, data_dir, tmp_path):
     dependent = run_cell(rte)
     assert dependent["status"] == "ok", dependent.get("error")
     assert records.finished_record(rte) is not None
-    assert records.fingerprint(rte) == records.fingerprint(cell(rte_overrides))   # the switch is not in the fingerprint
+    assert records.fingerprint(rte) == records.fingerprint(cell(rte_overrides))  # the switch is not in the fingerprint
 
     # re-running MNLI with another config changes its checkpoint's fingerprint: RTE is no longer done
     mnli2 = cell(["task=mnli", "train.learning_rate=1e-3"])

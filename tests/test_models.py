@@ -15,8 +15,14 @@ from repro.errors import ModelUnavailable
 from repro.models import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-LINES = ["the quick brown fox jumps over the lazy dog", "a man is playing a guitar", "two dogs run in the park",
-         "the cat sat on the mat", "glue is a benchmark of nine tasks", "low rank adaptation of large language models"]
+LINES = [
+    "the quick brown fox jumps over the lazy dog",
+    "a man is playing a guitar",
+    "two dogs run in the park",
+    "the cat sat on the mat",
+    "glue is a benchmark of nine tasks",
+    "low rank adaptation of large language models",
+]
 
 
 def spm_only_deberta_folder(folder: Path) -> Path:
@@ -27,12 +33,27 @@ def spm_only_deberta_folder(folder: Path) -> Path:
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(LINES * 5), model_writer=model, vocab_size=60, model_type="unigram",
-        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
-        unk_piece="[UNK]", user_defined_symbols=["[MASK]"], hard_vocab_limit=False, minloglevel=2)
+        sentence_iterator=iter(LINES * 5),
+        model_writer=model,
+        vocab_size=60,
+        model_type="unigram",
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        pad_piece="[PAD]",
+        bos_piece="[CLS]",
+        eos_piece="[SEP]",
+        unk_piece="[UNK]",
+        user_defined_symbols=["[MASK]"],
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     folder.mkdir(parents=True)
     (folder / "spm.model").write_bytes(model.getvalue())
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False, "vocab_type": "spm"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False, "vocab_type": "spm"})
+    )
     return folder
 
 
@@ -40,7 +61,7 @@ def deberta_cfg(folder: Path):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(CONF_DIR / "model" / "deberta-v2-xxlarge.yaml")
-    cfg.hub_id = str(folder)   # a local snapshot of the hub folder: loads offline
+    cfg.hub_id = str(folder)  # a local snapshot of the hub folder: loads offline
     return cfg
 
 
@@ -67,6 +88,6 @@ def test_sentencepiece_only_deberta_tokenizer_loads(tmp_path, monkeypatch):
 def test_missing_sentencepiece_is_a_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("sentencepiece")
     folder = spm_only_deberta_folder(tmp_path / "deberta-v2-xxlarge")
-    monkeypatch.setitem(sys.modules, "sentencepiece", None)   # as if not installed
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # as if not installed
     with pytest.raises(ModelUnavailable, match=r"pip install sentencepiece=="):
         load_tokenizer(deberta_cfg(folder), None)

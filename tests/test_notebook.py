@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from repro import PROJECT_ROOT
@@ -20,9 +18,13 @@ def test_results_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_TABLES", "glue")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = jupytext.read(PROJECT_ROOT / "notebooks" / "results.py")
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT)}}
+    )
     client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
     assert (tmp_path / "out" / "tables" / "glue.md").exists()
     assert (tmp_path / "out" / "plots" / "glue_score_vs_params.png").exists()

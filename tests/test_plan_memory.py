@@ -38,15 +38,17 @@ def cell(overrides: list[str]):
 
 def test_model_cap_and_checkpointing_reach_the_trainer(hydra_ctx, tmp_path):
     ov = ["+table=glue", "model=roberta-large", "method=lora", "task=qnli", "train.precision=fp32"]
-    cfg = cell(ov)                                              # global batch 32, RoBERTa-large cap 8
+    cfg = cell(ov)  # global batch 32, RoBERTa-large cap 8
     assert cfg.train.max_per_device_batch_size == cfg.model.max_per_device_batch_size == 8
     assert batch_plan(cfg.train) == (8, 4)
     assert training_arguments(cfg, tmp_path, None).activation_checkpointing is False
     ov = ["+table=glue", "model=deberta-v2-xxlarge", "method=lora", "task=qnli", "train.precision=fp32"]
-    cfg = cell(ov)                                              # global batch 48, checkpointing on
+    cfg = cell(ov)  # global batch 48, checkpointing on
     assert batch_plan(cfg.train) == (8, 6)
     assert training_arguments(cfg, tmp_path, None).activation_checkpointing is True
-    cfg = cell([*ov, "train.max_per_device_batch_size=4", "model.gradient_checkpointing=false"])   # the command line wins
+    cfg = cell(
+        [*ov, "train.max_per_device_batch_size=4", "model.gradient_checkpointing=false"]
+    )  # the command line wins
     assert batch_plan(cfg.train) == (4, 12)
     assert training_arguments(cfg, tmp_path, None).activation_checkpointing is False
 
@@ -59,9 +61,9 @@ def test_every_model_config_has_the_memory_keys():
 
 
 def test_memory_and_disk_formulas(hydra_ctx):
-    cfg = cell(["+table=glue", "model=roberta-base", "method=ft", "task=rte"])    # fp32, seq 512, global batch 32
+    cfg = cell(["+table=glue", "model=roberta-base", "method=ft", "task=rte"])  # fp32, seq 512, global batch 32
     p, pt = cost.param_counts(cfg)
-    assert p == pt and 124e6 < p < 126e6                        # RoBERTa-base + its classification head, all trained
+    assert p == pt and 124e6 < p < 126e6  # RoBERTa-base + its classification head, all trained
     mem = cost.memory_estimate(cfg)
     s, b, h, a, L = 512, 16, 768, 12, 12
     act = L * 2 * (34 * s * b * h + 5 * a * s * s * b)
@@ -73,9 +75,9 @@ def test_memory_and_disk_formulas(hydra_ctx):
 
     lora = cell(["+table=glue", "model=roberta-base", "method=lora", "task=rte"])
     p2, pt2 = cost.param_counts(lora)
-    assert p < p2 < 1.01 * p and pt2 < p / 100                   # frozen backbone + LoRA; trained: LoRA + head only
+    assert p < p2 < 1.01 * p and pt2 < p / 100  # frozen backbone + LoRA; trained: LoRA + head only
     assert cost.disk_estimate(lora)["final_bytes"] == 4 * pt2
-    assert cost.disk_estimate(lora)["ckpt_bytes"] == 12 * pt2   # adapters-only Trainer checkpoints (ReproTrainer._save)
+    assert cost.disk_estimate(lora)["ckpt_bytes"] == 12 * pt2  # adapters-only Trainer checkpoints (ReproTrainer._save)
 
 
 def test_gpu_of_the_slurm_config():
@@ -98,19 +100,35 @@ def test_every_paper_cell_fits_the_slurm_gpu(hydra_ctx):
             seen.add(cfg.model.name)
             mem = cost.memory_estimate(cfg)["mem_bytes"]
             if mem > limit:
-                over.append(f"{table} {cfg.model.name} {cfg.method.name} {cfg.variant} {cfg.task.name}: {mem / cost.GiB:.1f} GiB")
+                over.append(
+                    f"{table} {cfg.model.name} {cfg.method.name} {cfg.variant} {cfg.task.name}: {mem / cost.GiB:.1f} GiB"
+                )
     assert seen == set(PAPER_MODELS)
     assert not over, f"cells over {cost.GPU_MARGIN:.0%} of a {gpu} ({gib:.0f} GiB): {over}"
 
 
 def test_plan_prints_memory_and_disk_per_row(tmp_path):
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    out = subprocess.run([sys.executable, "-m", "repro.plan", "+table=glue", "model=roberta-large,deberta-v2-xxlarge",
-                          "method=lora", "task=qnli", "seed=0,1"],   # RoBERTa-large LoRA: 2 rows (default, dagger)
-                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repro.plan",
+            "+table=glue",
+            "model=roberta-large,deberta-v2-xxlarge",
+            "method=lora",
+            "task=qnli",
+            "seed=0,1",
+        ],  # RoBERTa-large LoRA: 2 rows (default, dagger)
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    assert "GiB/GPU" in text.splitlines()[2] and "disk/job" in text.splitlines()[2]   # the per-cell table's header
+    assert "GiB/GPU" in text.splitlines()[2] and "disk/job" in text.splitlines()[2]  # the per-cell table's header
     rows = [line for line in text.splitlines() if line.startswith("  ") and "GPU-h" in line]
     assert len(rows) == 3 and all("GiB/GPU" in r and "fits" in r and "disk" in r for r in rows), text
     assert "peak memory per GPU: largest cell" in text and "6 of 6 jobs fit" in text

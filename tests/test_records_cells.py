@@ -46,17 +46,21 @@ def test_skip_force_and_fingerprint(one_cell, compose_config, monkeypatch):
     assert record["status"] == "ok", record.get("error")
     path = records.record_path(cfg)
     assert path.exists() and records.read_record(path)["fingerprint"] == records.fingerprint(cfg)
-    assert not records.checkpoint_dir(cfg).exists()               # removed once the cell is done
+    assert not records.checkpoint_dir(cfg).exists()  # removed once the cell is done
 
     calls = []
-    monkeypatch.setattr(run, "_run_cell", lambda cfg, path, *setup: calls.append(path) or {"status": "ok", "metrics": {}})
+    monkeypatch.setattr(
+        run, "_run_cell", lambda cfg, path, *setup: calls.append(path) or {"status": "ok", "metrics": {}}
+    )
     again = run.run_cell(resolved(compose_config, overrides))
-    assert again.get("skipped") and calls == []                   # same fingerprint: skipped, nothing run
+    assert again.get("skipped") and calls == []  # same fingerprint: skipped, nothing run
     run.run_cell(resolved(compose_config, [*overrides, "force=true"]))
-    assert len(calls) == 1                                        # force reruns
+    assert len(calls) == 1  # force reruns
     changed = resolved(compose_config, [*overrides, "train.learning_rate=1e-3"])
-    assert records.finished_record(changed) is None               # another config is another fingerprint
-    assert records.fingerprint(resolved(compose_config, [*overrides, "train.logging_steps=3"])) == records.fingerprint(cfg)
+    assert records.finished_record(changed) is None  # another config is another fingerprint
+    assert records.fingerprint(resolved(compose_config, [*overrides, "train.logging_steps=3"])) == records.fingerprint(
+        cfg
+    )
 
 
 def test_no_api_key_in_records_or_logs(one_cell):
@@ -78,8 +82,13 @@ def test_record_is_traceable(one_cell):
 
 
 def git(repo, *args):
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def test_code_diff_leaves_out_results_and_goes_beside_the_record(tmp_path, monkeypatch):
@@ -94,7 +103,7 @@ def test_code_diff_leaves_out_results_and_goes_beside_the_record(tmp_path, monke
     record = repo / "results" / "t" / "seed0.json"
     assert records.code_diff() == "" and records.provenance("")["git_dirty"] is False
 
-    record.write_text('{"a": 1}\n')                       # a changed record is not a code change
+    record.write_text('{"a": 1}\n')  # a changed record is not a code change
     assert records.code_diff() == ""
     (repo / "code.py").write_text("x = 2\n")
     diff = records.code_diff()
@@ -103,12 +112,14 @@ def test_code_diff_leaves_out_results_and_goes_beside_the_record(tmp_path, monke
     assert prov["git_dirty"] and prov["git_commit"] == git(repo, "rev-parse", "HEAD").strip()
     records.write_diff(record, diff)
     assert records.diff_path(record).read_text() == diff and records.untraced(record, {"provenance": prov}) is None
-    git(repo, "apply", "--check", "-R", str(records.diff_path(record)))   # it is the change, as a patch
-    records.write_diff(record, "")                        # a clean re-run removes the stale diff
+    git(repo, "apply", "--check", "-R", str(records.diff_path(record)))  # it is the change, as a patch
+    records.write_diff(record, "")  # a clean re-run removes the stale diff
     assert not records.diff_path(record).exists()
     assert records.untraced(record, {"provenance": prov}) == "uncommitted changes, seed0.diff missing"
     # this checkout's .gitignore keeps the diffs (they are committed with their records)
-    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", "results/glue/m/lora/rte/seed0.diff"], cwd=PROJECT_ROOT)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", "results/glue/m/lora/rte/seed0.diff"], cwd=PROJECT_ROOT
+    )
     assert ignored.returncode == 1
 
 
@@ -133,7 +144,7 @@ def test_atomic_write_never_shows_half_a_record(tmp_path):
     seen = 0
     while any(p.is_alive() for p in procs):
         if path.exists():
-            json.loads(path.read_text())      # never a partial file
+            json.loads(path.read_text())  # never a partial file
             seen += 1
     for p in procs:
         p.join()
@@ -146,7 +157,7 @@ def _hold(cfg_yaml, ready, release):
 
     with records.cell_lock(OmegaConf.create(cfg_yaml)):
         ready.set()
-        release.wait(300)    # released by the test; the timeout only bounds a broken test
+        release.wait(300)  # released by the test; the timeout only bounds a broken test
 
 
 def test_cell_lock_excludes_a_second_job(compose_config):
@@ -168,7 +179,7 @@ def test_cell_lock_excludes_a_second_job(compose_config):
     finally:
         release.set()
         p.join()
-    with records.cell_lock(cfg):        # released when the holder ends
+    with records.cell_lock(cfg):  # released when the holder ends
         pass
 
 
@@ -180,7 +191,7 @@ def test_checkpoints_of_another_config_are_not_resumed(compose_config):
     assert records.prepare_checkpoint_dir(cfg) == ckpt and not (ckpt / "checkpoint-4").exists()
     (ckpt / "checkpoint-4").mkdir()
     (ckpt / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
-    records.prepare_checkpoint_dir(cfg)                                     # same config: kept, and resumed
+    records.prepare_checkpoint_dir(cfg)  # same config: kept, and resumed
     assert records.last_complete_checkpoint(ckpt).name == "checkpoint-4"
 
 
@@ -204,12 +215,26 @@ def test_a_checkpoint_cut_off_mid_save_is_not_resumed(compose_config):
 def test_killed_cell_resumes_from_its_last_checkpoint(tmp_path, data_dir):
     """Kill a running cell after its first checkpoint; the same command then resumes from it and completes."""
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    cmd = [sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", "method=lora", "task=rte",
-           "train.max_steps=100", "train.eval_strategy=steps", "train.eval_steps=10", "train.global_batch_size=4",
-           "data.max_train_samples=64", "data.max_eval_samples=16", "train.logging_steps=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "repro.run",
+        "+table=glue",
+        "model=tiny-roberta",
+        "method=lora",
+        "task=rte",
+        "train.max_steps=100",
+        "train.eval_strategy=steps",
+        "train.eval_steps=10",
+        "train.global_batch_size=4",
+        "data.max_train_samples=64",
+        "data.max_eval_samples=16",
+        "train.logging_steps=5",
+    ]
     ckpts = tmp_path / "results/glue/tiny-roberta/lora/rte/checkpoints/seed0"
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=PROJECT_ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpts.glob("checkpoint-*/trainer_state.json")):
         time.sleep(0.5)
@@ -270,9 +295,11 @@ def test_cells_without_init_from_keep_their_fingerprints():
         stored = OmegaConf.create(record["config"])
         assert not stored.train.get("init_from")
         assert records.fingerprint(stored) == record["fingerprint"], path
-        if not _newer_volatile_keys(stored):   # a config with keys made volatile since d925454 hashes differently there
+        if not _newer_volatile_keys(stored):  # a config with keys made volatile since d925454 hashes differently there
             assert _fingerprint_d925454(stored) == record["fingerprint"], path
         overrides = list(stored.cli_overrides)
-        cfg = resolve_cell(compose_cfg([*overrides, "paths.results_dir=results"]), overrides)   # as the records were made
+        cfg = resolve_cell(
+            compose_cfg([*overrides, "paths.results_dir=results"]), overrides
+        )  # as the records were made
         assert records.fingerprint(cfg) == record["fingerprint"], path
     assert found >= 50

@@ -10,11 +10,18 @@ import pytest
 from repro import PROJECT_ROOT
 from repro.cell import resolve_cell
 from repro.errors import DataFileMissing, ModelUnavailable
-from repro.schema import ConfigError
 from repro.records import record_path
 from repro.run import run_cell
+from repro.schema import ConfigError
 
-TINY_CELL = ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "train.max_steps=20", "data.max_eval_samples=64"]
+TINY_CELL = [
+    "+table=glue",
+    "model=tiny-roberta",
+    "method=lora",
+    "task=rte",
+    "train.max_steps=20",
+    "data.max_eval_samples=64",
+]
 
 
 def cell(compose_config, overrides):
@@ -30,8 +37,8 @@ def test_tiny_cell_writes_an_ok_record_then_skips(compose_config, data_dir):
     assert saved["adapter_params"] == 2 * 2 * 8 * 32 * 2  # q,v x 2 layers x (A + B) with r=8, d=32
     assert 0.0 <= saved["metrics"]["accuracy"] <= 1.0
     assert saved["steps"] == 20 and saved["provenance"]["torch"] and saved["config"]["seed"] == 0
-    assert saved["peak_rss_scope"] == "cell" and saved["peak_rss_mb"] > 0      # this cell's peak, not the process's
-    assert isinstance(saved["process_cell_index"], int) and saved["process_cell_index"] >= 0   # cells run before it here
+    assert saved["peak_rss_scope"] == "cell" and saved["peak_rss_mb"] > 0  # this cell's peak, not the process's
+    assert isinstance(saved["process_cell_index"], int) and saved["process_cell_index"] >= 0  # cells run before it here
     assert 0 < saved["train_runtime_s"] <= saved["wall_s"]
     assert record_path(cfg).with_suffix(".safetensors").exists()
     assert not (record_path(cfg).parent / "checkpoints" / "seed0").exists()
@@ -40,10 +47,12 @@ def test_tiny_cell_writes_an_ok_record_then_skips(compose_config, data_dir):
 
 
 def test_command_line_beats_table_settings(compose_config):
-    cfg = cell(compose_config, ["+table=glue", "model=roberta-base", "method=lora", "task=rte", "train.learning_rate=1e-3"])
-    assert cfg.train.learning_rate == 1e-3           # command line
-    assert cfg.train.num_train_epochs == 80          # the row's RTE setting (Table 9)
-    assert cfg.train.global_batch_size == 256        # 32 per GPU x 8 GPUs
+    cfg = cell(
+        compose_config, ["+table=glue", "model=roberta-base", "method=lora", "task=rte", "train.learning_rate=1e-3"]
+    )
+    assert cfg.train.learning_rate == 1e-3  # command line
+    assert cfg.train.num_train_epochs == 80  # the row's RTE setting (Table 9)
+    assert cfg.train.global_batch_size == 256  # 32 per GPU x 8 GPUs
     assert cfg.method.alpha == 16 and cfg.method.r == 8
 
 
@@ -55,9 +64,17 @@ def written_outside_logs(root):
     "overrides,error,words",
     [
         (["+table=glue", "model=tiny-roberta", "method=lora", "task=mnli"], DataFileMissing, ["glue/MNLI/train.tsv"]),
-        (["+table=glue", "model=roberta-base", "method=lora", "task=rte", "allow_cpu=true"], ModelUnavailable, ["model=minilm", "tiny-roberta"]),
+        (
+            ["+table=glue", "model=roberta-base", "method=lora", "task=rte", "allow_cpu=true"],
+            ModelUnavailable,
+            ["model=minilm", "tiny-roberta"],
+        ),
         (["model=tiny-gpt2", "method=lora", "task=rte"], ConfigError, ["encoder"]),
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=0"], ConfigError, ["method.r=0", "rank"]),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=0"],
+            ConfigError,
+            ["method.r=0", "rank"],
+        ),
         (["+table=glue", "model=gpt2-medium", "method=lora", "task=rte"], ConfigError, ["encoder"]),
     ],
 )
@@ -65,13 +82,18 @@ def test_bad_input_raises_and_writes_nothing(compose_config, data_dir, tmp_path,
     with pytest.raises(error) as err:
         run_cell(cell(compose_config, overrides))
     assert all(w in str(err.value) for w in words), str(err.value)
-    assert written_outside_logs(tmp_path) == []     # no record, no lock, no checkpoint folder
+    assert written_outside_logs(tmp_path) == []  # no record, no lock, no checkpoint folder
 
 
 def test_cli_unknown_model_lists_valid_ones_and_writes_nothing(tmp_path):
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([sys.executable, "-m", "repro.run", "+table=glue", "model=nope", "method=lora", "task=rte"],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repro.run", "+table=glue", "model=nope", "method=lora", "task=rte"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "roberta-base" in proc.stderr and "tiny-roberta" in proc.stderr and "minilm" in proc.stderr
     assert not list(tmp_path.rglob("*.json"))
@@ -79,16 +101,29 @@ def test_cli_unknown_model_lists_valid_ones_and_writes_nothing(tmp_path):
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, data_dir):
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", "task=qqp"],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", "task=qqp"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "glue/QQP/train.tsv" in proc.stderr
     assert written_outside_logs(tmp_path) == []
 
 
 def test_diverged_cell_is_recorded_as_failed(compose_config, data_dir):
-    overrides = ["model=tiny-roberta", "method=ft", "task=rte", "train.max_steps=6", "train.logging_steps=1",
-                 "train.learning_rate=1e30", "train.max_grad_norm=0", "data.max_eval_samples=16"]
+    overrides = [
+        "model=tiny-roberta",
+        "method=ft",
+        "task=rte",
+        "train.max_steps=6",
+        "train.logging_steps=1",
+        "train.learning_rate=1e30",
+        "train.max_grad_norm=0",
+        "data.max_eval_samples=16",
+    ]
     record = run_cell(cell(compose_config, overrides))
     assert record["status"] == "failed" and "diverged" in record["error"]
     assert json.loads(record_path(cell(compose_config, overrides)).read_text())["status"] == "failed"
@@ -99,15 +134,21 @@ def test_cli_bitfit_on_smollm2_refused_in_one_line(tmp_path, data_dir, table):
     """SmolLM2 (Llama) has no biases: BitFit is refused before any model is loaded, in one line, exit 2, nothing written."""
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
     args = [a for a in (table, "model=smollm2-135m", "method=bitfit", "task=e2e") if a]
-    proc = subprocess.run([sys.executable, "-m", "repro.run", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repro.run", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: method=bitfit: model smollm2-135m has no bias parameters (Llama: attention_bias=False, "
-                      "mlp_bias=False); BitFit trains biases only"], proc.stderr
+    assert errors == [
+        "error: method=bitfit: model smollm2-135m has no bias parameters (Llama: attention_bias=False, "
+        "mlp_bias=False); BitFit trains biases only"
+    ], proc.stderr
     assert written_outside_logs(tmp_path) == []
 
 
-def test_a_set_up_error_that_is_not_a_repro_error_is_bad_input_in_one_line(compose_config, data_dir, tmp_path, monkeypatch):
+def test_a_set_up_error_that_is_not_a_repro_error_is_bad_input_in_one_line(
+    compose_config, data_dir, tmp_path, monkeypatch
+):
     """The boundary: before the cell's lock every error is bad input (ReproError, exit 2, nothing written), also one
     that a library raised on a malformed input (here a KeyError from the data loader)."""
     import repro.run as run
@@ -122,6 +163,6 @@ def test_a_set_up_error_that_is_not_a_repro_error_is_bad_input_in_one_line(compo
         run_cell(cell(compose_config, TINY_CELL))
     assert str(err.value) == "loading the data of task=rte failed: KeyError: 'sentence1'"
     assert written_outside_logs(tmp_path) == []
-    monkeypatch.setenv("REPRO_DEBUG", "1")      # the debug flag: the original error, with its traceback
+    monkeypatch.setenv("REPRO_DEBUG", "1")  # the debug flag: the original error, with its traceback
     with pytest.raises(KeyError):
         run_cell(cell(compose_config, TINY_CELL))

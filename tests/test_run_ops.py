@@ -31,8 +31,19 @@ def written_outside_logs(root):
 
 @pytest.mark.skipif(not torch.distributed.is_available() or shutil.which("torchrun") is None, reason="no torchrun")
 def test_torchrun_two_processes_write_one_ok_record(tmp_path, data_dir):
-    cmd = [shutil.which("torchrun"), "--nproc_per_node=2", "-m", "repro.run", "+table=glue", "model=tiny-roberta",
-           "method=lora", "task=rte", "train.max_steps=4", f"paths.results_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"]
+    cmd = [
+        shutil.which("torchrun"),
+        "--nproc_per_node=2",
+        "-m",
+        "repro.run",
+        "+table=glue",
+        "model=tiny-roberta",
+        "method=lora",
+        "task=rte",
+        "train.max_steps=4",
+        f"paths.results_dir={tmp_path}",
+        f"paths.log_dir={tmp_path}/logs",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,13 +74,13 @@ def test_cell_lock_falls_back_to_a_lock_file_without_flock(compose_config, tmp_p
             holder = json.loads(pid_file.read_text())
             assert holder["pid"] == os.getpid() and holder["host"]
             with pytest.raises(records.CellBusy, match="no flock on this filesystem"):
-                with records.cell_lock(cfg):   # a second job of the cell, while the first runs
+                with records.cell_lock(cfg):  # a second job of the cell, while the first runs
                     pass
-        assert not pid_file.exists()   # released
-        with records.cell_lock(cfg):   # and taken again
+        assert not pid_file.exists()  # released
+        with records.cell_lock(cfg):  # and taken again
             pass
     warnings = [r for r in caplog.records if "flock is not supported" in r.getMessage()]
-    assert len(warnings) == 1   # one clear warning per process
+    assert len(warnings) == 1  # one clear warning per process
 
     # a lock file left by a dead process on this host is stale: taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -112,14 +123,19 @@ def test_paper_model_refuses_cpu_unless_allowed(compose_config, tmp_path, monkey
         run_cell(cell(compose_config, [*overrides, "allow_cpu=true"]))
     assert "allow_cpu" not in str(err.value)
     # allow_cpu does not change what the cell computes: not in the fingerprint
-    assert records.fingerprint(cell(compose_config, overrides)) == records.fingerprint(cell(compose_config, [*overrides, "allow_cpu=true"]))
+    assert records.fingerprint(cell(compose_config, overrides)) == records.fingerprint(
+        cell(compose_config, [*overrides, "allow_cpu=true"])
+    )
 
 
-@pytest.mark.parametrize("overrides", [
-    ["+table=glue", "model=minilm", "method=lora", "task=rte"],          # a stand-in of a paper table
-    ["+table=glue_cpu", "model=minilm", "method=lora", "task=rte"],      # a CPU table
-    ["model=roberta-base", "method=lora", "task=rte"],                   # the adhoc table
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+table=glue", "model=minilm", "method=lora", "task=rte"],  # a stand-in of a paper table
+        ["+table=glue_cpu", "model=minilm", "method=lora", "task=rte"],  # a CPU table
+        ["model=roberta-base", "method=lora", "task=rte"],  # the adhoc table
+    ],
+)
 def test_cpu_check_leaves_stand_ins_cpu_tables_and_adhoc_alone(compose_config, monkeypatch, overrides):
     from repro.run import check_cpu_allowed
 
@@ -131,8 +147,13 @@ def test_cli_paper_cell_on_cpu_exits_2_naming_allow_cpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the cell is allowed")
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([sys.executable, "-m", "repro.run", "+table=glue", "model=roberta-large", "method=lora", "task=rte"],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repro.run", "+table=glue", "model=roberta-large", "method=lora", "task=rte"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "allow_cpu=true" in proc.stderr
     assert written_outside_logs(tmp_path) == []
 
@@ -142,11 +163,21 @@ def test_meteor_cell_without_java_fails_before_training(compose_config, tmp_path
     from repro.tasks import generation
 
     real_which = shutil.which
-    monkeypatch.setattr(repro.run.shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
+    monkeypatch.setattr(
+        repro.run.shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k)
+    )
     trained = []
     monkeypatch.setattr(generation, "train_and_score", lambda *a, **k: trained.append(1))
-    overrides = ["+table=e2e", "model=tiny-gpt2", "method=ft", "task=e2e", "train.max_steps=1", "decode.max_inputs=1",
-                 "data.max_train_samples=8", "data.max_eval_samples=4"]
+    overrides = [
+        "+table=e2e",
+        "model=tiny-gpt2",
+        "method=ft",
+        "task=e2e",
+        "train.max_steps=1",
+        "decode.max_inputs=1",
+        "data.max_train_samples=8",
+        "data.max_eval_samples=4",
+    ]
     with pytest.raises(ReproError, match="Java") as err:
         run_cell(cell(compose_config, overrides))
     assert "default-jre-headless" in str(err.value)
@@ -164,14 +195,14 @@ def test_nlg_from_the_hub_names_prepare_data(compose_config, data_dir, monkeypat
     monkeypatch.setattr(data_nlg.datasets, "load_dataset", no_scripts)
     cfg = cell(compose_config, ["+table=e2e", "model=tiny-gpt2", "method=ft", "task=e2e"])
     tokenizer = load_tokenizer(cfg.model, data_dir)
-    cfg.paths.data_dir = None   # as with REPRO_DATA_DIR unset
+    cfg.paths.data_dir = None  # as with REPRO_DATA_DIR unset
     with pytest.raises(DataFileMissing) as err:
         load_data(cfg, tokenizer)
     text = str(err.value)
     assert "scripts/prepare_data.py" in text and "REPRO_DATA_DIR" in text and "loading script" in text
     monkeypatch.undo()
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataFileMissing, match="scripts/prepare_data.py"):   # offline: the hub is unreachable
+    with pytest.raises(DataFileMissing, match="scripts/prepare_data.py"):  # offline: the hub is unreachable
         load_data(cfg, tokenizer)
 
 

@@ -11,17 +11,27 @@ from repro.run import run_cell
 D, L = 32, 2
 
 
-@pytest.mark.parametrize("method,extra,adapter_params", [
-    ("rslora", [], L * 2 * 2 * D * 8),
-    ("lora_all_linear", [], L * 8 * (8 * D + 2 * (D + 2 * D))),
-    ("dora", [], L * 2 * 2 * D * 8 + L * 2 * D),
-    ("pissa", [], L * 2 * 2 * D * 8),
-    ("adalora", ["method.tinit=1", "method.tfinal=2"], L * (4 * (2 * D * 12 + 12) + 2 * (12 * 3 * D + 12))),
-    ("qlora", ["model.arch.hidden_size=64", "model.arch.intermediate_size=128"], L * 8 * (8 * 64 + 2 * (64 + 128))),
-])
+@pytest.mark.parametrize(
+    "method,extra,adapter_params",
+    [
+        ("rslora", [], L * 2 * 2 * D * 8),
+        ("lora_all_linear", [], L * 8 * (8 * D + 2 * (D + 2 * D))),
+        ("dora", [], L * 2 * 2 * D * 8 + L * 2 * D),
+        ("pissa", [], L * 2 * 2 * D * 8),
+        ("adalora", ["method.tinit=1", "method.tfinal=2"], L * (4 * (2 * D * 12 + 12) + 2 * (12 * 3 * D + 12))),
+        ("qlora", ["model.arch.hidden_size=64", "model.arch.intermediate_size=128"], L * 8 * (8 * 64 + 2 * (64 + 128))),
+    ],
+)
 def test_variant_cell_runs(compose_config, data_dir, method, extra, adapter_params):
-    overrides = ["+table=glue", "model=tiny-roberta", f"method={method}", "task=rte", "train.max_steps=6",
-                 "data.max_eval_samples=16", *extra]
+    overrides = [
+        "+table=glue",
+        "model=tiny-roberta",
+        f"method={method}",
+        "task=rte",
+        "train.max_steps=6",
+        "data.max_eval_samples=16",
+        *extra,
+    ]
     cfg = resolve_cell(compose_config(overrides), overrides)
     record = run_cell(cfg)
     assert record["status"] == "ok", record.get("error")
@@ -30,4 +40,4 @@ def test_variant_cell_runs(compose_config, data_dir, method, extra, adapter_para
     assert ckpt.exists()
     if method in ("rslora", "lora_all_linear", "qlora"):
         dws = load_delta_weights(ckpt)
-        assert dws and all(dw.abs().sum() > 0 for _, _, dw in dws)   # trained: B moved off 0
+        assert dws and all(dw.abs().sum() > 0 for _, _, dw in dws)  # trained: B moved off 0

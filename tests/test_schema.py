@@ -32,11 +32,18 @@ BASE_CELLS = [
     ["+table=glue", "model=tiny-roberta", "method=fttop2", "task=rte"],
     ["+table=glue", "model=tiny-roberta", "method=ft", "task=rte"],
     ["+table=e2e", "model=tiny-gpt2", "method=prefix_layer", "task=e2e"],
-    ["+table=glue", "model=tiny-roberta", "method=qlora", "task=rte", "model.arch.hidden_size=64", "model.arch.intermediate_size=128"],
+    [
+        "+table=glue",
+        "model=tiny-roberta",
+        "method=qlora",
+        "task=rte",
+        "model.arch.hidden_size=64",
+        "model.arch.intermediate_size=128",
+    ],
     ["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte"],
-    ["+table=variants_cpu", "model=minilm", "method=dora", "task=sst2"],   # table.render
-    ["+table=glue_cpu_tuned", "model=minilm", "method=lora", "variant=lr1e-3", "task=rte"],   # table.tune
-    ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "variant=fp32", "task=e2e"],   # table.render.precision_check
+    ["+table=variants_cpu", "model=minilm", "method=dora", "task=sst2"],  # table.render
+    ["+table=glue_cpu_tuned", "model=minilm", "method=lora", "variant=lr1e-3", "task=rte"],  # table.tune
+    ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "variant=fp32", "task=e2e"],  # table.render.precision_check
 ]
 
 
@@ -82,7 +89,7 @@ def wrong_type(annotation: Any) -> Any:
         return 12345
     if get_origin(base) is list:
         return "not-a-list"
-    return 5   # a mapping (a dict field, a group, a union of groups) given a scalar
+    return 5  # a mapping (a dict field, a group, a union of groups) given a scalar
 
 
 def out_of_range(annotation: Any, metadata: list) -> tuple[str, Any] | None:
@@ -148,7 +155,7 @@ def homes(tmp_path_factory) -> dict[type, tuple[dict, list]]:
         cfg = resolve_cell(compose_cfg(overrides, tmp), overrides)
         container = OmegaConf.to_container(cfg, resolve=True)
         for cls, path in _instances(CellConfig.model_validate(container), []):
-            if _present(container, path):   # a default instance (a group the config leaves out) is not a home
+            if _present(container, path):  # a default instance (a group the config leaves out) is not a home
                 out.setdefault(cls, (container, path))
     return out
 
@@ -156,7 +163,13 @@ def homes(tmp_path_factory) -> dict[type, tuple[dict, list]]:
 def _present(container: dict, path: list) -> bool:
     node = container
     for part in path:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (
+            isinstance(node, dict)
+            and part in node
+            or isinstance(node, list)
+            and isinstance(part, int)
+            and part < len(node)
+        ):
             node = node[part]
         else:
             return False
@@ -188,12 +201,12 @@ def test_every_field_rejects_a_wrong_type_and_an_out_of_range_value(homes, cls, 
     bad = _set(container, [*where, field], value)
     dotted = ".".join(str(p) for p in [*where, field]) + suffix
     with pytest.raises(ConfigError) as err:
-        check_cell(bad)      # what resolve_cell runs on every cell, before anything is loaded
+        check_cell(bad)  # what resolve_cell runs on every cell, before anything is loaded
     msg = str(err.value)
     assert "\n" not in msg and isinstance(err.value, ReproError)
     assert msg.startswith(f"{dotted}="), msg  # names the field
     if not suffix and not isinstance(value, (dict, list)):
-        assert msg.startswith(f"{dotted}={value!r}: "), msg   # and the value, then what is allowed
+        assert msg.startswith(f"{dotted}={value!r}: "), msg  # and the value, then what is allowed
 
 
 def test_an_unknown_key_lists_the_allowed_ones(homes):
@@ -210,34 +223,119 @@ def test_an_unknown_key_lists_the_allowed_ones(homes):
 @pytest.mark.parametrize(
     "overrides,starts",
     [
-        (["model=tiny-gpt2", "method=lora", "task=rte"], "model.kind='decoder': task=rte is a classification task and needs an encoder"),
+        (
+            ["model=tiny-gpt2", "method=lora", "task=rte"],
+            "model.kind='decoder': task=rte is a classification task and needs an encoder",
+        ),
         (["+table=glue", "model=gpt2-medium", "method=lora", "task=rte"], "model.kind='decoder'"),
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=33"], "method.r=33: the rank must be at most 32"),
-        (["+table=glue", "model=tiny-roberta", "method=prefix_layer", "task=rte"], "method.name='prefix_layer': prefix tuning"),
-        (["+table=glue", "model=tiny-roberta", "method=adapter_h", "task=rte", "method.drop=2"], "method.drop=2: in 0..1"),
-        (["+table=rank", "model=minilm", "method=lora", "variant=qv_r8", "task=cola"], "task.name='cola': not in table rank"),
-        (["+table=e2e", "model=tiny-gpt2", "method=lora", "task=e2e", "decode.max_new_tokens=128"], "decode.max_new_tokens=128: less than"),
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "data.max_seq_length=1024"], "data.max_seq_length=1024: at most 514"),
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "train.eval_strategy=steps"], "train.eval_steps=None"),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.r=33"],
+            "method.r=33: the rank must be at most 32",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=prefix_layer", "task=rte"],
+            "method.name='prefix_layer': prefix tuning",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=adapter_h", "task=rte", "method.drop=2"],
+            "method.drop=2: in 0..1",
+        ),
+        (
+            ["+table=rank", "model=minilm", "method=lora", "variant=qv_r8", "task=cola"],
+            "task.name='cola': not in table rank",
+        ),
+        (
+            ["+table=e2e", "model=tiny-gpt2", "method=lora", "task=e2e", "decode.max_new_tokens=128"],
+            "decode.max_new_tokens=128: less than",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "data.max_seq_length=1024"],
+            "data.max_seq_length=1024: at most 514",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "train.eval_strategy=steps"],
+            "train.eval_steps=None",
+        ),
         # the LoRA variants: targets (a list or all_linear) resolved for the model, the ranks they allow, init and scaling rules
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.targets=[q,mlp_gate]"], "method.targets=['q', 'mlp_gate']: roberta has q, k, v, o, mlp_in, mlp_out"),
-        (["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.targets=all_layers"], "method.targets='all_layers': a non-empty list of"),
-        (["+table=glue", "model=tiny-roberta", "method=lora_all_linear", "task=rte", "method.r=33"], "method.r=33: the rank must be at most 32"),
-        (["+table=glue", "model=tiny-roberta", "method=rslora", "task=rte", "method.rslora=false"], "method.rslora=False: method rslora needs rslora: true"),
-        (["+table=glue", "model=tiny-roberta", "method=pissa", "task=rte", "method.init=kaiming"], "method.init='kaiming': method pissa needs init: pissa"),
-        (["+table=glue", "model=tiny-roberta", "method=dora", "task=rte", "method.init=pissa"], "method.init='pissa': pissa is for methods lora, rslora and pissa"),
-        (["+table=glue", "model=tiny-roberta", "method=qlora", "task=rte"], "method.name='qlora': every block matrix is quantized in blocks of 64"),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.targets=[q,mlp_gate]"],
+            "method.targets=['q', 'mlp_gate']: roberta has q, k, v, o, mlp_in, mlp_out",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "method.targets=all_layers"],
+            "method.targets='all_layers': a non-empty list of",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora_all_linear", "task=rte", "method.r=33"],
+            "method.r=33: the rank must be at most 32",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=rslora", "task=rte", "method.rslora=false"],
+            "method.rslora=False: method rslora needs rslora: true",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=pissa", "task=rte", "method.init=kaiming"],
+            "method.init='kaiming': method pissa needs init: pissa",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=dora", "task=rte", "method.init=pissa"],
+            "method.init='pissa': pissa is for methods lora, rslora and pissa",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=qlora", "task=rte"],
+            "method.name='qlora': every block matrix is quantized in blocks of 64",
+        ),
         (["+table=e2e", "model=tiny-gpt2", "method=qlora", "task=e2e"], "method.name='qlora': GPT-2's Conv1D layers"),
-        (["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte", "method.target_r=13"], "method.target_r=13: at most init_r=12"),
-        (["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte", "method.init_r=40", "method.target_r=8"], "method.init_r=40: the rank must be at most 32"),
-        (["+table=e2e", "model=tiny-gpt2", "method=adalora", "task=e2e", "method.targets=[q,v]"], "method.targets=['q', 'v']: gpt2's q, k, v are one fused matrix"),
+        (
+            ["+table=glue", "model=tiny-roberta", "method=adalora", "task=rte", "method.target_r=13"],
+            "method.target_r=13: at most init_r=12",
+        ),
+        (
+            [
+                "+table=glue",
+                "model=tiny-roberta",
+                "method=adalora",
+                "task=rte",
+                "method.init_r=40",
+                "method.target_r=8",
+            ],
+            "method.init_r=40: the rank must be at most 32",
+        ),
+        (
+            ["+table=e2e", "model=tiny-gpt2", "method=adalora", "task=e2e", "method.targets=[q,v]"],
+            "method.targets=['q', 'v']: gpt2's q, k, v are one fused matrix",
+        ),
         # a table's precision check names its columns and rows
-        (["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e", "table.render.precision_check.must_hold=[BLUE]"],
-         "table.render.precision_check.must_hold=['BLUE']: not columns of table e2e_cpu: ['BLEU', 'NIST', 'MET', 'ROUGE-L', 'CIDEr']"),
-        (["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e", "table.render.precision_check.at_least=6"],
-         "table.render.precision_check.at_least=6: table e2e_cpu has 5 columns"),
-        (["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "task=e2e", "table.render.precision_check.variant=bf16"],
-         "table.render.precision_check='lora.bf16': needs rows lora (default) and lora variant bf16; rows: ["),
+        (
+            [
+                "+table=e2e_cpu",
+                "model=smollm2-135m",
+                "method=lora",
+                "task=e2e",
+                "table.render.precision_check.must_hold=[BLUE]",
+            ],
+            "table.render.precision_check.must_hold=['BLUE']: not columns of table e2e_cpu: ['BLEU', 'NIST', 'MET', 'ROUGE-L', 'CIDEr']",
+        ),
+        (
+            [
+                "+table=e2e_cpu",
+                "model=smollm2-135m",
+                "method=lora",
+                "task=e2e",
+                "table.render.precision_check.at_least=6",
+            ],
+            "table.render.precision_check.at_least=6: table e2e_cpu has 5 columns",
+        ),
+        (
+            [
+                "+table=e2e_cpu",
+                "model=smollm2-135m",
+                "method=lora",
+                "task=e2e",
+                "table.render.precision_check.variant=bf16",
+            ],
+            "table.render.precision_check='lora.bf16': needs rows lora (default) and lora variant bf16; rows: [",
+        ),
     ],
 )
 def test_groups_that_do_not_fit_each_other(compose_config, overrides, starts):
@@ -246,11 +344,14 @@ def test_groups_that_do_not_fit_each_other(compose_config, overrides, starts):
     assert str(err.value).startswith(starts), str(err.value)
 
 
-@pytest.mark.parametrize("targets,starts", [
-    ("[q,x]", "method.targets.1='x': must be 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out' or 'mlp_gate'"),
-    ("[]", "method.targets=[]: List should have at least 1 item"),
-    ("7", "method.targets=7: a non-empty list of q, k, v, o, mlp_in, mlp_out, mlp_gate, or 'all_linear'"),
-])
+@pytest.mark.parametrize(
+    "targets,starts",
+    [
+        ("[q,x]", "method.targets.1='x': must be 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out' or 'mlp_gate'"),
+        ("[]", "method.targets=[]: List should have at least 1 item"),
+        ("7", "method.targets=7: a non-empty list of q, k, v, o, mlp_in, mlp_out, mlp_gate, or 'all_linear'"),
+    ],
+)
 def test_targets_are_a_list_of_names_or_all_linear(compose_config, targets, starts):
     """`targets` is a union (a list, or the string all_linear): its errors name the field, not the union's member."""
     overrides = ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", f"method.targets={targets}"]
@@ -265,19 +366,37 @@ def test_targets_are_a_list_of_names_or_all_linear(compose_config, targets, star
 @pytest.mark.parametrize(
     "overrides,line",
     [
-        (["+table=glue", "model=tiny-roberta", "task=rte", "train.learning_rate=-1"], "error: train.learning_rate=-1: must be greater than 0"),
+        (
+            ["+table=glue", "model=tiny-roberta", "task=rte", "train.learning_rate=-1"],
+            "error: train.learning_rate=-1: must be greater than 0",
+        ),
         (["+table=glue", "model=tiny-roberta", "task=rte", "seed=1.5"], "error: seed=1.5: must be a valid integer"),
-        (["+table=glue", "model=tiny-roberta", "task=rte", "method.dropout=1.5"], "error: method.dropout=1.5: must be less than 1"),
-        (["+table=e2e", "model=tiny-gpt2", "task=e2e", "decode.num_beams=0"], "error: decode.num_beams=0: must be greater than or equal to 1"),
-        (["+table=glue", "model=tiny-roberta", "task=rte", "train.lerning_rate=1"], "error: train.lerning_rate: unknown key; allowed keys of train:"),
+        (
+            ["+table=glue", "model=tiny-roberta", "task=rte", "method.dropout=1.5"],
+            "error: method.dropout=1.5: must be less than 1",
+        ),
+        (
+            ["+table=e2e", "model=tiny-gpt2", "task=e2e", "decode.num_beams=0"],
+            "error: decode.num_beams=0: must be greater than or equal to 1",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "task=rte", "train.lerning_rate=1"],
+            "error: train.lerning_rate: unknown key; allowed keys of train:",
+        ),
     ],
     ids=["learning_rate", "seed", "lora_dropout", "num_beams", "hydra_unknown_key"],
 )
 def test_runner_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, line):
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
     env.pop("REPRO_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "repro.run", *overrides], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repro.run", *overrides],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(line), proc.stderr
-    assert not (tmp_path / "results").exists()     # no record, no lock, no folder of the cell
+    assert not (tmp_path / "results").exists()  # no record, no lock, no folder of the cell

@@ -25,7 +25,9 @@ def trained_checkpoint(tmp_path, arch="bert", seed=0, name="lora", num_labels=3,
             if p.requires_grad and "lora_" not in n:
                 p.add_(torch.randn_like(p) * 0.05)
     path = tmp_path / f"{arch}-{name}-{seed}.safetensors"
-    cfg = OmegaConf.create({"method": OmegaConf.to_container(m), "model": {"name": f"tiny-{arch}"}, "task": {"name": f"t{seed}"}})
+    cfg = OmegaConf.create(
+        {"method": OmegaConf.to_container(m), "model": {"name": f"tiny-{arch}"}, "task": {"name": f"t{seed}"}}
+    )
     save_trainable(model, path, cfg)
     return path, model.eval()
 
@@ -64,23 +66,27 @@ def test_switching_returns_w_to_w0(tmp_path):
     load_head(alone, adapters[29 % 3].head)
     with torch.no_grad():
         assert torch.allclose(board.model(**x).logits, alone(**x).logits, atol=1e-5)
-    assert board.w0_error() > 1e-3          # an adapter is active
+    assert board.w0_error() > 1e-3  # an adapter is active
     board.switch(None)
-    assert board.w0_error() < 1e-6          # 30 switches later W is W0 up to fp32 rounding
+    assert board.w0_error() < 1e-6  # 30 switches later W is W0 up to fp32 rounding
 
 
 def test_combination_is_the_weighted_sum_of_delta_w_as_peft_cat(tmp_path):
-    from peft import LoraConfig, get_peft_model   # optional dependency (the test extra): the oracle for this test only
+    from peft import LoraConfig, get_peft_model  # optional dependency (the test extra): the oracle for this test only
 
-    (p1, m1), (p2, m2) = trained_checkpoint(tmp_path, "roberta", seed=1, r=8, alpha=16), trained_checkpoint(tmp_path, "roberta", seed=2, r=4, alpha=8)
+    (p1, m1), (p2, m2) = (
+        trained_checkpoint(tmp_path, "roberta", seed=1, r=8, alpha=16),
+        trained_checkpoint(tmp_path, "roberta", seed=2, r=4, alpha=8),
+    )
     a1, a2 = TaskAdapter.from_checkpoint(p1), TaskAdapter.from_checkpoint(p2)
     both = combine([a1, a2], [0.7, 0.4], head_of=a1)
     for module in a1.factors:
         assert both.factors[module][0].shape[0] == 8 + 4
         assert torch.allclose(both.delta_w(module), 0.7 * a1.delta_w(module) + 0.4 * a2.delta_w(module), atol=1e-6)
     # the oracle: PEFT's add_weighted_adapter(combination_type="cat") on the same factors
-    peft_model = get_peft_model(tiny("roberta", seed=0), LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"]),
-                                adapter_name="a1")
+    peft_model = get_peft_model(
+        tiny("roberta", seed=0), LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"]), adapter_name="a1"
+    )
     peft_model.add_adapter("a2", LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
     with torch.no_grad():
         for name, mod in peft_model.named_modules():
@@ -101,7 +107,11 @@ def test_combination_is_the_weighted_sum_of_delta_w_as_peft_cat(tmp_path):
 def test_mixed_batch_equals_each_example_alone_with_its_merged_model(tmp_path, arch):
     """Three tasks (ranks 8, 4 and 8 on all linear layers; heads of 3, 1 and 2 outputs), examples of every task in one
     padded batch: each example's logits equal running it alone, unpadded, through its own task's merged model."""
-    specs = [dict(seed=1, num_labels=3), dict(seed=2, num_labels=1, r=4, alpha=8), dict(seed=3, num_labels=2, name="lora_all_linear")]
+    specs = [
+        dict(seed=1, num_labels=3),
+        dict(seed=2, num_labels=1, r=4, alpha=8),
+        dict(seed=3, num_labels=2, name="lora_all_linear"),
+    ]
     adapters = [TaskAdapter.from_checkpoint(trained_checkpoint(tmp_path, arch, **s)[0]) for s in specs]
     mixed = MixedBatchModel(tiny(arch, seed=0), adapters)
     lengths = [9, 5, 7, 3, 9, 6]
@@ -112,7 +122,7 @@ def test_mixed_batch_equals_each_example_alone_with_its_merged_model(tmp_path, a
         board = Switchboard(tiny(arch, seed=0, num_labels=adapters[t].num_labels))
         board.switch(adapters[t])
         with torch.no_grad():
-            alone = board.model(input_ids=x["input_ids"][i:i + 1, :lengths[i]]).logits[0]
+            alone = board.model(input_ids=x["input_ids"][i : i + 1, : lengths[i]]).logits[0]
         n = adapters[t].num_labels
         assert (out[i, :n] - alone).abs().max() <= 1e-5, (i, t)
 

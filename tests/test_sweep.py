@@ -24,9 +24,13 @@ def sweeper_for(overrides: list[str], tmp_path):
     """A TableSweeper as Hydra builds it for `python -m repro.run -m <overrides>`, with the real config loader. The class
     is looked up now, not at import: Hydra's plugin scan (on the first compose) re-executes the plugin modules in
     place, and a class taken before it subclasses a BasicSweeper that no longer is the module's."""
-    cfg = compose(config_name="config", overrides=[*overrides, f"paths.results_dir={tmp_path}"], return_hydra_config=True)
+    cfg = compose(
+        config_name="config", overrides=[*overrides, f"paths.results_dir={tmp_path}"], return_hydra_config=True
+    )
     assert cfg.hydra.sweeper._target_.endswith("TableSweeper")
-    sweeper = table_sweeper.TableSweeper(max_batch_size=cfg.hydra.sweeper.max_batch_size, params=dict(cfg.hydra.sweeper.params or {}))
+    sweeper = table_sweeper.TableSweeper(
+        max_batch_size=cfg.hydra.sweeper.max_batch_size, params=dict(cfg.hydra.sweeper.params or {})
+    )
     sweeper.config = cfg
     sweeper.hydra_context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=None)
     return sweeper
@@ -52,7 +56,7 @@ def test_full_grid_is_every_row_of_table2(hydra_ctx, tmp_path):
     table = sweeper.config.table
     got = cells(jobs)
     rows = {(r.model, r.method, r.get("variant", "default")) for r in table.rows}
-    assert {(m, me, v) for m, me, v, _, _ in got} == rows          # every paper row, nothing else
+    assert {(m, me, v) for m, me, v, _, _ in got} == rows  # every paper row, nothing else
     assert len(rows) == 14
     assert len(jobs) == len(rows) * len(table.tasks) * len(table.seeds) == 560
     # the product's non-rows are counted, not silently dropped
@@ -68,7 +72,7 @@ def test_every_cell_of_every_table_resolves(hydra_ctx, tmp_path, table):
     assert jobs
     loader = GlobalHydra.instance().config_loader()
     primary = sweeper.config
-    for job in {tuple(j for j in job if not j.startswith("seed=")) for job in jobs}:   # the seed changes nothing here
+    for job in {tuple(j for j in job if not j.startswith("seed=")) for job in jobs}:  # the seed changes nothing here
         cfg, note = grid.resolve_job(loader, primary, [f"+table={table}", *job], fallback=False)
         assert note is None and cfg.task.name in cfg.table.tasks, job
 
@@ -85,27 +89,46 @@ def test_stand_in_grid_of_the_must_show_command(hydra_ctx, tmp_path):
 def test_variant_axis_expands_and_filters(hydra_ctx, tmp_path):
     sweeper = sweeper_for(["+table=glue"], tmp_path)
     jobs = sweeper.expand(["model=roberta-large", "method=adapter_p,adapter_h,lora", "task=rte", "seed=0"])
-    assert {(c[1], c[2]) for c in cells(jobs)} == {("adapter_p", "r64"), ("adapter_p", "r16"), ("adapter_h", "r64"),
-                                                   ("adapter_h", "r8"), ("lora", "default"), ("lora", "dagger")}
+    assert {(c[1], c[2]) for c in cells(jobs)} == {
+        ("adapter_p", "r64"),
+        ("adapter_p", "r16"),
+        ("adapter_h", "r64"),
+        ("adapter_h", "r8"),
+        ("lora", "default"),
+        ("lora", "dagger"),
+    }
     sweeper = sweeper_for(["+table=glue"], tmp_path)
-    jobs = sweeper.expand(["model=roberta-base,roberta-large", "method=lora,adapter_d", "variant=dagger,r16", "task=rte", "seed=0"])
+    jobs = sweeper.expand(
+        ["model=roberta-base,roberta-large", "method=lora,adapter_d", "variant=dagger,r16", "task=rte", "seed=0"]
+    )
     assert {c[:3] for c in cells(jobs)} == {("roberta-large", "lora", "dagger"), ("roberta-base", "adapter_d", "r16")}
     # a stand-in takes the variants of the model it stands in for
-    jobs = sweeper_for(["+table=glue"], tmp_path).expand(["model=tiny-roberta", "method=adapter_d", "task=rte", "seed=0"])
+    jobs = sweeper_for(["+table=glue"], tmp_path).expand(
+        ["model=tiny-roberta", "method=adapter_d", "task=rte", "seed=0"]
+    )
     assert {c[2] for c in cells(jobs)} == {"r16", "r48"}
 
 
 def test_task_outside_the_table_is_dropped_with_a_reason(hydra_ctx, tmp_path):
     cfg = compose(config_name="config", overrides=["+table=glue"])
-    out = grid.filter_jobs([["model=roberta-base", "method=lora", "task=e2e"], ["model=roberta-base", "method=lora", "task=rte"]], cfg)
+    out = grid.filter_jobs(
+        [["model=roberta-base", "method=lora", "task=e2e"], ["model=roberta-base", "method=lora", "task=rte"]], cfg
+    )
     assert len(out.kept) == 1 and out.n_dropped == 1 and "task e2e" in next(iter(out.dropped))
 
 
 def test_fast_compose_matches_hydra_composition(hydra_ctx, tmp_path):
     """Skipping done cells before launch relies on the planner's config giving the job's own fingerprint."""
     # as in a real multirun, every job carries the command line's constant overrides (sweeper_for adds results_dir)
-    job = ["model=tiny-roberta", "method=lora", "task=mrpc", "seed=1", "+table=glue", "train.max_steps=5",
-           f"paths.results_dir={tmp_path}"]
+    job = [
+        "model=tiny-roberta",
+        "method=lora",
+        "task=mrpc",
+        "seed=1",
+        "+table=glue",
+        "train.max_steps=5",
+        f"paths.results_dir={tmp_path}",
+    ]
     sweeper = sweeper_for(["+table=glue", "model=tiny-roberta", "train.max_steps=5"], tmp_path)
     fast, note = grid.resolve_job(sweeper.hydra_context.config_loader, sweeper.config, job, fallback=False)
     assert note is None
@@ -122,29 +145,54 @@ def test_estimate_formula(hydra_ctx):
     est = cost.estimate(cfg)
     n = 12 * (4 * 768**2 + 2 * 768 * 3072)
     assert est["params"] == n
-    examples = 2490 * 80                                   # RTE train x 80 epochs (roberta_base_rte.sh)
+    examples = 2490 * 80  # RTE train x 80 epochs (roberta_base_rte.sh)
     flops = 4 * n * examples * 512 + 2 * n * 277 * 512 * 80
     assert est["examples"] == examples
-    assert est["gpu_hours"] == pytest.approx(flops / 10e12 / 3600)   # fp32 at 10 TFLOP/s
+    assert est["gpu_hours"] == pytest.approx(flops / 10e12 / 3600)  # fp32 at 10 TFLOP/s
 
 
 def test_launcher_configs_compose(hydra_ctx):
     cfg = compose(config_name="config", overrides=["+table=glue", "hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    for key in ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "max_num_timeout", "setup"):
+    for key in (
+        "partition",
+        "gpus_per_node",
+        "cpus_per_task",
+        "mem_gb",
+        "timeout_min",
+        "array_parallelism",
+        "max_num_timeout",
+        "setup",
+    ):
         assert key in launcher
     assert launcher.max_num_timeout > 0
-    local = compose(config_name="config", overrides=["+table=glue", "hydra/launcher=submitit_local"], return_hydra_config=True)
+    local = compose(
+        config_name="config", overrides=["+table=glue", "hydra/launcher=submitit_local"], return_hydra_config=True
+    )
     assert local.hydra.launcher._target_.endswith("LocalLauncher")
     assert local.hydra.launcher.cpus_per_task == 1 and local.hydra.launcher.timeout_min > 0
 
 
 def test_dry_run_prints_plan_and_runs_nothing(tmp_path):
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    out = subprocess.run([sys.executable, "-m", "repro.plan", "+table=glue", "model=roberta-base,tiny-roberta",
-                          "method=lora,adapter_p", "task=rte,mrpc", "seed=0,1"],
-                         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repro.plan",
+            "+table=glue",
+            "model=roberta-base,tiny-roberta",
+            "method=lora,adapter_p",
+            "task=rte,mrpc",
+            "seed=0,1",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     # roberta-base: lora is a row, adapter_p is not (dropped, with the reason); the stand-in tiny-roberta runs both
@@ -181,10 +229,18 @@ class RecordingLauncher:
     def launch(self, batch, initial_job_idx):
         self.calls.append([grid.job_dict(job) for job in batch])
         returns = []
-        for job, cfg, _ in grid.resolve_jobs(self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False):
+        for job, cfg, _ in grid.resolve_jobs(
+            self.sweeper.hydra_context.config_loader, self.sweeper.config, batch, fallback=False
+        ):
             status = "failed" if set(job) in self.fail else "ok"
-            records.write_json_atomic(records.record_path(cfg), {"status": status, "error": "boom" if status == "failed" else None,
-                                                                 "fingerprint": records.fingerprint(cfg)})
+            records.write_json_atomic(
+                records.record_path(cfg),
+                {
+                    "status": status,
+                    "error": "boom" if status == "failed" else None,
+                    "fingerprint": records.fingerprint(cfg),
+                },
+            )
             returns.append(JobReturn(overrides=job, status=JobStatus.COMPLETED, _return_value=status))
         return returns
 
@@ -198,12 +254,18 @@ def test_sweep_launches_dependents_after_their_mnli_cell(hydra_ctx, tmp_path, ca
     sweeper.sweep(["model=roberta-base", "method=lora", "task=mnli,sst2,mrpc,rte,stsb", "seed=0,1"])
     order = [(d["task"], d["seed"]) for call in launcher.calls for d in call]
     first_call = {(d["task"], d["seed"]) for d in launcher.calls[0]}
-    assert {("mnli", "0"), ("mnli", "1")} <= first_call and not first_call & {(t, s) for t in ("rte", "mrpc", "stsb") for s in "01"}
-    assert sorted(order) == sorted([(t, "0") for t in ("mnli", "sst2", "mrpc", "rte", "stsb")] + [("mnli", "1"), ("sst2", "1")])
+    assert {("mnli", "0"), ("mnli", "1")} <= first_call and not first_call & {
+        (t, s) for t in ("rte", "mrpc", "stsb") for s in "01"
+    }
+    assert sorted(order) == sorted(
+        [(t, "0") for t in ("mnli", "sst2", "mrpc", "rte", "stsb")] + [("mnli", "1"), ("sst2", "1")]
+    )
     out = capsys.readouterr().out
     for task in ("mrpc", "rte", "stsb"):
-        assert f"not run: model=roberta-base method=lora task={task} seed=1: its train.init_from source " \
-               f"({' '.join(failing)}) ended failed: boom" in out
+        assert (
+            f"not run: model=roberta-base method=lora task={task} seed=1: its train.init_from source "
+            f"({' '.join(failing)}) ended failed: boom" in out
+        )
     assert "table sweeper: 10 jobs: 1 failed, 3 not run (init_from source not ok), 6 ok" in out
 
 
@@ -212,9 +274,13 @@ def test_cpu_nlg_tables_run_the_rows_seeds(hydra_ctx, tmp_path):
     seed 0; webnlg_cpu: FT and LoRA."""
     sweeper = sweeper_for(["+table=e2e_cpu"], tmp_path)
     got = cells(sweeper.expand([]))
-    assert got == {("smollm2-135m", m, "default", "e2e", s) for m in ("ft", "fttop2", "adapter_l", "adapter_h",
-                                                                        "prefix_layer", "lora") for s in ("0",)} | \
-        {("smollm2-135m", m, "default", "e2e", "1") for m in ("ft", "lora")} | {("smollm2-135m", "lora", "fp32", "e2e", "0")}
+    assert got == {
+        ("smollm2-135m", m, "default", "e2e", s)
+        for m in ("ft", "fttop2", "adapter_l", "adapter_h", "prefix_layer", "lora")
+        for s in ("0",)
+    } | {("smollm2-135m", m, "default", "e2e", "1") for m in ("ft", "lora")} | {
+        ("smollm2-135m", "lora", "fp32", "e2e", "0")
+    }
     assert sweeper.expansion.n_dropped == 5
     assert any("seed 1: the row runs seeds 0" in reason for reason in sweeper.expansion.dropped)
     sweeper = sweeper_for(["+table=webnlg_cpu"], tmp_path)
@@ -227,7 +293,7 @@ def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
     assert (cfg.method.r, cfg.method.alpha, cfg.method.dropout, list(cfg.method.targets)) == (4, 32, 0.1, ["q", "v"])
     assert cfg.train.learning_rate == 2e-4 and cfg.train.label_smoothing == 0.1 and cfg.train.global_batch_size == 8
     assert cfg.decode.num_beams == 10 and cfg.decode.pad_batches is True and cfg.decode.max_inputs is None
-    assert list(cfg.decode.eos_token_ids) == [50256, 628]   # GPT-2's pair: the decoder maps it to SmolLM2's (2, 1116)
+    assert list(cfg.decode.eos_token_ids) == [50256, 628]  # GPT-2's pair: the decoder maps it to SmolLM2's (2, 1116)
     # the measured sizing: one pass over max_steps x batch pairs; bf16 but for the fp32 check row
     assert (cfg.train.max_steps, cfg.data.max_train_samples, cfg.train.precision) == (250, 2000, "bf16")
     check = [*args, "variant=fp32"]
@@ -238,14 +304,20 @@ def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
 def test_planner_does_not_import_the_runner(tmp_path):
     """The runner stands above the planner: repro.run imports repro.plan.report (a cell's dry run), never the reverse,
     neither on import of any planner module nor in `python -m repro.plan` (run here with repro.run made unimportable)."""
-    code = ("import repro.plan.grid, repro.plan.order, repro.plan.cost, repro.plan.report, sys; "
-            "assert 'repro.run' not in sys.modules, sorted(m for m in sys.modules if m.startswith('repro'))")
+    code = (
+        "import repro.plan.grid, repro.plan.order, repro.plan.cost, repro.plan.report, sys; "
+        "assert 'repro.run' not in sys.modules, sorted(m for m in sys.modules if m.startswith('repro'))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cli = ("import runpy, sys; sys.modules['repro.run'] = None; "   # any `import repro.run` now raises ImportError
-           "sys.argv = ['repro.plan', '+table=glue', 'model=roberta-base', 'method=lora', 'task=rte']; "
-           "runpy.run_module('repro.plan', run_name='__main__')")
+    cli = (
+        "import runpy, sys; sys.modules['repro.run'] = None; "  # any `import repro.run` now raises ImportError
+        "sys.argv = ['repro.plan', '+table=glue', 'model=roberta-base', 'method=lora', 'task=rte']; "
+        "runpy.run_module('repro.plan', run_name='__main__')"
+    )
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([sys.executable, "-c", cli], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", cli], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "jobs: " in proc.stdout and "estimated GPU-hours (V100)" in proc.stdout

@@ -29,11 +29,11 @@ def test_every_task_config_has_a_family(name):
     task = task_cfg(name)
     assert task.kind in FAMILIES
     module = family(task.kind)
-    for member in ("head", "load_data", "train_and_score"):   # the protocol, by name and parameters
-        expected = list(inspect.signature(getattr(TaskFamily, member)).parameters)[1:]   # less `self`
+    for member in ("head", "load_data", "train_and_score"):  # the protocol, by name and parameters
+        expected = list(inspect.signature(getattr(TaskFamily, member)).parameters)[1:]  # less `self`
         assert list(inspect.signature(getattr(module, member)).parameters) == expected, (task.kind, member)
     head = module.head(task.get("num_labels"))
-    assert head.num_labels == task.get("num_labels")   # a classifier gets the task's labels, a language model none
+    assert head.num_labels == task.get("num_labels")  # a classifier gets the task's labels, a language model none
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -61,7 +61,8 @@ def test_an_unknown_kind_is_one_clear_error():
 
 def test_the_family_modules_are_imported_on_first_use():
     """repro.tasks stays light: the schema reads its traits without torch or transformers."""
-    code = "import sys, repro.schema, repro.tasks; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys, repro.schema, repro.tasks; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-

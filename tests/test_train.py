@@ -24,35 +24,88 @@ from repro.records import record_path
 from repro.run import run_cell
 from repro.tasks import classification, generation
 
-TEXTS = ["a b", "the cat sat on the mat", "no", "one two three four five six seven eight nine",
-         "hello there", "it rains", "a much longer sentence than most of the others here", "yes"]
-PAIRS = [("name : Blue Spice | Type : pub", "Blue Spice is a pub ."), ("name : Zizzi", "Zizzi ."),
-         ("name : The Mill | Type : coffee shop | food : French | area : riverside", "The Mill is a French coffee shop by the river ."),
-         ("name : Aromi", "Aromi is here ."), ("name : Cotto | food : Indian", "Cotto serves Indian food ."),
-         ("name : Wildwood | Type : pub | priceRange : high", "Wildwood is an expensive pub ."),
-         ("name : Alimentum", "Alimentum ."), ("name : Loch Fyne | food : Japanese", "Loch Fyne has Japanese food .")]
+TEXTS = [
+    "a b",
+    "the cat sat on the mat",
+    "no",
+    "one two three four five six seven eight nine",
+    "hello there",
+    "it rains",
+    "a much longer sentence than most of the others here",
+    "yes",
+]
+PAIRS = [
+    ("name : Blue Spice | Type : pub", "Blue Spice is a pub ."),
+    ("name : Zizzi", "Zizzi ."),
+    (
+        "name : The Mill | Type : coffee shop | food : French | area : riverside",
+        "The Mill is a French coffee shop by the river .",
+    ),
+    ("name : Aromi", "Aromi is here ."),
+    ("name : Cotto | food : Indian", "Cotto serves Indian food ."),
+    ("name : Wildwood | Type : pub | priceRange : high", "Wildwood is an expensive pub ."),
+    ("name : Alimentum", "Alimentum ."),
+    ("name : Loch Fyne | food : Japanese", "Loch Fyne has Japanese food ."),
+]
 
 # model families without a conf/model file: tiny configs from transformers, loaded by the runner's own loader
-BERT = {"name": "tiny-bert", "source": "tiny", "model_type": "bert", "kind": "encoder", "tokenizer_hub_id": "roberta-base",
-        "arch": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
-                 "max_position_embeddings": 128, "type_vocab_size": 2}}
-LLAMA = {"name": "tiny-llama", "source": "tiny", "model_type": "llama", "kind": "decoder", "tokenizer_hub_id": "gpt2",
-         "arch": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
-                  "intermediate_size": 64, "max_position_embeddings": 128}}
+BERT = {
+    "name": "tiny-bert",
+    "source": "tiny",
+    "model_type": "bert",
+    "kind": "encoder",
+    "tokenizer_hub_id": "roberta-base",
+    "arch": {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "type_vocab_size": 2,
+    },
+}
+LLAMA = {
+    "name": "tiny-llama",
+    "source": "tiny",
+    "model_type": "llama",
+    "kind": "decoder",
+    "tokenizer_hub_id": "gpt2",
+    "arch": {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    },
+}
 FAMILIES = {  # family: (model group, task, model config replacing the group's, or None)
-    "roberta": ("tiny-roberta", "rte", None), "deberta-v2": ("tiny-deberta", "rte", None),
-    "bert": ("tiny-roberta", "rte", BERT), "gpt2": ("tiny-gpt2", "e2e", None), "llama": ("tiny-gpt2", "e2e", LLAMA),
+    "roberta": ("tiny-roberta", "rte", None),
+    "deberta-v2": ("tiny-deberta", "rte", None),
+    "bert": ("tiny-roberta", "rte", BERT),
+    "gpt2": ("tiny-gpt2", "e2e", None),
+    "llama": ("tiny-gpt2", "e2e", LLAMA),
 }
 
 
 def one_step(compose_config, data_dir, tmp_path, family: str, max_per_device: int) -> tuple[float, dict]:
     """One optimizer step on a global batch of 8 through the runner's training path: (logged loss, gradients)."""
     group, task, model_cfg = FAMILIES[family]
-    smoothing = 0.1 if task == "e2e" else 0.0   # the NLG tables' label smoothing
-    overrides = [f"model={group}", "method=ft", f"task={task}", "train.global_batch_size=8",
-                 f"train.max_per_device_batch_size={max_per_device}", "train.max_steps=1", "train.logging_steps=1",
-                 "train.warmup_ratio=0", "train.lr_scheduler_type=constant", "train.max_grad_norm=0", "train.select=last",
-                 f"train.label_smoothing={smoothing}"]
+    smoothing = 0.1 if task == "e2e" else 0.0  # the NLG tables' label smoothing
+    overrides = [
+        f"model={group}",
+        "method=ft",
+        f"task={task}",
+        "train.global_batch_size=8",
+        f"train.max_per_device_batch_size={max_per_device}",
+        "train.max_steps=1",
+        "train.logging_steps=1",
+        "train.warmup_ratio=0",
+        "train.lr_scheduler_type=constant",
+        "train.max_grad_norm=0",
+        "train.select=last",
+        f"train.label_smoothing={smoothing}",
+    ]
     cfg = compose_config(overrides + (["decode.checkpoint=last"] if task == "e2e" else []))
     if model_cfg:
         with open_dict(cfg):
@@ -60,19 +113,23 @@ def one_step(compose_config, data_dir, tmp_path, family: str, max_per_device: in
     tok = load_tokenizer(cfg.model, data_dir)
     torch.manual_seed(0)
     model = apply_method(load_model(cfg.model, cfg.task, tok), cfg.method)
-    for m in model.modules():   # dropout masks depend on the micro-batch shapes
+    for m in model.modules():  # dropout masks depend on the micro-batch shapes
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     grads = {}
-    for name, p in model.named_parameters():   # the accumulated gradient, as the optimizer gets it
+    for name, p in model.named_parameters():  # the accumulated gradient, as the optimizer gets it
         if p.requires_grad:
             p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
     if task == "e2e":
         train = datasets.Dataset.from_list([encode_example(tok, c, t, 64) for c, t in PAIRS])
-        out = generation.train_and_score(cfg, model, tok, {"train": train, "dev": train, "test": []}, tmp_path / f"ckpt{max_per_device}")
+        out = generation.train_and_score(
+            cfg, model, tok, {"train": train, "dev": train, "test": []}, tmp_path / f"ckpt{max_per_device}"
+        )
     else:
         train = datasets.Dataset.from_list([{**tok(t), "label": i % 2} for i, t in enumerate(TEXTS)])
-        out = classification.train_and_score(cfg, model, tok, {"train": train, "dev": train}, tmp_path / f"ckpt{max_per_device}")
+        out = classification.train_and_score(
+            cfg, model, tok, {"train": train, "dev": train}, tmp_path / f"ckpt{max_per_device}"
+        )
     assert out.steps == 1
     assert (out.batch["per_device"], out.batch["accumulation"]) == ((8, 1) if max_per_device == 8 else (2, 4))
     return out.history["train_loss"][0]["loss"], grads
@@ -99,7 +156,9 @@ def test_accumulation_gives_the_unaccumulated_loss_and_gradients(compose_config,
         assert torch.allclose(grads_2x4[name], g, rtol=1e-4, atol=1e-4 * scale), name
 
 
-def test_several_gpus_without_torchrun_are_refused_before_anything_is_written(compose_config, data_dir, tmp_path, monkeypatch):
+def test_several_gpus_without_torchrun_are_refused_before_anything_is_written(
+    compose_config, data_dir, tmp_path, monkeypatch
+):
     """Issue 16: with 2 visible GPUs and no torchrun the Trainer used DataParallel, a global batch 2x the record's."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -109,7 +168,7 @@ def test_several_gpus_without_torchrun_are_refused_before_anything_is_written(co
         run_cell(resolve_cell(compose_config(overrides), overrides))
     assert "torchrun --nproc_per_node=2" in str(err.value) and "CUDA_VISIBLE_DEVICES" in str(err.value)
     assert [p for p in tmp_path.rglob("*") if p.is_file() and "logs" not in p.relative_to(tmp_path).parts] == []
-    monkeypatch.setenv("LOCAL_RANK", "0")   # one process per GPU (torchrun): allowed
+    monkeypatch.setenv("LOCAL_RANK", "0")  # one process per GPU (torchrun): allowed
     rt.check_devices()
 
 
@@ -135,13 +194,13 @@ def test_guard_counts_skipped_steps_and_needs_a_streak():
     from types import SimpleNamespace
 
     nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
-    losses = [one, nan, one, nan, nan, one, nan, nan, nan, one]   # per optimizer step
+    losses = [one, nan, one, nan, nan, one, nan, nan, nan, one]  # per optimizer step
     skips = [False, True, False, True, True, False, True, True, True, False]
     guard = rt.DivergenceGuard(patience=3)
     guard.trainer = SimpleNamespace(accelerator=FakeAccelerator(skips))
     control = SimpleNamespace(should_training_stop=False)
     for step, loss in enumerate(losses, 1):
-        guard.saw_loss(one)      # micro-batches of one step: one non-finite makes the step non-finite
+        guard.saw_loss(one)  # micro-batches of one step: one non-finite makes the step non-finite
         guard.saw_loss(loss)
         guard.on_step_end(None, SimpleNamespace(global_step=step), control)
         if control.should_training_stop:
@@ -160,8 +219,9 @@ def test_guard_counts_skipped_steps_and_needs_a_streak():
 
 
 @pytest.mark.parametrize("from_step,until_step,status", [(2, 2, "ok"), (2, 99, "failed")])
-def test_cell_survives_one_nonfinite_loss_and_fails_when_it_stays(compose_config, data_dir, monkeypatch,
-                                                                  from_step, until_step, status):
+def test_cell_survives_one_nonfinite_loss_and_fails_when_it_stays(
+    compose_config, data_dir, monkeypatch, from_step, until_step, status
+):
     """A real CPU cell with a NaN training loss injected at optimizer steps from_step..until_step (gradients stay
     finite, as after the fp16 scaler's skip): once, the cell ends ok with the step counted; from step 2 on, it is
     recorded failed with the reason."""
@@ -169,22 +229,30 @@ def test_cell_survives_one_nonfinite_loss_and_fails_when_it_stays(compose_config
 
     def injected(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = real(self, model, inputs, return_outputs, num_items_in_batch)
-        if torch.is_grad_enabled():   # training, not evaluation
+        if torch.is_grad_enabled():  # training, not evaluation
             calls.append(1)
             if from_step <= len(calls) <= until_step:
                 return loss + float("nan")
         return loss
 
     monkeypatch.setattr(Trainer, "compute_loss", injected)
-    overrides = ["model=tiny-roberta", "method=lora", "task=rte", "train.max_steps=6", "train.logging_steps=1",
-                 "++train.divergence_patience=3", "train.global_batch_size=4", "data.max_eval_samples=8"]
+    overrides = [
+        "model=tiny-roberta",
+        "method=lora",
+        "task=rte",
+        "train.max_steps=6",
+        "train.logging_steps=1",
+        "++train.divergence_patience=3",
+        "train.global_batch_size=4",
+        "data.max_eval_samples=8",
+    ]
     cfg = resolve_cell(compose_config(overrides), overrides)
     record = run_cell(cfg)
     assert record["status"] == status, record.get("error")
     if status == "ok":
         assert record["batch"] == {"per_device": 4, "accumulation": 1, "world_size": 1, "global": 4}
         assert record["steps"] == 6 and record["nonfinite_steps"] == 1 and record["skipped_steps"] == 0
-        assert all(e["loss"] == e["loss"] for e in record["history"]["train_loss"])   # logged losses stay finite
+        assert all(e["loss"] == e["loss"] for e in record["history"]["train_loss"])  # logged losses stay finite
     else:
         assert "diverged: training loss not finite for 3 consecutive steps from step 2" in record["error"]
     assert json.loads(record_path(cfg).read_text())["status"] == status
@@ -197,10 +265,18 @@ def test_classifier_loss_is_the_models_mean_over_the_accumulated_batch(num_label
     torch.manual_seed(0)
     logits = torch.randn(6, num_labels)
     labels = torch.randn(6) if num_labels == 1 else torch.randint(0, num_labels, (6,))
-    whole = (torch.nn.functional.mse_loss(logits.squeeze(-1), labels) if num_labels == 1
-             else torch.nn.functional.cross_entropy(logits, labels))
-    halves = [classification.classifier_loss({"logits": logits[i:i + 3]}, labels[i:i + 3], torch.tensor(6)) for i in (0, 3)]
-    assert torch.isclose(sum(halves), whole) and torch.isclose(classification.classifier_loss({"logits": logits}, labels), whole)
+    whole = (
+        torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
+        if num_labels == 1
+        else torch.nn.functional.cross_entropy(logits, labels)
+    )
+    halves = [
+        classification.classifier_loss({"logits": logits[i : i + 3]}, labels[i : i + 3], torch.tensor(6))
+        for i in (0, 3)
+    ]
+    assert torch.isclose(sum(halves), whole) and torch.isclose(
+        classification.classifier_loss({"logits": logits}, labels), whole
+    )
 
 
 @pytest.mark.parametrize("method,adapters_only", [("lora", True), ("ft", False)])
@@ -211,17 +287,34 @@ def test_trainer_checkpoints_hold_the_trainable_tensors_only(tmp_path, data_dir,
     from safetensors import safe_open
 
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
-    cmd = [sys.executable, "-m", "repro.run", "+table=glue", "model=tiny-roberta", f"method={method}", "task=rte",
-           "train.max_steps=6", "train.eval_strategy=steps", "train.eval_steps=3", "train.global_batch_size=4",
-           "data.max_train_samples=32", "data.max_eval_samples=8", "train.keep_checkpoints=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "repro.run",
+        "+table=glue",
+        "model=tiny-roberta",
+        f"method={method}",
+        "task=rte",
+        "train.max_steps=6",
+        "train.eval_strategy=steps",
+        "train.eval_steps=3",
+        "train.global_batch_size=4",
+        "data.max_train_samples=32",
+        "data.max_eval_samples=8",
+        "train.keep_checkpoints=true",
+    ]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    ckpts = sorted((tmp_path / f"results/glue/tiny-roberta/{method}/rte/checkpoints/seed0").glob("checkpoint-*/model.safetensors"))
+    ckpts = sorted(
+        (tmp_path / f"results/glue/tiny-roberta/{method}/rte/checkpoints/seed0").glob("checkpoint-*/model.safetensors")
+    )
     assert ckpts
     with safe_open(str(ckpts[-1]), "pt") as f:
         keys = set(f.keys())
     backbone = {k for k in keys if "lora_" not in k and "classifier" not in k}
     if adapters_only:
-        assert keys and not backbone and any("lora_A" in k for k in keys) and any("classifier" in k for k in keys), sorted(keys)
+        assert keys and not backbone and any("lora_A" in k for k in keys) and any("classifier" in k for k in keys), (
+            sorted(keys)
+        )
     else:
         assert any("encoder.layer.0.attention.self.query.weight" in k for k in backbone), sorted(keys)[:10]

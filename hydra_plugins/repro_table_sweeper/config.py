@@ -1,7 +1,6 @@
 """Registers `hydra/sweeper: table` (Hydra imports every module under the hydra_plugins namespace at start-up)."""
 
 from dataclasses import dataclass
-from typing import Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -10,9 +9,9 @@ from hydra.core.config_store import ConfigStore
 class TableSweeperConf:
     _target_: str = "hydra_plugins.repro_table_sweeper.table_sweeper.TableSweeper"
     # jobs handed to the launcher at once (null: all); a SLURM array never exceeds this size
-    max_batch_size: Optional[int] = None
+    max_batch_size: int | None = None
     # the grid, as for the basic sweeper: axis -> comma-separated values (the table configs set it)
-    params: Optional[Dict[str, str]] = None
+    params: dict[str, str] | None = None
     # keep only (model, method, variant) combinations that are rows of the table (or stand-ins); false: plain product
     only_table_rows: bool = True
 
@@ -23,4 +22,6 @@ ConfigStore.instance().store(group="hydra/sweeper", name="table", node=TableSwee
 # defaults); Hydra validates it against that schema and warns that the matching is deprecated. It works in 1.3.
 import warnings  # noqa: E402
 
-warnings.filterwarnings("ignore", message=r"(?s).*'hydra/launcher/submitit_local' is validated against ConfigStore schema")
+warnings.filterwarnings(
+    "ignore", message=r"(?s).*'hydra/launcher/submitit_local' is validated against ConfigStore schema"
+)

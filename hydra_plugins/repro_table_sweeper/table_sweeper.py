@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -29,13 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class TableSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 only_table_rows: bool = True) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, only_table_rows: bool = True
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.only_table_rows = only_table_rows
         self.expansion = None
 
-    def expand(self, arguments: List[str]) -> List[List[str]]:
+    def expand(self, arguments: list[str]) -> list[list[str]]:
         """The jobs this sweep launches, in order (also used by tests and the dry run)."""
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -47,7 +49,7 @@ class TableSweeper(BasicSweeper):
             self.expansion = Expansion(kept=jobs)
         return self.expansion.kept
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         """Launch the grid in waves: a cell that starts from another cell's weights (train.init_from: Table 2's RTE,
         MRPC, STS-B LoRA from MNLI) is launched only after that cell's wave has ended (a launcher's launch() returns
         when its jobs have ended, submitit's too), and not at all, with the reason, when that cell did not end ok."""
@@ -55,7 +57,7 @@ class TableSweeper(BasicSweeper):
         jobs = self.expand(arguments)
         loader = self.hydra_context.config_loader
         sources = init_sources(loader, self.config, jobs)
-        deferred = deferred_jobs(jobs, self.config)   # tune groups: other seeds wait for the selection seed's choice
+        deferred = deferred_jobs(jobs, self.config)  # tune groups: other seeds wait for the selection seed's choice
         waves = [w for w in ([i for i in wave if i not in deferred] for wave in launch_waves(len(jobs), sources)) if w]
         if self.config.get("dry_run"):
             # here, not at the top: the cost model builds models on the meta device (torch, transformers), and Hydra
@@ -65,35 +67,49 @@ class TableSweeper(BasicSweeper):
             print(plan_jobs(loader, self.config, jobs, self.expansion), flush=True)
             print(describe_waves(waves), flush=True)
             if deferred:
-                slots = {(group_of(self.config.table, d["model"], d["method"], d["variant"]), d["task"], d["seed"])
-                         for d in (job_values(self.config, jobs[i]) for i in deferred)}
-                print(f"tuning: {len(deferred)} of these jobs are tune-group candidates on seeds other than the selection "
-                      f"seed {self.config.table.tune.seed}: they wait for the others, and only the chosen candidate's "
-                      f"run ({len(slots)} jobs; repro/tune.py), so at most {len(jobs) - len(deferred) + len(slots)} "
-                      "jobs run in all", flush=True)
+                slots = {
+                    (group_of(self.config.table, d["model"], d["method"], d["variant"]), d["task"], d["seed"])
+                    for d in (job_values(self.config, jobs[i]) for i in deferred)
+                }
+                print(
+                    f"tuning: {len(deferred)} of these jobs are tune-group candidates on seeds other than the selection "
+                    f"seed {self.config.table.tune.seed}: they wait for the others, and only the chosen candidate's "
+                    f"run ({len(slots)} jobs; repro/tune.py), so at most {len(jobs) - len(deferred) + len(slots)} "
+                    "jobs run in all",
+                    flush=True,
+                )
             return []
         if self.expansion.n_dropped:
-            log.info("table sweeper: %d jobs, %d combinations left out (not rows of table %s)",
-                     len(jobs), self.expansion.n_dropped, self.config.table.name)
+            log.info(
+                "table sweeper: %d jobs, %d combinations left out (not rows of table %s)",
+                len(jobs),
+                self.expansion.n_dropped,
+                self.config.table.name,
+            )
         if len(waves) > 1:
             print(f"table sweeper: {describe_waves(waves)}", flush=True)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns: List[Sequence[JobReturn]] = []
+        returns: list[Sequence[JobReturn]] = []
         outcomes: Counter = Counter()
-        errors: List[Exception] = []
+        errors: list[Exception] = []
         initial_job_idx = 0
         for k, wave in enumerate(waves):
             blocked = self.sources_not_ok({i: jobs[sources[i]] for i in wave if i in sources})
             for i in wave:
                 if i in blocked:
-                    print(f"not run: {' '.join(jobs[i])}: its train.init_from source ({' '.join(jobs[sources[i]])}) "
-                          f"{blocked[i]}", flush=True)
+                    print(
+                        f"not run: {' '.join(jobs[i])}: its train.init_from source ({' '.join(jobs[sources[i]])}) "
+                        f"{blocked[i]}",
+                        flush=True,
+                    )
                     outcomes["not run (init_from source not ok)"] += 1
-            todo = self.skip_done([jobs[i] for i in wave if i not in blocked], f"wave {k + 1}" if len(waves) > 1 else "the grid")
+            todo = self.skip_done(
+                [jobs[i] for i in wave if i not in blocked], f"wave {k + 1}" if len(waves) > 1 else "the grid"
+            )
             initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, outcomes, errors)
-        if deferred:   # the selection seed's jobs have ended: run the chosen candidates on the other seeds
+        if deferred:  # the selection seed's jobs have ended: run the chosen candidates on the other seeds
             waiting = [jobs[i] for i in deferred]
             todo = []
             for i, (run, why) in tuning_choices(loader, self.config, waiting).items():
@@ -108,13 +124,18 @@ class TableSweeper(BasicSweeper):
         if not outcomes:
             print("table sweeper: nothing to launch", flush=True)
         else:
-            print(f"table sweeper: {sum(outcomes.values())} jobs: " + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), flush=True)
-        if errors:   # as the basic sweeper, a job's exception fails the sweep (after every other job has run)
+            print(
+                f"table sweeper: {sum(outcomes.values())} jobs: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())),
+                flush=True,
+            )
+        if errors:  # as the basic sweeper, a job's exception fails the sweep (after every other job has run)
             raise errors[0]
         return returns
 
-    def launch_batches(self, todo: List[List[str]], initial_job_idx: int, returns: list, outcomes: Counter,
-                       errors: list) -> int:
+    def launch_batches(
+        self, todo: list[list[str]], initial_job_idx: int, returns: list, outcomes: Counter, errors: list
+    ) -> int:
         if not todo:
             return initial_job_idx
         for batch in self.split_overrides_to_chunks(todo, self.max_batch_size):
@@ -132,7 +153,7 @@ class TableSweeper(BasicSweeper):
             returns.append(results)
         return initial_job_idx
 
-    def sources_not_ok(self, sources: Dict[int, List[str]]) -> Dict[int, str]:
+    def sources_not_ok(self, sources: dict[int, list[str]]) -> dict[int, str]:
         """{job index: why} for the jobs whose init_from source job has no `ok` record with its config's fingerprint."""
         unique = [list(j) for j in dict.fromkeys(tuple(j) for j in sources.values())]
         why = {}
@@ -141,11 +162,14 @@ class TableSweeper(BasicSweeper):
                 why[tuple(job)] = f"does not resolve ({note})"
             elif records.finished_record(cfg) is None:
                 record = records.read_record(records.record_path(cfg)) or {}
-                why[tuple(job)] = (f"ended {record['status']}: {record.get('error')}" if record.get("status") not in (None, "ok")
-                                   else f"has no ok record with its config's fingerprint ({records.record_path(cfg)})")
+                why[tuple(job)] = (
+                    f"ended {record['status']}: {record.get('error')}"
+                    if record.get("status") not in (None, "ok")
+                    else f"has no ok record with its config's fingerprint ({records.record_path(cfg)})"
+                )
         return {i: why[tuple(src)] for i, src in sources.items() if tuple(src) in why}
 
-    def skip_done(self, jobs: List[List[str]], label: str = "the grid") -> List[List[str]]:
+    def skip_done(self, jobs: list[list[str]], label: str = "the grid") -> list[list[str]]:
         """Leave out, before launching anything, the cells whose `ok` record has this config's fingerprint (the
         job itself checks again). A job that does not resolve is launched, to fail there with its reason."""
         if self.config.get("force"):
@@ -157,6 +181,9 @@ class TableSweeper(BasicSweeper):
             else:
                 done.append(job)
                 print(f"skipped (done: ok record, same fingerprint): {records.record_path(cfg)}", flush=True)
-        print(f"table sweeper: {len(jobs)} jobs in {label}, {len(done)} already done and skipped, "
-              f"{len(todo)} to launch (force=true reruns done cells)", flush=True)
+        print(
+            f"table sweeper: {len(jobs)} jobs in {label}, {len(done)} already done and skipped, "
+            f"{len(todo)} to launch (force=true reruns done cells)",
+            flush=True,
+        )
         return todo

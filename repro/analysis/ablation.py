@@ -63,18 +63,26 @@ def build(table: str, results_dir: str | Path = "results", model: str | None = N
     rows = []
     for row in cfg["rows"]:
         pc = row.get("paper_cell") or {}
-        line = {"model": model or row["model"], "variant": row["variant"], "label": row["label"], "targets": row["set"]["method"]["targets"],
-                "r": row["set"]["method"]["r"],
-                "paper_WikiSQL": paper_value(paper, table, pc.get("weights", ""), pc.get("r"), "WikiSQL"),
-                "paper_MultiNLI": paper_value(paper, table, pc.get("weights", ""), pc.get("r"), "MultiNLI"),
-                "tasks": {}}
+        line = {
+            "model": model or row["model"],
+            "variant": row["variant"],
+            "label": row["label"],
+            "targets": row["set"]["method"]["targets"],
+            "r": row["set"]["method"]["r"],
+            "paper_WikiSQL": paper_value(paper, table, pc.get("weights", ""), pc.get("r"), "WikiSQL"),
+            "paper_MultiNLI": paper_value(paper, table, pc.get("weights", ""), pc.get("r"), "MultiNLI"),
+            "tasks": {},
+        }
         for task in cfg["tasks"]:
             key = (model or row["model"], row["variant"], task)
             vals = [v for _, v in sorted(scores.get(key, []))]
-            line["tasks"][task] = {"n": len(vals), "scores": vals,
-                                   "mean": statistics.mean(vals) if vals else None,
-                                   "std": statistics.stdev(vals) if len(vals) > 1 else None,
-                                   "failed": failed.get(key, 0)}
+            line["tasks"][task] = {
+                "n": len(vals),
+                "scores": vals,
+                "mean": statistics.mean(vals) if vals else None,
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "failed": failed.get(key, 0),
+            }
         rows.append(line)
     return {"table": table, "tasks": cfg["tasks"], "rows": rows, "task_names": {t: task_name(t) for t in cfg["tasks"]}}
 
@@ -87,8 +95,8 @@ def task_name(task: str) -> str:
     return f"{t.get('glue_dir') or task} {t.get('main_metric', '')}".strip()
 
 
-DATASETS = ("WikiSQL", "MultiNLI")   # the paper's columns (GPT-3 175B validation accuracy)
-TOL = MATCH_PTS                       # points: "as good as the best rank", scores that "match" (repro.results)
+DATASETS = ("WikiSQL", "MultiNLI")  # the paper's columns (GPT-3 175B validation accuracy)
+TOL = MATCH_PTS  # points: "as good as the best rank", scores that "match" (repro.results)
 
 
 def _ours(c: dict) -> str:
@@ -117,8 +125,10 @@ def ordering(result: dict) -> list[str]:
     W_q,W_v, W_q alone needs a larger r)."""
     datasets = [(d, {r["variant"]: r[f"paper_{d}"] for r in result["rows"]}, "paper, GPT-3") for d in DATASETS]
     names = result.get("task_names", {})
-    datasets += [(names.get(t, t), {r["variant"]: r["tasks"][t]["mean"] for r in result["rows"]}, "ours, MiniLM")
-                 for t in _tasks(result)]
+    datasets += [
+        (names.get(t, t), {r["variant"]: r["tasks"][t]["mean"] for r in result["rows"]}, "ours, MiniLM")
+        for t in _tasks(result)
+    ]
     label = {r["variant"]: _weights(r) for r in result["rows"]}
     rank = {r["variant"]: r["r"] for r in result["rows"]}
     lines = []
@@ -133,8 +143,10 @@ def ordering(result: dict) -> list[str]:
             if "qv_r4" in vals and singles:
                 top = max(singles, key=singles.get)
                 gap = vals["qv_r4"] - singles[top]
-                line += (f"; W_q,W_v {vals['qv_r4']:.1f} vs the best single type {label[top]} {singles[top]:.1f} "
-                         f"({gap:+.1f}: {'beats every single type' if gap > 0 else 'does not beat every single type'})")
+                line += (
+                    f"; W_q,W_v {vals['qv_r4']:.1f} vs the best single type {label[top]} {singles[top]:.1f} "
+                    f"({gap:+.1f}: {'beats every single type' if gap > 0 else 'does not beat every single type'})"
+                )
             lines.append(line)
         else:
             parts = []
@@ -169,8 +181,12 @@ def markdown(result: dict) -> str:
         for name, who in [*((d, "paper, GPT-3") for d in DATASETS), *((t, "ours, MiniLM") for t in tasks)]:
             for fam in families:
                 by_r = {r["r"]: r for r in rows if _weights(r) == fam}
-                cells = [(_paper(by_r[k][f"paper_{name}"]) if name in DATASETS else _ours(by_r[k]["tasks"][name]))
-                         if k in by_r else "" for k in ranks]
+                cells = [
+                    (_paper(by_r[k][f"paper_{name}"]) if name in DATASETS else _ours(by_r[k]["tasks"][name]))
+                    if k in by_r
+                    else ""
+                    for k in ranks
+                ]
                 body.append([f"{names.get(name, name)} ({who})", fam, *cells])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(b) + " |" for b in body]
@@ -178,15 +194,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n" + ("\nOrdering, read off the means:\n\n" + "\n".join(order) + "\n" if order else "")
 
 
-def write(table: str, results_dir: str | Path = "results", out_dir: str | Path | None = None,
-          model: str | None = None) -> tuple[str, list[Path]]:
+def write(
+    table: str, results_dir: str | Path = "results", out_dir: str | Path | None = None, model: str | None = None
+) -> tuple[str, list[Path]]:
     result = build(table, results_dir, model)
     out = Path(out_dir) if out_dir else Path(results_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    title = {"rank": "Table 6 (rank r)", "which_weights": "Table 5 (which weight matrices, fixed budget)"}.get(table, table)
-    md = (f"# {title}: LoRA on MiniLM vs the paper's GPT-3\n\n"
-          f"Dev score (main metric × 100, mean ± std over seeds) from the records of `conf/table/{table}.yaml`; the paper's "
-          f"columns are GPT-3 175B validation accuracy (repro/paper/table5_6_ablations.yaml).\n\n" + markdown(result))
+    title = {"rank": "Table 6 (rank r)", "which_weights": "Table 5 (which weight matrices, fixed budget)"}.get(
+        table, table
+    )
+    md = (
+        f"# {title}: LoRA on MiniLM vs the paper's GPT-3\n\n"
+        f"Dev score (main metric × 100, mean ± std over seeds) from the records of `conf/table/{table}.yaml`; the paper's "
+        f"columns are GPT-3 175B validation accuracy (repro/paper/table5_6_ablations.yaml).\n\n" + markdown(result)
+    )
     paths = [out / f"ablation_{table}.md", out / f"ablation_{table}.json"]
     paths[0].write_text(md)
     paths[1].write_text(json.dumps(result, indent=1) + "\n")

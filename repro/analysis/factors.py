@@ -35,21 +35,34 @@ KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.(?P<part>[A-Za-z0-9
 
 # module-path suffix -> the paper's name of the matrix (RoBERTa/BERT, DeBERTa-v2, GPT-2, LLaMA-style)
 SUFFIX_TARGET = [
-    ("attention.self.query", "q"), ("attention.self.key", "k"), ("attention.self.value", "v"),
-    ("attention.self.query_proj", "q"), ("attention.self.key_proj", "k"), ("attention.self.value_proj", "v"),
-    ("attention.output.dense", "o"), ("intermediate.dense", "mlp_in"), ("output.dense", "mlp_out"),
-    ("attn.c_proj", "o"), ("mlp.c_fc", "mlp_in"), ("mlp.c_proj", "mlp_out"),
-    ("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
-    ("gate_proj", "mlp_gate"), ("up_proj", "mlp_in"), ("down_proj", "mlp_out"),
+    ("attention.self.query", "q"),
+    ("attention.self.key", "k"),
+    ("attention.self.value", "v"),
+    ("attention.self.query_proj", "q"),
+    ("attention.self.key_proj", "k"),
+    ("attention.self.value_proj", "v"),
+    ("attention.output.dense", "o"),
+    ("intermediate.dense", "mlp_in"),
+    ("output.dense", "mlp_out"),
+    ("attn.c_proj", "o"),
+    ("mlp.c_fc", "mlp_in"),
+    ("mlp.c_proj", "mlp_out"),
+    ("q_proj", "q"),
+    ("k_proj", "k"),
+    ("v_proj", "v"),
+    ("o_proj", "o"),
+    ("gate_proj", "mlp_gate"),
+    ("up_proj", "mlp_in"),
+    ("down_proj", "mlp_out"),
 ]
-FACTORED_METHODS = (None, "lora", "lora_all_linear", "rslora", "qlora")   # ΔW = γ B A exactly
-FUSED_PARTS = {"attn.c_attn": ("q", "k", "v")}   # GPT-2: W_q | W_k | W_v column blocks of the Conv1D weight
+FACTORED_METHODS = (None, "lora", "lora_all_linear", "rslora", "qlora")  # ΔW = γ B A exactly
+FUSED_PARTS = {"attn.c_attn": ("q", "k", "v")}  # GPT-2: W_q | W_k | W_v column blocks of the Conv1D weight
 
 
 def target_of(module_path: str, part: str | None) -> str:
     if part is not None:
         return part
-    for suffix, target in SUFFIX_TARGET:   # attention.output.dense before output.dense: listed first
+    for suffix, target in SUFFIX_TARGET:  # attention.output.dense before output.dense: listed first
         if module_path == suffix or module_path.endswith("." + suffix):
             return target
     return module_path.rsplit(".", 1)[-1]
@@ -68,8 +81,8 @@ class Factor:
 
     layer: int
     target: str
-    module: str               # module path in the model (checkpoint key prefix)
-    part: str | None          # fused-module part (GPT-2 c_attn: q / v), else None
+    module: str  # module path in the model (checkpoint key prefix)
+    part: str | None  # fused-module part (GPT-2 c_attn: q / v), else None
     A: torch.Tensor
     B: torch.Tensor
     scaling: float
@@ -90,11 +103,11 @@ class Adapter:
     factors: dict[tuple[int, str], Factor]
     r: int
     alpha: float
-    model: str | None = None          # conf/model/<model>.yaml name
+    model: str | None = None  # conf/model/<model>.yaml name
     task: str | None = None
-    source: str = ""                  # checkpoint path or "model"
+    source: str = ""  # checkpoint path or "model"
     method: dict = field(default_factory=dict)
-    record: dict | None = None        # the cell's JSON record, when loaded beside the checkpoint
+    record: dict | None = None  # the cell's JSON record, when loaded beside the checkpoint
 
     @property
     def scaling(self) -> float:
@@ -124,8 +137,13 @@ def _orient(A: torch.Tensor, B: torch.Tensor, r: int | None, key: str) -> tuple[
     raise ValueError(f"{key}: LoRA factors of shapes A {tuple(A.shape)}, B {tuple(B.shape)} do not match r={r}")
 
 
-def factors_from_state_dict(state: dict[str, torch.Tensor], r: int | None, alpha: float | None,
-                            scalings: dict[str, float] | None = None, rslora: bool = False) -> dict[tuple[int, str], Factor]:
+def factors_from_state_dict(
+    state: dict[str, torch.Tensor],
+    r: int | None,
+    alpha: float | None,
+    scalings: dict[str, float] | None = None,
+    rslora: bool = False,
+) -> dict[tuple[int, str], Factor]:
     """Pair up `<module>.lora_A[.part]` / `<module>.lora_B[.part]` keys. scalings: per module path (from a model);
     else alpha / r for all (alpha / √r if rslora)."""
     pairs: dict[tuple[str, str | None], dict[str, torch.Tensor]] = {}
@@ -155,7 +173,7 @@ def factors_from_state_dict(state: dict[str, torch.Tensor], r: int | None, alpha
 
 def _method_from_metadata(meta: dict) -> dict:
     method = json.loads(meta["method"]) if meta.get("method") else {}
-    for k in ("r", "alpha"):   # flat keys, when a writer stores them too
+    for k in ("r", "alpha"):  # flat keys, when a writer stores them too
         if k not in method and meta.get(k) is not None:
             method[k] = json.loads(meta[k])
     return method
@@ -175,13 +193,23 @@ def load_adapter(path: str | Path) -> Adapter:
         if not method:
             method = (record.get("config") or {}).get("method") or {}
     if method.get("name") not in FACTORED_METHODS or method.get("init") == "pissa":
-        raise ValueError(f"{path}: method {method.get('name')!r} is not LoRA with ΔW = γ B A (DoRA, PiSSA: use "
-                         "repro.methods.checkpoint.load_delta_weights(path, base_model))")
+        raise ValueError(
+            f"{path}: method {method.get('name')!r} is not LoRA with ΔW = γ B A (DoRA, PiSSA: use "
+            "repro.methods.checkpoint.load_delta_weights(path, base_model))"
+        )
     r, alpha = method.get("r"), method.get("alpha")
     factors = factors_from_state_dict(state, r, alpha, rslora=bool(method.get("rslora", False)))
     r = r if r is not None else next(iter(factors.values())).r
-    return Adapter(factors, int(r), float(alpha), model=meta.get("model") or (record or {}).get("model"),
-                   task=meta.get("task") or (record or {}).get("task"), source=str(path), method=method, record=record)
+    return Adapter(
+        factors,
+        int(r),
+        float(alpha),
+        model=meta.get("model") or (record or {}).get("model"),
+        task=meta.get("task") or (record or {}).get("task"),
+        source=str(path),
+        method=method,
+        record=record,
+    )
 
 
 def adapter_from_model(model: torch.nn.Module, model_name: str | None = None) -> Adapter:
@@ -191,8 +219,10 @@ def adapter_from_model(model: torch.nn.Module, model_name: str | None = None) ->
     scalings, r, alpha = {}, None, None
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and not getattr(module, "factored", True):
-            raise ValueError(f"{name}: ΔW is not γ B A ({type(module).__name__}, init={getattr(module, 'init', None)}); "
-                             "use repro.methods.lora.delta_weights(model)")
+            raise ValueError(
+                f"{name}: ΔW is not γ B A ({type(module).__name__}, init={getattr(module, 'init', None)}); "
+                "use repro.methods.lora.delta_weights(model)"
+            )
         if hasattr(module, "lora_A") and hasattr(module, "r"):
             r, alpha = int(module.r), float(getattr(module, "alpha", module.r))
             scalings[name] = float(getattr(module, "scaling", alpha / r))
@@ -221,12 +251,12 @@ def base_weight(model: torch.nn.Module, factor: Factor) -> torch.Tensor:
     module = model.get_submodule(factor.module)
     w = module.weight.detach().float().cpu()
     if isinstance(module, Conv1D):
-        w = w.T                                            # Conv1D: x W + b, W is d_in × d_out
+        w = w.T  # Conv1D: x W + b, W is d_in × d_out
         parts = next((p for suffix, p in FUSED_PARTS.items() if factor.module.endswith(suffix)), None)
         if parts is not None and factor.part is not None:
             d = w.shape[0] // len(parts)
             i = parts.index(factor.part)
-            w = w[i * d:(i + 1) * d]
+            w = w[i * d : (i + 1) * d]
     expect = (factor.B.shape[0], factor.A.shape[1])
     if tuple(w.shape) != expect:
         raise ValueError(f"{factor.module}: pretrained W is {tuple(w.shape)}, ΔW is {expect}")

@@ -22,8 +22,15 @@ def _ticks(n: int, max_ticks: int = 11) -> list[int]:
 
 def heatmap(ax, grid: np.ndarray, title: str, ylabel: str = "i", xlabel: str = "j", vmax: float = 1.0):
     """grid[i-1, j-1] = φ(i, j); i down the rows (top = 1), j along the columns."""
-    im = ax.imshow(grid, cmap=CMAP, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest",
-                   extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
+    im = ax.imshow(
+        grid,
+        cmap=CMAP,
+        vmin=0.0,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5),
+    )
     ax.set_xticks(_ticks(grid.shape[1]))
     ax.set_yticks(_ticks(grid.shape[0]))
     ax.tick_params(labelsize=7)
@@ -41,13 +48,18 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def figure3(grids: dict[str, np.ndarray], layer_label: str, r_small: int, r_large: int, path: Path,
-            note: str = "") -> Path:
+def figure3(
+    grids: dict[str, np.ndarray], layer_label: str, r_small: int, r_large: int, path: Path, note: str = ""
+) -> Path:
     """Figure 3: φ(A_{r=small}, A_{r=large}, i, j) for ΔW_q and ΔW_v, i in 1..small, j in 1..large, then the zoomed
     small × small panels."""
     targets = list(grids)
-    fig, axes = plt.subplots(1, 2 * len(targets), figsize=(4.2 * len(targets) + 2.6 * len(targets), 2.9),
-                             gridspec_kw={"width_ratios": [3] * len(targets) + [1.3] * len(targets)})
+    fig, axes = plt.subplots(
+        1,
+        2 * len(targets),
+        figsize=(4.2 * len(targets) + 2.6 * len(targets), 2.9),
+        gridspec_kw={"width_ratios": [3] * len(targets) + [1.3] * len(targets)},
+    )
     axes = np.atleast_1d(axes)
     im = None
     for k, t in enumerate(targets):
@@ -56,13 +68,24 @@ def figure3(grids: dict[str, np.ndarray], layer_label: str, r_small: int, r_larg
         n = min(r_small, g.shape[1])
         heatmap(axes[len(targets) + k], g[:, :n], f"ΔW_{t}, j ≤ {n}")
     fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
-    fig.suptitle(f"Subspace similarity between the right-singular vectors of A_r={r_small} and A_r={r_large}, "
-                 f"{layer_label}" + (f"\n{note}" if note else ""), fontsize=9, y=1.06 if note else 1.02)
+    fig.suptitle(
+        f"Subspace similarity between the right-singular vectors of A_r={r_small} and A_r={r_large}, "
+        f"{layer_label}" + (f"\n{note}" if note else ""),
+        fontsize=9,
+        y=1.06 if note else 1.02,
+    )
     return save(fig, path)
 
 
-def figure4(grids: dict[str, np.ndarray], random_grid: np.ndarray, layer_label: str, r: int, path: Path,
-            vmax: float = 0.5, note: str = "") -> Path:
+def figure4(
+    grids: dict[str, np.ndarray],
+    random_grid: np.ndarray,
+    layer_label: str,
+    r: int,
+    path: Path,
+    vmax: float = 0.5,
+    note: str = "",
+) -> Path:
     """Figure 4: φ(A_r, A'_r, i, j) for two seeds, ΔW_q and ΔW_v, and two random Gaussian matrices of A's shape."""
     panels = [(f"ΔW_{t}: φ(A_r={r}, A'_r={r}, i, j)", g) for t, g in grids.items()]
     panels.append((f"random Gaussian {r}×d pair", random_grid))
@@ -72,18 +95,23 @@ def figure4(grids: dict[str, np.ndarray], random_grid: np.ndarray, layer_label: 
     for ax, (title, g) in zip(axes, panels):
         im = heatmap(ax, g, title, vmax=vmax)
     fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
-    fig.suptitle(f"Two random seeds, r={r}, {layer_label} (colour scale 0..{vmax:g})" + (f"\n{note}" if note else ""),
-                 fontsize=9, y=1.06 if note else 1.02)
+    fig.suptitle(
+        f"Two random seeds, r={r}, {layer_label} (colour scale 0..{vmax:g})" + (f"\n{note}" if note else ""),
+        fontsize=9,
+        y=1.06 if note else 1.02,
+    )
     return save(fig, path)
 
 
-def per_layer(grids: dict[int, dict[str, np.ndarray]], title: str, path: Path, vmax: float = 1.0,
-              zoom: int | None = None) -> Path:
+def per_layer(
+    grids: dict[int, dict[str, np.ndarray]], title: str, path: Path, vmax: float = 1.0, zoom: int | None = None
+) -> Path:
     """Figures 6/7: one heatmap per (layer, target); rows = layers (1-based), columns = targets."""
     layers = sorted(grids)
     targets = list(grids[layers[0]])
-    fig, axes = plt.subplots(len(layers), len(targets), figsize=(3.6 * len(targets) + 0.8, 2.0 * len(layers)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(layers), len(targets), figsize=(3.6 * len(targets) + 0.8, 2.0 * len(layers)), squeeze=False
+    )
     im = None
     for a, layer in enumerate(layers):
         for b, t in enumerate(targets):
@@ -105,7 +133,7 @@ def spectra(curves: dict[str, np.ndarray], title: str, path: Path, normalize: bo
         k = np.arange(1, len(s) + 1)
         style = "--" if label.startswith("W") else "-"
         axes[0].semilogy(k, np.maximum(y, 1e-12), style, label=label, lw=1.2)
-        e = np.cumsum(s ** 2) / np.sum(s ** 2)
+        e = np.cumsum(s**2) / np.sum(s**2)
         axes[1].plot(k, e, style, label=label, lw=1.2)
     axes[0].set_xlabel("k")
     axes[0].set_ylabel("σ_k / σ_1" if normalize else "σ_k")

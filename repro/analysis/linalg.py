@@ -121,7 +121,7 @@ def energy_captured(s: np.ndarray, ks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, flo
 
 def stable_rank(s: np.ndarray) -> float:
     """||M||_F² / ||M||_2²."""
-    return float(np.sum(s ** 2) / s[0] ** 2) if s.size and s[0] > 0 else 0.0
+    return float(np.sum(s**2) / s[0] ** 2) if s.size and s[0] > 0 else 0.0
 
 
 def effective_rank(s: np.ndarray) -> float:
@@ -167,21 +167,25 @@ def amplification(W, dW, r: int | None = None, *, n_random: int = 10, seed: int 
     d_out, d_in = W.shape
     # The top-r singular subspaces of a Gaussian matrix are uniformly (Haar) distributed and independent of each
     # other: drawn directly (QR of a Gaussian d × r) instead of an SVD of a d_out × d_in matrix.
-    rand = [projection_norm(W, random_orthonormal(d_out, r, rng), random_orthonormal(d_in, r, rng)) for _ in range(n_random)]
+    rand = [
+        projection_norm(W, random_orthonormal(d_out, r, rng), random_orthonormal(d_in, r, rng)) for _ in range(n_random)
+    ]
     proj_dw = projection_norm(W, U, V)
     dw_fro = float(np.linalg.norm(dW))
     return {
         "r": int(r),
-        "proj_dW": proj_dw,                         # ||U_rᵀ W V_r||_F, U, V from ΔW
-        "proj_W": projection_norm(W, Uw, Vw),       # from W itself (= sqrt of W's top-r σ²)
-        "proj_random": float(np.mean(rand)),        # from a random matrix
+        "proj_dW": proj_dw,  # ||U_rᵀ W V_r||_F, U, V from ΔW
+        "proj_W": projection_norm(W, Uw, Vw),  # from W itself (= sqrt of W's top-r σ²)
+        "proj_random": float(np.mean(rand)),  # from a random matrix
         "proj_random_std": float(np.std(rand)),
         "W_fro": float(np.linalg.norm(W)),
         "dW_fro": dw_fro,
         "amplification": dw_fro / proj_dw if proj_dw > 0 else float("inf"),
-        "dW_sigma_top": [float(x) for x in s_dw[:min(r, 8)]],
+        "dW_sigma_top": [float(x) for x in s_dw[: min(r, 8)]],
         # the same projection through ΔW's top-k directions only (k < r: the directions ΔW actually uses when its
         # spectrum is dominated by a few), beside the random-subspace level k·||W||_F / sqrt(d_out d_in)
         "proj_dW_k": {int(k): projection_norm(W, U[:, :k], V[:, :k]) for k in (1, 2, 4) if k <= r},
-        "proj_random_expect_k": {int(k): k * float(np.linalg.norm(W)) / math.sqrt(d_out * d_in) for k in (1, 2, 4) if k <= r},
+        "proj_random_expect_k": {
+            int(k): k * float(np.linalg.norm(W)) / math.sqrt(d_out * d_in) for k in (1, 2, 4) if k <= r
+        },
     }

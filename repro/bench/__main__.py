@@ -20,14 +20,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output JSON (default results/bench/<what>.json)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own, = available cores)")
     p.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-min load average is at most this")
-    p.add_argument("--max-wait-s", type=float, default=600.0, help="...but wait no longer than this, then measure anyway")
+    p.add_argument(
+        "--max-wait-s", type=float, default=600.0, help="...but wait no longer than this, then measure anyway"
+    )
     # latency
     p.add_argument("--grid", default=None, help="latency cells as BxS,BxS (default: Table 1's 32x512,16x256,1x128)")
     p.add_argument("--budget-s", type=float, default=None, help="latency: total seconds for the timed rounds (600)")
     p.add_argument("--min-rounds", type=int, default=2)
     p.add_argument("--max-rounds", type=int, default=100)
     # train / storage
-    p.add_argument("--models", default=None, help="train/storage: comma-separated model names (roberta-base,gpt2-medium); decode: the model")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="train/storage: comma-separated model names (roberta-base,gpt2-medium); decode: the model",
+    )
     p.add_argument("--methods", default=None, help="train/storage: comma-separated methods (default: all registered)")
     p.add_argument("--batch", type=int, default=None, help="train: batch size (8)")
     p.add_argument("--seq", type=int, default=None, help="train: sequence length (128)")
@@ -41,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    for what in (BENCHMARKS if args.what == "all" else (args.what,)):
+    for what in BENCHMARKS if args.what == "all" else (args.what,):
         module = importlib.import_module(f"repro.bench.{what}")
         result = module.run(args)
-        out = args.out if args.out and args.what != "all" else common.RESULTS_DIR / f"{what}{'-quick' if args.quick else ''}.json"
+        out = (
+            args.out
+            if args.out and args.what != "all"
+            else common.RESULTS_DIR / f"{what}{'-quick' if args.quick else ''}.json"
+        )
         common.write_json(result, out)
         print(f"wrote {out}", flush=True)
     return 0

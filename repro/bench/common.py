@@ -15,8 +15,9 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import transformers
@@ -57,7 +58,9 @@ def available_cores() -> int:
 
 def git_revision() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
@@ -83,7 +86,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "git": git_revision(),
     }
     try:
-        import peft   # optional: the train benchmark's comparison with PEFT's LoRA
+        import peft  # optional: the train benchmark's comparison with PEFT's LoRA
 
         info["peft_version"] = peft.__version__
     except ImportError:
@@ -91,7 +94,9 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
-def wait_for_quiet(threshold: float = 1.5, max_wait_s: float = 600.0, poll_s: float = 20.0, log=print) -> dict[str, Any]:
+def wait_for_quiet(
+    threshold: float = 1.5, max_wait_s: float = 600.0, poll_s: float = 20.0, log=print
+) -> dict[str, Any]:
     """Wait (at most max_wait_s) until the 1-minute load average is at or below `threshold`. Never fails: the
     load at the start of the measurement is recorded either way, with how long we waited and whether it settled."""
     start = time.monotonic()
@@ -100,8 +105,13 @@ def wait_for_quiet(threshold: float = 1.5, max_wait_s: float = 600.0, poll_s: fl
         log(f"  load average {os.getloadavg()[0]:.2f} > {threshold}: waiting ({time.monotonic() - start:.0f}s so far)")
         time.sleep(poll_s)
     after = load_average()
-    return {"threshold_1min": threshold, "waited_s": round(time.monotonic() - start, 1), "before": before,
-            "at_start": after, "quiet": after["1min"] <= threshold}
+    return {
+        "threshold_1min": threshold,
+        "waited_s": round(time.monotonic() - start, 1),
+        "before": before,
+        "at_start": after,
+        "quiet": after["1min"] <= threshold,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- timing, stats
@@ -133,9 +143,16 @@ def summarize(seconds: Iterable[float]) -> dict[str, Any]:
         raise ValueError("no samples")
     q1, q3 = (statistics.quantiles(ms, n=4, method="inclusive")[i] for i in (0, 2)) if n > 1 else (ms[0], ms[0])
     return {
-        "n": n, "median_ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1,
-        "mean_ms": statistics.fmean(ms), "std_ms": statistics.stdev(ms) if n > 1 else 0.0,
-        "min_ms": ms[0], "max_ms": ms[-1], "samples_ms": [round(x, 3) for x in ms],
+        "n": n,
+        "median_ms": statistics.median(ms),
+        "q1_ms": q1,
+        "q3_ms": q3,
+        "iqr_ms": q3 - q1,
+        "mean_ms": statistics.fmean(ms),
+        "std_ms": statistics.stdev(ms) if n > 1 else 0.0,
+        "min_ms": ms[0],
+        "max_ms": ms[-1],
+        "samples_ms": [round(x, 3) for x in ms],
     }
 
 
@@ -212,9 +229,11 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def header(title: str, machine: dict, load: dict | None = None) -> str:
     la = (load or {}).get("at_start") or machine["load_average"]
     gpu = f", GPU {machine['gpu_name']}" if machine.get("gpu_name") else ""
-    return (f"== {title} ==\n{machine['cpu_model']} ({machine['cpu_cores_available']} cores available, "
-            f"{machine['torch_threads']} torch threads){gpu}; torch {machine['torch_version']}; device {machine['device']}; "
-            f"load average {la['1min']}/{la['5min']}/{la['15min']} (1/5/15 min) at start")
+    return (
+        f"== {title} ==\n{machine['cpu_model']} ({machine['cpu_cores_available']} cores available, "
+        f"{machine['torch_threads']} torch threads){gpu}; torch {machine['torch_version']}; device {machine['device']}; "
+        f"load average {la['1min']}/{la['5min']}/{la['15min']} (1/5/15 min) at start"
+    )
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> Path:
@@ -258,4 +277,3 @@ def load_model_file(name: str, task_kind: str, path: Path, *, num_labels: int = 
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
-

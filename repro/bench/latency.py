@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import yaml
@@ -21,11 +22,16 @@ from repro.bench import common
 from repro.methods import parameter_counts
 from repro.methods.lora import merge, unmerge
 
-LORA = {"r": 4, "alpha": 32, "dropout": 0.0, "targets": ["q", "v"]}   # Table 1 / E2E recipe: r=4 on Wq, Wv
+LORA = {"r": 4, "alpha": 32, "dropout": 0.0, "targets": ["q", "v"]}  # Table 1 / E2E recipe: r=4 on Wq, Wv
 VARIANTS = ["base", "lora_merged", "lora_unmerged", "adapter_l", "adapter_h"]
-PAPER_ROW = {"base": "Fine-Tune/LoRA", "lora_merged": "Fine-Tune/LoRA", "adapter_l": "AdapterL", "adapter_h": "AdapterH"}
+PAPER_ROW = {
+    "base": "Fine-Tune/LoRA",
+    "lora_merged": "Fine-Tune/LoRA",
+    "adapter_l": "AdapterL",
+    "adapter_h": "AdapterH",
+}
 QUICK_GRID = [(2, 32), (1, 16)]
-QUICK_PARAMS = {(2, 32): 0.004e6, (1, 16): 0.02e6}   # |Θ| targets that fit the tiny model
+QUICK_PARAMS = {(2, 32): 0.004e6, (1, 16): 0.02e6}  # |Θ| targets that fit the tiny model
 
 
 def paper_table() -> dict:
@@ -83,7 +89,10 @@ class Variants:
                 self.lora_state = "unmerged"
                 counts = parameter_counts(lora)
                 for v in ("lora_merged", "lora_unmerged"):
-                    self.info[v] = {"adapter_params": counts["adapter_params"], **{k: LORA[k] for k in ("r", "targets")}}
+                    self.info[v] = {
+                        "adapter_params": counts["adapter_params"],
+                        **{k: LORA[k] for k in ("r", "targets")},
+                    }
             except Exception as exc:  # noqa: BLE001 - reported in the output, the other variants still run
                 errors["lora"] = f"{type(exc).__name__}: {exc}"
         for kind in ("adapter_l", "adapter_h"):
@@ -91,8 +100,12 @@ class Variants:
             try:
                 m = common.apply_method(shared_copy(base), kind, r=r).to(device=device, dtype=dtype).eval()
                 self.models[kind] = m
-                self.info[kind] = {"r": r, "target_params": adapter_target, "formula_params": formula,
-                                   "adapter_params": parameter_counts(m)["adapter_params"]}
+                self.info[kind] = {
+                    "r": r,
+                    "target_params": adapter_target,
+                    "formula_params": formula,
+                    "adapter_params": parameter_counts(m)["adapter_params"],
+                }
             except Exception as exc:  # noqa: BLE001
                 errors[kind] = f"{type(exc).__name__}: {exc}"
 
@@ -116,8 +129,18 @@ def forward(model, ids) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits
 
 
-def run_cell(variants: Variants, batch: int, seq: int, vocab: int, device, budget_s: float, min_rounds: int,
-             max_rounds: int, log, skip_above_s: float | None = None) -> dict[str, Any]:
+def run_cell(
+    variants: Variants,
+    batch: int,
+    seq: int,
+    vocab: int,
+    device,
+    budget_s: float,
+    min_rounds: int,
+    max_rounds: int,
+    log,
+    skip_above_s: float | None = None,
+) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(batch * 100_003 + seq)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
     names = variants.names()
@@ -128,9 +151,14 @@ def run_cell(variants: Variants, batch: int, seq: int, vocab: int, device, budge
         one = {n: common.timed(lambda: forward(variants.get(n), ids[:1]), device) for n in names}
         est_round = sum(one.values()) * batch
         if skip_above_s is not None and est_round > skip_above_s:
-            return {"batch_size": batch, "seq_len": seq, "skipped": f"one round estimated at {est_round:.0f}s "
-                    f"(batch x single-sequence time) > the {skip_above_s:.0f}s left in the budget", "estimated_round_s": est_round,
-                    "single_sequence_ms": {n: 1000 * t for n, t in one.items()}}
+            return {
+                "batch_size": batch,
+                "seq_len": seq,
+                "skipped": f"one round estimated at {est_round:.0f}s "
+                f"(batch x single-sequence time) > the {skip_above_s:.0f}s left in the budget",
+                "estimated_round_s": est_round,
+                "single_sequence_ms": {n: 1000 * t for n, t in one.items()},
+            }
         full_warmup = batch == 1 or est_round < 0.25 * budget_s
         if full_warmup and batch > 1:
             for n in names:
@@ -145,7 +173,7 @@ def run_cell(variants: Variants, batch: int, seq: int, vocab: int, device, budge
         samples: dict[str, list[float]] = {n: [] for n in names}
         started, k = time.monotonic(), 0
         while k < max_rounds:
-            order = names[k % len(names):] + names[: k % len(names)]
+            order = names[k % len(names) :] + names[: k % len(names)]
             for n in order:
                 model = variants.get(n)
                 samples[n].append(common.timed(lambda: forward(model, ids), device))
@@ -161,28 +189,53 @@ def run_cell(variants: Variants, batch: int, seq: int, vocab: int, device, budge
         ratios = [s / b for s, b in zip(samples[n], base)]
         rstats = common.summarize(r / 1000 for r in ratios)  # summarize() scales by 1000: undo for a unitless ratio
         rows[n] = {
-            **stats, **variants.info.get(n, {}),
+            **stats,
+            **variants.info.get(n, {}),
             "overhead_pct": 100.0 * (stats["median_ms"] / common.summarize(base)["median_ms"] - 1.0),
-            "paired_ratio": {"median": rstats["median_ms"], "q1": rstats["q1_ms"], "q3": rstats["q3_ms"],
-                             "min": rstats["min_ms"], "max": rstats["max_ms"]},
+            "paired_ratio": {
+                "median": rstats["median_ms"],
+                "q1": rstats["q1_ms"],
+                "q3": rstats["q3_ms"],
+                "min": rstats["min_ms"],
+                "max": rstats["max_ms"],
+            },
         }
     b = rows["base"]
-    noise = {"base_rel_iqr_pct": 100.0 * b["iqr_ms"] / b["median_ms"], "base_rel_std_pct": 100.0 * b["std_ms"] / b["mean_ms"]}
+    noise = {
+        "base_rel_iqr_pct": 100.0 * b["iqr_ms"] / b["median_ms"],
+        "base_rel_std_pct": 100.0 * b["std_ms"] / b["mean_ms"],
+    }
     if "lora_merged" in rows:
         pr = rows["lora_merged"]["paired_ratio"]
         noise["lora_merged_paired_band_pct"] = [100.0 * (pr["q1"] - 1.0), 100.0 * (pr["q3"] - 1.0)]
         noise["lora_merged_within_noise"] = bool(pr["q1"] <= 1.0 <= pr["q3"]) if rows["base"]["n"] > 1 else None
-    return {"batch_size": batch, "seq_len": seq, "rounds": k, "seconds": round(time.monotonic() - started, 1),
-            "full_shape_warmup": full_warmup, "lora_merge_max_abs_diff": check, "noise": noise, "variants": rows}
+    return {
+        "batch_size": batch,
+        "seq_len": seq,
+        "rounds": k,
+        "seconds": round(time.monotonic() - started, 1),
+        "full_shape_warmup": full_warmup,
+        "lora_merge_max_abs_diff": check,
+        "noise": noise,
+        "variants": rows,
+    }
 
 
 def paper_figures(batch: int, seq: int) -> dict[str, Any] | None:
     paper = paper_table()
     for i, col in enumerate(paper["columns"]):
         if (col["batch_size"], col["seq_len"]) == (batch, seq):
-            return {"adapter_params": col["adapter_params"],
-                    **{row["method"]: {"latency_ms": row["latency_ms"][i], "std_ms": row["latency_std_ms"][i],
-                                       "slowdown_pct": row["slowdown_pct"][i]} for row in paper["rows"]}}
+            return {
+                "adapter_params": col["adapter_params"],
+                **{
+                    row["method"]: {
+                        "latency_ms": row["latency_ms"][i],
+                        "std_ms": row["latency_std_ms"][i],
+                        "slowdown_pct": row["slowdown_pct"][i],
+                    }
+                    for row in paper["rows"]
+                },
+            }
     return None
 
 
@@ -205,8 +258,15 @@ def run(args) -> dict[str, Any]:
     # plan: a round of a cell costs about (variants) x batch x (one sequence's forward); a cell whose rounds cannot
     # fit `min_rounds` times into 80% of the budget is skipped (recorded with its estimate) rather than blowing it
     first = grid[0]
-    probe = Variants(base, d_model, n_layer, QUICK_PARAMS.get(first, 4e3) if args.quick else paper_params.get(first, 11e6),
-                     dtype, device, errors)
+    probe = Variants(
+        base,
+        d_model,
+        n_layer,
+        QUICK_PARAMS.get(first, 4e3) if args.quick else paper_params.get(first, 11e6),
+        dtype,
+        device,
+        errors,
+    )
     n_var = len(probe.names())
     del probe
     order, skipped = [], []
@@ -217,11 +277,18 @@ def run(args) -> dict[str, Any]:
             single = common.timed(lambda: forward(base, one), device)
         est = n_var * batch * single
         if not args.quick and est * args.min_rounds > 0.8 * budget:
-            skipped.append({"batch_size": batch, "seq_len": seq, "estimated_round_s": est, "single_sequence_base_ms": 1000 * single,
-                            "skipped": f"one round of {n_var} variants estimated at {est:.0f}s ({n_var} x batch {batch} x "
-                                       f"{1000 * single:.0f} ms for one sequence); {args.min_rounds} rounds do not fit "
-                                       f"80% of the {budget:.0f}s budget (select it alone with --grid {batch}x{seq} "
-                                       f"--budget-s {est * args.min_rounds * 1.3:.0f})"})
+            skipped.append(
+                {
+                    "batch_size": batch,
+                    "seq_len": seq,
+                    "estimated_round_s": est,
+                    "single_sequence_base_ms": 1000 * single,
+                    "skipped": f"one round of {n_var} variants estimated at {est:.0f}s ({n_var} x batch {batch} x "
+                    f"{1000 * single:.0f} ms for one sequence); {args.min_rounds} rounds do not fit "
+                    f"80% of the {budget:.0f}s budget (select it alone with --grid {batch}x{seq} "
+                    f"--budget-s {est * args.min_rounds * 1.3:.0f})",
+                }
+            )
             print(f"  cell batch={batch} seq={seq}: skipped, {skipped[-1]['skipped']}", flush=True)
         else:
             order.append((batch, seq))
@@ -243,15 +310,28 @@ def run(args) -> dict[str, Any]:
         cells.append(cell)
     cells.sort(key=lambda c: grid.index((c["batch_size"], c["seq_len"])))
     result = {
-        "benchmark": "latency", "what": "one forward pass (GPT2LMHeadModel incl. LM head, use_cache=False, inference_mode)",
-        "model": model_name, "arch": {"n_layer": n_layer, "n_embd": d_model, "n_head": cfg.n_head, "vocab_size": vocab},
-        "dtype": str(dtype).removeprefix("torch."), "quick": args.quick,
-        "settings": {"grid": [list(c) for c in grid], "budget_s": budget, "min_rounds": args.min_rounds,
-                     "max_rounds": args.max_rounds, "lora": LORA, "variants": VARIANTS,
-                     "adapter_r_rule": "r minimizing |Θ_formula(r) - |Θ|_paper|, Θ_formula = L̂_Adpt(2dr + r + d) + 2 L̂_LN d",
-                     "order": "rotating within each round; paired ratio = variant / base of the same round"},
-        "load": load, "machine": machine, "machine_end_load_average": common.load_average(),
-        "wall_s": round(time.monotonic() - started, 1), "errors": errors, "cells": cells,
+        "benchmark": "latency",
+        "what": "one forward pass (GPT2LMHeadModel incl. LM head, use_cache=False, inference_mode)",
+        "model": model_name,
+        "arch": {"n_layer": n_layer, "n_embd": d_model, "n_head": cfg.n_head, "vocab_size": vocab},
+        "dtype": str(dtype).removeprefix("torch."),
+        "quick": args.quick,
+        "settings": {
+            "grid": [list(c) for c in grid],
+            "budget_s": budget,
+            "min_rounds": args.min_rounds,
+            "max_rounds": args.max_rounds,
+            "lora": LORA,
+            "variants": VARIANTS,
+            "adapter_r_rule": "r minimizing |Θ_formula(r) - |Θ|_paper|, Θ_formula = L̂_Adpt(2dr + r + d) + 2 L̂_LN d",
+            "order": "rotating within each round; paired ratio = variant / base of the same round",
+        },
+        "load": load,
+        "machine": machine,
+        "machine_end_load_average": common.load_average(),
+        "wall_s": round(time.monotonic() - started, 1),
+        "errors": errors,
+        "cells": cells,
     }
     print(render(result))
     return result
@@ -266,25 +346,50 @@ def render(result: dict) -> str:
         for name, v in cell["variants"].items():
             p = paper.get(PAPER_ROW.get(name, ""), {})
             pr = v["paired_ratio"]
-            rows.append([
-                f"{cell['batch_size']}x{cell['seq_len']}", name, v.get("r", "-"),
-                f"{v['adapter_params'] / 1e6:.2f}M" if v.get("adapter_params") is not None else "-",
-                v["median_ms"], f"{v['q1_ms']:.1f}-{v['q3_ms']:.1f}", v["std_ms"], v["n"],
-                "-" if name == "base" else f"{v['overhead_pct']:+.1f}",
-                "-" if name == "base" else f"{100 * (pr['q1'] - 1):+.1f}..{100 * (pr['q3'] - 1):+.1f}",
-                p.get("latency_ms"), "-" if name == "base" or not p else fmt_pct(p.get("slowdown_pct") or 0.0),
-            ])
-    text = common.table(["cell BxS", "variant", "r", "|Θ|", "median ms", "IQR ms", "std ms", "n", "vs base %",
-                         "paired IQR %", "paper ms", "paper %"], rows)
+            rows.append(
+                [
+                    f"{cell['batch_size']}x{cell['seq_len']}",
+                    name,
+                    v.get("r", "-"),
+                    f"{v['adapter_params'] / 1e6:.2f}M" if v.get("adapter_params") is not None else "-",
+                    v["median_ms"],
+                    f"{v['q1_ms']:.1f}-{v['q3_ms']:.1f}",
+                    v["std_ms"],
+                    v["n"],
+                    "-" if name == "base" else f"{v['overhead_pct']:+.1f}",
+                    "-" if name == "base" else f"{100 * (pr['q1'] - 1):+.1f}..{100 * (pr['q3'] - 1):+.1f}",
+                    p.get("latency_ms"),
+                    "-" if name == "base" or not p else fmt_pct(p.get("slowdown_pct") or 0.0),
+                ]
+            )
+    text = common.table(
+        [
+            "cell BxS",
+            "variant",
+            "r",
+            "|Θ|",
+            "median ms",
+            "IQR ms",
+            "std ms",
+            "n",
+            "vs base %",
+            "paired IQR %",
+            "paper ms",
+            "paper %",
+        ],
+        rows,
+    )
     notes = []
     for cell in result["cells"]:
         if "skipped" in cell:
             notes.append(f"{cell['batch_size']}x{cell['seq_len']}: not measured: {cell['skipped']}")
             continue
         n = cell["noise"]
-        notes.append(f"{cell['batch_size']}x{cell['seq_len']}: {cell['rounds']} rounds in {cell['seconds']}s; base noise "
-                     f"IQR {n['base_rel_iqr_pct']:.1f}% of median; LoRA merged vs unmerged max |Δlogit| "
-                     f"{common.fmt(cell['lora_merge_max_abs_diff'], '.1e')}")
+        notes.append(
+            f"{cell['batch_size']}x{cell['seq_len']}: {cell['rounds']} rounds in {cell['seconds']}s; base noise "
+            f"IQR {n['base_rel_iqr_pct']:.1f}% of median; LoRA merged vs unmerged max |Δlogit| "
+            f"{common.fmt(cell['lora_merge_max_abs_diff'], '.1e')}"
+        )
     if result["errors"]:
         notes += [f"not measured: {k}: {v}" for k, v in result["errors"].items()]
     title = f"latency: {result['model']} forward, {result['dtype']}"

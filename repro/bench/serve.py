@@ -89,32 +89,52 @@ def run(args) -> dict[str, Any]:
                     resident[0](input_ids=ids)
 
                 fns = dict(zip(STRATEGIES, (run_mixed, run_resident, run_switch, run_one_task)))
-                for fn in fns.values():   # warm-up
+                for fn in fns.values():  # warm-up
                     fn()
                 samples = {k: [] for k in STRATEGIES}
                 for rnd in range(spec["rounds"]):
-                    order = STRATEGIES[rnd % 4:] + STRATEGIES[:rnd % 4]
+                    order = STRATEGIES[rnd % 4 :] + STRATEGIES[: rnd % 4]
                     for k in order:
                         samples[k].append(common.timed(fns[k], device))
                 stats = {k: common.summarize(v) for k, v in samples.items()}
                 med = {k: s["median_ms"] for k, s in stats.items()}
-                cells.append({"tasks": T, "batch": b, "tasks_in_batch": len(groups), "stats": stats,
-                              "mixed_over_merged_resident": med["mixed"] / med["merged_resident"],
-                              "mixed_over_merged_switch": med["mixed"] / med["merged_switch"],
-                              "mixed_over_one_task": med["mixed"] / med["one_task"]})
+                cells.append(
+                    {
+                        "tasks": T,
+                        "batch": b,
+                        "tasks_in_batch": len(groups),
+                        "stats": stats,
+                        "mixed_over_merged_resident": med["mixed"] / med["merged_resident"],
+                        "mixed_over_merged_switch": med["mixed"] / med["merged_switch"],
+                        "mixed_over_one_task": med["mixed"] / med["one_task"],
+                    }
+                )
             board.switch(None)
-            memory = {"mixed": base_bytes + T * adapter_bytes, "merged_resident": T * base_bytes,
-                      "merged_switch": base_bytes + T * adapter_bytes}
+            memory = {
+                "mixed": base_bytes + T * adapter_bytes,
+                "merged_resident": T * base_bytes,
+                "merged_switch": base_bytes + T * adapter_bytes,
+            }
             for c in cells:
                 if c["tasks"] == T:
                     c["resident_weight_bytes"] = memory
-    rows = [[c["tasks"], c["batch"]] + [common.fmt(c["stats"][k]["median_ms"], ".1f") for k in STRATEGIES]
-            + [common.fmt(c["mixed_over_merged_resident"], ".2f"), common.fmt(c["mixed_over_merged_switch"], ".2f")]
-            for c in cells]
-    print(common.header(f"serve: mixed-task batch vs merged per task ({spec['model']}, seq {spec['seq']})", machine, load))
+    rows = [
+        [c["tasks"], c["batch"]]
+        + [common.fmt(c["stats"][k]["median_ms"], ".1f") for k in STRATEGIES]
+        + [common.fmt(c["mixed_over_merged_resident"], ".2f"), common.fmt(c["mixed_over_merged_switch"], ".2f")]
+        for c in cells
+    ]
+    print(
+        common.header(f"serve: mixed-task batch vs merged per task ({spec['model']}, seq {spec['seq']})", machine, load)
+    )
     print(common.table(["tasks", "batch", *(f"{k} ms" for k in STRATEGIES), "mixed/resident", "mixed/switch"], rows))
     return {
-        "benchmark": "serve", "quick": bool(args.quick), "machine": machine, "load": load, "settings": spec,
+        "benchmark": "serve",
+        "quick": bool(args.quick),
+        "machine": machine,
+        "load": load,
+        "settings": spec,
         "weights": {"base_bytes": base_bytes, "adapter_bytes": adapter_bytes},
-        "cells": cells, "wall_s": round(time.monotonic() - started, 1),
+        "cells": cells,
+        "wall_s": round(time.monotonic() - started, 1),
     }

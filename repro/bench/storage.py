@@ -42,21 +42,34 @@ def checkpoint_sizes(model_name: str, task_kind: str, weights: Path, methods: li
     rows = []
     for method in methods:
         try:
-            model = common.apply_method(common.load_model_file(model_name, task_kind, weights), method,
-                                        **overrides_for(model_name, method))
+            model = common.apply_method(
+                common.load_model_file(model_name, task_kind, weights), method, **overrides_for(model_name, method)
+            )
             counts = parameter_counts(model)
             path = folder / f"{model_name}-{method}.safetensors"
             if method == "ft":
-                common.save_weights(model, path)   # the whole model (GPT-2's tied embedding once)
+                common.save_weights(model, path)  # the whole model (GPT-2's tied embedding once)
             else:
                 save_file(trainable_state_dict(model), str(path))
             size = path.stat().st_size
             path.unlink()
-            rows.append({"model": model_name, "method": method, "status": "ok", "overrides": overrides_for(model_name, method),
-                         "params": counts, "checkpoint_bytes": size, "full_model_bytes": full,
-                         "fraction_of_full": size / full, "full_over_checkpoint": full / size})
+            rows.append(
+                {
+                    "model": model_name,
+                    "method": method,
+                    "status": "ok",
+                    "overrides": overrides_for(model_name, method),
+                    "params": counts,
+                    "checkpoint_bytes": size,
+                    "full_model_bytes": full,
+                    "fraction_of_full": size / full,
+                    "full_over_checkpoint": full / size,
+                }
+            )
         except Exception as exc:  # noqa: BLE001
-            rows.append({"model": model_name, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
+            rows.append(
+                {"model": model_name, "method": method, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            )
     return rows
 
 
@@ -65,8 +78,15 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
     model into which the next task's full fine-tuned checkpoint is loaded. Alternating tasks A, B, A, ..."""
     over = overrides_for(model_name, "lora")
     model = common.apply_method(common.load_model_file(model_name, task_kind, weights), "lora", **over).eval()
-    w0 = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and "weight" in n
-          and p.dim() == 2 and "lora" not in n and ("attn" in n or "attention" in n)}
+    w0 = {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if not p.requires_grad
+        and "weight" in n
+        and p.dim() == 2
+        and "lora" not in n
+        and ("attn" in n or "attention" in n)
+    }
     adapters = []
     for task in ("A", "B"):
         common.randomize_lora_B(model, seed=ord(task))
@@ -80,10 +100,10 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
     ft_paths = []
     for task in ("A", "B"):
         path = folder / f"{model_name}-ft-{task}.safetensors"
-        path.write_bytes(weights.read_bytes())   # a full checkpoint: same size and layout as the model
+        path.write_bytes(weights.read_bytes())  # a full checkpoint: same size and layout as the model
         ft_paths.append(path)
     ft_model = common.load_model_file(model_name, task_kind, weights).eval()
-    for path in [*adapters, *ft_paths]:   # no dirty pages under writeback while timing
+    for path in [*adapters, *ft_paths]:  # no dirty pages under writeback while timing
         fd = os.open(path, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
@@ -107,12 +127,17 @@ def task_switch(model_name: str, task_kind: str, weights: Path, folder: Path, sw
             common.load_weights(ft_model, path)
 
     cpu = torch.device("cpu")
-    out: dict[str, Any] = {"model": model_name, "switches": switches, "merge_impl": "repro.methods.lora",
-                           "lora_adapter_bytes": adapters[0].stat().st_size, "ft_checkpoint_bytes": ft_paths[0].stat().st_size}
+    out: dict[str, Any] = {
+        "model": model_name,
+        "switches": switches,
+        "merge_impl": "repro.methods.lora",
+        "lora_adapter_bytes": adapters[0].stat().st_size,
+        "ft_checkpoint_bytes": ft_paths[0].stat().st_size,
+    }
     for cache in ("warm", "cold"):
         samples: dict[str, list[float]] = {"lora": [], "ft": []}
         dropped = True
-        lora_switch(adapters[1]), ft_switch(ft_paths[1])   # warm-up, not timed
+        lora_switch(adapters[1]), ft_switch(ft_paths[1])  # warm-up, not timed
         lora_switch(adapters[0]), ft_switch(ft_paths[0])
         for k in range(switches):
             order = ("lora", "ft") if k % 2 == 0 else ("ft", "lora")
@@ -152,18 +177,29 @@ def run(args) -> dict[str, Any]:
             print(f"building {model_name} weights ...", flush=True)
             weights = common.weights_file(model_name, task_kind, folder)
             sizes += checkpoint_sizes(model_name, task_kind, weights, methods, folder)
-            print(f"  task switching on {model_name}: {switches} switches per kind, warm and cold page cache", flush=True)
+            print(
+                f"  task switching on {model_name}: {switches} switches per kind, warm and cold page cache", flush=True
+            )
             try:
                 switching.append(task_switch(model_name, task_kind, weights, folder, switches))
             except Exception as exc:  # noqa: BLE001
                 switching.append({"model": model_name, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
             for p in folder.glob(f"{model_name}-*"):
                 p.unlink()
-    result = {"benchmark": "storage", "quick": args.quick,
-              "settings": {"format": "safetensors, fp32; adapter checkpoints hold every trained tensor (adapter + task head)",
-                           "switches": switches},
-              "load": load, "machine": machine, "machine_end_load_average": common.load_average(),
-              "wall_s": round(time.monotonic() - started, 1), "checkpoints": sizes, "task_switch": switching}
+    result = {
+        "benchmark": "storage",
+        "quick": args.quick,
+        "settings": {
+            "format": "safetensors, fp32; adapter checkpoints hold every trained tensor (adapter + task head)",
+            "switches": switches,
+        },
+        "load": load,
+        "machine": machine,
+        "machine_end_load_average": common.load_average(),
+        "wall_s": round(time.monotonic() - started, 1),
+        "checkpoints": sizes,
+        "task_switch": switching,
+    }
     print(render(result))
     return result
 
@@ -184,10 +220,24 @@ def render(result: dict) -> str:
             body.append([r["model"], r["method"], "-", "-", "-", "-", "-", "error*"])
             errors.append(f"* {r['model']}/{r['method']}: {r['error'][:200]}")
             continue
-        body.append([r["model"], r["method"], f"{r['params']['adapter_params'] / 1e6:.3f}M",
-                     f"{r['params']['trainable_params'] / 1e6:.3f}M", human(r["checkpoint_bytes"]),
-                     human(r["full_model_bytes"]), f"{100 * r['fraction_of_full']:.3f}%", f"{r['full_over_checkpoint']:.0f}x"])
-    lines.append(common.table(["model", "method", "|Θ|", "saved params (+head)", "checkpoint", "full model", "of full", "smaller by"], body))
+        body.append(
+            [
+                r["model"],
+                r["method"],
+                f"{r['params']['adapter_params'] / 1e6:.3f}M",
+                f"{r['params']['trainable_params'] / 1e6:.3f}M",
+                human(r["checkpoint_bytes"]),
+                human(r["full_model_bytes"]),
+                f"{100 * r['fraction_of_full']:.3f}%",
+                f"{r['full_over_checkpoint']:.0f}x",
+            ]
+        )
+    lines.append(
+        common.table(
+            ["model", "method", "|Θ|", "saved params (+head)", "checkpoint", "full model", "of full", "smaller by"],
+            body,
+        )
+    )
     lines += errors
     body = []
     for s in result["task_switch"]:
@@ -196,14 +246,36 @@ def render(result: dict) -> str:
             continue
         for cache in ("warm", "cold"):
             c = s[cache]
-            body.append([s["model"], cache, f"{c['lora']['median_ms']:.1f} (IQR {c['lora']['iqr_ms']:.1f})",
-                         f"{c['ft']['median_ms']:.1f} (IQR {c['ft']['iqr_ms']:.1f})", f"{c['ft_over_lora']:.1f}x",
-                         human(s["lora_adapter_bytes"]), human(s["ft_checkpoint_bytes"])])
+            body.append(
+                [
+                    s["model"],
+                    cache,
+                    f"{c['lora']['median_ms']:.1f} (IQR {c['lora']['iqr_ms']:.1f})",
+                    f"{c['ft']['median_ms']:.1f} (IQR {c['ft']['iqr_ms']:.1f})",
+                    f"{c['ft_over_lora']:.1f}x",
+                    human(s["lora_adapter_bytes"]),
+                    human(s["ft_checkpoint_bytes"]),
+                ]
+            )
     if body:
-        lines.append(common.table(["model", "page cache", "LoRA unmerge+load+merge ms", "FT load ms", "FT/LoRA",
-                                   "adapter file", "FT file"], body))
+        lines.append(
+            common.table(
+                [
+                    "model",
+                    "page cache",
+                    "LoRA unmerge+load+merge ms",
+                    "FT load ms",
+                    "FT/LoRA",
+                    "adapter file",
+                    "FT file",
+                ],
+                body,
+            )
+        )
     for s in result["task_switch"]:
         if s.get("status") != "error":
-            lines.append(f"{s['model']}: after {2 * s['switches']} LoRA task switches, max |W - W0| after unmerge = "
-                         f"{s['weight_drift_after_switches_max_abs']:.1e} (fp32, {s['weights_checked']} attention matrices)")
+            lines.append(
+                f"{s['model']}: after {2 * s['switches']} LoRA task switches, max |W - W0| after unmerge = "
+                f"{s['weight_drift_after_switches_max_abs']:.1e} (fp32, {s['weights_checked']} attention matrices)"
+            )
     return "\n".join(lines)

@@ -34,8 +34,19 @@ from repro import PROJECT_ROOT
 from repro.bench import common
 
 FULL = {"cells": ["+table=variants_cpu", "model=minilm", "method=lora", "task=sst2,cola", "seed=0,1"], "n_cells": 4}
-QUICK = {"cells": ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte,mrpc", "seed=0,1",
-                   "train.max_steps=4", "data.max_eval_samples=32", "data.max_train_samples=64"], "n_cells": 4}
+QUICK = {
+    "cells": [
+        "+table=glue",
+        "model=tiny-roberta",
+        "method=lora",
+        "task=rte,mrpc",
+        "seed=0,1",
+        "train.max_steps=4",
+        "data.max_eval_samples=32",
+        "data.max_train_samples=64",
+    ],
+    "n_cells": 4,
+}
 MODES = {
     "sequential": [],
     "parallel": ["hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2", "threads=1"],
@@ -46,10 +57,17 @@ def _records(results: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(results.rglob("seed*.json")):
         rec = json.loads(path.read_text())
-        rows.append({"cell": str(path.relative_to(results).with_suffix("")), "status": rec.get("status"),
-                     "wall_s": rec.get("wall_s"), "train_runtime_s": rec.get("train_runtime_s"),
-                     "peak_rss_mb": rec.get("peak_rss_mb"), "metrics": rec.get("metrics"),
-                     "torch_threads": (rec.get("provenance") or {}).get("torch_threads")})
+        rows.append(
+            {
+                "cell": str(path.relative_to(results).with_suffix("")),
+                "status": rec.get("status"),
+                "wall_s": rec.get("wall_s"),
+                "train_runtime_s": rec.get("train_runtime_s"),
+                "peak_rss_mb": rec.get("peak_rss_mb"),
+                "metrics": rec.get("metrics"),
+                "torch_threads": (rec.get("provenance") or {}).get("torch_threads"),
+            }
+        )
     return rows
 
 
@@ -63,8 +81,14 @@ def run_mode(mode: str, cells: list[str], folder: Path) -> dict[str, Any]:
     wall = time.perf_counter() - tic
     rows = _records(results)
     ok = sum(r["status"] == "ok" for r in rows)
-    out = {"mode": mode, "command": " ".join(cmd[2:]), "returncode": proc.returncode, "wall_s": round(wall, 1),
-           "cells_ok": ok, "cells": rows}
+    out = {
+        "mode": mode,
+        "command": " ".join(cmd[2:]),
+        "returncode": proc.returncode,
+        "wall_s": round(wall, 1),
+        "cells_ok": ok,
+        "cells": rows,
+    }
     if proc.returncode != 0 or ok == 0:
         out["stderr_tail"] = proc.stderr[-3000:]
     out["cells_per_hour"] = round(ok / wall * 3600, 1) if ok else None
@@ -82,10 +106,23 @@ def run(args) -> dict[str, Any]:
     ratio = (par["cells_per_hour"] / seq["cells_per_hour"]) if seq["cells_per_hour"] and par["cells_per_hour"] else None
     faster = None if ratio is None else ("parallel" if ratio > 1 else "sequential")
     print(common.header("sweep throughput: one cell at a time vs two in parallel", machine, load))
-    print(common.table(["mode", "cells ok", "wall s", "cells/hour"],
-                       [[m["mode"], f"{m['cells_ok']}/{spec['n_cells']}", m["wall_s"], m["cells_per_hour"]] for m in modes]))
+    print(
+        common.table(
+            ["mode", "cells ok", "wall s", "cells/hour"],
+            [[m["mode"], f"{m['cells_ok']}/{spec['n_cells']}", m["wall_s"], m["cells_per_hour"]] for m in modes],
+        )
+    )
     if ratio is not None:
         print(f"parallel / sequential throughput: {ratio:.2f}x -> {faster} is faster")
-    return {"benchmark": "sweep", "quick": bool(args.quick), "machine": machine, "load": load,
-            "git": common.git_revision(), "cells": spec["cells"], "n_cells": spec["n_cells"], "modes": modes,
-            "parallel_over_sequential": None if ratio is None else round(ratio, 3), "faster": faster}
+    return {
+        "benchmark": "sweep",
+        "quick": bool(args.quick),
+        "machine": machine,
+        "load": load,
+        "git": common.git_revision(),
+        "cells": spec["cells"],
+        "n_cells": spec["n_cells"],
+        "modes": modes,
+        "parallel_over_sequential": None if ratio is None else round(ratio, 3),
+        "faster": faster,
+    }

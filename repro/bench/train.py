@@ -24,19 +24,22 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from repro import memory
+from repro import memory, tasks
 from repro.bench import common
 from repro.config import load_group
 from repro.methods import parameter_counts
 from repro.methods.common import is_head
-from repro import tasks
 
 RESULT_TAG = "@@BENCH_RESULT "
 FULL_MODELS = {"roberta-base": "classification", "gpt2-medium": "generation"}
 QUICK_MODELS = {"tiny-roberta": "classification", "tiny-gpt2": "generation"}
 # batch, seq, warm-up steps, timed steps: on a 2-core CPU a gpt2-medium FT step at 8x128 takes minutes
-SETTINGS = {"roberta-base": (8, 128, 1, 3), "gpt2-medium": (2, 128, 1, 2),
-            "tiny-roberta": (2, 16, 1, 2), "tiny-gpt2": (2, 16, 1, 2)}
+SETTINGS = {
+    "roberta-base": (8, 128, 1, 3),
+    "gpt2-medium": (2, 128, 1, 2),
+    "tiny-roberta": (2, 16, 1, 2),
+    "tiny-gpt2": (2, 16, 1, 2),
+}
 CUDA_SETTINGS = {"roberta-base": (8, 128, 3, 20), "gpt2-medium": (8, 128, 3, 20)}
 # the paper's LoRA settings per model family (conf/method/lora.yaml otherwise): GPT-2 r=4, alpha 32, dropout 0.1
 METHOD_OVERRIDES = {("gpt2", "lora"): {"r": 4, "alpha": 32, "dropout": 0.1}}
@@ -68,11 +71,16 @@ def make_batch(model, task_kind: str, batch: int, seq: int, device, seed: int = 
 
 def apply_peft_lora(model, cfg) -> torch.nn.Module:
     """PEFT's LoRA with our config's r, alpha, dropout on RoBERTa's query/value; classifier head trained as ours."""
-    from peft import LoraConfig, get_peft_model   # optional: only for this comparison (the test extra installs it)
+    from peft import LoraConfig, get_peft_model  # optional: only for this comparison (the test extra installs it)
 
     names = {"q": "query", "v": "value", "k": "key"}
-    pcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=[names[t] for t in cfg.targets], bias="none")
+    pcfg = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=[names[t] for t in cfg.targets],
+        bias="none",
+    )
     model = get_peft_model(model, pcfg)
     for name, p in model.base_model.model.named_parameters():
         if is_head(name):
@@ -121,8 +129,12 @@ class Trainer:
     def state_bytes(self) -> dict[str, int]:
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
         trainable = sum(p.numel() * p.element_size() for p in self.params)
-        optim = sum(t.numel() * t.element_size() for s in self.opt.state.values() for t in s.values()
-                    if torch.is_tensor(t) and t.dim() > 0)
+        optim = sum(
+            t.numel() * t.element_size()
+            for s in self.opt.state.values()
+            for t in s.values()
+            if torch.is_tensor(t) and t.dim() > 0
+        )
         return {"weights": weights, "grads": trainable, "optimizer": optim}
 
 
@@ -144,10 +156,18 @@ def worker(spec: dict) -> dict[str, Any]:
     peak_rss = memory.hwm_rss_mb()
     cuda_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     acts = trainer.saved_activation_bytes()
-    return {"status": "ok", "params": counts, "step": common.summarize(times), "first_losses": losses,
-            "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss if hwm_reset else None,
-            "peak_rss_process_mb": memory.peak_rss_mb(), "peak_rss_reset": hwm_reset, "cuda_max_allocated_mb": cuda_peak,
-            "bytes": {**trainer.state_bytes(), "saved_activations": acts}}
+    return {
+        "status": "ok",
+        "params": counts,
+        "step": common.summarize(times),
+        "first_losses": losses,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": peak_rss if hwm_reset else None,
+        "peak_rss_process_mb": memory.peak_rss_mb(),
+        "peak_rss_reset": hwm_reset,
+        "cuda_max_allocated_mb": cuda_peak,
+        "bytes": {**trainer.state_bytes(), "saved_activations": acts},
+    }
 
 
 def run_worker(spec: dict, timeout_s: float) -> dict[str, Any]:
@@ -159,7 +179,7 @@ def run_worker(spec: dict, timeout_s: float) -> dict[str, Any]:
         return {"status": "error", "error": f"timed out after {timeout_s:.0f}s"}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            out = json.loads(line[len(RESULT_TAG):])
+            out = json.loads(line[len(RESULT_TAG) :])
             out["subprocess_wall_s"] = round(time.monotonic() - started, 1)
             return out
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -199,7 +219,7 @@ def ours_vs_peft(model_name: str, task_kind: str, weights: Path, batch: int, seq
     samples: dict[str, list[float]] = {"ours": [], "peft": []}
     cuda_peak: dict[str, float] = {}
     for k in range(rounds):
-        for name in (("ours", "peft") if k % 2 == 0 else ("peft", "ours")):
+        for name in ("ours", "peft") if k % 2 == 0 else ("peft", "ours"):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             samples[name].append(common.timed(trainers[name].step, device))
@@ -209,18 +229,30 @@ def ours_vs_peft(model_name: str, task_kind: str, weights: Path, batch: int, seq
     acts = {k: t.saved_activation_bytes() for k, t in trainers.items()}
     states = {k: t.state_bytes() for k, t in trainers.items()}
     return {
-        "model": model_name, "batch": batch, "seq": seq, "rounds": rounds, "lora": {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in ("r", "alpha", "dropout", "targets")},
-        "lora_tensors_copied": copied, "trainable_params": n_trainable, "initial_loss": loss0,
+        "model": model_name,
+        "batch": batch,
+        "seq": seq,
+        "rounds": rounds,
+        "lora": {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in ("r", "alpha", "dropout", "targets")},
+        "lora_tensors_copied": copied,
+        "trainable_params": n_trainable,
+        "initial_loss": loss0,
         "initial_loss_abs_diff": abs(loss0["ours"] - loss0["peft"]),
         "step": {k: common.summarize(v) for k, v in samples.items()},
-        "step_ratio_ours_over_peft": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                                      "q1": common.summarize(r / 1000 for r in ratios)["q1_ms"],
-                                      "q3": common.summarize(r / 1000 for r in ratios)["q3_ms"]},
-        "saved_activation_bytes": acts, "state_bytes": states,
+        "step_ratio_ours_over_peft": {
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+            "q1": common.summarize(r / 1000 for r in ratios)["q1_ms"],
+            "q3": common.summarize(r / 1000 for r in ratios)["q3_ms"],
+        },
+        "saved_activation_bytes": acts,
+        "state_bytes": states,
         "memory_ratio_ours_over_peft": {
             "saved_activations": acts["ours"] / acts["peft"],
             "training_state": sum(states["ours"].values()) / sum(states["peft"].values()),
-            **({"cuda_peak": cuda_peak["ours"] / cuda_peak["peft"]} if cuda_peak else {})},
+            **({"cuda_peak": cuda_peak["ours"] / cuda_peak["peft"]} if cuda_peak else {}),
+        },
         "cuda_peak_mb": cuda_peak or None,
     }
 
@@ -235,6 +267,7 @@ def run(args) -> dict[str, Any]:
     methods = args.methods.split(",") if args.methods else common.available_methods()
     try:
         import peft  # noqa: F401  -- optional: only whether it is installed
+
         have_peft = True
     except ImportError:
         have_peft = False
@@ -253,14 +286,37 @@ def run(args) -> dict[str, Any]:
             if have_peft and is_classifier(task_kind) and "lora" in methods:
                 model_methods.append("peft_lora")
             for method in model_methods:
-                spec = {"model": model_name, "task_kind": task_kind, "method": method, "weights": str(weights),
-                        "batch": batch, "seq": seq, "warmup": warmup, "steps": steps, "device": str(device),
-                        "threads": torch.get_num_threads(), "overrides": overrides_for(model_name, method)}
-                print(f"  {model_name} / {method}: batch {batch} x seq {seq}, {warmup} warm-up + {steps} timed steps",
-                      flush=True)
-                out = run_worker(spec, timeout_s=600 if args.quick else 1800)   # a bound on a hung worker, not a timing
-                rows.append({"model": model_name, "task_kind": task_kind, "method": method, "batch": batch, "seq": seq,
-                             "warmup": warmup, "steps": steps, "overrides": spec["overrides"], **out})
+                spec = {
+                    "model": model_name,
+                    "task_kind": task_kind,
+                    "method": method,
+                    "weights": str(weights),
+                    "batch": batch,
+                    "seq": seq,
+                    "warmup": warmup,
+                    "steps": steps,
+                    "device": str(device),
+                    "threads": torch.get_num_threads(),
+                    "overrides": overrides_for(model_name, method),
+                }
+                print(
+                    f"  {model_name} / {method}: batch {batch} x seq {seq}, {warmup} warm-up + {steps} timed steps",
+                    flush=True,
+                )
+                out = run_worker(spec, timeout_s=600 if args.quick else 1800)  # a bound on a hung worker, not a timing
+                rows.append(
+                    {
+                        "model": model_name,
+                        "task_kind": task_kind,
+                        "method": method,
+                        "batch": batch,
+                        "seq": seq,
+                        "warmup": warmup,
+                        "steps": steps,
+                        "overrides": spec["overrides"],
+                        **out,
+                    }
+                )
                 if out["status"] != "ok":
                     print(f"    error: {out['error']}", flush=True)
             if have_peft and is_classifier(task_kind) and "lora" in methods and comparison is None:
@@ -270,14 +326,25 @@ def run(args) -> dict[str, Any]:
                     comparison = ours_vs_peft(model_name, task_kind, weights, batch, seq, rounds, device)
                 except Exception as exc:  # noqa: BLE001
                     comparison = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-    result = {"benchmark": "train", "quick": args.quick, "device": str(device),
-              "settings": {"optimizer": "AdamW(lr=1e-4, weight_decay=0.01), fp32", "models": models,
-                           "method_overrides": {f"{k[0]}/{k[1]}": v for k, v in METHOD_OVERRIDES.items()},
-                           "peak_memory": "CPU: VmHWM reset after loading the weights (weights resident + training); "
-                                          "CUDA: max_memory_allocated"},
-              "load": load, "machine": machine, "machine_end_load_average": common.load_average(),
-              "wall_s": round(time.monotonic() - started, 1), "rows": rows,
-              "ratios": ratios(rows), "ours_vs_peft": comparison}
+    result = {
+        "benchmark": "train",
+        "quick": args.quick,
+        "device": str(device),
+        "settings": {
+            "optimizer": "AdamW(lr=1e-4, weight_decay=0.01), fp32",
+            "models": models,
+            "method_overrides": {f"{k[0]}/{k[1]}": v for k, v in METHOD_OVERRIDES.items()},
+            "peak_memory": "CPU: VmHWM reset after loading the weights (weights resident + training); "
+            "CUDA: max_memory_allocated",
+        },
+        "load": load,
+        "machine": machine,
+        "machine_end_load_average": common.load_average(),
+        "wall_s": round(time.monotonic() - started, 1),
+        "rows": rows,
+        "ratios": ratios(rows),
+        "ours_vs_peft": comparison,
+    }
     print(render(result))
     return result
 
@@ -311,21 +378,55 @@ def render(result: dict) -> str:
     body, errors = [], []
     for r in result["rows"]:
         if r.get("status") != "ok":
-            body.append([r["model"], r["method"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", "-", "-", "-", "error*"])
+            body.append(
+                [r["model"], r["method"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", "-", "-", "-", "error*"]
+            )
             errors.append(f"* {r['model']}/{r['method']}: {r['error'][:200]}")
             continue
         b = r["bytes"]
-        body.append([r["model"], r["method"], f"{r['batch']}x{r['seq']}", f"{r['params']['adapter_params'] / 1e6:.2f}M",
-                     f"{r['params']['trainable_params'] / 1e6:.2f}M", r["step"]["median_ms"], r["step"]["n"], _mem(r),
-                     mb(b["weights"]), mb(b["grads"] + b["optimizer"]), mb(b["saved_activations"]), ""])
-    lines.append(common.table(["model", "method", "BxS", "|Θ|", "trainable", "step ms (median)", "n", memcol,
-                               "weights MiB", "grad+Adam MiB", "saved act MiB", "note"], body))
+        body.append(
+            [
+                r["model"],
+                r["method"],
+                f"{r['batch']}x{r['seq']}",
+                f"{r['params']['adapter_params'] / 1e6:.2f}M",
+                f"{r['params']['trainable_params'] / 1e6:.2f}M",
+                r["step"]["median_ms"],
+                r["step"]["n"],
+                _mem(r),
+                mb(b["weights"]),
+                mb(b["grads"] + b["optimizer"]),
+                mb(b["saved_activations"]),
+                "",
+            ]
+        )
+    lines.append(
+        common.table(
+            [
+                "model",
+                "method",
+                "BxS",
+                "|Θ|",
+                "trainable",
+                "step ms (median)",
+                "n",
+                memcol,
+                "weights MiB",
+                "grad+Adam MiB",
+                "saved act MiB",
+                "note",
+            ],
+            body,
+        )
+    )
     lines += errors
     for model, q in result["ratios"].items():
-        lines.append(f"{model}: LoRA/FT step time {q['lora_over_ft_step_time']:.2f}, peak memory "
-                     f"{common.fmt(q['lora_over_ft_peak_memory'], '.2f')} ({common.fmt(q['peak_memory_reduction_pct'], '.0f')}% less), "
-                     f"weights+grads+Adam {q['lora_over_ft_training_state']:.2f}, "
-                     f"+saved activations {q['lora_over_ft_state_plus_activations']:.2f}")
+        lines.append(
+            f"{model}: LoRA/FT step time {q['lora_over_ft_step_time']:.2f}, peak memory "
+            f"{common.fmt(q['lora_over_ft_peak_memory'], '.2f')} ({common.fmt(q['peak_memory_reduction_pct'], '.0f')}% less), "
+            f"weights+grads+Adam {q['lora_over_ft_training_state']:.2f}, "
+            f"+saved activations {q['lora_over_ft_state_plus_activations']:.2f}"
+        )
     c = result.get("ours_vs_peft")
     if c and c.get("status") != "error":
         sr = c["step_ratio_ours_over_peft"]
@@ -335,7 +436,8 @@ def render(result: dict) -> str:
             f"{c['step']['peft']['median_ms']:.1f} ms, ratio ours/PEFT median {sr['median']:.3f} "
             f"(IQR {sr['q1']:.3f}-{sr['q3']:.3f}); saved activations ratio {c['memory_ratio_ours_over_peft']['saved_activations']:.3f}, "
             f"training state ratio {c['memory_ratio_ours_over_peft']['training_state']:.3f}; "
-            f"same initial loss |Δ|={c['initial_loss_abs_diff']:.1e}")
+            f"same initial loss |Δ|={c['initial_loss_abs_diff']:.1e}"
+        )
     elif c:
         lines.append(f"ours vs PEFT: {c['error']}")
     return "\n".join(lines)

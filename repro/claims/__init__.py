@@ -87,13 +87,13 @@ DROP_PTS = 1.0
 class Claim:
     id: str
     title: str
-    where: str              # where the paper makes it
-    paper: str              # what the paper measured
-    ours: str = "-"         # what this suite measured
+    where: str  # where the paper makes it
+    paper: str  # what the paper measured
+    ours: str = "-"  # what this suite measured
     verdict: str = NOT_TESTABLE
     reason: str = ""
-    source: str = ""        # which table / benchmark / analysis file was used, and why
-    evidence: list[str] = field(default_factory=list)   # files the numbers come from
+    source: str = ""  # which table / benchmark / analysis file was used, and why
+    evidence: list[str] = field(default_factory=list)  # files the numbers come from
 
 
 def verdict(margin: float, partly: bool = False, small_miss: bool = True) -> str:

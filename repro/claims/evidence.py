@@ -14,7 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from repro import tables
 from repro.config import read_group
 from repro.results import Cell, Record, Tuning, load_records, record_score
@@ -23,12 +22,12 @@ from repro.results import Cell, Record, Tuning, load_records, record_score
 @dataclass
 class Evidence:
     results_dir: Path
-    records: dict[str, list[Record]]             # table -> its ok records, random-weight models kept
-    excluded: Counter                            # table -> records with status != ok
-    bench: dict[str, tuple[str, dict]]           # bench file stem -> (path, json)
-    analysis: dict[str, tuple[str, dict]]        # path under analysis/ -> (path, json)
-    unfinished: dict[str, str] = field(default_factory=dict)   # tuned table -> why it is not used yet
-    unreadable: list = field(default_factory=list)   # (path, why) of record files that could not be read: not shown yet
+    records: dict[str, list[Record]]  # table -> its ok records, random-weight models kept
+    excluded: Counter  # table -> records with status != ok
+    bench: dict[str, tuple[str, dict]]  # bench file stem -> (path, json)
+    analysis: dict[str, tuple[str, dict]]  # path under analysis/ -> (path, json)
+    unfinished: dict[str, str] = field(default_factory=dict)  # tuned table -> why it is not used yet
+    unreadable: list = field(default_factory=list)  # (path, why) of record files that could not be read: not shown yet
 
 
 def table_config(name: str) -> dict | None:
@@ -56,7 +55,7 @@ def load_evidence(results_dir: str | Path) -> Evidence:
     found: dict[str, list[Record]] = {}
     for r in loaded:
         parts = r.path.relative_to(root).parts
-        if len(parts) == 5:     # <table>/<model>/<method>/<task>/seed<k>.json only
+        if len(parts) == 5:  # <table>/<model>/<method>/<task>/seed<k>.json only
             found.setdefault(parts[0], []).append(r)
     records: dict[str, list[Record]] = {}
     excluded: Counter = Counter()
@@ -66,7 +65,7 @@ def load_evidence(results_dir: str | Path) -> Evidence:
         config = table_config(table)
         tuning = Tuning.of(config, recs) if config is not None else None
         if tuning is not None:
-            if (why := tuning.unfinished(recs)):
+            if why := tuning.unfinished(recs):
                 unfinished[table] = why
             recs = tuning.chosen(recs)
         for r in recs:
@@ -74,8 +73,15 @@ def load_evidence(results_dir: str | Path) -> Evidence:
                 records[table].append(r)
             else:
                 excluded[table] += 1
-    return Evidence(root, records, excluded, load_json(root / "bench", "*.json"), load_json(root / "analysis", "**/*.json"),
-                    unfinished, unreadable)
+    return Evidence(
+        root,
+        records,
+        excluded,
+        load_json(root / "bench", "*.json"),
+        load_json(root / "analysis", "**/*.json"),
+        unfinished,
+        unreadable,
+    )
 
 
 _MODEL_SOURCE: dict[str, str | None] = {}

@@ -12,13 +12,23 @@ import statistics
 from dataclasses import dataclass
 
 from repro import tables
-from repro.claims import (DROP_PTS, MATCH_PTS, NOT_REPRODUCED, PARTLY, PARTLY_PTS, REPRODUCED, SIMILAR_BUDGET, SMALL_R,
-                          Claim, verdict)
+from repro.claims import (
+    DROP_PTS,
+    MATCH_PTS,
+    NOT_REPRODUCED,
+    PARTLY,
+    PARTLY_PTS,
+    REPRODUCED,
+    SIMILAR_BUDGET,
+    SMALL_R,
+    Claim,
+    verdict,
+)
 from repro.claims.evidence import Evidence, cells, paper, random_weights
 from repro.results import Cell, Record, main_metric, record_score
 
-GLUE_TABLES = ("glue", "glue_cpu")            # paper-sized first, then the CPU stand-in (each: `_tuned` first)
-E2E_TABLES = ("e2e", "e2e_cpu")                # paper-sized first, then the CPU stand-in (SmolLM2-135M)
+GLUE_TABLES = ("glue", "glue_cpu")  # paper-sized first, then the CPU stand-in (each: `_tuned` first)
+E2E_TABLES = ("e2e", "e2e_cpu")  # paper-sized first, then the CPU stand-in (SmolLM2-135M)
 WEBNLG_TABLES = ("webnlg", "webnlg_cpu")
 NLG_TABLES = (*E2E_TABLES, *WEBNLG_TABLES, "dart")
 ADAPTERS = ("adapter_h", "adapter_l", "adapter_p", "adapter_d")
@@ -31,6 +41,7 @@ PREFIXES = ("prefix_embed", "prefix_layer")
 @dataclass
 class Pair:
     """Two rows of one table on one model, over the tasks both have."""
+
     table: str
     model: str
     tasks: list[str]
@@ -125,25 +136,42 @@ def paper_lora_ft(name: str) -> dict[tuple[str, str], dict]:
 
 
 def claim_lora_matches_ft(ev: Evidence) -> Claim:
-    rows = [(m, paper_glue_row(m, "LoRA"), paper_glue_row(m, "FT*")) for m in ("roberta-base", "roberta-large", "deberta-v2-xxlarge")]
-    c = Claim("lora_matches_ft", "LoRA matches or beats full fine-tuning on GLUE with a fraction of the trainable parameters",
-              "Section 5.2-5.3, Table 2",
-              "; ".join(f"{m}: LoRA {lo['params']} {lo['values'][-1]} vs FT {ft['params']} {ft['values'][-1]} (GLUE avg)"
-                        for m, lo, ft in rows if lo and ft))
+    rows = [
+        (m, paper_glue_row(m, "LoRA"), paper_glue_row(m, "FT*"))
+        for m in ("roberta-base", "roberta-large", "deberta-v2-xxlarge")
+    ]
+    c = Claim(
+        "lora_matches_ft",
+        "LoRA matches or beats full fine-tuning on GLUE with a fraction of the trainable parameters",
+        "Section 5.2-5.3, Table 2",
+        "; ".join(
+            f"{m}: LoRA {lo['params']} {lo['values'][-1]} vs FT {ft['params']} {ft['values'][-1]} (GLUE avg)"
+            for m, lo, ft in rows
+            if lo and ft
+        ),
+    )
     table, pair = lora_vs_ft(ev, c, GLUE_TABLES, "the same pretrained model and task")
     if not pair:
         return c
     lp, fp = pair.params("a"), pair.params("b")
-    frac = f", {100 * lp / fp:.2f}% of FT's trainable parameters ({tables.fmt_params(lp)} vs {tables.fmt_params(fp)})" if lp and fp else ""
+    frac = (
+        f", {100 * lp / fp:.2f}% of FT's trainable parameters ({tables.fmt_params(lp)} vs {tables.fmt_params(fp)})"
+        if lp and fp
+        else ""
+    )
     wins = [t for t in pair.tasks if pair.a[t].mean >= pair.b[t].mean - MATCH_PTS]
-    c.ours = (f"{pair.model} on {table}: LoRA {pair.a_avg:.1f} vs FT {pair.b_avg:.1f} avg over {len(pair.tasks)} tasks "
-              f"(Δ {pair.margin:+.1f}){frac}; per task LoRA vs FT: {pair.per_task()}")
+    c.ours = (
+        f"{pair.model} on {table}: LoRA {pair.a_avg:.1f} vs FT {pair.b_avg:.1f} avg over {len(pair.tasks)} tasks "
+        f"(Δ {pair.margin:+.1f}){frac}; per task LoRA vs FT: {pair.per_task()}"
+    )
     c.evidence = pair.paths
     c.verdict = verdict(pair.margin, partly=bool(wins))
-    c.reason = {REPRODUCED: f"LoRA's average is within {MATCH_PTS} point of FT's or above it",
-                PARTLY: f"LoRA's average is {-pair.margin:.1f} points below FT's (more than {MATCH_PTS}, at most {PARTLY_PTS}); "
-                        f"it matches or beats FT on {len(wins)} of {len(pair.tasks)} tasks ({', '.join(wins) or 'none'})",
-                NOT_REPRODUCED: f"LoRA's average is {-pair.margin:.1f} points below FT's, on every task"}[c.verdict]
+    c.reason = {
+        REPRODUCED: f"LoRA's average is within {MATCH_PTS} point of FT's or above it",
+        PARTLY: f"LoRA's average is {-pair.margin:.1f} points below FT's (more than {MATCH_PTS}, at most {PARTLY_PTS}); "
+        f"it matches or beats FT on {len(wins)} of {len(pair.tasks)} tasks ({', '.join(wins) or 'none'})",
+        NOT_REPRODUCED: f"LoRA's average is {-pair.margin:.1f} points below FT's, on every task",
+    }[c.verdict]
     return c
 
 
@@ -157,69 +185,103 @@ def metric_mean(ev: Evidence, table: str, paths: list[str], metric: str, scale: 
 
 def claim_lora_matches_ft_nlg(ev: Evidence) -> Claim:
     rows = paper_lora_ft("table3_e2e.yaml")
-    c = Claim("lora_matches_ft_nlg", "LoRA matches or beats full fine-tuning on E2E NLG", "Section 5.4, Table 3",
-              "; ".join(f"{m}: LoRA {rows[(m, 'LoRA')]['params']} {rows[(m, 'LoRA')]['values'][0]} vs FT* "
-                        f"{rows[(m, 'FT')]['params']} {rows[(m, 'FT')]['values'][0]} (BLEU)"
-                        for m in ("gpt2-medium", "gpt2-large") if (m, "LoRA") in rows and (m, "FT") in rows))
+    c = Claim(
+        "lora_matches_ft_nlg",
+        "LoRA matches or beats full fine-tuning on E2E NLG",
+        "Section 5.4, Table 3",
+        "; ".join(
+            f"{m}: LoRA {rows[(m, 'LoRA')]['params']} {rows[(m, 'LoRA')]['values'][0]} vs FT* "
+            f"{rows[(m, 'FT')]['params']} {rows[(m, 'FT')]['values'][0]} (BLEU)"
+            for m in ("gpt2-medium", "gpt2-large")
+            if (m, "LoRA") in rows and (m, "FT") in rows
+        ),
+    )
     table, pair = lora_vs_ft(ev, c, E2E_TABLES, "E2E on the same pretrained model")
     if not pair:
         return c
-    others = []   # the table's other printed columns (render.columns: NIST, MET, ROUGE-L, CIDEr at the paper's scale)
+    others = []  # the table's other printed columns (render.columns: NIST, MET, ROUGE-L, CIDEr at the paper's scale)
     for col in tables.table_columns(tables.load_table_config(table), None):
         if col.metric and col.metric != main_metric(col.task):
             a, b = (metric_mean(ev, table, pair.side_paths(k), col.metric, col.scale) for k in ("a", "b"))
             if a is not None and b is not None:
                 others.append(f"{col.name} {a:.{col.digits}f} vs {b:.{col.digits}f}")
     lp, fp = pair.params("a"), pair.params("b")
-    c.ours = (f"{pair.model} on {table}: LoRA {tables.fmt_params(lp)} BLEU {pair.a_avg:.1f} vs FT {tables.fmt_params(fp)} "
-              f"{pair.b_avg:.1f} (Δ {pair.margin:+.1f}; seeds {len(pair.a[pair.tasks[0]].scores)} vs "
-              f"{len(pair.b[pair.tasks[0]].scores)})" + (f"; {', '.join(others)}" if others else ""))
+    c.ours = (
+        f"{pair.model} on {table}: LoRA {tables.fmt_params(lp)} BLEU {pair.a_avg:.1f} vs FT {tables.fmt_params(fp)} "
+        f"{pair.b_avg:.1f} (Δ {pair.margin:+.1f}; seeds {len(pair.a[pair.tasks[0]].scores)} vs "
+        f"{len(pair.b[pair.tasks[0]].scores)})" + (f"; {', '.join(others)}" if others else "")
+    )
     c.evidence = pair.paths
     c.verdict = verdict(pair.margin)
-    c.reason = {REPRODUCED: f"LoRA's BLEU is within {MATCH_PTS} point of FT's or above it",
-                PARTLY: f"LoRA's BLEU is {-pair.margin:.1f} points below FT's (more than {MATCH_PTS}, at most {PARTLY_PTS})",
-                NOT_REPRODUCED: f"LoRA's BLEU is {-pair.margin:.1f} points below FT's"}[c.verdict]
+    c.reason = {
+        REPRODUCED: f"LoRA's BLEU is within {MATCH_PTS} point of FT's or above it",
+        PARTLY: f"LoRA's BLEU is {-pair.margin:.1f} points below FT's (more than {MATCH_PTS}, at most {PARTLY_PTS})",
+        NOT_REPRODUCED: f"LoRA's BLEU is {-pair.margin:.1f} points below FT's",
+    }[c.verdict]
     return c
 
 
 def claim_lora_generalizes_unseen(ev: Evidence) -> Claim:
     rows = paper_lora_ft("table14_webnlg.yaml")
-    c = Claim("lora_generalizes_unseen", "On WebNLG, LoRA generalises to unseen categories at least as well as FT",
-              "Appendix F.1, Table 14",
-              "; ".join(f"{m}: BLEU unseen/seen LoRA {rows[(m, 'LoRA')]['BLEU'][0]}/{rows[(m, 'LoRA')]['BLEU'][1]} vs FT "
-                        f"{rows[(m, 'FT')]['BLEU'][0]}/{rows[(m, 'FT')]['BLEU'][1]}"
-                        for m in ("gpt2-medium", "gpt2-large") if (m, "LoRA") in rows and (m, "FT") in rows))
+    c = Claim(
+        "lora_generalizes_unseen",
+        "On WebNLG, LoRA generalises to unseen categories at least as well as FT",
+        "Appendix F.1, Table 14",
+        "; ".join(
+            f"{m}: BLEU unseen/seen LoRA {rows[(m, 'LoRA')]['BLEU'][0]}/{rows[(m, 'LoRA')]['BLEU'][1]} vs FT "
+            f"{rows[(m, 'FT')]['BLEU'][0]}/{rows[(m, 'FT')]['BLEU'][1]}"
+            for m in ("gpt2-medium", "gpt2-large")
+            if (m, "LoRA") in rows and (m, "FT") in rows
+        ),
+    )
     table, pair = lora_vs_ft(ev, c, WEBNLG_TABLES, "WebNLG on the same pretrained model")
     if not pair:
         return c
-    (lu, ls), (fu, fs) = [[metric_mean(ev, table, pair.side_paths(k), m) for m in ("BLEU_unseen", "BLEU_seen")] for k in ("a", "b")]
+    (lu, ls), (fu, fs) = [
+        [metric_mean(ev, table, pair.side_paths(k), m) for m in ("BLEU_unseen", "BLEU_seen")] for k in ("a", "b")
+    ]
     c.evidence = pair.paths
     if None in (lu, ls, fu, fs):
         c.reason = f"the {table} records lack BLEU on the seen/unseen split (BLEU_seen, BLEU_unseen)"
         return c
-    c.ours = (f"{pair.model} on {table}: BLEU unseen / seen / all: LoRA {lu:.1f} / {ls:.1f} / {pair.a_avg:.1f} vs FT "
-              f"{fu:.1f} / {fs:.1f} / {pair.b_avg:.1f}; drop from seen to unseen: LoRA {ls - lu:.1f}, FT {fs - fu:.1f}")
+    c.ours = (
+        f"{pair.model} on {table}: BLEU unseen / seen / all: LoRA {lu:.1f} / {ls:.1f} / {pair.a_avg:.1f} vs FT "
+        f"{fu:.1f} / {fs:.1f} / {pair.b_avg:.1f}; drop from seen to unseen: LoRA {ls - lu:.1f}, FT {fs - fu:.1f}"
+    )
     c.verdict = verdict(lu - fu, partly=ls - lu < fs - fu, small_miss=False)
-    c.reason = {REPRODUCED: f"LoRA's unseen BLEU is within {MATCH_PTS} point of FT's or above it",
-                PARTLY: f"LoRA's unseen BLEU is {fu - lu:.1f} below FT's, but it loses less from seen to "
-                        f"unseen ({ls - lu:.1f} against {fs - fu:.1f})",
-                NOT_REPRODUCED: f"LoRA's unseen BLEU is {fu - lu:.1f} below FT's and it loses more from "
-                                f"seen to unseen ({ls - lu:.1f} against {fs - fu:.1f})"}[c.verdict]
+    c.reason = {
+        REPRODUCED: f"LoRA's unseen BLEU is within {MATCH_PTS} point of FT's or above it",
+        PARTLY: f"LoRA's unseen BLEU is {fu - lu:.1f} below FT's, but it loses less from seen to "
+        f"unseen ({ls - lu:.1f} against {fs - fu:.1f})",
+        NOT_REPRODUCED: f"LoRA's unseen BLEU is {fu - lu:.1f} below FT's and it loses more from "
+        f"seen to unseen ({ls - lu:.1f} against {fs - fu:.1f})",
+    }[c.verdict]
     return c
 
 
 def claim_lora_beats_adapters_prefix(ev: Evidence) -> Claim:
     t2, t3 = paper("table2_glue.yaml"), paper("table3_e2e.yaml")
     large = [r for r in t2.get("rows", []) if r["model"] == "roberta-large" and r.get("marker") == "†"]
-    med = [r for r in t3.get("rows", []) if r["model"] == "gpt2-medium" and r["method"] in ("LoRA", "AdapterL", "AdapterH", "PreLayer")]
-    c = Claim("lora_beats_adapters_prefix", "LoRA beats adapters and prefix tuning at a similar parameter budget",
-              "Sections 5.2 and 5.4, Tables 2 and 3",
-              "Table 2 (RoBERTa large †, GLUE avg): " + ", ".join(f"{r['method']} {r['params']} {r['values'][-1]}" for r in large)
-              + "; Table 3 (GPT-2 M, E2E BLEU): " + ", ".join(f"{r['method']} {r['params']} {r['values'][0]}" for r in med))
+    med = [
+        r
+        for r in t3.get("rows", [])
+        if r["model"] == "gpt2-medium" and r["method"] in ("LoRA", "AdapterL", "AdapterH", "PreLayer")
+    ]
+    c = Claim(
+        "lora_beats_adapters_prefix",
+        "LoRA beats adapters and prefix tuning at a similar parameter budget",
+        "Sections 5.2 and 5.4, Tables 2 and 3",
+        "Table 2 (RoBERTa large †, GLUE avg): "
+        + ", ".join(f"{r['method']} {r['params']} {r['values'][-1]}" for r in large)
+        + "; Table 3 (GPT-2 M, E2E BLEU): "
+        + ", ".join(f"{r['method']} {r['params']} {r['values'][0]}" for r in med),
+    )
     comps, notes = [], []
     for bases in (GLUE_TABLES, NLG_TABLES):
+
         def usable(t):
             return [(m, p) for m in ADAPTERS + PREFIXES if (p := compare(ev, t, ("lora", "default"), (m, "default")))]
+
         _, found, note = pick(ev, bases, usable)
         notes.append(note)
         for m, p in found or []:
@@ -228,25 +290,42 @@ def claim_lora_beats_adapters_prefix(ev: Evidence) -> Claim:
     c.source = " | ".join(notes)
     similar = [x for x in comps if x[4]]
     if not similar:
-        c.reason = ("no LoRA and adapter/prefix records on the same pretrained model and task"
-                    + (f" within {SIMILAR_BUDGET}x of LoRA's budget" if comps else "") + f" ({c.source})")
+        c.reason = (
+            "no LoRA and adapter/prefix records on the same pretrained model and task"
+            + (f" within {SIMILAR_BUDGET}x of LoRA's budget" if comps else "")
+            + f" ({c.source})"
+        )
         return c
-    c.ours = "; ".join(f"{p.model} on {p.table}: LoRA {tables.fmt_params(lp)} {p.a_avg:.1f} vs {m} {tables.fmt_params(bp)} {p.b_avg:.1f} "
-                       f"(Δ {p.margin:+.1f}, {len(p.tasks)} tasks)" + ("" if sim else " [budget not similar: not counted]")
-                       for m, p, lp, bp, sim in comps)
+    c.ours = "; ".join(
+        f"{p.model} on {p.table}: LoRA {tables.fmt_params(lp)} {p.a_avg:.1f} vs {m} {tables.fmt_params(bp)} {p.b_avg:.1f} "
+        f"(Δ {p.margin:+.1f}, {len(p.tasks)} tasks)" + ("" if sim else " [budget not similar: not counted]")
+        for m, p, lp, bp, sim in comps
+    )
     c.evidence = sorted({path for _, p, *_ in similar for path in p.paths})
     beaten = [m for m, p, *_ in similar if p.margin > 0]
     lost = [m for m, p, *_ in similar if p.margin <= 0]
-    families = {"adapters": any(m in ADAPTERS for m, *_ in similar), "prefix tuning": any(m in PREFIXES for m, *_ in similar)}
+    families = {
+        "adapters": any(m in ADAPTERS for m, *_ in similar),
+        "prefix tuning": any(m in PREFIXES for m, *_ in similar),
+    }
     untested = [f for f, ok in families.items() if not ok]
     if not lost and not untested:
-        c.verdict, c.reason = REPRODUCED, f"LoRA's average beats every baseline at a similar budget ({', '.join(beaten)})"
+        c.verdict, c.reason = (
+            REPRODUCED,
+            f"LoRA's average beats every baseline at a similar budget ({', '.join(beaten)})",
+        )
     elif beaten or all(p.margin > -MATCH_PTS for _, p, *_ in similar):
         c.verdict = PARTLY
-        c.reason = (f"LoRA beats {', '.join(beaten) or 'none'}" + (f", not {', '.join(lost)}" if lost else "")
-                    + (f"; {' and '.join(untested)} not tested (no records beside LoRA's)" if untested else ""))
+        c.reason = (
+            f"LoRA beats {', '.join(beaten) or 'none'}"
+            + (f", not {', '.join(lost)}" if lost else "")
+            + (f"; {' and '.join(untested)} not tested (no records beside LoRA's)" if untested else "")
+        )
     else:
-        c.verdict, c.reason = NOT_REPRODUCED, f"LoRA's average is below every baseline at a similar budget ({', '.join(lost)})"
+        c.verdict, c.reason = (
+            NOT_REPRODUCED,
+            f"LoRA's average is below every baseline at a similar budget ({', '.join(lost)})",
+        )
     return c
 
 
@@ -266,10 +345,13 @@ def _variants(cs: dict) -> dict[tuple[str, str], dict[str, Cell]]:
 def claim_qv_beats_single(ev: Evidence) -> Claim:
     t5 = paper("table5_6_ablations.yaml").get("table5_which_weights", {})
     cols = [("+".join(w.replace("W_", "") for w in col["weights"]), col["r"]) for col in t5.get("columns", [])]
-    c = Claim("qv_beats_single", "Adapting W_q and W_v together beats spending the same budget on one weight type",
-              "Section 7.1, Table 5",
-              "GPT-3, 18M budget, WikiSQL / MultiNLI: " + ", ".join(f"{w} r={r} {a}/{b}" for (w, r), a, b in
-                                                                     zip(cols, t5.get("WikiSQL", []), t5.get("MultiNLI", []))))
+    c = Claim(
+        "qv_beats_single",
+        "Adapting W_q and W_v together beats spending the same budget on one weight type",
+        "Section 7.1, Table 5",
+        "GPT-3, 18M budget, WikiSQL / MultiNLI: "
+        + ", ".join(f"{w} r={r} {a}/{b}" for (w, r), a, b in zip(cols, t5.get("WikiSQL", []), t5.get("MultiNLI", []))),
+    )
     singles = ("q_r8", "k_r8", "v_r8", "o_r8")
 
     def usable(t):
@@ -294,16 +376,19 @@ def claim_qv_beats_single(ev: Evidence) -> Claim:
         comps.append((variant, qv - single, qv, single, tasks, model))
         c.evidence += [p for t in tasks for v in ("qv_r4", variant) for p in cs[(model, "lora", v, t)].paths]
     c.evidence = sorted(set(c.evidence))
-    c.ours = "; ".join(f"{m} on {table}: W_q,W_v r=4 {qv:.1f} vs W_{v[0]} r=8 {s:.1f} (Δ {d:+.1f}; {', '.join(ts)})"
-                       for v, d, qv, s, ts, m in comps)
+    c.ours = "; ".join(
+        f"{m} on {table}: W_q,W_v r=4 {qv:.1f} vs W_{v[0]} r=8 {s:.1f} (Δ {d:+.1f}; {', '.join(ts)})"
+        for v, d, qv, s, ts, m in comps
+    )
     beaten = [v for v, d, *_ in comps if d > 0]
     missing = [s for s in singles if s not in {v for v, *_ in comps}]
     if len(beaten) == len(comps) and not missing:
         c.verdict, c.reason = REPRODUCED, "W_q,W_v beats every single weight type at the same budget"
     elif beaten or all(d > -MATCH_PTS for _, d, *_ in comps):
         c.verdict = PARTLY
-        c.reason = (f"W_q,W_v beats {', '.join(beaten) or 'none'} of the single types compared"
-                    + (f"; not run: {', '.join(missing)}" if missing else ""))
+        c.reason = f"W_q,W_v beats {', '.join(beaten) or 'none'} of the single types compared" + (
+            f"; not run: {', '.join(missing)}" if missing else ""
+        )
     else:
         c.verdict, c.reason = NOT_REPRODUCED, "every single weight type compared beats or ties W_q,W_v"
     return c
@@ -312,17 +397,28 @@ def claim_qv_beats_single(ev: Evidence) -> Claim:
 def claim_small_rank_suffices(ev: Evidence) -> Claim:
     t6 = paper("table5_6_ablations.yaml").get("table6_rank", {})
     ranks = t6.get("ranks", [])
-    c = Claim("small_rank_suffices", "A very small rank r suffices (r = 1 for W_q, W_v)", "Section 7.2, Table 6",
-              "GPT-3, W_q,W_v, r = " + "/".join(map(str, ranks)) + ": WikiSQL " + "/".join(map(str, t6.get("WikiSQL", {}).get("W_q,W_v", [])))
-              + ", MultiNLI " + "/".join(map(str, t6.get("MultiNLI", {}).get("W_q,W_v", []))))
+    c = Claim(
+        "small_rank_suffices",
+        "A very small rank r suffices (r = 1 for W_q, W_v)",
+        "Section 7.2, Table 6",
+        "GPT-3, W_q,W_v, r = "
+        + "/".join(map(str, ranks))
+        + ": WikiSQL "
+        + "/".join(map(str, t6.get("WikiSQL", {}).get("W_q,W_v", [])))
+        + ", MultiNLI "
+        + "/".join(map(str, t6.get("MultiNLI", {}).get("W_q,W_v", []))),
+    )
 
     def family(t, fam="qv"):
         """(model, {r: avg}, tasks, paths) for the model with the most ranks of this family on common tasks."""
         cs = cells(ev, t)
         best = None
         for model in sorted({k[0] for k in cs}):
-            by_r = {int(v.split("_r")[1]): tasks for (m, v), tasks in _variants(cs).items()
-                    if m == model and v.startswith(fam + "_r") and v.split("_r")[1].isdigit()}
+            by_r = {
+                int(v.split("_r")[1]): tasks
+                for (m, v), tasks in _variants(cs).items()
+                if m == model and v.startswith(fam + "_r") and v.split("_r")[1].isdigit()
+            }
             common = sorted(set.intersection(*(set(ts) for ts in by_r.values()))) if by_r else []
             if len(by_r) >= 2 and common and (best is None or len(by_r) > len(best[1])):
                 avg = {r: _lora_avg(cs, model, f"{fam}_r{r}", common) for r in sorted(by_r)}
@@ -345,8 +441,9 @@ def claim_small_rank_suffices(ev: Evidence) -> Claim:
         c.verdict, c.reason = REPRODUCED, f"r={enough} is within {MATCH_PTS} point of the best rank"
     elif enough <= 8 or any(v >= top - PARTLY_PTS for v in tiny.values()):
         c.verdict = PARTLY
-        c.reason = (f"the smallest rank within {MATCH_PTS} point of the best is r={enough}; "
-                    + ("r ≤ 2 not run" if not tiny else f"r ≤ {SMALL_R} falls short by more than {MATCH_PTS}"))
+        c.reason = f"the smallest rank within {MATCH_PTS} point of the best is r={enough}; " + (
+            "r ≤ 2 not run" if not tiny else f"r ≤ {SMALL_R} falls short by more than {MATCH_PTS}"
+        )
     else:
         c.verdict, c.reason = NOT_REPRODUCED, f"only r={enough} comes within {MATCH_PTS} point of the best rank"
     return c
@@ -362,10 +459,15 @@ def claim_prefix_length_hurts(ev: Evidence) -> Claim:
     t15 = paper("table4_gpt3.yaml").get("table15_gpt3_sweep", {})
     pe = [r for r in t15.get("rows", []) if r["method"] == "PrefixEmbed"]
     pl = [r for r in t15.get("rows", []) if r["method"] == "PrefixLayer"]
-    c = Claim("prefix_length_hurts", "Prefix tuning's quality falls when its prefix grows long",
-              "Section 5.5, Figure 2 (its data: Table 15)",
-              "GPT-3 WikiSQL: PrefixEmbed l_p+l_i " + ", ".join(f"{r['config']['l_p'] + r['config']['l_i']}: {r['values'][0]}" for r in pe)
-              + "; PrefixLayer " + ", ".join(f"{r['config']['l_p'] + r['config']['l_i']}: {r['values'][0]}" for r in pl))
+    c = Claim(
+        "prefix_length_hurts",
+        "Prefix tuning's quality falls when its prefix grows long",
+        "Section 5.5, Figure 2 (its data: Table 15)",
+        "GPT-3 WikiSQL: PrefixEmbed l_p+l_i "
+        + ", ".join(f"{r['config']['l_p'] + r['config']['l_i']}: {r['values'][0]}" for r in pe)
+        + "; PrefixLayer "
+        + ", ".join(f"{r['config']['l_p'] + r['config']['l_i']}: {r['values'][0]}" for r in pl),
+    )
     groups: dict[tuple, dict[int, list]] = {}
     for table, recs in sorted(ev.records.items()):
         for r in recs:
@@ -373,10 +475,14 @@ def claim_prefix_length_hurts(ev: Evidence) -> Claim:
             if r.method in PREFIXES and n is not None and score is not None and not random_weights(r.model or ""):
                 groups.setdefault((table, r.model, r.method, r.task), {}).setdefault(n, []).append((score, str(r.path)))
     sweeps = {k: v for k, v in groups.items() if len(v) >= 2}
-    c.source = "prefix_embed / prefix_layer records of every table, grouped by (table, model, method, task) over l_p + l_i"
+    c.source = (
+        "prefix_embed / prefix_layer records of every table, grouped by (table, model, method, task) over l_p + l_i"
+    )
     if not sweeps:
-        c.reason = ("no prefix-tuning records at two or more prefix lengths on the same model and task (prefix tuning "
-                    "runs on decoders only; no length sweep has been run)")
+        c.reason = (
+            "no prefix-tuning records at two or more prefix lengths on the same model and task (prefix tuning "
+            "runs on decoders only; no length sweep has been run)"
+        )
         return c
     falls, parts = [], []
     for key, by_n in sorted(sweeps.items()):
@@ -384,13 +490,19 @@ def claim_prefix_length_hurts(ev: Evidence) -> Claim:
         longest = max(means)
         drop = max(v for n, v in means.items() if n < longest) - means[longest]
         falls.append(drop > DROP_PTS)
-        parts.append(f"{key[1]} {key[2]} {key[3]} on {key[0]}: " + ", ".join(f"{n}: {v:.1f}" for n, v in means.items())
-                     + f" (longest {drop:+.1f} below the best shorter)")
+        parts.append(
+            f"{key[1]} {key[2]} {key[3]} on {key[0]}: "
+            + ", ".join(f"{n}: {v:.1f}" for n, v in means.items())
+            + f" (longest {drop:+.1f} below the best shorter)"
+        )
         c.evidence += [p for v in by_n.values() for _, p in v]
     c.ours = "; ".join(parts)
     c.evidence = sorted(set(c.evidence))
     if all(falls):
-        c.verdict, c.reason = REPRODUCED, f"the longest prefix scores more than {DROP_PTS} point below a shorter one in every sweep"
+        c.verdict, c.reason = (
+            REPRODUCED,
+            f"the longest prefix scores more than {DROP_PTS} point below a shorter one in every sweep",
+        )
     elif any(falls):
         c.verdict, c.reason = PARTLY, f"quality falls at the longest prefix in {sum(falls)} of {len(falls)} sweeps"
     else:

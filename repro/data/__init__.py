@@ -15,8 +15,12 @@ def read_text(path: Path, expected: str, encoding: str = "utf-8") -> str:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataFileInvalid(path, line, f"bytes that are not UTF-8 ({raw[exc.start:exc.end]!r} at byte {exc.start})",
-                              f"UTF-8 text: {expected}") from None
+        raise DataFileInvalid(
+            path,
+            line,
+            f"bytes that are not UTF-8 ({raw[exc.start : exc.end]!r} at byte {exc.start})",
+            f"UTF-8 text: {expected}",
+        ) from None
     if not text.strip():
         raise DataFileInvalid(path, 1, "the file is empty", expected)
     return text

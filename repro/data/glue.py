@@ -47,14 +47,18 @@ def _read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
     text = read_text(path, _expected_rows(task), encoding="utf-8-sig")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     numbered = [(reader.line_num, row) for row in reader]
-    while numbered and not numbered[-1][1]:   # blank lines at the end of the file
+    while numbered and not numbered[-1][1]:  # blank lines at the end of the file
         numbered.pop()
     if task.header:
         (_, header), numbered = numbered[0], numbered[1:]
         missing = [c for c in task.columns.values() if c not in header]
         if missing:
-            raise DataFileInvalid(path, 1, f"the header lacks column(s) {', '.join(map(repr, missing))} (it has "
-                                  f"{', '.join(map(repr, header))})", _expected_rows(task))
+            raise DataFileInvalid(
+                path,
+                1,
+                f"the header lacks column(s) {', '.join(map(repr, missing))} (it has {', '.join(map(repr, header))})",
+                _expected_rows(task),
+            )
         index = {field: header.index(column) for field, column in task.columns.items()}
         n_fields, need = len(header), f"{len(header)} tab-separated fields, as the header has"
     else:
@@ -62,7 +66,9 @@ def _read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
         n_fields = max(index.values()) + 1
         need = f"at least {n_fields} tab-separated fields ({_expected_rows(task)})"
     if not numbered:
-        raise DataFileInvalid(path, 2 if task.header else 1, "no data rows", _expected_rows(task) + ", then one row per example")
+        raise DataFileInvalid(
+            path, 2 if task.header else 1, "no data rows", _expected_rows(task) + ", then one row per example"
+        )
     check_label = _label_check(task)
     for line, row in numbered:
         if len(row) < n_fields or (task.header and len(row) != n_fields):
@@ -76,20 +82,22 @@ def _read_tsv(path: Path, task: DictConfig) -> dict[str, list]:
 def _label_check(task: DictConfig):
     """label -> None if the task's label set has it, else (problem, expected)."""
     if task.num_labels == 1:
+
         def check(x):
             try:
                 float(x)
             except ValueError:
                 return f"label {x!r} is not a number", f"a numeric score for task={task.name} (regression)"
             return None
+
         return check
     names = list(task.label_names)
     allowed = set(names) | {str(i) for i in range(task.num_labels)}
-    expected = (f"a label of task={task.name}: one of {', '.join(names)} "
-                f"or its id 0..{task.num_labels - 1}")
+    expected = f"a label of task={task.name}: one of {', '.join(names)} or its id 0..{task.num_labels - 1}"
 
     def check(x):
         return None if x in allowed else (f"label {x!r} is not in the task's label set", expected)
+
     return check
 
 
@@ -126,7 +134,9 @@ def tokenize(ds: datasets.Dataset, tokenizer, task: DictConfig, max_length: int)
     return ds.map(encode, batched=True, remove_columns=list(task.text_fields), desc=f"tokenize {task.name}")
 
 
-def load_glue(task: DictConfig, tokenizer, data_cfg: DictConfig, data_dir: str | None, seed: int) -> dict[str, datasets.Dataset]:
+def load_glue(
+    task: DictConfig, tokenizer, data_cfg: DictConfig, data_dir: str | None, seed: int
+) -> dict[str, datasets.Dataset]:
     """Tokenized train and dev split(s) of a GLUE task: {"train": ..., "dev": ..., ["dev_mm": ...]}."""
     out = {}
     for split in task.splits:

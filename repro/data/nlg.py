@@ -29,7 +29,7 @@ from repro.errors import CellMismatch, DataFileInvalid, DataFileMissing
 from repro.metrics.nlg import SEEN_CATEGORIES_2017
 
 log = logging.getLogger(__name__)
-EOS = 50256   # GPT-2's <|endoftext|>
+EOS = 50256  # GPT-2's <|endoftext|>
 
 
 def end_token(tokenizer) -> int:
@@ -41,11 +41,15 @@ def end_token(tokenizer) -> int:
 
 # How to get each dataset's files, for the error that says a split is missing (repro.tasks.generation.DATASETS).
 E2E_FILES = "The paper's files are microsoft/LoRA examples/NLG/data/e2e/{train,valid,test}.txt (../shared/data/e2e has all three)."
-WEBNLG_FILES = ("The paper's files are microsoft/LoRA examples/NLG/data/webnlg_challenge_2017/{train,dev,test}.json "
-                "(../shared/data/webnlg has all three).")
-DART_FILES = ("Get dart-v1.1.1-full-train.json from github.com/Yale-LILY/dart (data/v1.1.1/) or microsoft/LoRA's "
-              "create_datasets.sh on a machine with internet and save it as $REPRO_DATA_DIR/dart/train.json "
-              "(../shared/data/dart has only dev.json and test.json), or unset REPRO_DATA_DIR to read DART from the hub.")
+WEBNLG_FILES = (
+    "The paper's files are microsoft/LoRA examples/NLG/data/webnlg_challenge_2017/{train,dev,test}.json "
+    "(../shared/data/webnlg has all three)."
+)
+DART_FILES = (
+    "Get dart-v1.1.1-full-train.json from github.com/Yale-LILY/dart (data/v1.1.1/) or microsoft/LoRA's "
+    "create_datasets.sh on a machine with internet and save it as $REPRO_DATA_DIR/dart/train.json "
+    "(../shared/data/dart has only dev.json and test.json), or unset REPRO_DATA_DIR to read DART from the hub."
+)
 
 
 def triples_context(triples: list[tuple[str, str, str]], lower_property: bool = False) -> str:
@@ -56,8 +60,10 @@ def triples_context(triples: list[tuple[str, str, str]], lower_property: bool = 
 
 
 E2E_LINE = "one example per line: `meaning representation||reference` (microsoft/LoRA's e2e/*.txt)"
-WEBNLG_LAYOUT = ('WebNLG json as microsoft/LoRA reads it: {"entries": [{"1": {"category", "modifiedtripleset": '
-                 '[{"subject", "property", "object"}], "lexicalisations": [{"comment", "lex"}]}}, {"2": ...}]}')
+WEBNLG_LAYOUT = (
+    'WebNLG json as microsoft/LoRA reads it: {"entries": [{"1": {"category", "modifiedtripleset": '
+    '[{"subject", "property", "object"}], "lexicalisations": [{"comment", "lex"}]}}, {"2": ...}]}'
+)
 DART_LAYOUT = 'DART json as microsoft/LoRA reads it: [{"tripleset": [[s, p, o], ...], "annotations": [{"text"}]}, ...]'
 
 
@@ -69,8 +75,13 @@ def read_e2e(path: Path) -> list[dict]:
             continue
         items = line.strip().split("||")
         if len(items) != 2 or not items[0].strip() or not items[1].strip():
-            problem = (f"{len(items) - 1} `||` separators" if len(items) != 2 else "an empty meaning representation"
-                       if not items[0].strip() else "an empty reference")
+            problem = (
+                f"{len(items) - 1} `||` separators"
+                if len(items) != 2
+                else "an empty meaning representation"
+                if not items[0].strip()
+                else "an empty reference"
+            )
             raise DataFileInvalid(path, n, f"{problem} in {line.strip()[:80]!r}", E2E_LINE)
         out.append({"context": items[0], "completion": items[1].strip("\n")})
     return out
@@ -103,12 +114,18 @@ def read_webnlg(path: Path) -> list[dict]:
             context = triples_context(triples)
             for lex in entry["lexicalisations"]:
                 if lex["comment"] == "good":
-                    out.append({"context": context, "completion": lex["lex"], "category": entry["category"],
-                                "seen": entry["category"] in SEEN_CATEGORIES_2017})
+                    out.append(
+                        {
+                            "context": context,
+                            "completion": lex["lex"],
+                            "category": entry["category"],
+                            "seen": entry["category"] in SEEN_CATEGORIES_2017,
+                        }
+                    )
         except (KeyError, TypeError, ValueError) as exc:
             raise _entry_error(path, f"entry {i + 1}", exc, WEBNLG_LAYOUT) from None
     if not out:
-        raise DataFileInvalid(path, None, "no lexicalisation with comment \"good\"", WEBNLG_LAYOUT)
+        raise DataFileInvalid(path, None, 'no lexicalisation with comment "good"', WEBNLG_LAYOUT)
     return out
 
 
@@ -148,9 +165,12 @@ def e2e_mr_from_hub(mr: str) -> str:
 
 
 def e2e_from_hub(task: DictConfig, split: str) -> list[dict]:
-    log.warning("E2E from the hub (%s): raw, untokenized references, unlike the paper's pre-tokenized files "
-                "(\"... called Blue Spice .\"); BLEU/NIST/... are NOT comparable with Table 3. Set REPRO_DATA_DIR "
-                "to a folder with e2e/{train,valid,test}.txt for the paper's data.", task.hub.path)
+    log.warning(
+        "E2E from the hub (%s): raw, untokenized references, unlike the paper's pre-tokenized files "
+        '("... called Blue Spice ."); BLEU/NIST/... are NOT comparable with Table 3. Set REPRO_DATA_DIR '
+        "to a folder with e2e/{train,valid,test}.txt for the paper's data.",
+        task.hub.path,
+    )
     ds = datasets.load_dataset(task.hub.path, split=task.splits[split].hub)
     return [{"context": e2e_mr_from_hub(r["meaning_representation"]), "completion": r["human_reference"]} for r in ds]
 
@@ -163,8 +183,14 @@ def webnlg_from_hub(task: DictConfig, split: str) -> list[dict]:
         context = triples_context(triples)
         for text, comment in zip(r["lex"]["text"], r["lex"]["comment"]):
             if comment == "good":
-                out.append({"context": context, "completion": text, "category": r["category"],
-                            "seen": r["category"] in SEEN_CATEGORIES_2017})
+                out.append(
+                    {
+                        "context": context,
+                        "completion": text,
+                        "category": r["category"],
+                        "seen": r["category"] in SEEN_CATEGORIES_2017,
+                    }
+                )
     return out
 
 
@@ -209,8 +235,12 @@ def prompt_ids(tokenizer, context: str, max_length: int) -> list[int]:
 
 
 def encode_split(examples: list[dict], tokenizer, max_length: int, desc: str) -> datasets.Dataset:
-    ds = datasets.Dataset.from_dict({"context": [e["context"] for e in examples],
-                                     "completion": [e["completion"] for e in examples]})
-    end_token(tokenizer)   # a tokenizer without an end token is refused here, not inside datasets' map
-    return ds.map(lambda r: encode_example(tokenizer, r["context"], r["completion"], max_length),
-                  remove_columns=["context", "completion"], desc=desc)
+    ds = datasets.Dataset.from_dict(
+        {"context": [e["context"] for e in examples], "completion": [e["completion"] for e in examples]}
+    )
+    end_token(tokenizer)  # a tokenizer without an end token is refused here, not inside datasets' map
+    return ds.map(
+        lambda r: encode_example(tokenizer, r["context"], r["completion"], max_length),
+        remove_columns=["context", "completion"],
+        desc=desc,
+    )

@@ -8,5 +8,5 @@ prefix (prefix_embed, prefix_layer), lora and its variants: lora (rsLoRA: `rslor
 gives ΔW for every variant; checkpoints: repro.methods.checkpoint.
 """
 
-from repro.methods.registry import METHODS, apply_method  # noqa: F401
 from repro.methods.common import parameter_counts  # noqa: F401
+from repro.methods.registry import METHODS, apply_method  # noqa: F401

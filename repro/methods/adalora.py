@@ -36,7 +36,7 @@ from repro.errors import CellMismatch
 from repro.methods.common import mark_trainable
 from repro.methods.targets import BLOCK_MODULES, FUSED_QKV, block_prefix, blocks, model_type, resolve_targets
 
-TUNER = "_adalora_tuner"   # model attribute (not a submodule: parameter names stay the model's own)
+TUNER = "_adalora_tuner"  # model attribute (not a submodule: parameter names stay the model's own)
 
 
 def target_module_names(model: nn.Module, targets) -> list[str]:
@@ -76,16 +76,20 @@ class AdaLoraCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         cfg = getattr(model, TUNER).peft_config["default"]
-        cfg.total_step = state.max_steps     # the final mask is applied at total_step − tfinal: the run must reach it
-        if not (0 <= cfg.tinit < cfg.total_step - cfg.tfinal and cfg.tfinal >= 1):   # steps run 0 .. total_step − 1
-            raise CellMismatch(f"AdaLoRA: tinit={cfg.tinit}, tfinal={cfg.tfinal} (>= 1) do not fit {cfg.total_step} "
-                               f"steps: the final allocation at step total_step − tfinal must be reached")
+        cfg.total_step = state.max_steps  # the final mask is applied at total_step − tfinal: the run must reach it
+        if not (0 <= cfg.tinit < cfg.total_step - cfg.tfinal and cfg.tfinal >= 1):  # steps run 0 .. total_step − 1
+            raise CellMismatch(
+                f"AdaLoRA: tinit={cfg.tinit}, tfinal={cfg.tfinal} (>= 1) do not fit {cfg.total_step} "
+                f"steps: the final allocation at step total_step − tfinal must be reached"
+            )
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         tuner = getattr(model, TUNER)
         if tuner.peft_config["default"].orth_reg_weight > 0 and not getattr(model, "_adalora_penalty_added", False):
-            raise CellMismatch("AdaLoRA: the orthogonality penalty was not added to the training loss (train with "
-                               "repro.train.ReproTrainer, which adds adalora.loss_term; or set orth_reg_weight: 0)")
+            raise CellMismatch(
+                "AdaLoRA: the orthogonality penalty was not added to the training loss (train with "
+                "repro.train.ReproTrainer, which adds adalora.loss_term; or set orth_reg_weight: 0)"
+            )
         model._adalora_penalty_added = False
         with torch.no_grad():
             tuner.update_and_allocate(state.global_step)
@@ -93,20 +97,29 @@ class AdaLoraCallback(TrainerCallback):
 
 def apply_adalora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     """PEFT's AdaLoRA SVD layers on `targets` of every block, injected into `model` itself; task head trainable."""
-    from peft import AdaLoraConfig   # optional dependency (pip install .[adalora]): only method=adalora needs it
+    from peft import AdaLoraConfig  # optional dependency (pip install .[adalora]): only method=adalora needs it
     from peft.tuners.adalora import AdaLoraModel
 
-    total = cfg.get("total_step") or 10 ** 9   # replaced by the Trainer's max_steps at train begin
-    pcfg = AdaLoraConfig(init_r=int(cfg.init_r), target_r=int(cfg.target_r), lora_alpha=cfg.alpha,
-                         lora_dropout=cfg.get("dropout", 0.0), tinit=int(cfg.tinit), tfinal=int(cfg.tfinal),
-                         deltaT=int(cfg.deltaT), beta1=cfg.get("beta1", 0.85), beta2=cfg.get("beta2", 0.85),
-                         orth_reg_weight=cfg.get("orth_reg_weight", 0.5), total_step=int(total),
-                         target_modules=target_module_names(model, cfg.targets),
-                         fan_in_fan_out=model.config.model_type == "gpt2")
-    tuner = AdaLoraModel(model, {"default": pcfg}, "default")   # injects SVDLinear modules into `model` in place
+    total = cfg.get("total_step") or 10**9  # replaced by the Trainer's max_steps at train begin
+    pcfg = AdaLoraConfig(
+        init_r=int(cfg.init_r),
+        target_r=int(cfg.target_r),
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.get("dropout", 0.0),
+        tinit=int(cfg.tinit),
+        tfinal=int(cfg.tfinal),
+        deltaT=int(cfg.deltaT),
+        beta1=cfg.get("beta1", 0.85),
+        beta2=cfg.get("beta2", 0.85),
+        orth_reg_weight=cfg.get("orth_reg_weight", 0.5),
+        total_step=int(total),
+        target_modules=target_module_names(model, cfg.targets),
+        fan_in_fan_out=model.config.model_type == "gpt2",
+    )
+    tuner = AdaLoraModel(model, {"default": pcfg}, "default")  # injects SVDLinear modules into `model` in place
     object.__setattr__(model, TUNER, tuner)
-    mark_trainable(model, lambda n: ".lora_" in n and ".default" in n)   # A, B, E (ranknum stays frozen)
-    model.repro_loss_term = loss_term          # added to the training loss by ReproTrainer (registry.loss_term)
+    mark_trainable(model, lambda n: ".lora_" in n and ".default" in n)  # A, B, E (ranknum stays frozen)
+    model.repro_loss_term = loss_term  # added to the training loss by ReproTrainer (registry.loss_term)
     model.repro_callbacks = [AdaLoraCallback()]
     return model
 
@@ -118,7 +131,7 @@ def rank_pattern(model: nn.Module) -> dict[str, int]:
 
 
 def adalora_modules(model: nn.Module):
-    from peft.tuners.adalora.layer import SVDLinear   # optional dependency, as in apply_adalora
+    from peft.tuners.adalora.layer import SVDLinear  # optional dependency, as in apply_adalora
 
     for name, module in model.named_modules():
         if isinstance(module, SVDLinear):
@@ -135,8 +148,8 @@ def delta_weights(model: nn.Module):
         path = name.split(f".{layer}.", 1)[1]
         dw = module.get_delta_weight("default").float()
         if mt == "gpt2":
-            dw = dw.T                                 # PEFT returns the stored (d_in × d_out) layout for Conv1D
+            dw = dw.T  # PEFT returns the stored (d_in × d_out) layout for Conv1D
         ts = by_path[path]
         d = dw.shape[0] // len(ts)
         for i, t in enumerate(ts):
-            yield layer, t, dw[i * d:(i + 1) * d]
+            yield layer, t, dw[i * d : (i + 1) * d]

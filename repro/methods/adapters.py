@@ -36,8 +36,16 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "tanh": nn.Ta
 class Adapter(nn.Module):
     """x + up(act(down(LN(x)))) -- the bottleneck of size r; identity at init (up = 0)."""
 
-    def __init__(self, d_model: int, r: int, activation: str = "relu", layernorm: bool = False, init_std: float = 1e-2,
-                 layer: int = 0, like: torch.Tensor | None = None):
+    def __init__(
+        self,
+        d_model: int,
+        r: int,
+        activation: str = "relu",
+        layernorm: bool = False,
+        init_std: float = 1e-2,
+        layer: int = 0,
+        like: torch.Tensor | None = None,
+    ):
         super().__init__()
         if not 0 < r:
             raise CellMismatch(f"adapter bottleneck r={r} must be a positive integer")
@@ -98,8 +106,15 @@ def apply_adapter(model: nn.Module, cfg: DictConfig) -> nn.Module:
             proj = block.get_submodule(sites[site])
             if hasattr(proj, "adapter"):
                 raise CellMismatch(f"block {i} {sites[site]} already has an adapter")
-            proj.adapter = Adapter(d, int(cfg.r), cfg.get("activation", "relu"), bool(cfg.get("adapter_layernorm", False)),
-                                   float(cfg.get("init_std", 1e-2)), layer=i, like=proj.weight)
+            proj.adapter = Adapter(
+                d,
+                int(cfg.r),
+                cfg.get("activation", "relu"),
+                bool(cfg.get("adapter_layernorm", False)),
+                float(cfg.get("init_std", 1e-2)),
+                layer=i,
+                like=proj.weight,
+            )
             proj.register_forward_hook(_adapter_hook)
         if cfg.get("train_layernorm", False):
             trained_ln |= {id(p) for ln in sites["layernorms"] for p in block.get_submodule(ln).parameters()}

@@ -36,21 +36,40 @@ from repro.methods.targets import BLOCK_MODULES
 
 FORMAT = "repro-trainable-v1"
 # method fields that change the model's function or its tensors' shapes (training-only fields may differ)
-STRUCTURAL = ("name", "r", "alpha", "targets", "sites", "activation", "adapter_layernorm", "train_layernorm", "drop",
-              "l_p", "l_i", "mode", "top_layers", "rslora")
-LORA_KEYS = ("name", "r", "alpha", "targets", "rslora", "pissa")   # what must match for init_from (only="lora")
+STRUCTURAL = (
+    "name",
+    "r",
+    "alpha",
+    "targets",
+    "sites",
+    "activation",
+    "adapter_layernorm",
+    "train_layernorm",
+    "drop",
+    "l_p",
+    "l_i",
+    "mode",
+    "top_layers",
+    "rslora",
+)
+LORA_KEYS = ("name", "r", "alpha", "targets", "rslora", "pissa")  # what must match for init_from (only="lora")
 
 
 def _method_dict(method_cfg) -> dict:
     d = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
     out = {k: d[k] for k in STRUCTURAL if k in d}
-    if d.get("init") == "pissa":   # PiSSA's A, B only fit the residual W_res its own SVD left in the base
+    if d.get("init") == "pissa":  # PiSSA's A, B only fit the residual W_res its own SVD left in the base
         out["pissa"] = True
     return out
 
 
-def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None, fingerprint: str | None = None,
-                 smoke: str | None = None) -> dict[str, str]:
+def metadata_for(
+    model: nn.Module,
+    cfg: DictConfig,
+    steps: int | None = None,
+    fingerprint: str | None = None,
+    smoke: str | None = None,
+) -> dict[str, str]:
     m = cfg.method
     state_keys = [n for n, p in model.named_parameters() if p.requires_grad]
     return {
@@ -59,8 +78,9 @@ def metadata_for(model: nn.Module, cfg: DictConfig, steps: int | None = None, fi
         "method_name": str(m.name),
         "r": json.dumps(m.get("r")),
         "alpha": json.dumps(m.get("alpha")),
-        "targets": json.dumps(OmegaConf.to_container(m.targets) if isinstance(m.get("targets"), ListConfig)
-                              else m.get("targets")),   # a list, or "all_linear"
+        "targets": json.dumps(
+            OmegaConf.to_container(m.targets) if isinstance(m.get("targets"), ListConfig) else m.get("targets")
+        ),  # a list, or "all_linear"
         "fan_in_fan_out": json.dumps(model.config.model_type == "gpt2"),
         "init": str(m.get("init")),
         "model": str(cfg.model.name),
@@ -82,8 +102,15 @@ def _adalora_metadata(model: nn.Module) -> dict[str, str]:
     return {"rank_pattern": json.dumps(rank_pattern(model))}
 
 
-def save_trainable(model: nn.Module, path: Path, cfg: DictConfig, steps: int | None = None, *,
-                   fingerprint: str | None = None, smoke: str | None = None) -> None:
+def save_trainable(
+    model: nn.Module,
+    path: Path,
+    cfg: DictConfig,
+    steps: int | None = None,
+    *,
+    fingerprint: str | None = None,
+    smoke: str | None = None,
+) -> None:
     """Atomic: written to a temporary name in the same folder, then renamed. `steps`: optimizer steps taken;
     `fingerprint`: the fingerprint of the cell that trained it (its record's; a cell that starts from this file hashes
     it, repro.records.fingerprint); `smoke`: why the run was a smoke run (repro.cell.smoke_reason), None if not."""
@@ -106,8 +133,9 @@ def read_trainable(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     return tensors, meta
 
 
-def load_trainable(model: nn.Module, path: Path, method_cfg: DictConfig, only: str | None = None,
-                   model_name: str | None = None) -> list[str]:
+def load_trainable(
+    model: nn.Module, path: Path, method_cfg: DictConfig, only: str | None = None, model_name: str | None = None
+) -> list[str]:
     """Copy the checkpoint's tensors into `model` (already adapted by `apply_method(model, method_cfg)`).
 
     Refuses (CellMismatch) a checkpoint whose method or structural settings (r, alpha, targets, ...) differ from
@@ -117,14 +145,18 @@ def load_trainable(model: nn.Module, path: Path, method_cfg: DictConfig, only: s
     tensors, meta = read_trainable(path)
     saved, wanted = _method_dict(json.loads(meta["method"])), _method_dict(method_cfg)
     diff = {k: (saved.get(k), wanted.get(k)) for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)}
-    if only == "lora":   # the LoRA part must match; the rest of the method config is the new cell's business
+    if only == "lora":  # the LoRA part must match; the rest of the method config is the new cell's business
         diff = {k: v for k, v in diff.items() if k in LORA_KEYS}
     if diff:
-        raise CellMismatch(f"{path} was trained with a different method config; (checkpoint, requested): "
-                           + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items())))
+        raise CellMismatch(
+            f"{path} was trained with a different method config; (checkpoint, requested): "
+            + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in sorted(diff.items()))
+        )
     if meta.get("model_type") != model.config.model_type or (model_name and meta.get("model") != model_name):
-        raise CellMismatch(f"{path} is for model {meta.get('model')} ({meta.get('model_type')}), "
-                           f"not {model_name or ''} ({model.config.model_type})")
+        raise CellMismatch(
+            f"{path} is for model {meta.get('model')} ({meta.get('model_type')}), "
+            f"not {model_name or ''} ({model.config.model_type})"
+        )
     if any(getattr(m, "merged", False) for m in model.modules()):
         raise CellMismatch("the model's LoRA weights are merged: unmerge before loading new LoRA tensors")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -135,9 +167,13 @@ def load_trainable(model: nn.Module, path: Path, method_cfg: DictConfig, only: s
         raise ValueError(f"only={only!r}; allowed: None, 'lora'")
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
-        raise CellMismatch(f"{path} does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                           f"({len(missing)}), unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
-    bad = [f"{n}: {tuple(tensors[n].shape)} vs {tuple(p.shape)}" for n, p in params.items() if tensors[n].shape != p.shape]
+        raise CellMismatch(
+            f"{path} does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
+            f"({len(missing)}), unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    bad = [
+        f"{n}: {tuple(tensors[n].shape)} vs {tuple(p.shape)}" for n, p in params.items() if tensors[n].shape != p.shape
+    ]
     if bad:
         raise CellMismatch(f"{path} does not fit the model (checkpoint vs model shapes): {'; '.join(bad[:5])}")
     with torch.no_grad():
@@ -164,13 +200,17 @@ def init_from(model: nn.Module, path: str | Path, method_cfg: DictConfig, allow_
     A smoke run's checkpoint is refused unless `allow_smoke` (train.allow_smoke_init)."""
     path = Path(path)
     if not path.exists():
-        raise ReproError(f"train.init_from={path} does not exist: run the cell that writes it first "
-                         f"(the MNLI cell of the same model, method and seed)")
+        raise ReproError(
+            f"train.init_from={path} does not exist: run the cell that writes it first "
+            f"(the MNLI cell of the same model, method and seed)"
+        )
     smoke = json.loads(read_metadata(path).get("smoke") or "null")
     if smoke and not allow_smoke:
-        raise ReproError(f"train.init_from={path} was written by a smoke run ({smoke}): not a start for a table cell. "
-                         "Re-run that cell without shortening it on the command line (force=true), or pass "
-                         "train.allow_smoke_init=true to chain smoke cells on purpose")
+        raise ReproError(
+            f"train.init_from={path} was written by a smoke run ({smoke}): not a start for a table cell. "
+            "Re-run that cell without shortening it on the command line (force=true), or pass "
+            "train.allow_smoke_init=true to chain smoke cells on purpose"
+        )
     return load_trainable(model, path, method_cfg, only="lora")
 
 
@@ -207,9 +247,11 @@ def load_delta_weights(path: Path, base_model: nn.Module | None = None) -> list[
     return sorted(out, key=lambda x: (x[0], x[1]))
 
 
-PEFT_TARGET_NAMES = {"roberta": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
-                     "bert": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
-                     "deberta-v2": {"q": "query_proj", "k": "key_proj", "v": "value_proj", "o": "attention.output.dense"}}
+PEFT_TARGET_NAMES = {
+    "roberta": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
+    "bert": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
+    "deberta-v2": {"q": "query_proj", "k": "key_proj", "v": "value_proj", "o": "attention.output.dense"},
+}
 
 
 def export_peft(model: nn.Module, cfg: DictConfig, out_dir: Path) -> Path:
@@ -226,7 +268,8 @@ def export_peft(model: nn.Module, cfg: DictConfig, out_dir: Path) -> Path:
         raise CellMismatch(
             f"cannot export {mt} LoRA in PEFT's format: PEFT has no module for LoRA on q and v only inside GPT-2's fused "
             "c_attn (two separate rank-r pairs, loralib MergedLinear(enable_lora=[True, False, True])); targeting c_attn "
-            "in PEFT adapts q, k and v with one shared A -- a different model (peft #706, #852). Use our checkpoint.")
+            "in PEFT adapts q, k and v with one shared A -- a different model (peft #706, #852). Use our checkpoint."
+        )
     if any(getattr(x, "merged", False) for x in model.modules()):
         raise CellMismatch("unmerge the LoRA weights before exporting")
     targets = [PEFT_TARGET_NAMES[mt][t] for t in m.targets if t in PEFT_TARGET_NAMES[mt]]
@@ -243,16 +286,36 @@ def export_peft(model: nn.Module, cfg: DictConfig, out_dir: Path) -> Path:
             heads.add("pooler" if "pooler." in name else name.split(".")[0])
         else:
             raise CellMismatch(f"{name} is trained but is neither LoRA nor head: PEFT's LoRA format cannot hold it")
-    dropout = next((x.lora_dropout.p for x in model.modules() if isinstance(x, LoRALinear)
-                    and isinstance(x.lora_dropout, nn.Dropout)), 0.0)
-    config = {"peft_type": "LORA", "task_type": "SEQ_CLS", "r": int(m.r), "lora_alpha": m.alpha, "lora_dropout": dropout,
-              "target_modules": targets, "fan_in_fan_out": False, "bias": "none", "modules_to_save": sorted(heads),
-              "init_lora_weights": True, "inference_mode": True, "use_rslora": False, "use_dora": False,
-              "base_model_name_or_path": str(cfg.model.get("hub_id") or cfg.model.name)}
+    dropout = next(
+        (
+            x.lora_dropout.p
+            for x in model.modules()
+            if isinstance(x, LoRALinear) and isinstance(x.lora_dropout, nn.Dropout)
+        ),
+        0.0,
+    )
+    config = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "r": int(m.r),
+        "lora_alpha": m.alpha,
+        "lora_dropout": dropout,
+        "target_modules": targets,
+        "fan_in_fan_out": False,
+        "bias": "none",
+        "modules_to_save": sorted(heads),
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "base_model_name_or_path": str(cfg.model.get("hub_id") or cfg.model.name),
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for fname, write in (("adapter_model.safetensors", lambda t: save_file(state, str(t), metadata={"format": "pt"})),
-                         ("adapter_config.json", lambda t: t.write_text(json.dumps(config, indent=2)))):
+    for fname, write in (
+        ("adapter_model.safetensors", lambda t: save_file(state, str(t), metadata={"format": "pt"})),
+        ("adapter_config.json", lambda t: t.write_text(json.dumps(config, indent=2))),
+    ):
         tmp = out_dir / f".{fname}.tmp"
         write(tmp)
         os.replace(tmp, out_dir / fname)

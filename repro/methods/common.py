@@ -3,7 +3,7 @@ parameter counts the tables report."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -36,7 +36,12 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         if p.requires_grad:
             trainable += p.numel()
             head += p.numel() if is_head(name) else 0
-    return {"trainable_params": trainable, "adapter_params": trainable - head, "head_params": head, "total_params": total}
+    return {
+        "trainable_params": trainable,
+        "adapter_params": trainable - head,
+        "head_params": head,
+        "total_params": total,
+    }
 
 
 def trainable_state_dict(model: nn.Module) -> dict:

@@ -84,8 +84,8 @@ class DoRALinear(_DoRAMath, LoRALinear):
         if self.merged:
             return nn.functional.linear(x, self.weight, self.bias)
         t = self.targets[0]
-        Wx = nn.functional.linear(x, self.weight)                                          # W0 x
-        BAx = self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T)      # s B A x
+        Wx = nn.functional.linear(x, self.weight)  # W0 x
+        BAx = self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T)  # s B A x
         h = self.norm_scale(t) * (Wx + BAx)
         return h if self.bias is None else h + self.bias
 
@@ -99,17 +99,17 @@ class DoRAConv1D(_DoRAMath, LoRAConv1D):
         self._init_magnitude()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = super(LoRAConv1D, self).forward(x)                                              # x W0 + b (Conv1D)
+        h = super(LoRAConv1D, self).forward(x)  # x W0 + b (Conv1D)
         if self.merged:
             return h
         xd = self.lora_dropout(x)
         out = []
         for i, t in enumerate(self.parts):
-            h_t = h[..., i * self.d_part:(i + 1) * self.d_part]
+            h_t = h[..., i * self.d_part : (i + 1) * self.d_part]
             if t not in self.targets:
                 out.append(h_t)
                 continue
-            b_t = 0 if self.bias is None else self.bias[i * self.d_part:(i + 1) * self.d_part]
+            b_t = 0 if self.bias is None else self.bias[i * self.d_part : (i + 1) * self.d_part]
             BAx = self.scaling * (xd @ self.lora_A[t].T @ self.lora_B[t].T)
             out.append(self.norm_scale(t) * (h_t - b_t + BAx) + b_t)
         return torch.cat(out, dim=-1)

@@ -43,6 +43,9 @@ def apply_bitfit(model: nn.Module, cfg: DictConfig) -> nn.Module:
         c = model.config
         flags = ", ".join(f"{k}={getattr(c, k)}" for k in ("attention_bias", "mlp_bias") if hasattr(c, k))
         arch = type(model).__name__.removesuffix("ForCausalLM").removesuffix("ForSequenceClassification")
-        raise CellMismatch(f"method=bitfit: model {model_label(model)} has no bias parameters ({arch}"
-                           + (f": {flags}" if flags else "") + "); BitFit trains biases only")
+        raise CellMismatch(
+            f"method=bitfit: model {model_label(model)} has no bias parameters ({arch}"
+            + (f": {flags}" if flags else "")
+            + "); BitFit trains biases only"
+        )
     return mark_trainable(model, lambda name: "bias" in name)

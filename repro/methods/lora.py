@@ -54,12 +54,12 @@ class LoRAConfig:
     """conf/method/lora.yaml (rslora.yaml, pissa.yaml, lora_all_linear.yaml: the same fields)."""
 
     r: int = 8
-    alpha: float = 8            # scaling alpha / r (Section 4.1), or alpha / √r with rslora
-    dropout: float = 0.0        # on the LoRA path only (Table 11: 0.1 for E2E/WebNLG; NLU scripts: 0)
-    targets: list[str] | str = field(default_factory=lambda: ["q", "v"])   # or "all_linear"
-    init: str = "kaiming"       # A: loralib's kaiming_uniform(a=sqrt 5), "gaussian" N(0, 1/r) (the paper's text),
-                                # or "pissa" (A, B from W's top-r SVD; W0 <- the residual)
-    rslora: bool = False        # scaling alpha / √r (Kalajdzievski 2023)
+    alpha: float = 8  # scaling alpha / r (Section 4.1), or alpha / √r with rslora
+    dropout: float = 0.0  # on the LoRA path only (Table 11: 0.1 for E2E/WebNLG; NLU scripts: 0)
+    targets: list[str] | str = field(default_factory=lambda: ["q", "v"])  # or "all_linear"
+    init: str = "kaiming"  # A: loralib's kaiming_uniform(a=sqrt 5), "gaussian" N(0, 1/r) (the paper's text),
+    # or "pissa" (A, B from W's top-r SVD; W0 <- the residual)
+    rslora: bool = False  # scaling alpha / √r (Kalajdzievski 2023)
 
 
 INITS = ("kaiming", "gaussian", "pissa")
@@ -81,10 +81,10 @@ def _check_rank(r: int, d_in: int, d_out: int, where: str) -> None:
 
 
 def _init_A(A: torch.Tensor, r: int, init: str) -> None:
-    if init == "kaiming" or init == "pissa":           # pissa: overwritten by _pissa_init
-        nn.init.kaiming_uniform_(A, a=math.sqrt(5))   # loralib.Linear.reset_parameters
+    if init == "kaiming" or init == "pissa":  # pissa: overwritten by _pissa_init
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # loralib.Linear.reset_parameters
     elif init == "gaussian":
-        nn.init.normal_(A, std=1 / r)                  # "random Gaussian initialization for A" (Section 4.1)
+        nn.init.normal_(A, std=1 / r)  # "random Gaussian initialization for A" (Section 4.1)
     else:
         raise CellMismatch(f"method.init={init!r}; allowed: {', '.join(INITS)}")
 
@@ -130,7 +130,7 @@ class _LoRAMath:
         """PiSSA (Meng et al. 2024, Sec. 3): W = U S Vᵀ; A = √(S_r/γ) V_rᵀ, B = U_r √(S_r/γ) (so γ B A is the top-r part
         of W), and the frozen weight becomes W_res = W − γ B A. The model is unchanged at init: W_res + γ B A = W.
         (PEFT's init_lora_weights="pissa": the full SVD, in fp32.) B0, A0 are kept (buffers) for ΔW."""
-        if self.weight.is_meta:   # repro.params counts on the meta device: shapes only
+        if self.weight.is_meta:  # repro.params counts on the meta device: shapes only
             return
         with torch.no_grad():
             for t in self.targets:
@@ -148,8 +148,16 @@ class _LoRAMath:
 class LoRALinear(_LoRAMath, nn.Linear):
     """nn.Linear with h = W0 x + b + (alpha/r) · B A dropout(x). W0 and b are the base layer's own Parameters."""
 
-    def __init__(self, base: nn.Linear, target: str, r: int, alpha: float, dropout: float = 0.0, init: str = "kaiming",
-                 rslora: bool = False):
+    def __init__(
+        self,
+        base: nn.Linear,
+        target: str,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        rslora: bool = False,
+    ):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
@@ -172,14 +180,16 @@ class LoRALinear(_LoRAMath, nn.Linear):
         return self.lora_A, self.lora_B
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = nn.functional.linear(x, self.weight, self.bias)                       # W0 x + b
+        h = nn.functional.linear(x, self.weight, self.bias)  # W0 x + b
         if self.merged:
             return h
-        return h + self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T)   # + (alpha/r) B A x
+        return h + self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T)  # + (alpha/r) B A x
 
     def extra_repr(self) -> str:
-        return (f"{self.in_features}, {self.out_features}, target={self.targets[0]}, r={self.r}, alpha={self.alpha}, "
-                f"scaling={self.scaling:.4g}, init={self.init}")
+        return (
+            f"{self.in_features}, {self.out_features}, target={self.targets[0]}, r={self.r}, alpha={self.alpha}, "
+            f"scaling={self.scaling:.4g}, init={self.init}"
+        )
 
 
 class LoRAConv1D(_LoRAMath, Conv1D):
@@ -187,8 +197,17 @@ class LoRAConv1D(_LoRAMath, Conv1D):
     `parts` (GPT-2 c_attn: q | k | v); each part in `targets` gets its own rank-r pair, the others no update:
     h = x W0 + b + concat_part[(alpha/r) · dropout(x) A_partᵀ B_partᵀ  or 0]   (loralib MergedLinear)."""
 
-    def __init__(self, base: Conv1D, parts: tuple[str, ...], targets: list[str], r: int, alpha: float,
-                 dropout: float = 0.0, init: str = "kaiming", rslora: bool = False):
+    def __init__(
+        self,
+        base: Conv1D,
+        parts: tuple[str, ...],
+        targets: list[str],
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        rslora: bool = False,
+    ):
         nn.Module.__init__(self)
         self.nf, self.nx = base.nf, base.nx
         self.weight, self.bias = base.weight, base.bias
@@ -210,24 +229,27 @@ class LoRAConv1D(_LoRAMath, Conv1D):
     def w0(self, t: str) -> torch.Tensor:
         """W0 of part t as a (d_part × d_in) view of the stored (d_in × nf) weight (writes go through)."""
         lo = self.parts.index(t) * self.d_part
-        return self.weight[:, lo:lo + self.d_part].T
+        return self.weight[:, lo : lo + self.d_part].T
 
     def lora_AB(self, t: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[t], self.lora_B[t]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = super().forward(x)                                                     # x W0 + b
+        h = super().forward(x)  # x W0 + b
         if self.merged:
             return h
         xd = self.lora_dropout(x)
         zero = h.new_zeros(*h.shape[:-1], self.d_part)
-        update = [self.scaling * (xd @ self.lora_A[t].T @ self.lora_B[t].T) if t in self.targets else zero
-                  for t in self.parts]
+        update = [
+            self.scaling * (xd @ self.lora_A[t].T @ self.lora_B[t].T) if t in self.targets else zero for t in self.parts
+        ]
         return h + torch.cat(update, dim=-1)
 
     def extra_repr(self) -> str:
-        return (f"nf={self.nf}, nx={self.nx}, parts={self.parts}, targets={self.targets}, r={self.r}, "
-                f"alpha={self.alpha}, scaling={self.scaling:.4g}, init={self.init}")
+        return (
+            f"nf={self.nf}, nx={self.nx}, parts={self.parts}, targets={self.targets}, r={self.r}, "
+            f"alpha={self.alpha}, scaling={self.scaling:.4g}, init={self.init}"
+        )
 
 
 LORA_LAYERS = (LoRALinear, LoRAConv1D)
@@ -239,7 +261,11 @@ def replace_targets(model: nn.Module, cfg: DictConfig, linear_cls=None, conv_cls
     linear_cls, conv_cls = linear_cls or LoRALinear, conv_cls or LoRAConv1D
     freeze_all_but_head(model)
     fused = FUSED_QKV.get(model_type(model))
-    kw = {"dropout": cfg.get("dropout", 0.0), "init": cfg.get("init", "kaiming"), "rslora": bool(cfg.get("rslora", False))}
+    kw = {
+        "dropout": cfg.get("dropout", 0.0),
+        "init": cfg.get("init", "kaiming"),
+        "rslora": bool(cfg.get("rslora", False)),
+    }
     targets = cfg.targets if isinstance(cfg.targets, str) else list(cfg.targets)
     for parent, attr, i, ts in find_targets(model, targets):
         base = getattr(parent, attr)
@@ -275,7 +301,7 @@ def delta_weight(module: nn.Module) -> torch.Tensor | dict[str, torch.Tensor]:
 def lora_modules(model: nn.Module):
     """Yield (qualified name, layer index, module) for every LoRA module, bottom block first."""
     for name, module in model.named_modules():
-        if isinstance(module, _LoRAMath):   # LoRA, rsLoRA, PiSSA, DoRA, QLoRA modules
+        if isinstance(module, _LoRAMath):  # LoRA, rsLoRA, PiSSA, DoRA, QLoRA modules
             layer = next(int(p) for p in name.split(".") if p.isdigit())
             yield name, layer, module
 

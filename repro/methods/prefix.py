@@ -49,7 +49,7 @@ class PrefixTuning(nn.Module):
             self.embedding = nn.Parameter(torch.zeros(self.n, d_model, **kw))
         else:
             self.activations = nn.Parameter(torch.zeros(n_layers, self.n, d_model, **kw))
-        self.slots: torch.Tensor | None = None   # (B, T + n): slot index of each position, -1 for real tokens
+        self.slots: torch.Tensor | None = None  # (B, T + n): slot index of each position, -1 for real tokens
 
     @torch.no_grad()
     def init_from_real_tokens(self, lm: nn.Module, seed: int = 0) -> None:
@@ -60,7 +60,7 @@ class PrefixTuning(nn.Module):
             return
         self.slots = None
         out = lm.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
-        for i in range(self.activations.shape[0]):   # hidden_states[i] enters block i
+        for i in range(self.activations.shape[0]):  # hidden_states[i] enters block i
             self.activations[i].copy_(out.hidden_states[i][0])
 
 
@@ -76,9 +76,9 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
     mask = kwargs.get("attention_mask")
     mask = torch.ones(B, T, dtype=torch.long, device=embeds.device) if mask is None else mask
     kwargs["inputs_embeds"] = embeds
-    if past is not None and past.get_seq_length() > 0:   # decoding with a cache: the special tokens are in it
+    if past is not None and past.get_seq_length() > 0:  # decoding with a cache: the special tokens are in it
         pt.slots = None
-        need = past.get_seq_length() + T   # generate's mask lacks the l_p + l_i special positions: visible
+        need = past.get_seq_length() + T  # generate's mask lacks the l_p + l_i special positions: visible
         if mask.shape[1] < need:
             mask = torch.cat([mask.new_ones(B, need - mask.shape[1]), mask], dim=1)
         kwargs["attention_mask"] = mask
@@ -88,11 +88,13 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
     n, l_p, l_i = pt.n, pt.l_p, pt.l_i
     if labels is not None and l_i:
         supervised = labels != -100
-        ctx = torch.where(supervised.any(1), supervised.float().argmax(1), torch.full_like(supervised[:, 0], T, dtype=torch.long))
+        ctx = torch.where(
+            supervised.any(1), supervised.float().argmax(1), torch.full_like(supervised[:, 0], T, dtype=torch.long)
+        )
     else:
         ctx = torch.full((B,), T, dtype=torch.long, device=embeds.device)
     t = torch.arange(T, device=embeds.device).expand(B, T)
-    new_pos = t + l_p + l_i * (t >= ctx[:, None])                     # where each real token goes
+    new_pos = t + l_p + l_i * (t >= ctx[:, None])  # where each real token goes
     rows = torch.arange(B, device=embeds.device)[:, None]
     slots = torch.full((B, T + n), -1, dtype=torch.long, device=embeds.device)
     slots[:, :l_p] = torch.arange(l_p, device=embeds.device)
@@ -101,12 +103,13 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
         slots[rows, infix] = l_p + torch.arange(l_i, device=embeds.device)
     if pt.mode == "embed":
         new_embeds = pt.embedding.to(embeds.dtype)[slots.clamp(min=0)]
-    else:   # replaced at the entry of block 0 by the trainable activations
+    else:  # replaced at the entry of block 0 by the trainable activations
         new_embeds = embeds.new_zeros(B, T + n, embeds.shape[-1])
     new_embeds = new_embeds.index_put((rows.expand(B, T), new_pos), embeds)
     new_mask = mask.new_ones(B, T + n).index_put((rows.expand(B, T), new_pos), mask)
-    kwargs.update(inputs_embeds=new_embeds, attention_mask=new_mask,
-                  position_ids=(new_mask.cumsum(-1) - 1).clamp(min=0))
+    kwargs.update(
+        inputs_embeds=new_embeds, attention_mask=new_mask, position_ids=(new_mask.cumsum(-1) - 1).clamp(min=0)
+    )
     if labels is not None:
         kwargs["labels"] = labels.new_full((B, T + n), -100).index_put((rows.expand(B, T), new_pos), labels)
     pt.slots = slots if pt.mode == "layer" else None
@@ -133,7 +136,8 @@ def apply_prefix(model: nn.Module, cfg: DictConfig) -> nn.Module:
         raise CellMismatch(
             f"method={cfg.name} (prefix tuning) is implemented for decoders (GPT-2 and Llama causal LMs), as the paper "
             f"uses it (GPT-2 Tables 3/13/14, GPT-3 Table 4); got {type(model).__name__}. For encoders use lora, adapter_*, "
-            "bitfit or ft.")
+            "bitfit or ft."
+        )
     L, d = len(blocks(model)), model.config.hidden_size
     pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like=model.get_input_embeddings().weight)
     model.prefix_tuning = pt

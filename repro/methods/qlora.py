@@ -32,30 +32,43 @@ from repro.methods.lora import LoRALinear, _check_rank, _init_A, _LoRAMath, lora
 from repro.methods.targets import ALL_LINEAR, blocks, find_targets, model_type
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-BLOCK = 64   # weights per absmax (bitsandbytes' 4-bit blocksize)
+BLOCK = 64  # weights per absmax (bitsandbytes' 4-bit blocksize)
 
 
 def _bnb():
-    import bitsandbytes as bnb   # optional (pip install .[qlora]); logs a failed optional `kernels` load: harmless
+    import bitsandbytes as bnb  # optional (pip install .[qlora]); logs a failed optional `kernels` load: harmless
 
     return bnb
 
 
-def to_4bit(linear: nn.Linear, quant_type: str = "nf4", double_quant: bool = True,
-            compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+def to_4bit(
+    linear: nn.Linear, quant_type: str = "nf4", double_quant: bool = True, compute_dtype: torch.dtype = torch.float32
+) -> nn.Module:
     """A frozen bnb Linear4bit holding `linear`'s weight quantized (bias kept in fp32), never repacked for the CPU."""
     bnb = _bnb()
     if linear.in_features % BLOCK:
-        raise CellMismatch(f"qlora: d_in={linear.in_features} is not a multiple of {BLOCK}; bitsandbytes' CPU NF4 "
-                           "quantizes such layers wrongly")
-    q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                          compute_dtype=compute_dtype, quant_type=quant_type, compress_statistics=double_quant,
-                          device="cpu")
-    q.weight = bnb.nn.Params4bit(linear.weight.data.detach().float().cpu().clone(), requires_grad=False,
-                                 quant_type=quant_type, compress_statistics=double_quant)
+        raise CellMismatch(
+            f"qlora: d_in={linear.in_features} is not a multiple of {BLOCK}; bitsandbytes' CPU NF4 "
+            "quantizes such layers wrongly"
+        )
+    q = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=compute_dtype,
+        quant_type=quant_type,
+        compress_statistics=double_quant,
+        device="cpu",
+    )
+    q.weight = bnb.nn.Params4bit(
+        linear.weight.data.detach().float().cpu().clone(),
+        requires_grad=False,
+        quant_type=quant_type,
+        compress_statistics=double_quant,
+    )
     if linear.bias is not None:
         q.bias = nn.Parameter(linear.bias.data.detach().clone(), requires_grad=False)
-    q = q.to("cpu")                      # quantizes
+    q = q.to("cpu")  # quantizes
     q.support_avx512bf16_for_cpu = False  # the repacking trap
     return q
 
@@ -73,8 +86,16 @@ def is_4bit(module: nn.Module) -> bool:
 class QLoRALinear(_LoRAMath, nn.Module):
     """h = base_layer(x) + s · B A dropout(x): base_layer a frozen Linear4bit (dequant(W_NF4) x + b), A, B in fp32."""
 
-    def __init__(self, base: nn.Module, target: str, r: int, alpha: float, dropout: float = 0.0, init: str = "kaiming",
-                 rslora: bool = False):
+    def __init__(
+        self,
+        base: nn.Module,
+        target: str,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        rslora: bool = False,
+    ):
         super().__init__()
         if init == "pissa":
             raise CellMismatch("qlora: init pissa is not offered over a 4-bit base")
@@ -98,8 +119,8 @@ class QLoRALinear(_LoRAMath, nn.Module):
         return self.lora_A, self.lora_B
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.base_layer(x)                                                              # dequant(W) x + b
-        return h + self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T).to(h.dtype)   # + s B A x
+        h = self.base_layer(x)  # dequant(W) x + b
+        return h + self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T).to(h.dtype)  # + s B A x
 
     def _fold(self, sign: int) -> None:
         raise CellMismatch("merging into a 4-bit weight re-quantizes it: merge into `dequantized(model)` instead")
@@ -113,10 +134,18 @@ def apply_qlora(model: nn.Module, cfg: DictConfig) -> nn.Module:
     if cfg.get("compute_dtype", "float32") not in DTYPES or cfg.get("quant_type", "nf4") not in ("nf4", "fp4"):
         raise CellMismatch(f"qlora: compute_dtype in {list(DTYPES)}, quant_type in [nf4, fp4]")
     freeze_all_but_head(model)
-    if not next(model.parameters()).is_meta:   # repro.params counts on the meta device: shapes only
+    if not next(model.parameters()).is_meta:  # repro.params counts on the meta device: shapes only
         for parent, attr, _, _ in find_targets(model, ALL_LINEAR[mt]):
-            setattr(parent, attr, to_4bit(getattr(parent, attr), cfg.get("quant_type", "nf4"),
-                                          bool(cfg.get("double_quant", True)), DTYPES[cfg.get("compute_dtype", "float32")]))
+            setattr(
+                parent,
+                attr,
+                to_4bit(
+                    getattr(parent, attr),
+                    cfg.get("quant_type", "nf4"),
+                    bool(cfg.get("double_quant", True)),
+                    DTYPES[cfg.get("compute_dtype", "float32")],
+                ),
+            )
     return replace_targets(model, cfg, QLoRALinear)
 
 

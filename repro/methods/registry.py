@@ -29,13 +29,13 @@ METHODS = {
     "adapter_d": apply_adapter,
     "prefix_embed": apply_prefix,
     "prefix_layer": apply_prefix,
-    "lora": apply_lora,          # also with `targets: all_linear`
-    "rslora": apply_lora,        # rslora: true -- scaling alpha/√r
-    "pissa": apply_lora,         # init: pissa -- A, B from W's top-r SVD, W0 <- the residual
+    "lora": apply_lora,  # also with `targets: all_linear`
+    "rslora": apply_lora,  # rslora: true -- scaling alpha/√r
+    "pissa": apply_lora,  # init: pissa -- A, B from W's top-r SVD, W0 <- the residual
     "dora": apply_dora,
-    "lora_all_linear": apply_lora,   # the same as lora, targets: all_linear as its default
-    "qlora": apply_qlora,        # base in 4-bit NF4 (bitsandbytes), LoRA on top
-    "adalora": apply_adalora,    # PEFT's AdaLoRA injected in place; its Trainer callback: trainer_callbacks(model)
+    "lora_all_linear": apply_lora,  # the same as lora, targets: all_linear as its default
+    "qlora": apply_qlora,  # base in 4-bit NF4 (bitsandbytes), LoRA on top
+    "adalora": apply_adalora,  # PEFT's AdaLoRA injected in place; its Trainer callback: trainer_callbacks(model)
 }
 
 

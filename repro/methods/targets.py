@@ -21,29 +21,64 @@ from repro.errors import CellMismatch
 
 # target -> module path inside one transformer block
 BLOCK_MODULES = {
-    "roberta": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-                "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"},
-    "deberta-v2": {"q": "attention.self.query_proj", "k": "attention.self.key_proj", "v": "attention.self.value_proj",
-                   "o": "attention.output.dense", "mlp_in": "intermediate.dense", "mlp_out": "output.dense"},
-    "gpt2": {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
-             "o": "attn.c_proj", "mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj"},
-    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-              "mlp_in": "mlp.up_proj", "mlp_gate": "mlp.gate_proj", "mlp_out": "mlp.down_proj"},
+    "roberta": {
+        "q": "attention.self.query",
+        "k": "attention.self.key",
+        "v": "attention.self.value",
+        "o": "attention.output.dense",
+        "mlp_in": "intermediate.dense",
+        "mlp_out": "output.dense",
+    },
+    "deberta-v2": {
+        "q": "attention.self.query_proj",
+        "k": "attention.self.key_proj",
+        "v": "attention.self.value_proj",
+        "o": "attention.output.dense",
+        "mlp_in": "intermediate.dense",
+        "mlp_out": "output.dense",
+    },
+    "gpt2": {
+        "q": "attn.c_attn",
+        "k": "attn.c_attn",
+        "v": "attn.c_attn",
+        "o": "attn.c_proj",
+        "mlp_in": "mlp.c_fc",
+        "mlp_out": "mlp.c_proj",
+    },
+    "llama": {
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+        "mlp_in": "mlp.up_proj",
+        "mlp_gate": "mlp.gate_proj",
+        "mlp_out": "mlp.down_proj",
+    },
 }
 BLOCK_MODULES["bert"] = BLOCK_MODULES["roberta"]
-ALL_LINEAR = {mt: list(names) for mt, names in BLOCK_MODULES.items()}   # every linear layer of a block
-FUSED_QKV = {"gpt2": ("attn.c_attn", ("q", "k", "v"))}   # module path, the order of its column blocks
+ALL_LINEAR = {mt: list(names) for mt, names in BLOCK_MODULES.items()}  # every linear layer of a block
+FUSED_QKV = {"gpt2": ("attn.c_attn", ("q", "k", "v"))}  # module path, the order of its column blocks
 
 # Adapter sites, the output projection of each sub-layer (before dropout, the residual add and the LayerNorm):
 # attention output W_o and MLP output; and the LayerNorms of a block (Houlsby et al. train them).
 ADAPTER_SITES = {
-    "roberta": {"attn": "attention.output.dense", "mlp": "output.dense",
-                "layernorms": ("attention.output.LayerNorm", "output.LayerNorm")},
-    "deberta-v2": {"attn": "attention.output.dense", "mlp": "output.dense",
-                   "layernorms": ("attention.output.LayerNorm", "output.LayerNorm")},
+    "roberta": {
+        "attn": "attention.output.dense",
+        "mlp": "output.dense",
+        "layernorms": ("attention.output.LayerNorm", "output.LayerNorm"),
+    },
+    "deberta-v2": {
+        "attn": "attention.output.dense",
+        "mlp": "output.dense",
+        "layernorms": ("attention.output.LayerNorm", "output.LayerNorm"),
+    },
     "gpt2": {"attn": "attn.c_proj", "mlp": "mlp.c_proj", "layernorms": ("ln_1", "ln_2")},
     # Llama: the block's norms are RMSNorms (a weight, no bias: d parameters each, not 2d)
-    "llama": {"attn": "self_attn.o_proj", "mlp": "mlp.down_proj", "layernorms": ("input_layernorm", "post_attention_layernorm")},
+    "llama": {
+        "attn": "self_attn.o_proj",
+        "mlp": "mlp.down_proj",
+        "layernorms": ("input_layernorm", "post_attention_layernorm"),
+    },
 }
 ADAPTER_SITES["bert"] = ADAPTER_SITES["roberta"]
 
@@ -60,7 +95,7 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     base = model.base_model
     if hasattr(base, "encoder"):
         return list(base.encoder.layer)
-    if hasattr(base, "layers"):   # Llama
+    if hasattr(base, "layers"):  # Llama
         return list(base.layers)
     return list(base.h)  # GPT-2
 
@@ -94,7 +129,9 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
     names = BLOCK_MODULES[model_type(model)]
     unknown = [t for t in targets if t not in names]
     if unknown or not targets:
-        raise CellMismatch(f"target(s) {unknown or targets} do not exist in {model.config.model_type}; allowed: {list(names)}")
+        raise CellMismatch(
+            f"target(s) {unknown or targets} do not exist in {model.config.model_type}; allowed: {list(names)}"
+        )
 
 
 def find_targets(model: nn.Module, targets: list[str]):

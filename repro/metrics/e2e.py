@@ -46,7 +46,7 @@ def mteval_tokenize(sent: str) -> list[str]:
     sent = re.sub(r"([\.,])([^0-9])", r" \1 \2", sent)
     sent = re.sub(r"([0-9])(-)", r"\1 \2 ", sent)
     sent = re.sub(r"\s+", " ", sent).strip()
-    return sent.split(" ")   # an empty sentence gives [""]: one empty token, as in pymteval
+    return sent.split(" ")  # an empty sentence gives [""]: one empty token, as in pymteval
 
 
 def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
@@ -95,7 +95,7 @@ def bleu(hyps: list, refs: list[list], max_ngram: int = 4, case_sensitive: bool 
         for i in range(max_ngram):
             merged = _merged_max(rs, i + 1)
             hits[i] += sum(min(merged.get(g, 0), c) for g, c in _counts(h, i + 1).items())
-            cand_lens[i] += len(h) - i          # pymteval: may be negative for a short hypothesis (kept)
+            cand_lens[i] += len(h) - i  # pymteval: may be negative for a short hypothesis (kept)
         ref_len += len(min(rs, key=lambda r: (abs(len(r) - len(h)), len(r))))
     bp = 1.0
     if cand_lens[0] <= ref_len:
@@ -106,7 +106,7 @@ def bleu(hyps: list, refs: list[list], max_ngram: int = 4, case_sensitive: bool 
 
 # ------------------------------------------------------------------ NIST (pymteval.NISTScore)
 
-NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2   # mteval-v13a.pl
+NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2  # mteval-v13a.pl
 
 
 def nist(hyps: list, refs: list[list], max_ngram: int = 5, case_sensitive: bool = False) -> float:
@@ -120,9 +120,11 @@ def nist(hyps: list, refs: list[list], max_ngram: int = 5, case_sensitive: bool 
     for hyp, rs in zip(hyps, refs):
         h, rs = _prepare(hyp, rs, case_sensitive)
         for n in range(max_ngram):
-            cand_lens[n] += len(h) - n                # as pymteval (may be negative)
+            cand_lens[n] += len(h) - n  # as pymteval (may be negative)
             merged = _merged_max(rs, n + 1)
-            hit_ngrams[n].append({g: min(c, merged.get(g, 0)) for g, c in _counts(h, n + 1).items() if merged.get(g, 0)})
+            hit_ngrams[n].append(
+                {g: min(c, merged.get(g, 0)) for g, c in _counts(h, n + 1).items() if merged.get(g, 0)}
+            )
             for r in rs:
                 for g in _ngrams(r, n + 1):
                     ref_ngrams[n + 1][g] += 1
@@ -149,9 +151,11 @@ def nist(hyps: list, refs: list[list], max_ngram: int = 5, case_sensitive: bool 
 
 def require_java() -> None:
     if shutil.which("java") is None:
-        raise RuntimeError("METEOR (meteor-1.5.jar) and the PTB tokenizer need Java (1.8+) on PATH: e.g. "
-                           "`apt-get install default-jre-headless`. The official scripts fail silently to -1 without it "
-                           "(microsoft/LoRA #138); this suite refuses instead.")
+        raise RuntimeError(
+            "METEOR (meteor-1.5.jar) and the PTB tokenizer need Java (1.8+) on PATH: e.g. "
+            "`apt-get install default-jre-headless`. The official scripts fail silently to -1 without it "
+            "(microsoft/LoRA #138); this suite refuses instead."
+        )
 
 
 def ptb_tokenize(groups: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -176,7 +180,7 @@ def meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
         scorer.meteor_p.wait()
         scorer.meteor_p.stdout.close()
         scorer.meteor_p.stderr.close()
-        scorer.lock = _NoLock()   # its __del__ would close the pipe again
+        scorer.lock = _NoLock()  # its __del__ would close the pipe again
     return float(score)
 
 

@@ -24,11 +24,19 @@ from __future__ import annotations
 
 import re
 
-SEEN_CATEGORIES_2017 = (   # microsoft/LoRA examples/NLG/src/format_converting_webnlg.py `seen` (10 categories)
-    "Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument", "SportsTeam", "University",
+SEEN_CATEGORIES_2017 = (  # microsoft/LoRA examples/NLG/src/format_converting_webnlg.py `seen` (10 categories)
+    "Airport",
+    "Astronaut",
+    "Building",
+    "City",
+    "ComicsCharacter",
+    "Food",
+    "Monument",
+    "SportsTeam",
+    "University",
     "WrittenWork",
 )
-NUM_REFS = 6   # gpt2_decode.py --ref_num 6
+NUM_REFS = 6  # gpt2_decode.py --ref_num 6
 
 
 def standard_tokenize(sent: str) -> str:
@@ -109,7 +117,9 @@ def meteor(hyps: list[str], refs: list[list[str]]) -> float:
     return meteor_jar(gts, res)
 
 
-def gem_scores(hyps: list[str], refs: list[list[str]], num_refs: int = NUM_REFS, with_meteor: bool = True) -> dict[str, float]:
+def gem_scores(
+    hyps: list[str], refs: list[list[str]], num_refs: int = NUM_REFS, with_meteor: bool = True
+) -> dict[str, float]:
     """BLEU, METEOR, TER (+ TER_corpus) on hypotheses/references already post-processed like gpt2_decode.py."""
     _check(hyps, refs)
     refs = [references_for_eval(r, num_refs) for r in refs]
@@ -121,7 +131,9 @@ def gem_scores(hyps: list[str], refs: list[list[str]], num_refs: int = NUM_REFS,
     return out
 
 
-def webnlg_scores(hyps: list[str], refs: list[list[str]], seen: list[bool], with_meteor: bool = True) -> dict[str, float]:
+def webnlg_scores(
+    hyps: list[str], refs: list[list[str]], seen: list[bool], with_meteor: bool = True
+) -> dict[str, float]:
     """Table 14: each metric on the seen (S), unseen (U) and all (A) test inputs, keys like BLEU_seen."""
     if len(seen) != len(hyps):
         raise ValueError(f"{len(seen)} seen flags for {len(hyps)} hypotheses")

@@ -21,7 +21,10 @@ def _launch_nothing(cfg: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a.split("=")[0].lstrip("+") == "table" for a in args):
-        print("usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)", file=sys.stderr)
+        print(
+            "usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     sys.argv = [sys.argv[0], "--multirun", *args, "dry_run=true", "hydra/sweeper=table"]
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_launch_nothing)()

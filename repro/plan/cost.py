@@ -55,17 +55,33 @@ from repro.train import batch_plan
 # Train / dev examples per task (GLUE: the official dev split; MNLI dev = matched). Sources: GLUE (Wang et al. 2019)
 # Table 1, E2E (Novikova et al. 2017), WebNLG 2017 and DART as prepared by microsoft/LoRA examples/NLG.
 DATASET_SIZES = {
-    "mnli": (392_702, 9_815), "sst2": (67_349, 872), "mrpc": (3_668, 408), "cola": (8_551, 1_043),
-    "qnli": (104_743, 5_463), "qqp": (363_846, 40_430), "rte": (2_490, 277), "stsb": (5_749, 1_500),
-    "e2e": (42_061, 4_672), "webnlg": (18_025, 872), "dart": (62_659, 2_768),
+    "mnli": (392_702, 9_815),
+    "sst2": (67_349, 872),
+    "mrpc": (3_668, 408),
+    "cola": (8_551, 1_043),
+    "qnli": (104_743, 5_463),
+    "qqp": (363_846, 40_430),
+    "rte": (2_490, 277),
+    "stsb": (5_749, 1_500),
+    "e2e": (42_061, 4_672),
+    "webnlg": (18_025, 872),
+    "dart": (62_659, 2_768),
 }
 V100_TFLOPS = {"fp16": 30.0, "bf16": 30.0, "fp32": 10.0}
 # GPU memory (GiB) by SLURM constraint (conf/hydra/launcher/slurm.yaml); the paper's GPU when none is named
-GPU_MEMORY_GIB = {"volta32gb": 32, "volta16gb": 16, "v100": 32, "a100": 40, "a100_40gb": 40, "a100_80gb": 80,
-                  "h100": 80, "h200": 141}
+GPU_MEMORY_GIB = {
+    "volta32gb": 32,
+    "volta16gb": 16,
+    "v100": 32,
+    "a100": 40,
+    "a100_40gb": 40,
+    "a100_80gb": 80,
+    "h100": 80,
+    "h200": 141,
+}
 DEFAULT_GPU = "volta32gb"
-GPU_MARGIN = 0.9          # a cell fits when its estimate is at most this share of the GPU's memory
-CUDA_OVERHEAD = 1 << 30   # CUDA context and cuBLAS workspace
+GPU_MARGIN = 0.9  # a cell fits when its estimate is at most this share of the GPU's memory
+CUDA_OVERHEAD = 1 << 30  # CUDA context and cuBLAS workspace
 GiB = float(1 << 30)
 
 
@@ -89,7 +105,13 @@ def estimate(cfg: DictConfig) -> dict:
     n_train = cfg.task.get("num_train_examples") or n_train
     n_dev = cfg.task.get("num_dev_examples") or n_dev
     if n_train is None:
-        return {"params": n, "seq": seq, "examples": None, "gpu_hours": None, "note": f"no dataset size for {cfg.task.name}"}
+        return {
+            "params": n,
+            "seq": seq,
+            "examples": None,
+            "gpu_hours": None,
+            "note": f"no dataset size for {cfg.task.name}",
+        }
     if cfg.data.get("max_train_samples"):
         n_train = min(n_train, int(cfg.data.max_train_samples))
     if cfg.data.get("max_eval_samples"):
@@ -131,12 +153,17 @@ def _arch(model: DictConfig) -> dict:
     rel = list(arch.get("pos_att_type") or []) if arch.get("relative_attention") else []
     buckets = arch.get("position_buckets") or 0
     span = 2 * (buckets if buckets > 0 else (arch.get("max_position_embeddings") or 512))
-    return {"L": arch.get("num_hidden_layers") or arch.get("n_layer") or 0, "h": h,
-            "a": arch.get("num_attention_heads") or arch.get("n_head") or 1,
-            "V": arch.get("vocab_size") or 50257, "rel_terms": len(rel), "rel_span": span}
+    return {
+        "L": arch.get("num_hidden_layers") or arch.get("n_layer") or 0,
+        "h": h,
+        "a": arch.get("num_attention_heads") or arch.get("n_head") or 1,
+        "V": arch.get("vocab_size") or 50257,
+        "rel_terms": len(rel),
+        "rel_span": span,
+    }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _counts(model_yaml: str, method_yaml: str, task_kind: str, num_labels: int) -> tuple[int, int]:
     """(all, trainable) parameters of the model with its method and head, built on the meta device."""
     net = copy.deepcopy(_meta(model_yaml, task_kind, num_labels))
@@ -155,8 +182,10 @@ def param_counts(cfg: DictConfig) -> tuple[int, int]:
     """(P, P_t) of the cell; FT when the method does not build (e.g. its config is not written yet: all trainable
     only for ft, else the backbone's non-embedding count as P and 0 trainable)."""
     kind = cfg.task.kind
-    labels = int(cfg.task.get("num_labels") or 2)   # a head without labels (a causal LM) ignores it
-    model_yaml = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg.model, [k for k in ("name", "model_type", "kind", "arch") if k in cfg.model]))
+    labels = int(cfg.task.get("num_labels") or 2)  # a head without labels (a causal LM) ignores it
+    model_yaml = OmegaConf.to_yaml(
+        OmegaConf.masked_copy(cfg.model, [k for k in ("name", "model_type", "kind", "arch") if k in cfg.model])
+    )
     try:
         return _counts(model_yaml, OmegaConf.to_yaml(cfg.method), kind, labels)
     except Exception:  # noqa: BLE001 - an estimate for a row whose method does not build yet
@@ -183,13 +212,18 @@ def memory_estimate(cfg: DictConfig) -> dict:
     act = L * 4 * s * b * h + layer if checkpointing else L * layer
     logits = 3 * 4 * s * b * a["V"] if cfg.model.get("kind") == "decoder" else 0
     peak = static + act + logits + CUDA_OVERHEAD
-    return {"mem_bytes": peak, "per_device_batch": b, "checkpointing": checkpointing, "total_params": p,
-            "trainable_params": pt}
+    return {
+        "mem_bytes": peak,
+        "per_device_batch": b,
+        "checkpointing": checkpointing,
+        "total_params": p,
+        "trainable_params": pt,
+    }
 
 
 def disk_estimate(cfg: DictConfig, checkpoints: int = 2) -> dict:
     """Scratch disk of one job, in bytes: `checkpoints` Trainer checkpoints while it runs + its final weights file."""
     _, pt = param_counts(cfg)
-    ckpt = 12 * pt   # trainable weights (4 B) + Adam's two moments (8 B): ReproTrainer._save
+    ckpt = 12 * pt  # trainable weights (4 B) + Adam's two moments (8 B): ReproTrainer._save
     final = 4 * pt
     return {"ckpt_bytes": ckpt, "final_bytes": final, "disk_bytes": checkpoints * ckpt + final}

@@ -52,21 +52,24 @@ def row_variants(table: DictConfig) -> dict[tuple[str, str], list[str]]:
             if model == big:
                 out.setdefault((small, method), list(variants))
         for method in options("method"):
-            if method not in VARIANT_METHODS:   # the LoRA variants run only where a table lists them
+            if method not in VARIANT_METHODS:  # the LoRA variants run only where a table lists them
                 out.setdefault((small, method), ["default"])
     return out
 
 
 def row_seeds(table: DictConfig) -> dict[tuple[str, str, str], set[str]]:
     """(model, method, variant) -> the seeds of a row that runs fewer seeds than the table (`seeds:` on the row)."""
-    return {(r.model, r.method, r.get("variant", "default")): {str(x) for x in r.seeds}
-            for r in table.rows if r.get("seeds") is not None}
+    return {
+        (r.model, r.method, r.get("variant", "default")): {str(x) for x in r.seeds}
+        for r in table.rows
+        if r.get("seeds") is not None
+    }
 
 
 @dataclass
 class Expansion:
     kept: list[list[str]] = field(default_factory=list)
-    dropped: Counter = field(default_factory=Counter)   # reason -> number of jobs
+    dropped: Counter = field(default_factory=Counter)  # reason -> number of jobs
 
     @property
     def n_dropped(self) -> int:
@@ -86,7 +89,9 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
     def keep(job: list[str], variant: str) -> None:
         seeds = seeds_of.get((d["model"], d["method"], variant))
         if seeds is not None and d["seed"] not in seeds:
-            out.dropped[f"{d['model']} x {d['method']} seed {d['seed']}: the row runs seeds {', '.join(sorted(seeds))}"] += 1
+            out.dropped[
+                f"{d['model']} x {d['method']} seed {d['seed']}: the row runs seeds {', '.join(sorted(seeds))}"
+            ] += 1
         else:
             out.kept.append(job)
 
@@ -104,7 +109,9 @@ def filter_jobs(jobs: list[list[str]], cfg: DictConfig) -> Expansion:
             if d["variant"] in allowed[pair]:
                 keep(list(job), d["variant"])
             else:
-                out.dropped[f"{d['model']} x {d['method']} variant {d['variant']}: not a row (rows: {', '.join(allowed[pair])})"] += 1
+                out.dropped[
+                    f"{d['model']} x {d['method']} variant {d['variant']}: not a row (rows: {', '.join(allowed[pair])})"
+                ] += 1
             continue
         for variant in allowed[pair]:
             keep(list(job) if variant == "default" else [*job, f"variant={variant}"], variant)
@@ -139,8 +146,14 @@ def _base(primary: DictConfig) -> DictConfig:
 def job_values(primary: DictConfig, job: list[str]) -> dict[str, str]:
     """The job's model, method, variant, task and seed (the primary config's where the job does not set them), and
     any other override it has."""
-    return {"model": primary.model.name, "method": primary.method.name, "variant": primary.variant,
-            "task": primary.task.name, "seed": str(primary.seed), **job_dict(job)}
+    return {
+        "model": primary.model.name,
+        "method": primary.method.name,
+        "variant": primary.variant,
+        "task": primary.task.name,
+        "seed": str(primary.seed),
+        **job_dict(job),
+    }
 
 
 def cell_key(primary: DictConfig, job: list[str]) -> tuple:
@@ -196,7 +209,9 @@ def fast_compose(primary: DictConfig, job: list[str], parser=None) -> DictConfig
                 with open_dict(cfg):
                     cfg[key] = node
                 continue
-            if "@package _global_" in path.read_text():   # e.g. task/e2e.yaml also sets `decode:`: Hydra's loader places it
+            if (
+                "@package _global_" in path.read_text()
+            ):  # e.g. task/e2e.yaml also sets `decode:`: Hydra's loader places it
                 return None
             node = load_group(key, o.value())
             if "defaults" in node:
@@ -213,8 +228,9 @@ def fast_compose(primary: DictConfig, job: list[str], parser=None) -> DictConfig
     return cfg
 
 
-def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bool = True,
-                parser=None) -> tuple[DictConfig, str | None]:
+def resolve_job(
+    config_loader, primary: DictConfig, job: list[str], fallback: bool = True, parser=None
+) -> tuple[DictConfig, str | None]:
     """One job's resolved cell, as the launcher would compose it: (cfg, None). With `fallback`, a job whose method
     config does not compose yet, or whose cell does not resolve, gives (an estimate-only cfg, a note saying why)."""
     note = None
@@ -222,7 +238,9 @@ def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bo
     if cfg is not None and "_missing_config" in cfg.method:
         if not fallback:
             raise FileNotFoundError(f"{cfg.method._missing_config} does not exist")
-        note = f"method={cfg.method.name}: {cfg.method._missing_config} does not exist yet; estimated from the table row"
+        note = (
+            f"method={cfg.method.name}: {cfg.method._missing_config} does not exist yet; estimated from the table row"
+        )
         OmegaConf.set_struct(cfg, False)
         with open_dict(cfg):
             del cfg.method["_missing_config"]
@@ -236,7 +254,9 @@ def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bo
             cfg = config_loader.load_sweep_config(primary, [o for o in job if override_key(o)[0] != "method"])
             OmegaConf.set_struct(cfg, False)
             cfg.method = {"name": d.get("method", primary.method.name)}
-            note = f"method={d.get('method')} does not compose ({str(exc).splitlines()[0]}): estimated from the table row"
+            note = (
+                f"method={d.get('method')} does not compose ({str(exc).splitlines()[0]}): estimated from the table row"
+            )
         with open_dict(cfg):
             cfg.pop("hydra", None)
     try:
@@ -244,7 +264,9 @@ def resolve_job(config_loader, primary: DictConfig, job: list[str], fallback: bo
     except Exception as exc:
         if not fallback:
             raise
-        note = (f"{cfg.model.name}/{cfg.method.name}: cells do not resolve "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct or schema checks")
+        note = (
+            f"{cfg.model.name}/{cfg.method.name}: cells do not resolve "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); estimated without struct or schema checks"
+        )
         OmegaConf.set_struct(cfg, False)
         return resolve_cell(cfg, list(job), check=False), note

@@ -24,7 +24,7 @@ def init_sources(config_loader, primary: DictConfig, jobs: list[list[str]]) -> d
     writes has no entry."""
     writes, reads = {}, {}
     for i, (_job, cfg, _note) in enumerate(resolve_jobs(config_loader, primary, jobs, fallback=False)):
-        if cfg is None:   # does not resolve: launched in the first wave, to fail there with its reason
+        if cfg is None:  # does not resolve: launched in the first wave, to fail there with its reason
             continue
         writes[os.path.abspath(records.weights_path(cfg))] = i
         if cfg.train.get("init_from"):
@@ -55,8 +55,10 @@ def describe_waves(waves: list[list[int]]) -> str:
     if len(waves) < 2:
         return "launch order: one wave (no job starts from another job's weights)"
     parts = [f"wave {k + 1}: {len(w)} jobs" for k, w in enumerate(waves)]
-    return ("launch order: " + "; ".join(parts) + ". A job that starts from another job's weights (train.init_from) "
-            "is in a later wave; each wave is launched when the one before it has ended")
+    return (
+        "launch order: " + "; ".join(parts) + ". A job that starts from another job's weights (train.init_from) "
+        "is in a later wave; each wave is launched when the one before it has ended"
+    )
 
 
 # ---------------------------------------------------------------- the tuning wait
@@ -89,7 +91,7 @@ def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) ->
     choice can be made yet (why says which candidate is missing)."""
     table = primary.table
     seed = tune.selection_seed(table)
-    probes, slots = [], []   # every candidate on the selection seed, once per (job, candidate)
+    probes, slots = [], []  # every candidate on the selection seed, once per (job, candidate)
     for i, job in enumerate(jobs):
         d = job_values(primary, job)
         group = tune.group_of(table, d["model"], d["method"], d["variant"])

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from repro.errors import ReproError
 
-if TYPE_CHECKING:   # for the annotations only: repro.train brings torch and transformers
+if TYPE_CHECKING:  # for the annotations only: repro.train brings torch and transformers
     from omegaconf import DictConfig
 
     from repro.train import Outcome
@@ -56,9 +56,9 @@ class TaskFamily(Protocol):
 class Traits:
     """A family's registry line: its module, and what the schema needs to know of it without importing it."""
 
-    module: str        # the module implementing TaskFamily
-    model_kind: str    # the backbone it trains: "encoder" or "decoder" (conf/model/*.yaml `kind`)
-    decodes: bool      # its cells generate text and need the `decode:` settings
+    module: str  # the module implementing TaskFamily
+    model_kind: str  # the backbone it trains: "encoder" or "decoder" (conf/model/*.yaml `kind`)
+    decodes: bool  # its cells generate text and need the `decode:` settings
 
 
 FAMILIES = {
@@ -83,6 +83,8 @@ def kind_for_model(model_kind: str) -> str:
     """The task kind whose family trains a backbone of `model_kind` (the head to count a bare model with)."""
     kind = next((kind for kind, t in FAMILIES.items() if t.model_kind == model_kind), None)
     if kind is None:
-        raise ReproError(f"no task family trains a model of kind {model_kind!r}; known: "
-                         f"{', '.join(sorted({t.model_kind for t in FAMILIES.values()}))}")
+        raise ReproError(
+            f"no task family trains a model of kind {model_kind!r}; known: "
+            f"{', '.join(sorted({t.model_kind for t in FAMILIES.values()}))}"
+        )
     return kind

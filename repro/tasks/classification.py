@@ -44,7 +44,7 @@ def classifier_loss(outputs, labels, num_items_in_batch=None, smoothing: float =
     With several processes the Trainer multiplies this by their number (average_tokens_across_devices) and DDP averages
     the gradients: sum over all processes / global count again."""
     logits = outputs["logits"].float()
-    if logits.shape[-1] == 1:   # STS-B: transformers' problem_type "regression" for num_labels == 1
+    if logits.shape[-1] == 1:  # STS-B: transformers' problem_type "regression" for num_labels == 1
         total = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
     else:
         total = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
@@ -57,7 +57,9 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     eval_sets = {split: ds for split, ds in data.items() if split != "train"}
 
     def compute_metrics(p):
-        return glue_metrics(list(task.metrics), predictions(np.asarray(p.predictions), task.num_labels), np.asarray(p.label_ids))
+        return glue_metrics(
+            list(task.metrics), predictions(np.asarray(p.predictions), task.num_labels), np.asarray(p.label_ids)
+        )
 
     main_key = f"eval_dev_{task.main_metric}"
     trainer = ReproTrainer(
@@ -68,7 +70,7 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         compute_loss_func=partial(classifier_loss, smoothing=float(cfg.train.label_smoothing)),
-        callbacks=trainer_callbacks(model),   # the method's own (AdaLoRA's rank allocation); the guard is appended
+        callbacks=trainer_callbacks(model),  # the method's own (AdaLoRA's rank allocation); the guard is appended
         guard=DivergenceGuard(cfg.train.divergence_patience),
     )
     outcome = fit(cfg, trainer, output_dir, main_key)
@@ -80,6 +82,9 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     evals = outcome.history["eval"]
     best = trainer.state.best_metric if cfg.train.select == "best" else None
     best_step = next((e["step"] for e in evals if best is not None and e.get(f"dev_{task.main_metric}") == best), None)
-    outcome.selected = {"rule": cfg.train.select, "step": best_step or trainer.state.global_step,
-                        "epoch": next((e["epoch"] for e in evals if e["step"] == best_step), None)}
+    outcome.selected = {
+        "rule": cfg.train.select,
+        "step": best_step or trainer.state.global_step,
+        "epoch": next((e["epoch"] for e in evals if e["step"] == best_step), None),
+    }
     return outcome

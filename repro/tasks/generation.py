@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import datasets
 import torch
@@ -33,8 +33,15 @@ from transformers import DataCollatorForSeq2Seq
 from repro import dist, records
 from repro.data import nlg as nlg_data
 from repro.data.glue import subsample
-from repro.decode import (EOS_TEXT, BeamSettings, beam_search, clean_output, decode_tokens, group_references,
-                          resolve_end_token_ids)
+from repro.decode import (
+    EOS_TEXT,
+    BeamSettings,
+    beam_search,
+    clean_output,
+    decode_tokens,
+    group_references,
+    resolve_end_token_ids,
+)
 from repro.errors import CellMismatch, DataFileMissing
 from repro.methods.lora import merged
 from repro.methods.registry import trainer_callbacks
@@ -45,7 +52,7 @@ from repro.train import DivergenceGuard, Outcome, ReproTrainer, batch_plan, fit,
 
 log = logging.getLogger(__name__)
 
-DEV_LOSS = "eval_loss"   # the metric that selects the best checkpoint (decode.checkpoint=best): lower is better
+DEV_LOSS = "eval_loss"  # the metric that selects the best checkpoint (decode.checkpoint=best): lower is better
 
 
 def head(num_labels: int | None) -> Head:
@@ -60,9 +67,9 @@ def head(num_labels: int | None) -> Head:
 class Source:
     """Where a generation task's examples come from (DATASETS, by task name)."""
 
-    read_file: Callable[[Path], list[dict]]            # one split of the paper's files
+    read_file: Callable[[Path], list[dict]]  # one split of the paper's files
     read_hub: Callable[[DictConfig, str], list[dict]]  # one split of the hub's dataset (not the paper's files)
-    how_to_get: str                                    # what the error says when a file is missing
+    how_to_get: str  # what the error says when a file is missing
 
 
 DATASETS = {
@@ -82,26 +89,30 @@ def load_examples(task: DictConfig, split: str, data_dir: str | None) -> list[di
         return source.read_file(nlg_data.nlg_file(task, split, data_dir, source.how_to_get))
     try:
         return source.read_hub(task, split)
-    except Exception as exc:   # ConnectionError offline, RuntimeError "Dataset scripts are no longer supported", ...
+    except Exception as exc:  # ConnectionError offline, RuntimeError "Dataset scripts are no longer supported", ...
         script = "loading script" in str(exc).lower() or "scripts are no longer supported" in str(exc).lower()
         raise DataFileMissing(
             f"task={task.name}: no data folder is set (REPRO_DATA_DIR unset, paths.data_dir=null), so the {split} split "
             f"was read from the hub dataset {task.hub.path!r}, and that failed: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. "
-            + ("It needs a loading script, and the installed `datasets` runs none. " if script else
-               "Offline the hub is unreachable, and online the installed `datasets` runs no loading scripts. ")
+            + (
+                "It needs a loading script, and the installed `datasets` runs none. "
+                if script
+                else "Offline the hub is unreachable, and online the installed `datasets` runs no loading scripts. "
+            )
             + f"Write the paper's files with `python scripts/prepare_data.py nlg --out DIR` (on a machine with internet) "
-            f"and set REPRO_DATA_DIR=DIR. {source.how_to_get}") from exc
+            f"and set REPRO_DATA_DIR=DIR. {source.how_to_get}"
+        ) from exc
 
 
 def load_data(cfg: DictConfig, tokenizer) -> dict:
     """{"train": Dataset, "dev": Dataset, "test": [{context, prompt, references[, seen]}] (unique inputs)}."""
     task, data_dir = cfg.task, cfg.paths.data_dir
     max_len = cfg.data.max_seq_length
-    resolve_end_token_ids(cfg.decode.eos_token_ids, tokenizer)   # end tokens that do not fit the tokenizer: refused now
+    resolve_end_token_ids(cfg.decode.eos_token_ids, tokenizer)  # end tokens that do not fit the tokenizer: refused now
     out = {}
     train = load_examples(task, "train", data_dir)
-    if cfg.data.max_train_samples:   # a seeded random subset, drawn as repro.data.glue draws one
+    if cfg.data.max_train_samples:  # a seeded random subset, drawn as repro.data.glue draws one
         index = datasets.Dataset.from_dict({"i": list(range(len(train)))})
         train = [train[i] for i in subsample(index, cfg.data.max_train_samples, cfg.seed)["i"]]
     out["train"] = nlg_data.encode_split(train, tokenizer, max_len, f"encode {task.name} train")
@@ -112,11 +123,17 @@ def load_data(cfg: DictConfig, tokenizer) -> dict:
     test = group_references(load_examples(task, cfg.decode.split, data_dir))
     if cfg.decode.max_inputs:
         test = test[: cfg.decode.max_inputs]
-    for entry in test:   # the query: at most seq_len - eval_len context tokens (FT_Dataset)
+    for entry in test:  # the query: at most seq_len - eval_len context tokens (FT_Dataset)
         entry["prompt"] = nlg_data.prompt_ids(tokenizer, entry["context"], max_len - cfg.decode.max_new_tokens)
     out["test"] = test
-    log.info("%s: %d train, %d dev examples; %d unique %s inputs to decode", task.name, len(out["train"]),
-             len(out["dev"]), len(test), cfg.decode.split)
+    log.info(
+        "%s: %d train, %d dev examples; %d unique %s inputs to decode",
+        task.name,
+        len(out["train"]),
+        len(out["dev"]),
+        len(test),
+        cfg.decode.split,
+    )
     return out
 
 
@@ -215,7 +232,9 @@ class CompletionTrainer(ReproTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.compute_loss_func.attach(inputs["labels"]):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
 
 # ------------------------------------------------------------------ training, then decoding and scoring
@@ -224,8 +243,15 @@ class CompletionTrainer(ReproTrainer):
 def generation_arguments(cfg: DictConfig, output_dir: Path) -> transformers.TrainingArguments:
     """The shared training arguments, selecting by the dev loss: lower is better, evaluation computes the loss alone
     (never gathering B x T x 50257 logits), in the training's per-device batch."""
-    return training_arguments(cfg, output_dir, DEV_LOSS, select=cfg.decode.checkpoint, greater_is_better=False,
-                              eval_batch_size=batch_plan(cfg.train)[0], prediction_loss_only=True)
+    return training_arguments(
+        cfg,
+        output_dir,
+        DEV_LOSS,
+        select=cfg.decode.checkpoint,
+        greater_is_better=False,
+        eval_batch_size=batch_plan(cfg.train)[0],
+        prediction_loss_only=True,
+    )
 
 
 def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: Path) -> Outcome:
@@ -240,11 +266,11 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         eval_dataset=data["dev"],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
-        callbacks=trainer_callbacks(model),   # the method's own (AdaLoRA's rank allocation); the guard is appended
+        callbacks=trainer_callbacks(model),  # the method's own (AdaLoRA's rank allocation); the guard is appended
         guard=DivergenceGuard(cfg.train.divergence_patience),
     )
     outcome = fit(cfg, trainer, output_dir, DEV_LOSS, evaluate_selected=True)
-    dev_loss = outcome.history["eval"][-1]["loss"]   # of the weights that will decode (best or last)
+    dev_loss = outcome.history["eval"][-1]["loss"]  # of the weights that will decode (best or last)
     best_step = None
     if cfg.decode.checkpoint == "best" and trainer.state.best_model_checkpoint:
         best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
@@ -253,8 +279,11 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     decode_info["checkpoint"] = cfg.decode.checkpoint
     step = best_step or trainer.state.global_step
     outcome.metrics = {**metrics, "dev_loss": dev_loss}
-    outcome.selected = {"rule": cfg.decode.checkpoint, "step": step,
-                        "epoch": next((e["epoch"] for e in outcome.history["eval"] if e["step"] == step), None)}
+    outcome.selected = {
+        "rule": cfg.decode.checkpoint,
+        "step": step,
+        "epoch": next((e["epoch"] for e in outcome.history["eval"] if e["step"] == step), None),
+    }
     outcome.extra = {"decode": decode_info}
     return outcome
 
@@ -263,9 +292,16 @@ def beam_settings(cfg: DictConfig, tokenizer=None) -> BeamSettings:
     """The decode settings; the end tokens in the tokenizer's ids (the task configs write GPT-2's 50256, 628)."""
     d = cfg.decode
     eos = resolve_end_token_ids(d.eos_token_ids, tokenizer) if tokenizer is not None else tuple(d.eos_token_ids)
-    return BeamSettings(num_beams=d.num_beams, length_penalty=d.length_penalty, no_repeat_ngram_size=d.no_repeat_ngram_size,
-                        eos_token_ids=eos, max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
-                        early_stop=d.get("early_stop", True), pad_batches=bool(d.get("pad_batches", False)))
+    return BeamSettings(
+        num_beams=d.num_beams,
+        length_penalty=d.length_penalty,
+        no_repeat_ngram_size=d.no_repeat_ngram_size,
+        eos_token_ids=eos,
+        max_new_tokens=d.max_new_tokens,
+        batch_size=d.batch_size,
+        early_stop=d.get("early_stop", True),
+        pad_batches=bool(d.get("pad_batches", False)),
+    )
 
 
 def decode_precision(cfg: DictConfig, model):
@@ -284,7 +320,7 @@ def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tup
     `seen` flag (WebNLG's) are scored on the seen, unseen and all inputs."""
     settings = beam_settings(cfg, tokenizer)
     start = time.time()
-    mine = dist.shard(test)   # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
+    mine = dist.shard(test)  # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
     with merged(model), decode_precision(cfg, model):
         outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
     if dist.active():
@@ -294,16 +330,25 @@ def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tup
         return {}, {"inputs": len(test), "decode_s": round(decode_s, 1)}
     pp = cfg.task.postprocess
     eos_text = tokenizer.eos_token or EOS_TEXT
-    hyps = [decode_postprocess(clean_output(decode_tokens(tokenizer, ids), eos_text), pp.tokenize, pp.lower) for ids in outputs]
+    hyps = [
+        decode_postprocess(clean_output(decode_tokens(tokenizer, ids), eos_text), pp.tokenize, pp.lower)
+        for ids in outputs
+    ]
     refs = [[decode_postprocess(r, pp.tokenize, pp.lower) for r in e["references"]] for e in test]
     seen = [bool(e["seen"]) for e in test] if any("seen" in e for e in test) else None
     files = write_outputs(records.record_path(cfg).with_suffix(""), hyps, refs, seen)
     start = time.time()
     metrics = score(cfg.task.name, hyps, refs, seen) if test else {}
-    info = {"settings": OmegaConf.to_container(cfg.decode, resolve=True), "end_token_ids": list(settings.eos_token_ids),
-            "precision": str(cfg.train.precision), "inputs": len(test),
-            "decode_s": round(decode_s, 1), "score_s": round(time.time() - start, 1), "files": files,
-            "empty_hypotheses": sum(1 for h in hyps if not h)}
+    info = {
+        "settings": OmegaConf.to_container(cfg.decode, resolve=True),
+        "end_token_ids": list(settings.eos_token_ids),
+        "precision": str(cfg.train.precision),
+        "inputs": len(test),
+        "decode_s": round(decode_s, 1),
+        "score_s": round(time.time() - start, 1),
+        "files": files,
+        "empty_hypotheses": sum(1 for h in hyps if not h),
+    }
     return metrics, info
 
 
@@ -313,7 +358,9 @@ def write_outputs(base: Path, hyps: list[str], refs: list[list[str]], seen: list
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = {"hyp": f"{base}.hyp.txt", "ref": f"{base}.ref.txt"}
     Path(paths["hyp"]).write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf8")
-    Path(paths["ref"]).write_text("".join("".join(r.replace("\n", " ") + "\n" for r in rs) + "\n" for rs in refs), encoding="utf8")
+    Path(paths["ref"]).write_text(
+        "".join("".join(r.replace("\n", " ") + "\n" for r in rs) + "\n" for rs in refs), encoding="utf8"
+    )
     if seen is not None:
         paths["seen"] = f"{base}.seen.txt"
         Path(paths["seen"]).write_text("".join(f"{int(s)}\n" for s in seen), encoding="utf8")

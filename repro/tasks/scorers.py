@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from repro.metrics.e2e import e2e_scores
 from repro.metrics.nlg import gem_scores, webnlg_scores

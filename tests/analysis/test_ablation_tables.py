@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
 from repro import CONF_DIR
@@ -38,7 +37,7 @@ def test_rank_rows_cover_table6(compose_config):
     for row in _rows("rank"):
         cfg = _cell(compose_config, "rank", row["variant"])
         seen.add((tuple(cfg.method.targets), cfg.method.r))
-        assert cfg.method.alpha == 16                    # alpha fixed across r (Section 4.1), so alpha/r shrinks with r
+        assert cfg.method.alpha == 16  # alpha fixed across r (Section 4.1), so alpha/r shrinks with r
         assert cfg.train.num_train_epochs == 1 and cfg.train.global_batch_size == 16 and cfg.data.max_seq_length == 128
     assert seen == {(t, r) for t in [("q",), ("q", "v"), ("q", "k", "v", "o")] for r in (1, 2, 4, 8, 64)}
     # the whole-data tasks take no subsample; the command line still wins

@@ -13,21 +13,26 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from repro.analysis.factors import adapter_from_model, base_weights, load_adapter, load_base_model
 from repro.analysis.linalg import numerical_rank, singular_values
-from repro.methods import apply_method
-from repro.methods import lora
+from repro.methods import apply_method, lora
 from repro.methods.checkpoint import save_trainable
 from repro.models import model_config
 
 
 def _cfg(model: str, r: int, alpha: float, targets: list[str]):
-    return OmegaConf.create({
-        "method": {"name": "lora", "r": r, "alpha": alpha, "dropout": 0.0, "targets": targets, "init": "kaiming"},
-        "model": {"name": model, "hub_id": None}, "task": {"name": "rte"}})
+    return OmegaConf.create(
+        {
+            "method": {"name": "lora", "r": r, "alpha": alpha, "dropout": 0.0, "targets": targets, "init": "kaiming"},
+            "model": {"name": model, "hub_id": None},
+            "task": {"name": "rte"},
+        }
+    )
 
 
 def _tiny(name: str, cls):
     torch.manual_seed(0)
-    return cls.from_config(model_config(OmegaConf.load(f"conf/model/{name}.yaml"), num_labels=2 if "roberta" in name else None))
+    return cls.from_config(
+        model_config(OmegaConf.load(f"conf/model/{name}.yaml"), num_labels=2 if "roberta" in name else None)
+    )
 
 
 def _train_B(model):
@@ -54,7 +59,7 @@ def test_checkpoint_roundtrip_plain_linear(tmp_path):
     want = {(layer, t): dw for layer, t, dw in lora.delta_weights(model)}
     assert set(want) == set(a.factors)
     for key, dw in want.items():
-        torch.testing.assert_close(a[key].delta(), dw)            # (alpha/r) B A, fp32, d_out x d_in
+        torch.testing.assert_close(a[key].delta(), dw)  # (alpha/r) B A, fp32, d_out x d_in
         assert numerical_rank(singular_values(a[key].delta()), tuple(dw.shape)) == 4
     # the same factors from the model in memory
     m = adapter_from_model(model)
@@ -68,7 +73,7 @@ def test_checkpoint_roundtrip_plain_linear(tmp_path):
 def test_gpt2_fused_c_attn_q_and_v_blocks(tmp_path):
     cfg = _cfg("tiny-gpt2", 2, 4, ["q", "v"])
     base = _tiny("tiny-gpt2", AutoModelForCausalLM)
-    w0 = base.transformer.h[1].attn.c_attn.weight.detach().clone()      # Conv1D: d_in x 3d, q | k | v
+    w0 = base.transformer.h[1].attn.c_attn.weight.detach().clone()  # Conv1D: d_in x 3d, q | k | v
     model = apply_method(base, cfg.method)
     _train_B(model)
     path = tmp_path / "seed0.safetensors"
@@ -84,7 +89,7 @@ def test_gpt2_fused_c_attn_q_and_v_blocks(tmp_path):
     with lora.merged(model):
         w = model.transformer.h[1].attn.c_attn.weight.detach().float()
         torch.testing.assert_close(w[:, :64].T - w0[:, :64].T, a[(1, "q")].delta(), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(w[:, 64:128], w0[:, 64:128])                   # W_k untouched
+        torch.testing.assert_close(w[:, 64:128], w0[:, 64:128])  # W_k untouched
         torch.testing.assert_close(w[:, 128:].T - w0[:, 128:].T, a[(1, "v")].delta(), atol=1e-5, rtol=1e-4)
 
 
@@ -94,4 +99,4 @@ def test_minilm_pretrained_weights_load_offline():
     w = model.bert.encoder.layer[2].attention.self.query.weight
     assert tuple(w.shape) == (384, 384)
     s = np.linalg.svd(w.detach().double().numpy(), compute_uv=False)
-    assert s[0] > 1.0 and np.isfinite(s).all()      # a trained matrix, not zeros
+    assert s[0] > 1.0 and np.isfinite(s).all()  # a trained matrix, not zeros

@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from repro.analysis.linalg import (amplification, delta_from_factors, energy_captured, expected_random_phi, numerical_rank,
-                                   phi, phi_grid, random_orthonormal, right_singular_basis, singular_values,
-                                   subspace_similarity)
+from repro.analysis.linalg import (
+    amplification,
+    delta_from_factors,
+    energy_captured,
+    expected_random_phi,
+    numerical_rank,
+    phi,
+    phi_grid,
+    random_orthonormal,
+    right_singular_basis,
+    singular_values,
+    subspace_similarity,
+)
 
 
 def test_right_singular_basis_spans_row_space_of_A():
@@ -34,17 +44,17 @@ def test_nested_subspaces_rank8_in_rank64():
     rng = np.random.default_rng(2)
     d = 200
     A64 = rng.standard_normal((64, d))
-    A8 = rng.standard_normal((8, 64)) @ A64          # the 8 directions lie in A64's row space
+    A8 = rng.standard_normal((8, 64)) @ A64  # the 8 directions lie in A64's row space
     g = subspace_similarity(A8, A64)
     assert g.shape == (8, 64)
-    np.testing.assert_allclose(g[:, -1], 1.0, atol=1e-10)      # φ(i, 64) = 1
-    assert g[0, 0] < 1.0                                        # but not aligned with A64's top direction
+    np.testing.assert_allclose(g[:, -1], 1.0, atol=1e-10)  # φ(i, 64) = 1
+    assert g[0, 0] < 1.0  # but not aligned with A64's top direction
 
 
 def test_orthogonal_subspaces_give_zero():
     eye = np.eye(30)
-    A1 = np.random.default_rng(3).standard_normal((4, 4)) @ eye[:4]         # rows in span(e1..e4)
-    A2 = np.random.default_rng(4).standard_normal((8, 8)) @ eye[10:18]      # rows in span(e11..e18)
+    A1 = np.random.default_rng(3).standard_normal((4, 4)) @ eye[:4]  # rows in span(e1..e4)
+    A2 = np.random.default_rng(4).standard_normal((8, 8)) @ eye[10:18]  # rows in span(e11..e18)
     np.testing.assert_allclose(subspace_similarity(A1, A2), 0.0, atol=1e-12)
 
 
@@ -110,15 +120,15 @@ def test_amplification_closed_form():
     d_out, d_in = 48, 40
     sigma = np.linspace(10.0, 0.5, 40)
     U, s, V, W = _w_with_known_svd(d_out, d_in, sigma)
-    S, tau = [30, 35], np.array([3.0, 2.0])          # two weak directions of W, strongly amplified
+    S, tau = [30, 35], np.array([3.0, 2.0])  # two weak directions of W, strongly amplified
     dW = (U[:, S] * tau) @ V[:, S].T
     a = amplification(W, dW, r=2, n_random=400, seed=1)
     assert a["proj_dW"] == pytest.approx(np.sqrt(np.sum(s[S] ** 2)), rel=1e-9)
-    assert a["dW_fro"] == pytest.approx(np.sqrt(np.sum(tau ** 2)), rel=1e-9)
-    assert a["amplification"] == pytest.approx(np.sqrt(np.sum(tau ** 2)) / np.sqrt(np.sum(s[S] ** 2)), rel=1e-9)
-    assert a["proj_W"] == pytest.approx(np.sqrt(np.sum(s[:2] ** 2)), rel=1e-9)   # W's own top-2 directions
-    assert a["W_fro"] == pytest.approx(np.sqrt(np.sum(s ** 2)), rel=1e-9)
-    assert a["proj_dW_k"][1] == pytest.approx(s[30], rel=1e-9)          # ΔW's top direction is W's 31st (τ = 3)
+    assert a["dW_fro"] == pytest.approx(np.sqrt(np.sum(tau**2)), rel=1e-9)
+    assert a["amplification"] == pytest.approx(np.sqrt(np.sum(tau**2)) / np.sqrt(np.sum(s[S] ** 2)), rel=1e-9)
+    assert a["proj_W"] == pytest.approx(np.sqrt(np.sum(s[:2] ** 2)), rel=1e-9)  # W's own top-2 directions
+    assert a["W_fro"] == pytest.approx(np.sqrt(np.sum(s**2)), rel=1e-9)
+    assert a["proj_dW_k"][1] == pytest.approx(s[30], rel=1e-9)  # ΔW's top direction is W's 31st (τ = 3)
     assert a["proj_random_expect_k"][1] == pytest.approx(a["W_fro"] / np.sqrt(d_out * d_in), rel=1e-12)
     # random subspaces: E‖UᵀWV‖_F² = r²‖W‖_F²/(d_out d_in)
     assert a["proj_random"] == pytest.approx(2 * a["W_fro"] / np.sqrt(d_out * d_in), rel=0.15)

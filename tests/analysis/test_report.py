@@ -9,22 +9,26 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
-from repro import analyze
+from repro import analyze, records
 from repro.analysis import ablation
 from repro.analysis.report import report
 from repro.methods import apply_method
 from repro.methods.checkpoint import save_trainable
 from repro.models import model_config
-from repro import records
 
 
 def _write_cell(root, variant: str, r: int, seed: int, targets=("q", "v")):
-    cfg = OmegaConf.create({
-        "method": {"name": "lora", "r": r, "alpha": 8, "dropout": 0.0, "targets": list(targets), "init": "kaiming"},
-        "model": {"name": "tiny-roberta", "hub_id": None}, "task": {"name": "sst2"}})
+    cfg = OmegaConf.create(
+        {
+            "method": {"name": "lora", "r": r, "alpha": 8, "dropout": 0.0, "targets": list(targets), "init": "kaiming"},
+            "model": {"name": "tiny-roberta", "hub_id": None},
+            "task": {"name": "sst2"},
+        }
+    )
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(
-        model_config(OmegaConf.load("conf/model/tiny-roberta.yaml"), num_labels=2))
+        model_config(OmegaConf.load("conf/model/tiny-roberta.yaml"), num_labels=2)
+    )
     model = apply_method(model, cfg.method)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -32,10 +36,21 @@ def _write_cell(root, variant: str, r: int, seed: int, targets=("q", "v")):
                 p.normal_()
     cell = root / "rank" / "tiny-roberta" / f"lora.{variant}" / "sst2"
     save_trainable(model, cell / f"seed{seed}.safetensors", cfg)
-    records.write_json_atomic(cell / f"seed{seed}.json", {
-        "status": "ok", "table": "rank", "model": "tiny-roberta", "method": "lora", "variant": variant, "task": "sst2",
-        "seed": seed, "metrics": {"accuracy": 0.5 + 0.01 * r}, "wall_s": 1.0,
-        "config": {"task": {"main_metric": "accuracy"}, "method": OmegaConf.to_container(cfg.method)}})
+    records.write_json_atomic(
+        cell / f"seed{seed}.json",
+        {
+            "status": "ok",
+            "table": "rank",
+            "model": "tiny-roberta",
+            "method": "lora",
+            "variant": variant,
+            "task": "sst2",
+            "seed": seed,
+            "metrics": {"accuracy": 0.5 + 0.01 * r},
+            "wall_s": 1.0,
+            "config": {"task": {"main_metric": "accuracy"}, "method": OmegaConf.to_container(cfg.method)},
+        },
+    )
     return cell / f"seed{seed}.safetensors"
 
 
@@ -51,9 +66,16 @@ def results(tmp_path_factory):
 def test_report_writes_figures_tables_json(results, tmp_path):
     res = report(results, "rank", "tiny-roberta", "sst2", "qv", r_small=2, r_large=8, out_dir=tmp_path)
     names = {p.split("/")[-1] for p in res["files"]}
-    assert {"fig3_r2_vs_r8_layer1.png", "fig6_r2_vs_r8_all_layers.png", "fig4_seeds_r2_layer1.png",
-            "fig7_seeds_r2_all_layers.png", "spectrum_q_layer1.png", "spectrum_v_layer1.png",
-            "report.md", "report.json"} <= names
+    assert {
+        "fig3_r2_vs_r8_layer1.png",
+        "fig6_r2_vs_r8_all_layers.png",
+        "fig4_seeds_r2_layer1.png",
+        "fig7_seeds_r2_all_layers.png",
+        "spectrum_q_layer1.png",
+        "spectrum_v_layer1.png",
+        "report.md",
+        "report.json",
+    } <= names
     for p in res["files"]:
         assert (tmp_path / p.split("/")[-1]).stat().st_size > 0
     js = json.loads((tmp_path / "report.json").read_text())
@@ -93,8 +115,13 @@ def test_ablation_table_reads_records_and_paper(results, tmp_path):
     # the paper's layout: one row per (dataset, weight set), ranks as columns; the paper's GPT-3 rows first
     assert "| Dataset | Weight type | r=1 | r=2 | r=4 | r=8 | r=64 |" in md
     assert "| WikiSQL (paper, GPT-3) | W_q,W_v | 73.4 | 73.3 | 73.7 | 73.8 | 73.5 |" in md
-    assert "| SST-2 accuracy (ours, MiniLM) | W_q,W_v | - | 52.0 ± 0.0 (n=2) | - | 58.0 (n=1) | - |" in md and all(p.exists() for p in paths)
-    assert "- SST-2 accuracy (ours, MiniLM): smallest r within 1.0 point of the best: W_q,W_v: r=8 (best 58.0 at r=8)" in md
+    assert "| SST-2 accuracy (ours, MiniLM) | W_q,W_v | - | 52.0 ± 0.0 (n=2) | - | 58.0 (n=1) | - |" in md and all(
+        p.exists() for p in paths
+    )
+    assert (
+        "- SST-2 accuracy (ours, MiniLM): smallest r within 1.0 point of the best: W_q,W_v: r=8 (best 58.0 at r=8)"
+        in md
+    )
     # the ordering line: the paper's r=1 suffices for W_q,W_v (73.4 within 1 point of 73.8)
     assert "- WikiSQL (paper, GPT-3): smallest r within 1.0 point of the best: W_q: r=2" in md
     assert "W_q,W_v: r=1 (best 73.8 at r=8)" in md
@@ -103,5 +130,11 @@ def test_ablation_table_reads_records_and_paper(results, tmp_path):
     assert "|  | Rank r | 8 | 8 | 8 | 8 | 4 | 4 | 2 |" in md
     assert "| MultiNLI (paper, GPT-3) |  | 91.0 | 90.8 | 91.0 | 91.3 | 91.3 | 91.3 | 91.7 |" in md
     # WikiSQL: W_q,W_v 73.7 beats the best single type (W_o 73.2); MultiNLI: 91.3 ties W_o's 91.3 -> does not beat
-    assert "- WikiSQL (paper, GPT-3): best W_q,W_v (73.7); W_q,W_v 73.7 vs the best single type W_o 73.2 (+0.5: beats" in md
-    assert "- MultiNLI (paper, GPT-3): best W_q,W_k,W_v,W_o (91.7); W_q,W_v 91.3 vs the best single type W_o 91.3 (+0.0: does not" in md
+    assert (
+        "- WikiSQL (paper, GPT-3): best W_q,W_v (73.7); W_q,W_v 73.7 vs the best single type W_o 73.2 (+0.5: beats"
+        in md
+    )
+    assert (
+        "- MultiNLI (paper, GPT-3): best W_q,W_k,W_v,W_o (91.7); W_q,W_v 91.3 vs the best single type W_o 91.3 (+0.0: does not"
+        in md
+    )

@@ -13,7 +13,15 @@ import pytest
 from repro.bench.__main__ import main
 from repro.bench.serve import STRATEGIES
 
-MACHINE_KEYS = {"cpu_model", "cpu_cores_available", "torch_threads", "torch_version", "device", "gpu_name", "load_average"}
+MACHINE_KEYS = {
+    "cpu_model",
+    "cpu_cores_available",
+    "torch_threads",
+    "torch_version",
+    "device",
+    "gpu_name",
+    "load_average",
+}
 
 
 def _reject_constant(name: str):
@@ -53,7 +61,7 @@ def test_latency_quick(tmp_path):
     assert {"settings", "cells", "errors", "load", "wall_s"} <= set(result)
     assert [(c["batch_size"], c["seq_len"]) for c in result["cells"]] == [tuple(c) for c in result["settings"]["grid"]]
     for cell in result["cells"]:
-        assert "skipped" not in cell   # --quick never skips a cell for lack of budget
+        assert "skipped" not in cell  # --quick never skips a cell for lack of budget
         assert "base" in cell["variants"] and {"noise", "rounds", "paper"} <= set(cell)
         for name, v in cell["variants"].items():
             check_stats(v)
@@ -82,10 +90,10 @@ def test_train_quick(tmp_path):
     assert lora["status"] == "ok", lora.get("error")
     assert "tiny-roberta" in result["ratios"]
     assert lora["bytes"]["optimizer"] < ft["bytes"]["optimizer"]
-    peft = result["ours_vs_peft"]                  # PEFT is a test dependency: the comparison must have run
+    peft = result["ours_vs_peft"]  # PEFT is a test dependency: the comparison must have run
     assert peft is not None and peft.get("status") != "error", peft
     assert peft["trainable_params"]["ours"] == peft["trainable_params"]["peft"]
-    assert peft["initial_loss_abs_diff"] < 1e-4       # same weights, same LoRA: same loss
+    assert peft["initial_loss_abs_diff"] < 1e-4  # same weights, same LoRA: same loss
     check_stats(peft["step"]["ours"])
 
 
@@ -122,13 +130,13 @@ def test_decode_quick(tmp_path):
     assert s["inputs"] == len(result["rows"]) == 4 and 0 <= s["equal_outputs"] <= 4
     assert set(s["seconds_per_input"]) == {"ours", "generate"}
     assert all(v > 0 for d in s["seconds_per_input"].values() for v in d.values())
-    assert s["batch_size_changed_outputs"] == []          # batching never changes an output, ours or theirs
+    assert s["batch_size_changed_outputs"] == []  # batching never changes an output, ours or theirs
     end = set(result["settings"]["end_token_ids"])
-    assert end in ({2, 1116}, {50256, 628})               # SmolLM2's tokenizer (package installed), else GPT-2's
+    assert end in ({2, 1116}, {50256, 628})  # SmolLM2's tokenizer (package installed), else GPT-2's
     for row in result["rows"]:
         for name in ("ours", "generate"):
             ids = row[name]["ids"]
-            assert ids and not (end & set(ids[:-1]))        # cut at the first end token
+            assert ids and not (end & set(ids[:-1]))  # cut at the first end token
         assert row["equal"] == (row["ours"]["ids"] == row["generate"]["ids"])
         assert row["better_by_paper_score"] in ("same", "ours", "generate", "tie")
     assert "no-repeat" in result["known_differences"]
@@ -159,8 +167,12 @@ def test_sweep_quick(tmp_path):
         assert m["returncode"] == 0 and m["cells_ok"] == 4, m.get("stderr_tail")
         assert m["cells_per_hour"] == pytest.approx(4 / m["wall_s"] * 3600, rel=0.01)
     assert {c["torch_threads"] for c in by["parallel"]["cells"]} == {1}
-    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    default = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert {c["torch_threads"] for c in by["sequential"]["cells"]} == {int(default)}
     # the same 4 cells in both modes
     assert [c["cell"] for c in by["parallel"]["cells"]] == [c["cell"] for c in by["sequential"]["cells"]]

@@ -9,26 +9,56 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from repro.config import load_group
 
 ENCODERS = ("roberta", "bert", "deberta-v2")
-DECODERS = ("gpt2", "llama")   # llama: SmolLM2's architecture (grouped-query attention, no biases, RMSNorm, gated MLP)
+DECODERS = ("gpt2", "llama")  # llama: SmolLM2's architecture (grouped-query attention, no biases, RMSNorm, gated MLP)
 ARCHS = (*ENCODERS, *DECODERS)
 
 
-def tiny(model_type: str, seed: int = 0, num_labels: int = 3, hidden: int = 32, ffn: int | None = None) -> torch.nn.Module:
+def tiny(
+    model_type: str, seed: int = 0, num_labels: int = 3, hidden: int = 32, ffn: int | None = None
+) -> torch.nn.Module:
     """hidden / ffn: d_model and the MLP width (defaults 32 and 2·hidden, Llama 1.5·hidden)."""
     torch.manual_seed(seed)
     if model_type == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", n_layer=3, n_embd=hidden, n_head=4, n_inner=ffn, vocab_size=120, n_positions=64,
-                                   bos_token_id=0, eos_token_id=0)
+        cfg = AutoConfig.for_model(
+            "gpt2",
+            n_layer=3,
+            n_embd=hidden,
+            n_head=4,
+            n_inner=ffn,
+            vocab_size=120,
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         return AutoModelForCausalLM.from_config(cfg).eval()
-    if model_type == "llama":   # 4 query heads, 2 key/value heads: W_k, W_v are hidden -> hidden / 2
-        cfg = AutoConfig.for_model("llama", num_hidden_layers=3, hidden_size=hidden, num_attention_heads=4, num_key_value_heads=2,
-                                   intermediate_size=ffn or 2 * hidden, vocab_size=120, max_position_embeddings=64,
-                                   bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=True)
+    if model_type == "llama":  # 4 query heads, 2 key/value heads: W_k, W_v are hidden -> hidden / 2
+        cfg = AutoConfig.for_model(
+            "llama",
+            num_hidden_layers=3,
+            hidden_size=hidden,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=ffn or 2 * hidden,
+            vocab_size=120,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+            tie_word_embeddings=True,
+        )
         return AutoModelForCausalLM.from_config(cfg).eval()
-    cfg = AutoConfig.for_model(model_type, num_hidden_layers=3, hidden_size=hidden, num_attention_heads=4,
-                               intermediate_size=ffn or 2 * hidden, vocab_size=120, num_labels=num_labels,
-                               pooler_hidden_size=hidden,
-                               max_position_embeddings=64, pad_token_id=1)
+    cfg = AutoConfig.for_model(
+        model_type,
+        num_hidden_layers=3,
+        hidden_size=hidden,
+        num_attention_heads=4,
+        intermediate_size=ffn or 2 * hidden,
+        vocab_size=120,
+        num_labels=num_labels,
+        pooler_hidden_size=hidden,
+        max_position_embeddings=64,
+        pad_token_id=1,
+    )
     return AutoModelForSequenceClassification.from_config(cfg).eval()
 
 

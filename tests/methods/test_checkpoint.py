@@ -14,15 +14,27 @@ from repro import records
 from repro.cell import smoke_reason
 from repro.errors import CellMismatch, ReproError
 from repro.methods import apply_method
-from repro.methods.checkpoint import (export_peft, init_from, load_delta_weights, load_trainable, read_metadata,
-                                      save_trainable, source_fingerprint)
+from repro.methods.checkpoint import (
+    export_peft,
+    init_from,
+    load_delta_weights,
+    load_trainable,
+    read_metadata,
+    save_trainable,
+    source_fingerprint,
+)
 from repro.methods.lora import delta_weights
 from tests.methods.conftest import batch, method, randomize_B, tiny
 
 
 def cell(model_name: str, m):
-    return OmegaConf.create({"method": OmegaConf.to_container(m), "model": {"name": model_name, "hub_id": f"hub/{model_name}"},
-                             "task": {"name": "rte"}})
+    return OmegaConf.create(
+        {
+            "method": OmegaConf.to_container(m),
+            "model": {"name": model_name, "hub_id": f"hub/{model_name}"},
+            "task": {"name": "rte"},
+        }
+    )
 
 
 def trained(arch, m, seed=0):
@@ -35,11 +47,23 @@ def trained(arch, m, seed=0):
     return model
 
 
-@pytest.mark.parametrize("arch,name", [("roberta", "lora"), ("gpt2", "lora"), ("deberta-v2", "adapter_h"),
-                                       ("bert", "bitfit"), ("gpt2", "prefix_layer"),
-                                       ("llama", "lora"), ("llama", "adapter_h"), ("llama", "adapter_l"),
-                                       ("llama", "prefix_layer"), ("llama", "prefix_embed"), ("llama", "fttop2"),
-                                       ("llama", "ft")])
+@pytest.mark.parametrize(
+    "arch,name",
+    [
+        ("roberta", "lora"),
+        ("gpt2", "lora"),
+        ("deberta-v2", "adapter_h"),
+        ("bert", "bitfit"),
+        ("gpt2", "prefix_layer"),
+        ("llama", "lora"),
+        ("llama", "adapter_h"),
+        ("llama", "adapter_l"),
+        ("llama", "prefix_layer"),
+        ("llama", "prefix_embed"),
+        ("llama", "fttop2"),
+        ("llama", "ft"),
+    ],
+)
 def test_round_trip(tmp_path, arch, name):
     m = method(name, r=2) if name in ("lora", "adapter_h", "adapter_l") else method(name)
     model = trained(arch, m).eval()
@@ -60,7 +84,11 @@ def test_wrong_alpha_rank_targets_shape_refused(tmp_path):
     m = method("lora", r=2, alpha=4)
     path = tmp_path / "w.safetensors"
     save_trainable(trained("roberta", m), path, cell("tiny-roberta", m))
-    for bad in (method("lora", r=2, alpha=8), method("lora", r=4, alpha=4), method("lora", r=2, alpha=4, targets=["q", "k"])):
+    for bad in (
+        method("lora", r=2, alpha=8),
+        method("lora", r=4, alpha=4),
+        method("lora", r=2, alpha=4, targets=["q", "k"]),
+    ):
         with pytest.raises(CellMismatch, match="different method config"):
             load_trainable(apply_method(tiny("roberta"), bad), path, bad)
     with pytest.raises(CellMismatch, match="model"):
@@ -130,8 +158,14 @@ def test_checkpoint_carries_source_fingerprint_steps_and_smoke(tmp_path):
     assert smoke_reason(OmegaConf.create({"cli_overrides": ["train.max_steps=-1", "seed=1"]})) is None
     assert smoke_reason(OmegaConf.create({"cli_overrides": ["data.max_train_samples=64"]})) is not None
     for name, cfg in (("full", full), ("smoke", smoke)):
-        save_trainable(trained("roberta", m), tmp_path / f"{name}.safetensors", cfg, steps=7,
-                       fingerprint=records.fingerprint(cfg), smoke=smoke_reason(cfg))
+        save_trainable(
+            trained("roberta", m),
+            tmp_path / f"{name}.safetensors",
+            cfg,
+            steps=7,
+            fingerprint=records.fingerprint(cfg),
+            smoke=smoke_reason(cfg),
+        )
     meta = read_metadata(tmp_path / "full.safetensors")
     assert meta["source_fingerprint"] == records.fingerprint(full) == source_fingerprint(tmp_path / "full.safetensors")
     assert json.loads(meta["steps"]) == 7 and json.loads(meta["smoke"]) is None

@@ -26,7 +26,7 @@ def test_init_equals_base_and_merge_agrees(arch):
     assert torch.equal(logits(model, b), ref) or torch.allclose(logits(model, b), ref, atol=1e-6)
     randomize_B(model)
     unmerged = logits(model, b)
-    assert (unmerged - ref).abs().max() > 1e-5   # B != 0 really changes the model
+    assert (unmerged - ref).abs().max() > 1e-5  # B != 0 really changes the model
     w0 = {n: p.detach().clone() for n, p in model.named_parameters() if not n.count("lora")}
     with merged(model):
         assert (logits(model, b) - unmerged).abs().max() <= 1e-5
@@ -35,7 +35,8 @@ def test_init_equals_base_and_merge_agrees(arch):
         if n in w0:
             assert torch.allclose(p, w0[n], atol=1e-6), n
     assert torch.allclose(logits(model, b), unmerged, atol=1e-6)
-    model.eval(); model.train(); model.eval()   # never merges as a side effect
+    for mode in (model.eval, model.train, model.eval):  # never merges as a side effect
+        mode()
     assert not any(m.merged for _, _, m in lora_modules(model))
 
 
@@ -55,7 +56,7 @@ def test_only_lora_and_head_get_gradients(arch):
 
 def test_counts_qv():
     model = apply_method(tiny("roberta"), method("lora", r=4, targets=["q", "v"]))
-    assert parameter_counts(model)["adapter_params"] == 2 * (2 * 3) * 32 * 4   # 2 · L̂ · d · r
+    assert parameter_counts(model)["adapter_params"] == 2 * (2 * 3) * 32 * 4  # 2 · L̂ · d · r
 
 
 def test_gpt2_fused_qv_equals_separate_updates():
@@ -71,14 +72,14 @@ def test_gpt2_fused_qv_equals_separate_updates():
     expect = x @ W + bias
     for part, lo in (("q", 0), ("v", 2 * d)):
         A, B = c_attn.lora_A[part], c_attn.lora_B[part]
-        expect[..., lo:lo + d] += s * x @ (B @ A).T
+        expect[..., lo : lo + d] += s * x @ (B @ A).T
     assert torch.allclose(c_attn(x), expect, atol=1e-6)
     # k untouched, ΔW per projection in d_out × d_in orientation
     dw = delta_weight(c_attn)
     assert set(dw) == {"q", "v"} and dw["q"].shape == (d, d)
     assert torch.allclose(dw["v"], s * c_attn.lora_B["v"] @ c_attn.lora_A["v"])
-    out_k = c_attn(x)[..., d:2 * d]
-    assert torch.allclose(out_k, (x @ W + bias)[..., d:2 * d], atol=1e-6)
+    out_k = c_attn(x)[..., d : 2 * d]
+    assert torch.allclose(out_k, (x @ W + bias)[..., d : 2 * d], atol=1e-6)
     keys = [k for k in model.state_dict() if "lora" in k and ".h.0." in k]
     assert sorted(keys) == sorted(f"transformer.h.0.attn.c_attn.lora_{m}.{p}" for m in "AB" for p in "qv")
     assert [(l, t) for l, t, _ in delta_weights(model)][:2] == [(0, "q"), (0, "v")]
@@ -114,7 +115,7 @@ def test_llama_grouped_query_shapes():
     assert isinstance(attn.q_proj, LoRALinear) and isinstance(attn.v_proj, LoRALinear)
     assert attn.q_proj.lora_B.shape == (32, 2) and attn.v_proj.lora_B.shape == (16, 2)
     assert attn.v_proj.lora_A.shape == (2, 32) and attn.v_proj.bias is None
-    assert parameter_counts(model)["adapter_params"] == 3 * 2 * ((32 + 32) + (32 + 16))   # L · r · Σ (d_in + d_out)
+    assert parameter_counts(model)["adapter_params"] == 3 * 2 * ((32 + 32) + (32 + 16))  # L · r · Σ (d_in + d_out)
     assert "model.layers.2.self_attn.v_proj.lora_B" in model.state_dict()
 
 
@@ -123,7 +124,9 @@ def test_all_targets_decoders_and_encoder():
         base = tiny(arch)
         b = batch(arch)
         extra = ["mlp_gate"] if arch == "llama" else []
-        model = apply_method(copy.deepcopy(base), method("lora", r=2, targets=["q", "k", "v", "o", "mlp_in", "mlp_out", *extra]))
+        model = apply_method(
+            copy.deepcopy(base), method("lora", r=2, targets=["q", "k", "v", "o", "mlp_in", "mlp_out", *extra])
+        )
         randomize_B(model)
         out = logits(model, b)
         merge(model)
@@ -131,24 +134,30 @@ def test_all_targets_decoders_and_encoder():
         unmerge(model)
 
 
-@pytest.mark.parametrize("arch,peft_targets,task_type", [("roberta", ["query", "value"], "SEQ_CLS"),
-                                                        ("llama", ["q_proj", "v_proj"], "CAUSAL_LM")])
+@pytest.mark.parametrize(
+    "arch,peft_targets,task_type",
+    [("roberta", ["query", "value"], "SEQ_CLS"), ("llama", ["q_proj", "v_proj"], "CAUSAL_LM")],
+)
 def test_matches_peft_outputs_and_gradients(arch, peft_targets, task_type):
     peft = pytest.importorskip("peft")
     base = tiny(arch)
     ours = apply_method(copy.deepcopy(base), method("lora", r=4, alpha=16, targets=["q", "v"]))
     randomize_B(ours)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=16, target_modules=peft_targets,
-                                                                     task_type=task_type))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=16, target_modules=peft_targets, task_type=task_type)
+    )
     sd = {}
     for n, p in ours.named_parameters():
         if ".lora_" in n:
-            sd[f"base_model.model.{n}.weight".replace(".lora_A.weight", ".lora_A.default.weight")
-               .replace(".lora_B.weight", ".lora_B.default.weight")] = p.detach()
+            sd[
+                f"base_model.model.{n}.weight".replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                    ".lora_B.weight", ".lora_B.default.weight"
+                )
+            ] = p.detach()
     missing = theirs.load_state_dict(sd, strict=False)
     assert not missing.unexpected_keys
     b = batch(arch)
-    ours.eval(), theirs.eval()   # same dropout-free forward; gradients still flow
+    ours.eval(), theirs.eval()  # same dropout-free forward; gradients still flow
     lo, lt = ours(**b), theirs(**b)
     assert torch.allclose(lo.logits, lt.logits, atol=1e-6)
     lo.loss.backward()
@@ -156,5 +165,7 @@ def test_matches_peft_outputs_and_gradients(arch, peft_targets, task_type):
     tp = dict(theirs.named_parameters())
     for n, p in ours.named_parameters():
         if ".lora_" in n:
-            key = f"base_model.model.{n}".replace(".lora_A", ".lora_A.default.weight").replace(".lora_B", ".lora_B.default.weight")
+            key = f"base_model.model.{n}".replace(".lora_A", ".lora_A.default.weight").replace(
+                ".lora_B", ".lora_B.default.weight"
+            )
             assert torch.allclose(p.grad, tp[key].grad, atol=1e-6), n

@@ -35,9 +35,12 @@ def check_only(model, arch, intended):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ft_bitfit_fttop2(arch):
     check_only(apply_method(tiny(arch), method("ft")), arch, lambda n: True)
-    if arch == "llama":   # no bias anywhere: BitFit is refused, saying why
-        with pytest.raises(CellMismatch, match=r"^method=bitfit: model llama has no bias parameters \(Llama: "
-                                                r"attention_bias=False, mlp_bias=False\); BitFit trains biases only$"):
+    if arch == "llama":  # no bias anywhere: BitFit is refused, saying why
+        with pytest.raises(
+            CellMismatch,
+            match=r"^method=bitfit: model llama has no bias parameters \(Llama: "
+            r"attention_bias=False, mlp_bias=False\); BitFit trains biases only$",
+        ):
             apply_method(tiny(arch), method("bitfit"))
     else:
         check_only(apply_method(tiny(arch), method("bitfit")), arch, lambda n: "bias" in n)
@@ -60,17 +63,26 @@ def test_adapters_identity_at_init_and_gradients(arch, name):
     adapters = [m for m in model.modules() if isinstance(m, Adapter)]
     assert len(adapters) == n_blocks * per_block
     d, r = 32, 4
-    per_norm = d if arch == "llama" else 2 * d   # RMSNorm: a weight only; LayerNorm: weight and bias
+    per_norm = d if arch == "llama" else 2 * d  # RMSNorm: a weight only; LayerNorm: weight and bias
     ln = (2 * d * n_blocks if name == "adapter_l" else 0) + (2 * per_norm * 3 if name == "adapter_h" else 0)
     assert parameter_counts(model)["adapter_params"] == n_blocks * per_block * (2 * d * r + r + d) + ln
-    with torch.no_grad():   # make W_up non-zero so every adapter parameter gets a gradient
+    with torch.no_grad():  # make W_up non-zero so every adapter parameter gets a gradient
         for a in adapters:
             a.up.weight.normal_(std=0.1)
     ln_names = ("LayerNorm", "ln_1", "ln_2", "input_layernorm", "post_attention_layernorm")
-    check_only(model, arch, lambda n: ".adapter." in n or (name == "adapter_h" and any(s in n for s in ln_names)
-                                                          and ".adapter." not in n and "embeddings" not in n))
-    assert torch.allclose(copy.deepcopy(model).eval()(input_ids=b["input_ids"]).logits,
-                          model.eval()(input_ids=b["input_ids"]).logits)
+    check_only(
+        model,
+        arch,
+        lambda n: (
+            ".adapter." in n
+            or (
+                name == "adapter_h" and any(s in n for s in ln_names) and ".adapter." not in n and "embeddings" not in n
+            )
+        ),
+    )
+    assert torch.allclose(
+        copy.deepcopy(model).eval()(input_ids=b["input_ids"]).logits, model.eval()(input_ids=b["input_ids"]).logits
+    )
 
 
 def test_adapter_sits_before_residual():
@@ -81,7 +93,9 @@ def test_adapter_sits_before_residual():
     with torch.no_grad():
         layer.output.dense.adapter.up.weight.normal_()
     a = layer.output.dense.adapter
-    assert torch.allclose(layer.output.dense(x), a(torch.nn.functional.linear(x, layer.output.dense.weight, layer.output.dense.bias)))
+    assert torch.allclose(
+        layer.output.dense(x), a(torch.nn.functional.linear(x, layer.output.dense.weight, layer.output.dense.bias))
+    )
 
 
 def test_adapter_drop_robust_skips_lowest_layers():
@@ -92,7 +106,7 @@ def test_adapter_drop_robust_skips_lowest_layers():
     for _ in range(12):
         model(**batch("roberta"))
         seen.add(tuple(m.active for m in model.modules() if isinstance(m, Adapter)))
-    assert len(seen) > 1 and all(s == tuple(sorted(s)) for s in seen)   # active = a suffix of the blocks
+    assert len(seen) > 1 and all(s == tuple(sorted(s)) for s in seen)  # active = a suffix of the blocks
     model.eval()
     model(**batch("roberta"))
     assert all(m.active for m in model.modules() if isinstance(m, Adapter))
@@ -121,15 +135,21 @@ def test_prefix_cached_decoding_matches_full_forward(arch, name):
     model = apply_method(tiny(arch), method(name, l_p=2, l_i=2)).eval()
     prompt = torch.randint(2, 120, (1, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,
-                             pad_token_id=0, eos_token_id=None)
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
         seq = prompt
         for _ in range(4):
             nxt = model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
             # without labels the infix goes after the whole input: re-run the prompt + generated with the infix
             # after the prompt, as in training (labels mark the completion)
             labels = torch.full_like(seq, -100)
-            labels[:, prompt.shape[1]:] = seq[:, prompt.shape[1]:]
+            labels[:, prompt.shape[1] :] = seq[:, prompt.shape[1] :]
             if seq.shape[1] > prompt.shape[1]:
                 nxt = model(input_ids=seq, labels=labels).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
@@ -147,7 +167,7 @@ def test_prefix_keys_values_have_the_grouped_kv_shape():
         assert len(cache.layers) == 3
         for layer in cache.layers:
             assert layer.keys.shape == layer.values.shape == (2, 2, 3 + 5, 8)
-        model.prefix_tuning.activations[1].add_(1.0)   # the layer-1 prefix changes layer 1's keys, not layer 0's
+        model.prefix_tuning.activations[1].add_(1.0)  # the layer-1 prefix changes layer 1's keys, not layer 0's
         moved = model(input_ids=ids, use_cache=True).past_key_values
     assert torch.equal(moved.layers[0].keys, cache.layers[0].keys)
     assert not torch.allclose(moved.layers[1].keys[:, :, :3], cache.layers[1].keys[:, :, :3])

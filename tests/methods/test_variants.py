@@ -26,6 +26,7 @@ from tests.methods.conftest import DECODERS, batch, method, randomize_B, tiny
 
 peft = pytest.importorskip("peft")
 from peft.tuners.lora import LoraLayer  # noqa: E402  -- after the skip: peft is optional (the test extra)
+
 OURS = re.compile(r"^(?P<mod>.+)\.lora_(?P<w>A|B|magnitude)(?:\.\w+)?$")
 
 
@@ -93,7 +94,7 @@ def test_rslora_matches_peft_use_rslora():
     theirs = peft_model(base, "roberta", r=4, lora_alpha=16, target_modules=["query", "value"], use_rslora=True)
     copy_to_peft(ours, theirs)
     assert_same_outputs_and_grads(ours, theirs, "roberta")
-    with merged(ours):   # merge agrees with the unmerged forward
+    with merged(ours):  # merge agrees with the unmerged forward
         assert torch.allclose(ours(**batch("roberta")).logits, theirs(**batch("roberta")).logits, atol=1e-5)
 
 
@@ -109,8 +110,10 @@ def test_all_linear_targets_the_modules_peft_targets(arch):
     base = tiny(arch)
     ours = apply_method(copy.deepcopy(base), method("lora_all_linear", r=2))
     theirs = peft_model(base, arch, r=2, target_modules="all-linear")
-    peft_paths = sorted(n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if isinstance(m, LoraLayer))
-    peft_paths = [p for p in peft_paths if ".layer." in p or ".h." in p or ".layers." in p]   # blocks only
+    peft_paths = sorted(
+        n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if isinstance(m, LoraLayer)
+    )
+    peft_paths = [p for p in peft_paths if ".layer." in p or ".h." in p or ".layers." in p]  # blocks only
     assert adapted_paths(ours) == peft_paths
     assert set(ALL_LINEAR[base.config.model_type]) == {t for _, t, _ in delta_weights(ours)}
 
@@ -140,10 +143,13 @@ def test_all_linear_gpt2_c_attn_holds_peft_shared_pair():
         for name, mod in ours.named_modules():
             if not isinstance(mod, LoRAConv1D):
                 continue
-            A, B = tp[f"base_model.model.{name}.lora_A.default.weight"], tp[f"base_model.model.{name}.lora_B.default.weight"]
+            A, B = (
+                tp[f"base_model.model.{name}.lora_A.default.weight"],
+                tp[f"base_model.model.{name}.lora_B.default.weight"],
+            )
             for i, t in enumerate(mod.targets):
                 mod.lora_A[t].copy_(A)
-                mod.lora_B[t].copy_(B[i * mod.d_part:(i + 1) * mod.d_part])
+                mod.lora_B[t].copy_(B[i * mod.d_part : (i + 1) * mod.d_part])
     b = batch("gpt2")
     assert torch.allclose(ours(**b).logits, theirs(**b).logits, atol=1e-5)
     d, L, r = 32, 3, 2
@@ -157,23 +163,29 @@ def test_all_linear_llama_merge():
     out = model(**b).logits
     with merged(model):
         assert torch.allclose(model(**b).logits, out, atol=1e-5)
-    assert len(list(lora_modules(model))) == model.config.num_hidden_layers * 7   # q, k, v, o, gate, up, down per block
+    assert len(list(lora_modules(model))) == model.config.num_hidden_layers * 7  # q, k, v, o, gate, up, down per block
 
 
 # ---------------------------------------------------------------- DoRA
 
 
-@pytest.mark.parametrize("arch,targets,peft_targets", [("roberta", ["q", "v"], ["query", "value"]),
-                                                       ("gpt2", ["o", "mlp_in"], ["attn.c_proj", "mlp.c_fc"]),
-                                                       ("llama", "all_linear", "all-linear")])
+@pytest.mark.parametrize(
+    "arch,targets,peft_targets",
+    [
+        ("roberta", ["q", "v"], ["query", "value"]),
+        ("gpt2", ["o", "mlp_in"], ["attn.c_proj", "mlp.c_fc"]),
+        ("llama", "all_linear", "all-linear"),
+    ],
+)
 def test_dora_matches_peft_use_dora(arch, targets, peft_targets):
     base = tiny(arch)
     ours = apply_method(copy.deepcopy(base), method("dora", r=2, alpha=4, targets=targets))
     b = batch(arch)
-    assert torch.allclose(ours(**b).logits, base(**b).logits, atol=1e-5)   # W' = W0 at init
+    assert torch.allclose(ours(**b).logits, base(**b).logits, atol=1e-5)  # W' = W0 at init
     perturb(ours)
-    theirs = peft_model(base, arch, r=2, lora_alpha=4, target_modules=peft_targets, use_dora=True,
-                        fan_in_fan_out=arch == "gpt2")
+    theirs = peft_model(
+        base, arch, r=2, lora_alpha=4, target_modules=peft_targets, use_dora=True, fan_in_fan_out=arch == "gpt2"
+    )
     copy_to_peft(ours, theirs)
     assert_same_outputs_and_grads(ours, theirs, arch)
     grads = [p.grad for n, p in ours.named_parameters() if "lora_magnitude" in n]
@@ -185,7 +197,7 @@ def test_dora_row_norms_of_merged_weight_equal_magnitude(arch):
     targets = ["q", "v"] if arch == "roberta" else ["q", "v", "o"]
     base = tiny(arch)
     model = apply_method(copy.deepcopy(base), method("dora", r=2, alpha=4, targets=targets))
-    for _, _, mod in lora_modules(model):   # m initialised to ‖W0‖_row
+    for _, _, mod in lora_modules(model):  # m initialised to ‖W0‖_row
         for t in mod.targets:
             assert torch.allclose(mod.magnitude(t), torch.linalg.norm(mod.w0(t), dim=1))
     perturb(model)
@@ -198,9 +210,9 @@ def test_dora_row_norms_of_merged_weight_equal_magnitude(arch):
     for name, _, mod in lora_modules(model):
         assert isinstance(mod, (DoRALinear, DoRAConv1D)) and not mod.factored
         for t in mod.targets:
-            W = mod.w0(t)   # now the merged W'
+            W = mod.w0(t)  # now the merged W'
             assert torch.allclose(torch.linalg.norm(W, dim=1), mod.magnitude(t), atol=1e-5)
-            assert torch.allclose(W - w0[(name, t)], dws[(name, t)], atol=1e-6)   # ΔW = W' − W0
+            assert torch.allclose(W - w0[(name, t)], dws[(name, t)], atol=1e-6)  # ΔW = W' − W0
     unmerge(model)
     for name, _, mod in lora_modules(model):
         for t in mod.targets:
@@ -210,24 +222,33 @@ def test_dora_row_norms_of_merged_weight_equal_magnitude(arch):
 
 def test_dora_counts():
     model = apply_method(tiny("roberta"), method("dora", r=4))
-    assert parameter_counts(model)["adapter_params"] == 2 * (2 * 3) * 32 * 4 + (2 * 3) * 32   # 2·L̂·d·r + L̂·d_out
+    assert parameter_counts(model)["adapter_params"] == 2 * (2 * 3) * 32 * 4 + (2 * 3) * 32  # 2·L̂·d·r + L̂·d_out
 
 
 # ---------------------------------------------------------------- PiSSA
 
 
-@pytest.mark.parametrize("arch,targets,peft_targets", [("roberta", ["q", "v"], ["query", "value"]),
-                                                       ("gpt2", ["o", "mlp_out"], ["attn.c_proj", "mlp.c_proj"])])
+@pytest.mark.parametrize(
+    "arch,targets,peft_targets",
+    [("roberta", ["q", "v"], ["query", "value"]), ("gpt2", ["o", "mlp_out"], ["attn.c_proj", "mlp.c_proj"])],
+)
 def test_pissa_matches_peft(arch, targets, peft_targets):
     base = tiny(arch)
     ours = apply_method(copy.deepcopy(base), method("pissa", r=2, alpha=4, targets=targets))
-    theirs = peft_model(base, arch, r=2, lora_alpha=4, target_modules=peft_targets, init_lora_weights="pissa",
-                        fan_in_fan_out=arch == "gpt2")
+    theirs = peft_model(
+        base,
+        arch,
+        r=2,
+        lora_alpha=4,
+        target_modules=peft_targets,
+        init_lora_weights="pissa",
+        fan_in_fan_out=arch == "gpt2",
+    )
     tp = dict(theirs.named_parameters())
     for n, p in ours.named_parameters():
         if ".lora_" in n:
             assert torch.allclose(p, tp[peft_key(n)], atol=1e-5), n
-    for name, _, mod in lora_modules(ours):   # the residual base weight
+    for name, _, mod in lora_modules(ours):  # the residual base weight
         assert torch.allclose(mod.weight, tp[f"base_model.model.{name}.base_layer.weight"], atol=1e-5), name
     perturb(ours)
     copy_to_peft(ours, theirs)
@@ -247,13 +268,13 @@ def test_pissa_residual_plus_BA_is_W_at_init(arch):
             W = w.T if isinstance(mod, LoRAConv1D) else w
             if isinstance(mod, LoRAConv1D):
                 lo = mod.parts.index(t) * mod.d_part
-                W = W[lo:lo + mod.d_part]
-            assert torch.allclose(mod.w0(t) + mod.update(t), W, atol=1e-5)                 # W_res + s B A = W
+                W = W[lo : lo + mod.d_part]
+            assert torch.allclose(mod.w0(t) + mod.update(t), W, atol=1e-5)  # W_res + s B A = W
             S = torch.linalg.svdvals(W)
             assert torch.allclose(torch.linalg.svdvals(mod.update(t))[:2], S[:2], atol=1e-5)  # the top-r part
             assert torch.allclose(mod.delta_weights()[t], torch.zeros_like(W), atol=1e-6)
     perturb(model)
-    with merged(model):   # ΔW relative to the pretrained W = s (B A − B0 A0)
+    with merged(model):  # ΔW relative to the pretrained W = s (B A − B0 A0)
         merged_w = {n: m.weight.detach().clone() for n, _, m in lora_modules(model)}
     for name, _, mod in lora_modules(model):
         dw = mod.delta_weights()
@@ -262,7 +283,7 @@ def test_pissa_residual_plus_BA_is_W_at_init(arch):
         else:
             for t in mod.targets:
                 lo = mod.parts.index(t) * mod.d_part
-                got = (merged_w[name] - pre[name].weight)[:, lo:lo + mod.d_part].T
+                got = (merged_w[name] - pre[name].weight)[:, lo : lo + mod.d_part].T
                 assert torch.allclose(got, dw[t], atol=1e-5)
         assert not mod.factored
 
@@ -271,12 +292,22 @@ def test_pissa_residual_plus_BA_is_W_at_init(arch):
 
 
 def _cell(model_name, m):
-    return OmegaConf.create({"method": OmegaConf.to_container(m), "model": {"name": model_name}, "task": {"name": "rte"}})
+    return OmegaConf.create(
+        {"method": OmegaConf.to_container(m), "model": {"name": model_name}, "task": {"name": "rte"}}
+    )
 
 
-VARIANTS = [("roberta", "rslora", {}), ("gpt2", "rslora", {}), ("roberta", "lora_all_linear", {}),
-            ("gpt2", "lora_all_linear", {}), ("llama", "lora_all_linear", {}), ("roberta", "dora", {}),
-            ("gpt2", "dora", {"targets": ["q", "v", "o"]}), ("roberta", "pissa", {}), ("gpt2", "pissa", {})]
+VARIANTS = [
+    ("roberta", "rslora", {}),
+    ("gpt2", "rslora", {}),
+    ("roberta", "lora_all_linear", {}),
+    ("gpt2", "lora_all_linear", {}),
+    ("llama", "lora_all_linear", {}),
+    ("roberta", "dora", {}),
+    ("gpt2", "dora", {"targets": ["q", "v", "o"]}),
+    ("roberta", "pissa", {}),
+    ("gpt2", "pissa", {}),
+]
 
 
 @pytest.mark.parametrize("arch,name,over", VARIANTS)
@@ -299,7 +330,7 @@ def test_checkpoint_round_trip_and_delta_weights(tmp_path, arch, name, over):
         with pytest.raises(CellMismatch, match="base_model"):
             load_delta_weights(path)
     else:
-        got = load_delta_weights(path)   # from the factors alone
+        got = load_delta_weights(path)  # from the factors alone
         assert all(torch.allclose(a[2], e[2], atol=1e-6) for a, e in zip(got, expect))
 
 

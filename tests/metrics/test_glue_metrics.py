@@ -33,7 +33,9 @@ def test_matthews_is_zero_for_a_constant_predictor():
 def test_pearson_spearman_by_hand():
     x = np.array([0.5, 2.0, 3.5, 1.0, 4.5])
     y = np.array([1.0, 2.5, 3.0, 0.0, 5.0])
-    pearson = ((x - x.mean()) * (y - y.mean())).sum() / math.sqrt(((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum())
+    pearson = ((x - x.mean()) * (y - y.mean())).sum() / math.sqrt(
+        ((x - x.mean()) ** 2).sum() * ((y - y.mean()) ** 2).sum()
+    )
     rx, ry = np.argsort(np.argsort(x)).astype(float), np.argsort(np.argsort(y)).astype(float)
     spearman = 1 - 6 * ((rx - ry) ** 2).sum() / (len(x) * (len(x) ** 2 - 1))
     out = glue_metrics(["pearson", "spearmanr"], x, y)

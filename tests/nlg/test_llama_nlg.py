@@ -37,9 +37,14 @@ def smol_tok(data_dir):
 @needs_smollm2
 def test_smollm2_tokenizer_offline_from_the_gguf(smol_tok):
     assert len(smol_tok) == 49152
-    assert (smol_tok.eos_token, smol_tok.eos_token_id, smol_tok.pad_token_id, smol_tok.bos_token_id) == ("<|im_end|>", 2, 2, 1)
+    assert (smol_tok.eos_token, smol_tok.eos_token_id, smol_tok.pad_token_id, smol_tok.bos_token_id) == (
+        "<|im_end|>",
+        2,
+        2,
+        1,
+    )
     assert end_token_ids(smol_tok) == (2, 1116)
-    assert resolve_end_token_ids(EOS_IDS, smol_tok) == (2, 1116)     # the task configs' GPT-2 pair, in SmolLM2's ids
+    assert resolve_end_token_ids(EOS_IDS, smol_tok) == (2, 1116)  # the task configs' GPT-2 pair, in SmolLM2's ids
     assert resolve_end_token_ids([2], smol_tok) == (2,)
     with pytest.raises(CellMismatch, match=r"\[2, 1116\]"):
         resolve_end_token_ids([50256, 7], smol_tok)
@@ -51,9 +56,9 @@ def test_format_and_loss_on_the_target_only(smol_tok):
     ctx = smol_tok("name : Aromi", add_special_tokens=False)["input_ids"]
     comp = smol_tok(" Aromi is nice .", add_special_tokens=False)["input_ids"]
     enc = encode_example(smol_tok, "name : Aromi", "Aromi is nice .", 512)
-    assert enc["input_ids"] == ctx + [2] + comp + [2]                   # context, separator, target, end token
+    assert enc["input_ids"] == ctx + [2] + comp + [2]  # context, separator, target, end token
     assert enc["labels"] == [-100] * (len(ctx) + 1) + comp + [2]
-    assert 1 not in enc["input_ids"]                                    # no <|im_start|>: no BOS, no chat template
+    assert 1 not in enc["input_ids"]  # no <|im_start|>: no BOS, no chat template
     assert prompt_ids(smol_tok, "name : Aromi", 64) == ctx + [2]
     # pad = eos = 2: a padded batch masks the padding by attention_mask and labels, never by the id
     other = encode_example(smol_tok, "name : The Eagle | Type : pub", "The Eagle is a pub .", 512)
@@ -95,11 +100,21 @@ def test_tiny_llama_config_builds_a_gqa_llama(data_dir):
 
 def tiny_llama_lm(vocab=12, seed=0):
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model("llama", vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                               bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    cfg = AutoConfig.for_model(
+        "llama",
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():   # a peaky distribution, so that end tokens and repeats occur
+    with torch.no_grad():  # a peaky distribution, so that end tokens and repeats occur
         model.lm_head.weight.mul_(8.0)
     return model
 
@@ -115,8 +130,15 @@ def test_left_padded_batches_equal_one_by_one(arch, prefix):
 
         cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / f"{prefix}.yaml"), {"l_p": 2, "l_i": 0})
         model = apply_method(model, cfg).eval()
-    base = BeamSettings(num_beams=4, length_penalty=0.8, no_repeat_ngram_size=3, eos_token_ids=(1, 11), max_new_tokens=10,
-                        batch_size=1, early_stop=False)
+    base = BeamSettings(
+        num_beams=4,
+        length_penalty=0.8,
+        no_repeat_ngram_size=3,
+        eos_token_ids=(1, 11),
+        max_new_tokens=10,
+        batch_size=1,
+        early_stop=False,
+    )
     one = beam_search(model, PROMPTS, base)
     for early in (False, True):
         s = BeamSettings(**{**base.__dict__, "batch_size": 8, "pad_batches": True, "early_stop": early})
@@ -133,8 +155,14 @@ def test_decode_runs_merged_lora_in_the_training_precision(precision, smol_tok, 
     from repro.methods.lora import lora_modules
     from repro.tasks import generation
 
-    overrides = ["model=tiny-llama", "method=lora", "task=e2e", f"train.precision={precision}",
-                 "decode.num_beams=3", "decode.max_new_tokens=6"]
+    overrides = [
+        "model=tiny-llama",
+        "method=lora",
+        "task=e2e",
+        f"train.precision={precision}",
+        "decode.num_beams=3",
+        "decode.max_new_tokens=6",
+    ]
     cfg = resolve_cell(compose_config(overrides), overrides)
     torch.manual_seed(5)
     base = load_model(model_yaml("tiny-llama"), OmegaConf.create({"kind": "generation"}), smol_tok)
@@ -142,7 +170,7 @@ def test_decode_runs_merged_lora_in_the_training_precision(precision, smol_tok, 
     torch.manual_seed(0)
     for _, _, m in lora_modules(model):
         for t in m.targets:
-            torch.nn.init.normal_(m.lora_AB(t)[1], std=0.3)   # B != 0: merging changes W0
+            torch.nn.init.normal_(m.lora_AB(t)[1], std=0.3)  # B != 0: merging changes W0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     test = [{"prompt": prompt_ids(smol_tok, c, 32), "references": ["a"]} for c in ("name : A | food : B", "name : C")]
     seen = []

@@ -44,9 +44,23 @@ def test_completion_loss_matches_original_formula():
 
 
 def test_smoke_run_e2e(tmp_path, data_dir):
-    cmd = [sys.executable, "-m", "repro.run", "+table=e2e", "model=tiny-gpt2", "method=ft", "task=e2e",
-           "train.max_steps=3", "train.global_batch_size=4", "decode.max_inputs=3", "decode.num_beams=2",
-           "data.max_train_samples=24", "data.max_eval_samples=8", f"paths.results_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "repro.run",
+        "+table=e2e",
+        "model=tiny-gpt2",
+        "method=ft",
+        "task=e2e",
+        "train.max_steps=3",
+        "train.global_batch_size=4",
+        "decode.max_inputs=3",
+        "decode.num_beams=2",
+        "data.max_train_samples=24",
+        "data.max_eval_samples=8",
+        f"paths.results_dir={tmp_path}",
+        f"paths.log_dir={tmp_path}/logs",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cell = tmp_path / "e2e" / "tiny-gpt2" / "ft" / "e2e"
@@ -60,8 +74,17 @@ def test_smoke_run_e2e(tmp_path, data_dir):
 
 
 def test_dart_train_missing_fails_cleanly(tmp_path, data_dir):
-    cmd = [sys.executable, "-m", "repro.run", "+table=dart", "model=tiny-gpt2", "method=ft", "task=dart",
-           f"paths.results_dir={tmp_path}", f"paths.log_dir={tmp_path}/logs"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "repro.run",
+        "+table=dart",
+        "model=tiny-gpt2",
+        "method=ft",
+        "task=dart",
+        f"paths.results_dir={tmp_path}",
+        f"paths.log_dir={tmp_path}/logs",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "dart/train.json does not exist" in proc.stderr and "Yale-LILY/dart" in proc.stderr

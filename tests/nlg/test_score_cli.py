@@ -15,16 +15,34 @@ HYPS = "The Eagle is a cheap coffee shop .\nBlue Spice is a pub .\n"
 def test_read_refs_blocks_and_single_block(tmp_path):
     f = tmp_path / "r.txt"
     f.write_text(REFS)
-    assert read_refs(str(f)) == [["The Eagle is a cheap coffee shop .", "The Eagle : cheap coffee shop ."], ["Blue Spice is a pub ."]]
-    f.write_text("a\nb\n")            # no blank line: one reference per instance (measure_scores.py)
+    assert read_refs(str(f)) == [
+        ["The Eagle is a cheap coffee shop .", "The Eagle : cheap coffee shop ."],
+        ["Blue Spice is a pub ."],
+    ]
+    f.write_text("a\nb\n")  # no blank line: one reference per instance (measure_scores.py)
     assert read_refs(str(f)) == [["a"], ["b"]]
 
 
 def test_cli_e2e_json(tmp_path):
     (tmp_path / "r.txt").write_text(REFS)
     (tmp_path / "h.txt").write_text(HYPS)
-    out = subprocess.run([sys.executable, "-m", "repro.score", "e2e", "--refs", str(tmp_path / "r.txt"),
-                          "--hyps", str(tmp_path / "h.txt"), "--format", "json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repro.score",
+            "e2e",
+            "--refs",
+            str(tmp_path / "r.txt"),
+            "--hyps",
+            str(tmp_path / "h.txt"),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     scores = json.loads(out.stdout.strip().splitlines()[-1])
     assert list(scores) == ["BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"]
     assert 0.99 < scores["BLEU"] <= 1.0 and 0.9 < scores["ROUGE_L"] <= 1.0

@@ -24,14 +24,26 @@ EXAMPLES = [
 
 @pytest.fixture(scope="module")
 def tok(data_dir):
-    return load_tokenizer(OmegaConf.create({"source": "tiny", "model_type": "gpt2", "name": "tiny-gpt2",
-                                            "tokenizer_hub_id": "gpt2"}), data_dir)
+    return load_tokenizer(
+        OmegaConf.create({"source": "tiny", "model_type": "gpt2", "name": "tiny-gpt2", "tokenizer_hub_id": "gpt2"}),
+        data_dir,
+    )
 
 
 def small_gpt2(vocab=50257, seed=0, n_embd=32):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=128, n_embd=n_embd, n_layer=2, n_head=2,
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=128,
+            n_embd=n_embd,
+            n_layer=2,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 def batch_of(tok, pairs):
@@ -45,8 +57,11 @@ def test_selected_head_gives_the_full_loss_and_gradients(tok, training):
     smoothed while training, plain NLL in evaluation."""
     batch = batch_of(tok, EXAMPLES)
     model = small_gpt2().train(training)
-    full = completion_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                           batch["labels"], 0.1 if training else 0.0)
+    full = completion_loss(
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+        batch["labels"],
+        0.1 if training else 0.0,
+    )
     full.backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -55,7 +70,7 @@ def test_selected_head_gives_the_full_loss_and_gradients(tok, training):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert loss_fn.selected
     n_targets = int(batch["labels"][:, 1:].ne(-100).sum())
-    assert out.logits.shape == (n_targets, 50257) and out.loss is None   # no HF loss, no context/padding logits
+    assert out.logits.shape == (n_targets, 50257) and out.loss is None  # no HF loss, no context/padding logits
     got = loss_fn(out, batch["labels"])
     assert torch.isclose(got, full, rtol=1e-5)
     got.backward()
@@ -71,21 +86,41 @@ def test_trained_model_reproduces_its_examples(tok, tmp_path):
     greedy decoding must agree. Catches a wrong separator, a misplaced EOS or a loss on the wrong tokens."""
     model = small_gpt2(n_embd=64)
     train = datasets.Dataset.from_list([encode_example(tok, c, t, 128) for c, t in EXAMPLES] * 8)
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=6, num_train_epochs=25,
-                             learning_rate=3e-3, warmup_steps=5, lr_scheduler_type="linear", report_to="none",
-                             save_strategy="no", logging_steps=1000, use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = CompletionTrainer(model=model, args=args, train_dataset=train,
-                                data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
-                                compute_loss_func=CompletionLoss(model, 0.1))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=6,
+        num_train_epochs=25,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        lr_scheduler_type="linear",
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = CompletionTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
+        compute_loss_func=CompletionLoss(model, 0.1),
+    )
     trainer.train()
     prompts = [prompt_ids(tok, c, 64) for c, _ in EXAMPLES]
     beams = beam_search(model, prompts, BeamSettings())
     for (_, ref), ids, prompt in zip(EXAMPLES, beams, prompts):
-        assert ids[-1] == 50256                              # ended by the end token it was trained to emit
+        assert ids[-1] == 50256  # ended by the end token it was trained to emit
         assert clean_output(decode_tokens(tok, ids)) == ref
         with torch.no_grad():
-            greedy = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
-                                    eos_token_id=[50256, 628], pad_token_id=50256)[0, len(prompt):].tolist()
+            greedy = model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=40,
+                do_sample=False,
+                eos_token_id=[50256, 628],
+                pad_token_id=50256,
+            )[0, len(prompt) :].tolist()
         assert greedy == ids
 
 

@@ -14,7 +14,11 @@ prepare_data = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(prepare_data)
 
 HUB_ROWS = {
-    "mnli": {"premise": ["A man eats.", "Two dogs run."], "hypothesis": ["Someone eats.", "Cats sleep."], "label": [0, 2]},
+    "mnli": {
+        "premise": ["A man eats.", "Two dogs run."],
+        "hypothesis": ["Someone eats.", "Cats sleep."],
+        "label": [0, 2],
+    },
     "cola": {"sentence": ["The book was read.", "Book the read was."], "label": [1, 0]},
     "mrpc": {"sentence1": ['He said " yes " .', "A b ."], "sentence2": ["He agreed .", "C d ."], "label": [1, 0]},
     "stsb": {"sentence1": ["A cat.", "A dog."], "sentence2": ["A kitten.", "A car."], "label": [4.75, 0.5]},
