@@ -225,18 +225,33 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path:
     return path
 
 
+# Keys added to the config after records were written, each with the value that computes exactly what the code did
+# before the key existed: a cell at that value hashes as if the key were absent, so committed records stay done (and a
+# cell that sets another value is a new cell). A new key that changes the computation goes here with its
+# behaviour-preserving default; a key that never changes it goes in VOLATILE_KEYS.
+ADDED_KEYS: dict[str, object] = {}
+
+
+def _drop(data: dict, key: str, only_if=None, check: bool = False) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for parent in parents:
+        node = node.get(parent) or {}
+    if leaf in node and (not check or node[leaf] == only_if):
+        node.pop(leaf)
+
+
 def fingerprint(cfg: DictConfig) -> str:
     """sha256 of the resolved config, less the keys that do not change the result. A cell that starts from another
     cell's weights (train.init_from) also hashes that checkpoint's source fingerprint (None while it does not exist),
     so re-running the source (e.g. MNLI with another config) makes its dependents not done. A cell without init_from
-    hashes exactly what it always did (committed records keep their fingerprints)."""
+    hashes exactly what it always did (committed records keep their fingerprints); so does a key of ADDED_KEYS at its
+    behaviour-preserving value."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE_KEYS:
-        *parents, leaf = key.split(".")
-        node = data
-        for parent in parents:
-            node = node.get(parent) or {}
-        node.pop(leaf, None)
+        _drop(data, key)
+    for key, default in ADDED_KEYS.items():
+        _drop(data, key, only_if=default, check=True)
     if data.get("train", {}).get("init_from"):
         # here, not at the top: the weights file format needs torch, and tables and claims read records without it
         from repro.methods.checkpoint import source_fingerprint
