@@ -1,6 +1,6 @@
 # Two commands on a fresh clone (each installs what is missing first, through scripts/setup.sh):
 #   make run    the main job: MiniLM fine-tuned on RTE, offline (real pretrained encoder, real data; ~10 min on 2 cores)
-#   make test   the test suite
+#   make test   the linter (ruff) and the test suite
 # REPRO_DATA_DIR defaults to ../shared/data beside this checkout when unset; the run is offline unless the
 # HF_* variables are set otherwise. Extra arguments: make run ARGS="force=true seed=1", make test ARGS="-x tests/data".
 
@@ -23,4 +23,5 @@ run: setup
 	$(PY) -m repro.run +table=glue model=minilm method=ft task=rte $(ARGS)
 
 test: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(ARGS)
