@@ -9,9 +9,10 @@ the method -> take the cell's lock -> train and evaluate -> write the record and
 the task's kind (its data, its head, its training and scoring recipe) is its family's (repro/tasks/).
 
 The boundary between bad input and a failed run is the cell's lock (run_cell):
-  * before it (composing, the schema, loading the tokenizer, data and model, the method's surgery, init_from) any error
-    is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell. Errors that are not already
-    a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the traceback instead.
+  * before it (composing, the schema, the split of the global batch over the processes, the precision this machine
+    has, loading the tokenizer, data and model, the method's surgery, init_from) any error is bad input: one line
+    `error: ...` on stderr, exit 2, no record, no folder of the cell. Errors that are not already a ReproError are
+    wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the traceback instead.
   * after it (training, evaluation, decoding, scoring) an error is a result: a `failed` record with the reason
     (divergence, out of memory, a crash in a library), exit 1 for a single run.
 """
@@ -49,7 +50,7 @@ from repro.models import load_model, load_tokenizer
 from repro.plan.report import describe_cell
 from repro.schema import allowed_keys
 from repro.tasks import family
-from repro.train import Diverged, check_devices
+from repro.train import Diverged, batch_plan, check_devices, check_precision
 
 log = logging.getLogger("repro.run")
 
@@ -95,6 +96,7 @@ def finish_tracking(cfg: DictConfig, record: dict) -> None:
 def run_cell(cfg: DictConfig) -> dict:
     """Skip, or set up, lock, train, score and record the cell. Under torchrun every rank calls this: rank 0 decides
     (skip, busy, run) and the others follow it (repro/dist.py); only rank 0 holds the lock and writes."""
+    batch_plan(cfg.train)  # a global batch the processes cannot share: bad input, before the process group and lock
     dist.init()
     path = records.record_path(cfg)
     done = dist.broadcast(records.finished_record(cfg) if dist.is_main() else None)
@@ -172,9 +174,10 @@ def setup_step(what: str):
 def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
     missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
-    several GPUs without torchrun, a paper cell on a CPU, no Java for METEOR) breaks. Every error here is a ReproError
-    (exit 2, nothing written); see the module's docstring."""
+    several GPUs without torchrun, a precision this machine does not have, a paper cell on a CPU, no Java for
+    METEOR) breaks. Every error here is a ReproError (exit 2, nothing written); see the module's docstring."""
     check_devices()
+    check_precision(cfg.train)
     check_cpu_allowed(cfg)
     check_tools(cfg)
     with setup_step("tracking set-up"):
