@@ -47,6 +47,7 @@ from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.methods import apply_method, parameter_counts
 from repro.methods.checkpoint import init_from, save_trainable
 from repro.models import load_model, load_tokenizer
+from repro.plan.cost import fit_to_gpu
 from repro.plan.report import describe_cell
 from repro.schema import allowed_keys
 from repro.tasks import family
@@ -152,6 +153,22 @@ def check_tools(cfg: DictConfig) -> None:
         )
 
 
+def fit_this_gpu(cfg: DictConfig) -> None:
+    """On a GPU, the cell as it fits there (repro.plan.cost.fit_to_gpu: gradient checkpointing where it is over, not in
+    the fingerprint, the record's config says so), or refused with the per-device batch that would fit."""
+    if not torch.cuda.is_available():
+        return
+    gpu = torch.cuda.get_device_properties(torch.cuda.current_device())
+    changed = fit_to_gpu(cfg, gpu.total_memory, dist.world_size())
+    if changed:
+        log.warning(
+            "the cell's memory plan is over %s's %.0f GiB as configured: %s",
+            gpu.name,
+            gpu.total_memory / 2**30,
+            ", ".join(changed),
+        )
+
+
 class SetupFailed(ReproError):
     """A step of a cell's set-up raised an error that is not a ReproError: still bad input (a data file whose columns
     do not fit, a checkpoint that does not load), reported in one line."""
@@ -175,11 +192,13 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
     missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
     several GPUs without torchrun, a precision this machine does not have, a paper cell on a CPU, no Java for
-    METEOR) breaks. Every error here is a ReproError (exit 2, nothing written); see the module's docstring."""
+    METEOR, a cell too large for this GPU) breaks. Every error here is a ReproError (exit 2, nothing written); see the
+    module's docstring."""
     check_devices()
     check_precision(cfg.train)
     check_cpu_allowed(cfg)
     check_tools(cfg)
+    fit_this_gpu(cfg)
     with setup_step("tracking set-up"):
         configure_tracking(cfg)
         set_seed(cfg.seed)

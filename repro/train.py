@@ -22,6 +22,7 @@ from repro import records
 from repro.dist import world_size
 from repro.errors import ReproError
 from repro.methods.registry import loss_term
+from repro.tasks import traits
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,15 @@ def precision_in_use(accelerator) -> str:
     return mixed if mixed in ("fp16", "bf16") and accelerator.native_amp else "fp32"
 
 
-def batch_plan(train: DictConfig) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) that give the configured global batch on the devices present.
+def batch_plan(train: DictConfig, processes: int | None = None) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) that give the configured global batch on the devices present (or on
+    `processes` of them: the planner's).
 
     The paper's "batch size" was per GPU on 8 GPUs (microsoft/LoRA issues #35, #149): tables configure the global
     batch, so a cell means the same optimization on 1 GPU, 8 GPUs or a CPU. A global batch that the processes cannot
     share is bad input (ReproError); the runner asks before anything else (repro.run.run_cell).
     """
-    n, total = world_size(), int(train.global_batch_size)
+    n, total = processes or world_size(), int(train.global_batch_size)
     if total % n:
         raise ReproError(
             f"train.global_batch_size={total}: must be a multiple of the number of processes, {n} (torchrun's "
@@ -82,6 +84,11 @@ def batch_plan(train: DictConfig) -> tuple[int, int]:
     while per_step % per_device:
         per_device -= 1
     return per_device, per_step // per_device
+
+
+def eval_batch(cfg: DictConfig, processes: int | None = None) -> int:
+    """The per-device batch of evaluation: the training's, and at least the task family's floor (repro.tasks)."""
+    return max(batch_plan(cfg.train, processes)[0], traits(cfg.task.kind).eval_batch_floor)
 
 
 def batch_record(train: DictConfig) -> dict:
@@ -312,20 +319,19 @@ def training_arguments(
     *,
     select: str | None = None,
     greater_is_better: bool = True,
-    eval_batch_size: int | None = None,
     prediction_loss_only: bool = False,
 ) -> TrainingArguments:
     """The Trainer's arguments of a cell. `main_metric_key`: the logged dev metric that selects the best weights (None:
     no evaluation while training); `select`: "best" (load them at the end) or "last" (train.select unless given);
-    `greater_is_better`: False for a loss; `eval_batch_size`: the per-device batch of evaluation (default: at least
-    32); `prediction_loss_only`: evaluation computes the loss alone (no logits gathered)."""
+    `greater_is_better`: False for a loss; `prediction_loss_only`: evaluation computes the loss alone (no logits
+    gathered). The per-device eval batch is `eval_batch`'s."""
     t = cfg.train
     per_device, accumulation = batch_plan(t)
     evaluate = main_metric_key is not None
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=eval_batch_size or max(per_device, 32),
+        per_device_eval_batch_size=eval_batch(cfg),
         gradient_accumulation_steps=accumulation,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,

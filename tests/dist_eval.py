@@ -49,7 +49,8 @@ def dev_losses(task: str, batches: list[int], out_dir: Path) -> dict[int, float]
     model = apply_method(load_model(cfg.model, cfg.task, tok), cfg.method)
     losses = {}
     for b in batches:
-        args = training_arguments(cfg, out_dir / f"{task}-{b}", None, eval_batch_size=b)
+        args = training_arguments(cfg, out_dir / f"{task}-{b}", None)
+        args.per_device_eval_batch_size = b
         if task == "e2e":
             trainer = generation.CompletionTrainer(
                 model=model,

@@ -1,15 +1,18 @@
-"""`python -m repro.plan +table=<name> [axis=v1,v2 ...]`: the table sweeper's dry run (`--multirun ... dry_run=true`),
-under the runner's config but with a task function of its own, so the planner never imports the runner (repro.run
-imports repro.plan.report for a single cell's dry run)."""
+"""`python -m repro.plan [--jobs FILE] +table=<name> [axis=v1,v2 ...]`: the table sweeper's dry run (`--multirun ...
+dry_run=true`), under the runner's config but with a task function of its own, so the planner never imports the
+runner (repro.run imports repro.plan.report for a single cell's dry run). `--jobs FILE` also writes the job list that
+scripts/slurm_table2.sh submits (repro.plan.report.write_job_list)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from repro import CONF_DIR
+from repro.plan.report import JOBS_FILE
 
 
 def _launch_nothing(cfg: DictConfig) -> None:
@@ -20,9 +23,13 @@ def _launch_nothing(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--jobs"] and len(args) > 1:  # also write the job list (repro.plan.report.write_job_list)
+        os.environ[JOBS_FILE] = os.path.abspath(args[1])
+        args = args[2:]
     if not any(a.split("=")[0].lstrip("+") == "table" for a in args):
         print(
-            "usage: python -m repro.plan +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue model=roberta-base)",
+            "usage: python -m repro.plan [--jobs FILE] +table=<name> [axis=v1,v2 ...]  (e.g. +table=glue "
+            "model=roberta-base); --jobs FILE also writes one line per job: index, init_from source, status, overrides",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -53,7 +53,6 @@ from repro.train import (
     Outcome,
     ReproTrainer,
     TaskLoss,
-    batch_plan,
     fit,
     normalised,
     training_arguments,
@@ -254,15 +253,9 @@ class CompletionTrainer(ReproTrainer):
 
 def generation_arguments(cfg: DictConfig, output_dir: Path) -> transformers.TrainingArguments:
     """The shared training arguments, selecting by the dev loss: lower is better, evaluation computes the loss alone
-    (never gathering B x T x 50257 logits), in the training's per-device batch."""
+    (never gathering B x T x 50257 logits), in the training's per-device batch (the family's eval_batch_floor is 0)."""
     return training_arguments(
-        cfg,
-        output_dir,
-        DEV_LOSS,
-        select=cfg.decode.checkpoint,
-        greater_is_better=False,
-        eval_batch_size=batch_plan(cfg.train)[0],
-        prediction_loss_only=True,
+        cfg, output_dir, DEV_LOSS, select=cfg.decode.checkpoint, greater_is_better=False, prediction_loss_only=True
     )
 
 
