@@ -417,6 +417,7 @@ class Outcome:
     precision: str  # the precision training ran in (precision_in_use): the configured one (check_precision)
     skipped_steps: int  # optimizer steps the loss scaler skipped (DivergenceGuard)
     nonfinite_steps: int  # optimizer steps with a non-finite loss
+    gpu_peak_mb: float | None = None  # torch.cuda.max_memory_allocated while training (on a GPU; the plan's estimate)
     selected: dict | None = None  # {"rule", "step", "epoch"} of the weights scored
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -435,6 +436,7 @@ class Outcome:
             "precision": self.precision,
             "skipped_steps": self.skipped_steps,
             "nonfinite_steps": self.nonfinite_steps,
+            **({"gpu_peak_allocated_mb": self.gpu_peak_mb} if self.gpu_peak_mb is not None else {}),
         }
 
 
@@ -456,9 +458,12 @@ def fit(
     cadence = CheckpointCadence(cfg.train.get("save_every_steps"), cfg.train.get("save_every_minutes"))
     cadence.trainer = trainer
     trainer.add_callback(cadence)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     resumed_from = train_resuming(trainer, output_dir, trainer.guard)
     if evaluate_selected:
         trainer.evaluate()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return Outcome(
         history=history_from_logs(trainer.state.log_history, main_metric_key),
         steps=trainer.state.global_step,
@@ -468,4 +473,5 @@ def fit(
         precision=precision,
         skipped_steps=trainer.guard.skipped_steps,
         nonfinite_steps=trainer.guard.nonfinite_steps,
+        gpu_peak_mb=None if peak is None else round(peak, 1),
     )
