@@ -117,29 +117,31 @@ def top_k_per_row(x: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tenso
     return values, idx.gather(1, pick)
 
 
-class _BufferLayer(DynamicLayer):
+class _BeamLayer(DynamicLayer):
     """One layer's keys and values during a beam search. The prefill stores them as DynamicLayer does; then
-    `batch_repeat_interleave` moves them, repeated for the beams, into a buffer allocated once with room for every new
-    token, laid out time-major (positions x rows x heads x head_dim) so that the filled part is one contiguous block.
-    New tokens are written in place, attention gets a (rows x heads x positions x head_dim) view of the filled part,
-    and `reorder` copies the rows it is given (beams reordered, finished inputs left out) by one index_select into a
-    spare buffer of the same size, which becomes this layer's."""
+    `batch_repeat_interleave` moves them, repeated for the beams, into two buffers allocated once with room for every
+    new token (memory is committed only as positions are written), laid out time-major (positions x rows x heads x
+    head_dim) so that the filled part is one contiguous block. New tokens are written in place and attention gets a
+    (rows x heads x positions x head_dim) view of the filled part. `reorder_cache` copies the rows it is given by one
+    index_select into the other buffer, which becomes the current one: only the generated positions while the rows
+    stay the same (the beams of an input share its prompt, already in both buffers), all of them when inputs leave.
+    transformers' DynamicCache instead allocates and copies the whole cache twice per step (torch.cat to append a
+    token, index_select to reorder)."""
 
     def __init__(self, room: int):
         super().__init__()
-        self.room, self.length, self.flat = room, 0, None
+        self.room, self.length, self.prompt, self.buffers = room, 0, 0, None
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         repeated = [t.repeat_interleave(repeats, dim=0).permute(2, 0, 1, 3) for t in (self.keys, self.values)]
-        self.length = repeated[0].shape[0]
-        self.flat = [t.new_empty((self.length + self.room) * t[0].numel()) for t in repeated]
-        self.buffers = [f.view(self.length + self.room, *t.shape[1:]) for f, t in zip(self.flat, repeated)]
-        for buf, t in zip(self.buffers, repeated):
-            buf[:self.length] = t
+        self.length = self.prompt = repeated[0].shape[0]
+        self.buffers, self.spares = ([t.new_empty(self.length + self.room, *t.shape[1:]) for t in repeated] for _ in "ab")
+        for buf, spare, t in zip(self.buffers, self.spares, repeated):
+            buf[:self.length] = spare[:self.length] = t
         self._views()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if self.flat is None:   # the prefill
+        if self.buffers is None:   # the prefill
             return super().update(key_states, value_states, *args, **kwargs)
         n = key_states.shape[-2]
         for buf, t in zip(self.buffers, (key_states, value_states)):
@@ -148,35 +150,30 @@ class _BufferLayer(DynamicLayer):
         self._views()
         return self.keys, self.values
 
-    def reorder(self, rows: torch.Tensor, spare: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Keep `rows` (in that order) in `spare` (flat buffers of this layer's size); returns the old ones."""
-        new = []
-        for buf, flat in zip(self.buffers, spare):
-            out = flat[:buf.shape[0] * len(rows) * buf[0, 0].numel()].view(buf.shape[0], len(rows), *buf.shape[2:])
-            torch.index_select(buf[:self.length], 1, rows, out=out[:self.length])
-            new.append(out)
-        spare, self.flat, self.buffers = self.flat, spare, new
+    def reorder_cache(self, rows: torch.Tensor) -> None:
+        """Keep `rows` of the current buffers, in that order (beams reordered within their inputs, finished inputs
+        left out)."""
+        if len(rows) == self.buffers[0].shape[1]:
+            for buf, spare in zip(self.buffers, self.spares):
+                torch.index_select(buf[self.prompt:self.length], 1, rows, out=spare[self.prompt:self.length])
+            self.buffers, self.spares = self.spares, self.buffers
+        else:   # inputs left: both buffers re-laid out for fewer rows, the prompt part copied into the spare too
+            old = self.buffers
+            self.buffers = [_with_rows(spare, len(rows)) for spare in self.spares]
+            for buf, o in zip(self.buffers, old):
+                torch.index_select(o[:self.length], 1, rows, out=buf[:self.length])
+            self.spares = [_with_rows(o, len(rows)) for o in old]
+            for spare, buf in zip(self.spares, self.buffers):
+                spare[:self.prompt] = buf[:self.prompt]
         self._views()
-        return spare
 
     def _views(self) -> None:
         self.keys, self.values = (buf[:self.length].permute(1, 2, 0, 3) for buf in self.buffers)
 
 
-class _BeamCache(Cache):
-    """The KV cache of one beam search (see _BufferLayer): one spare pair of buffers, handed from layer to layer,
-    serves every layer's reordering. transformers' DynamicCache instead allocates and copies each layer's cache twice
-    per step (torch.cat to append a token, index_select to reorder)."""
-
-    def __init__(self, room: int):
-        super().__init__(layer_class_to_replicate=partial(_BufferLayer, room))
-        self.spare: list[torch.Tensor] | None = None
-
-    def reorder_cache(self, rows: torch.Tensor) -> None:
-        for layer in self.layers:
-            if self.spare is None or [f.numel() for f in self.spare] != [f.numel() for f in layer.flat]:
-                self.spare = [torch.empty_like(f) for f in layer.flat]
-            self.spare = layer.reorder(rows, self.spare)
+def _with_rows(buffer: torch.Tensor, rows: int) -> torch.Tensor:
+    """The (positions x rows x ...) view of the first part of a contiguous buffer laid out for more rows."""
+    return buffer.view(-1)[:buffer.shape[0] * rows * buffer[0, 0].numel()].view(buffer.shape[0], rows, *buffer.shape[2:])
 
 
 def decoding_model(model, precision: str):
@@ -205,7 +202,7 @@ def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings, mask: torch.Tenso
     best only rises, so that is final); `live` holds the inputs still searching, A = len(live)."""
     (B, L), K, T = prompts.shape, s.num_beams, s.max_new_tokens
     device = prompts.device   # every tensor follows the model's inputs (CUDA after training), never the default device
-    cache = _BeamCache(room=T)
+    cache = Cache(layer_class_to_replicate=partial(_BeamLayer, T))
     # the LM head on the last position only; as an index, not logits_to_keep=1: that slice is not contiguous, and
     # torch's matmul then multiplies it by B copies of the head's weight (seconds for a large vocabulary)
     last = torch.tensor([-1], device=device)
