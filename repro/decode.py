@@ -26,6 +26,25 @@ token), so a batch is always full (WebNLG's inputs spread over many lengths); th
 (tested on tiny GPT-2 and Llama models; padding changes the shapes of the matrix products, so scores can differ in
 the last bits of a float).
 
+How it runs (issue 27; the straightforward version it replaces, kept as repro/bench/reference_decode.py, gives the
+same outputs on tiny GPT-2 and Llama models, with and without padding, LoRA merged, adapters and prefix tuning, and is
+timed against this one by `python -m repro.bench decode`):
+- the KV cache (_BeamLayer) is allocated once per batch, time-major, written in place, and reordered by one
+  index_select of the generated positions only (the beams of an input share its prompt), where transformers'
+  DynamicCache copies the whole cache twice per step (torch.cat, then index_select);
+- the prefill computes the LM head on the prompt's last position only;
+- the no-repeat ban, the candidates and the early-stop bound are tensor operations over all beams at once (no
+  Python loop over rows; one host sync per step), and log(softmax) plus the beam score are taken on each beam's K most
+  probable tokens only (an input's K best continuations are among them: log is monotone); the fp32 logits and
+  probabilities live in two buffers made once per batch;
+- an input leaves the batch as soon as its own early-stop bound is met (the bound only falls and its best score only
+  rises, so its output is final): later steps run on fewer rows;
+- `precision` bf16 (or fp16) decodes a copy of the model with its weights in that precision (decoding_model), made once
+  per beam_search call: bf16 matrix products are several times faster than fp32 on CPUs with AMX / avx512-bf16, and
+  no fp32 weight is cast at every call as under autocast. What bf16 changes: weights and activations keep 8 bits of
+  mantissa, so log-probabilities move in their third significant digit and bf16 logits tie more often; where two
+  hypotheses score that close the output can differ from fp32's (the bench counts how often). fp32 is exact.
+
 End tokens by tokenizer: gpt2_beam.py's 50256 and 628 are GPT-2's `<|endoftext|>` and its single "\n\n" token; for
 another tokenizer, `end_token_ids(tokenizer)` gives its own eos and "\n\n" tokens (SmolLM2: `<|im_end|>` = 2 and
 1116), and `resolve_end_token_ids` maps the task configs' GPT-2 pair to them. A blank line written as two "\n"
@@ -42,7 +61,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -108,7 +126,7 @@ def top_k_per_row(x: torch.Tensor, k: int, chunk: int = 64) -> tuple[torch.Tenso
     largest maxima, so one pass takes the chunk maxima and the top k is then taken among k x chunk entries."""
     rows, width = x.shape
     n = width // chunk
-    if n <= k:
+    if n <= k or x.device.type != "cpu":   # (a GPU's topk is fast as it is)
         return torch.topk(x, k, dim=1)
     best = x[:, :n * chunk].unflatten(1, (n, chunk)).amax(-1).topk(k, dim=1).indices          # rows x k chunks
     idx = (best.unsqueeze(-1) * chunk + torch.arange(chunk, device=x.device)).view(rows, -1)
@@ -214,8 +232,11 @@ def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings, mask: torch.Tenso
                     past_key_values=cache, use_cache=True, logits_to_keep=last)
         next_pos = mask.sum(-1, keepdim=True).repeat_interleave(K, dim=0)   # the position of the first generated token
         mask = torch.cat([mask.repeat_interleave(K, dim=0), mask.new_ones(B * K, T)], dim=1)   # (B K) x (L + T)
-    logits = out.logits[:, -1, :].float()
+    logits = out.logits[:, -1, :]
     cache.batch_repeat_interleave(K)
+    # fp32 logits and probabilities in two buffers made once: a fresh tensor of this size each step costs as much
+    # again (the allocator maps new pages and the kernel zeroes them)
+    work = [torch.empty(B * K, logits.shape[-1], dtype=torch.float32, device=device) for _ in "lp"]
     eos = torch.tensor(s.eos_token_ids, device=device)
     live = torch.arange(B, device=device)
     beam_scores = torch.zeros(B, K, device=device)
@@ -245,11 +266,14 @@ def _beam_batch(model, prompts: torch.Tensor, s: BeamSettings, mask: torch.Tenso
         A = len(live)
         if i > 0:
             step = {} if mask is None else {"attention_mask": mask[:, :L + i], "position_ids": next_pos + (i - 1)}
-            logits = model(input_ids=token_id, past_key_values=cache, use_cache=True, **step).logits[:, -1, :].float()
+            logits = model(input_ids=token_id, past_key_values=cache, use_cache=True, **step).logits[:, -1, :]
+        logits = work[0][:len(logits)].copy_(logits)
+        if i > 0:
             ban_repeated_ngrams(logits, history, s.no_repeat_ngram_size)
         # gpt2_beam.py: scores = beam score + log(softmax(logits)), top K over beams x vocabulary. log is monotone, so
         # an input's K best continuations are among its beams' K most probable tokens each: log and add on those only
-        probs, tokens = top_k_per_row(F.softmax(logits, dim=-1), K)   # (A K) x K (step 0: B x K, one row per input)
+        probs = torch.softmax(logits, dim=-1, out=work[1][:len(logits)])
+        probs, tokens = top_k_per_row(probs, K)   # (A K) x K (step 0: B x K, one row per input)
         scores = torch.log(probs) if i == 0 else beam_scores.view(-1, 1) + torch.log(probs)
         beam_scores, pick = torch.topk(scores.view(A, -1), K, dim=1, largest=True, sorted=True)
         offset = torch.arange(A, device=device).unsqueeze(1) * K
@@ -302,7 +326,9 @@ def batches(prompts: list[list[int]], s: BeamSettings, device):
 
 
 def beam_search(model, prompts: list[list[int]], settings: BeamSettings | None = None, progress_every: int = 0) -> list[list[int]]:
-    """The generated token ids (end token included, as gpt2_beam.py writes them) for each prompt, in order."""
+    """The generated token ids (end token included, as gpt2_beam.py writes them) for each prompt, in order; decoded by
+    `model` itself in fp32, by a copy of it in settings.precision otherwise (pass decoding_model(model, precision) to
+    make that copy once for several calls)."""
     s = settings or BeamSettings()
     model.eval()
     decoder = decoding_model(model, s.precision)
