@@ -24,7 +24,7 @@ Outputs: for each input and decoder the generated ids (cut at the first end toke
 score of the hypothesis (sum of log-probabilities under the fp32 model, with gpt2_beam.py's no-repeat ban over the
 generated tokens, divided by the number of generated tokens ** length_penalty), so that a difference says which search
 found the better hypothesis by the paper's own criterion; per decoder the count of outputs equal to the reference
-fp32 decoder's. Where generate or CTranslate2 differ, the likely reasons (listed in the JSON) are:
+fp32 decoder's (fast bf16: also to reference bf16-autocast's, what the runner decoded a bf16 cell with before). Where generate or CTranslate2 differ, the likely reasons (listed in the JSON) are:
   - normalisation: generate scores a finished beam by sum_logprob / (generated length) ** length_penalty in
     transformers 5 (older versions: the whole sequence, prompt included); gpt2_beam.py counts the generated tokens,
     the end token included -- check `length_normalisation` per version;
@@ -57,6 +57,7 @@ QUICK = {"model": "tiny-llama", "inputs": 4, "max_new_tokens": 8, "num_beams": 3
          "fast_batch_sizes": [2, 4], "rounds": 1, "ctranslate2": ["float32"]}
 SETTINGS = {"length_penalty": 0.8, "no_repeat_ngram_size": 4, "max_seq_length": 128}
 REFERENCE = "reference fp32"
+AUTOCAST = "reference bf16-autocast"
 
 
 def e2e_prompts(tokenizer, data_dir: str | None, n: int, max_new_tokens: int) -> list[dict]:
@@ -197,7 +198,7 @@ def run(args) -> dict[str, Any]:
 
     alternating: dict[str, Callable[[], list[list[int]]]] = {
         REFERENCE: lambda: reference_beam_search(model, prompts, settings(spec["batch_size"])),
-        "reference bf16-autocast": autocast_reference,
+        AUTOCAST: autocast_reference,
     }
     for bs in spec["fast_batch_sizes"]:
         alternating[f"fast fp32 batch{bs}"] = lambda bs=bs: beam_search(model, prompts, settings(bs))
@@ -228,7 +229,7 @@ def run(args) -> dict[str, Any]:
     fast_bf16 = {bs: best[f"fast bf16 batch{bs}"] for bs in spec["fast_batch_sizes"]}
     chosen = min(fast_bf16, key=fast_bf16.get)
     ratios = {f"{REFERENCE} / {name}": best[REFERENCE] / best[name] for name in best if name.startswith("fast")}
-    ratios[f"reference bf16-autocast / fast bf16 batch{chosen}"] = best["reference bf16-autocast"] / best[f"fast bf16 batch{chosen}"]
+    ratios[f"{AUTOCAST} / fast bf16 batch{chosen}"] = best[AUTOCAST] / best[f"fast bf16 batch{chosen}"]
     scores: dict[tuple, float] = {}
 
     def score(i: int, ids: list[int]) -> float:
@@ -250,9 +251,12 @@ def run(args) -> dict[str, Any]:
     def comparison(name: str) -> dict[str, int]:
         diff = [r["outputs"][name] for r in rows if not r["outputs"][name]["equal_to_reference"]]
         ref_scores = [r["outputs"][REFERENCE]["paper_score"] for r in rows if not r["outputs"][name]["equal_to_reference"]]
-        return {"equal_to_reference": len(rows) - len(diff),
-                "better_than_reference_by_paper_score": sum(d["paper_score"] > r for d, r in zip(diff, ref_scores)),
-                "worse_than_reference_by_paper_score": sum(d["paper_score"] < r for d, r in zip(diff, ref_scores))}
+        out = {"equal_to_reference": len(rows) - len(diff),
+               "better_than_reference_by_paper_score": sum(d["paper_score"] > r for d, r in zip(diff, ref_scores)),
+               "worse_than_reference_by_paper_score": sum(d["paper_score"] < r for d, r in zip(diff, ref_scores))}
+        if name.startswith("fast bf16"):   # against what the runner decoded a bf16 cell with before
+            out["equal_to_reference_bf16_autocast"] = sum(r["outputs"][name]["ids"] == r["outputs"][AUTOCAST]["ids"] for r in rows)
+        return out
 
     import transformers
 

@@ -2,7 +2,8 @@
 the fast decoder is measured against (`python -m repro.bench decode`) and tested against (tests/nlg/test_decode.py):
 transformers' DynamicCache (grown by torch.cat, reordered by index_select every step), the LM head on every prompt
 position, the no-repeat ban and the candidates row by row in Python. Same semantics as repro.decode (gpt2_beam.py,
-see its docstring); not used by the runner.
+see its docstring); not used by the runner. It decodes the model as given (BeamSettings.precision is not looked at:
+today's bf16 decoding is this under torch.autocast).
 """
 
 from __future__ import annotations
