@@ -1,6 +1,6 @@
 """Re-score committed generation records from the outputs written beside them, with the current scorer:
 
-    python scripts/rescore.py --metrics TER_seen TER_unseen TER_all results/webnlg_cpu/*/*/*/seed*.json
+    python scripts/rescore.py results/webnlg_cpu/*/*/*/seed*.json --metrics TER_seen TER_unseen TER_all
 
 For each record: its task's scorer (repro.tasks.scorers, as `python -m repro.score`) on the record's decode files
 (hyp, ref, seen); the named metrics are replaced in `metrics` and nothing else is changed (the fingerprint, the config
