@@ -219,18 +219,20 @@ def _records(path: Path) -> list[tuple[Path, Path]]:
     raise ReproError(f"{path} does not exist: give a record (results/<table>/.../seed<k>.json) or a folder of them")
 
 
-def export_record(record_path: Path, out_dir: Path) -> Path:
-    """Rebuild the cell's adapted model from its record and checkpoint, then `export_peft` it into `out_dir`."""
+def exportable_cell(record_path: Path) -> tuple[DictConfig, Path]:
+    """(the cell's config, its checkpoint) of an ok record of a method PEFT represents, whose checkpoint is beside it;
+    otherwise ReproError, with what is wrong."""
     try:
         record = Record.from_dict(json.loads(record_path.read_text()), record_path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        cfg = OmegaConf.create(record.config)
+        name = cfg.method.name
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
         raise ReproError(f"{record_path}: not a readable record ({type(exc).__name__}: {exc})") from exc
     if not record.ok:
         raise ReproError(f"{record_path}: status {record.status!r}; only ok cells have a trained adapter")
-    cfg = OmegaConf.create(record.config)
-    if cfg.method.name not in PEFT_REPRESENTS:
+    if name not in PEFT_REPRESENTS:
         raise CellMismatch(
-            f"{record_path}: method={cfg.method.name}: PEFT has no format that represents it; exportable methods: "
+            f"{record_path}: method={name}: PEFT has no format that represents it; exportable methods: "
             f"{', '.join(PEFT_REPRESENTS)}"
         )
     weights = record_path.with_suffix(".safetensors")
@@ -240,6 +242,12 @@ def export_record(record_path: Path, out_dir: Path) -> Path:
             f"+table={record.table} model={record.model} method={record.method} task={record.task} "
             f"seed={record.seed} force=true"
         )
+    return cfg, weights
+
+
+def export_cell(cfg: DictConfig, weights: Path, out_dir: Path) -> Path:
+    """Rebuild the cell's adapted model (its pretrained model loaded as the runner loads it, the checkpoint's tensors),
+    then `export_peft` it into `out_dir`."""
     data_dir = os.environ.get("REPRO_DATA_DIR") or (cfg.get("paths") or {}).get("data_dir")
     set_seed(cfg.seed)  # as the runner, before loading: a tiny model's random weights (`source: tiny`) depend on it
     tokenizer = load_tokenizer(cfg.model, data_dir)
@@ -257,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--out-dir", type=Path, required=True, help="the adapter folder (a folder of them for a folder)")
     args = p.parse_args(argv)
     try:
-        for record, below in _records(args.source):
-            out = export_record(record, args.out_dir / below)
-            print(f"{record} -> {out}")
+        cells = [(record, below, *exportable_cell(record)) for record, below in _records(args.source)]  # all first
+        for record, below, cfg, weights in cells:
+            print(f"{record} -> {export_cell(cfg, weights, args.out_dir / below)}")
     except ReproError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

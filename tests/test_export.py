@@ -105,7 +105,7 @@ def test_methods_peft_cannot_represent_are_refused(tmp_path, arch, name):
     assert not (tmp_path / "out").exists()
 
 
-def _record(tmp_path, name: str, status: str = "ok"):
+def _record(tmp_path, name: str, status: str = "ok", where: str = "results/seed0.json"):
     """A record and its checkpoint as the runner writes them, for a tiny-RoBERTa RTE cell (the base model's random
     weights from the cell's seed, as the runner and the export load it)."""
     cfg = compose_cfg(["+table=glue", "model=tiny-roberta", f"method={name}", "task=rte"], tmp_path)
@@ -113,7 +113,8 @@ def _record(tmp_path, name: str, status: str = "ok"):
     base = load_model(cfg.model, cfg.task, load_tokenizer(cfg.model, cfg.paths.data_dir))
     model = apply_method(copy.deepcopy(base), cfg.method)
     randomize_B(model, seed=1)
-    path = tmp_path / "results" / "seed0.json"
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_trainable(model, path.with_suffix(".safetensors"), cfg)
     fields = {"status": status, "table": "glue", "model": "tiny-roberta", "method": name, "task": "rte", "seed": 0}
     path.write_text(json.dumps({**fields, "config": OmegaConf.to_container(cfg, resolve=True)}))
@@ -174,3 +175,11 @@ def test_qlora_export_loads_onto_the_same_4bit_base(tmp_path):
             setattr(quantized.get_submodule(parent), attr, mod.base_layer)
     loaded = peft.PeftModel.from_pretrained(quantized, str(out)).eval()
     assert (logits(loaded, "llama") - logits(model, "llama")).abs().max() <= 1e-5
+
+
+def test_a_folder_with_one_record_that_cannot_be_exported_writes_nothing(tmp_path, capsys):
+    _record(tmp_path, "lora", where="results/lora/seed0.json")
+    _record(tmp_path, "adapter_h", where="results/adapter_h/seed0.json")
+    assert main(["peft", str(tmp_path / "results"), "--out-dir", str(tmp_path / "out")]) == 2
+    assert "method=adapter_h: PEFT has no format" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
