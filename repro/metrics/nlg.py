@@ -22,6 +22,7 @@ GenerationEval, step by step, and what stands for each step here:
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pyter
@@ -89,11 +90,14 @@ def ter(hyps: list[str], refs: list[list[str]]) -> float:
     """GenerationEval's TER (eval.py ter_score): nltk-tokenized text, per segment the lowest pyter TER over the
     references (an empty reference scores 1), the mean over segments."""
     _check(hyps, refs)
-    scores = []
-    for hyp, rs in zip(hyps, refs):
-        h = word_tokenize(hyp).split()
-        scores.append(min(_segment_ter(h, word_tokenize(r).split()) for r in rs))
+    scores = [_best_ter(hyp, tuple(rs)) for hyp, rs in zip(hyps, refs)]
     return sum(scores) / len(scores) if scores else 0.0
+
+
+@functools.lru_cache(maxsize=8192)  # webnlg_scores scores every segment twice (its split, then all): pyter is slow
+def _best_ter(hyp: str, refs: tuple[str, ...]) -> float:
+    h = word_tokenize(hyp).split()
+    return min(_segment_ter(h, word_tokenize(r).split()) for r in refs)
 
 
 def _segment_ter(hyp: list[str], ref: list[str]) -> float:
