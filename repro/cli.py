@@ -97,8 +97,9 @@ def fail(message: str) -> int:
 
 
 def command(main: Callable[..., int | None]) -> Callable[..., int]:
-    """A command's main(argv) with the shared handling of bad input: ReproError, argparse's errors and file errors
-    become one line `error: ...` on stderr and return 2; REPRO_DEBUG=1 lets them raise. `--help` exits 0 as usual."""
+    """A command's main(argv) with the shared handling of bad input: ReproError, argparse's errors, file errors and a
+    `SystemExit("message")` become one line `error: ...` on stderr and return 2; REPRO_DEBUG=1 lets them raise.
+    `--help` exits 0 as usual."""
 
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
@@ -108,6 +109,10 @@ def command(main: Callable[..., int | None]) -> Callable[..., int]:
             if debug():
                 raise
             return fail(describe(exc))
+        except SystemExit as exc:
+            if not isinstance(exc.code, str) or debug():
+                raise  # --help (0), or an exit status a command chose
+            return fail(one_line(exc.code))  # `raise SystemExit("why")`: a refusal in words, as any other
 
     return run
 
@@ -162,22 +167,37 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_results_dir(p: argparse.ArgumentParser) -> None:
+def add_results_dir(p: argparse.ArgumentParser, dest: str = "results_dir") -> None:
+    """--results-dir DIR (read with `results_dir(args)`); the old `--results DIR` still works, deprecated."""
     p.add_argument(
-        "--results-dir", metavar="DIR", default=None, help="the records' root (default: $REPRO_RESULTS_DIR or results/)"
+        "--results-dir",
+        metavar="DIR",
+        dest=dest,
+        default=None,
+        help="the records' root (default: $REPRO_RESULTS_DIR or results/)",
     )
-    p.add_argument("--results", dest="results_dir", action=Deprecated, new="--results-dir")
+    p.add_argument("--results", dest=dest, action=Deprecated, new="--results-dir")
 
 
-def results_dir(args: argparse.Namespace) -> str:
-    return args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
+def results_dir(args: argparse.Namespace, dest: str = "results_dir") -> str:
+    """The records' root: --results-dir, else $REPRO_RESULTS_DIR, else results/."""
+    return getattr(args, dest) or os.environ.get("REPRO_RESULTS_DIR") or "results"
 
 
-def add_out_dir(p: argparse.ArgumentParser, default: str, old_out: bool = True) -> None:
-    """--out-dir DIR; `old_out`: the old `--out DIR` (a folder) still works, deprecated."""
-    p.add_argument("--out-dir", metavar="DIR", default=None, help=f"the folder to write into (default: {default})")
+def add_out_dir(
+    p: argparse.ArgumentParser, shown_default: str, old_out: bool = True, dest: str = "out_dir", default=None
+) -> None:
+    """--out-dir DIR (`shown_default`: what its help says it defaults to); `old_out`: the old `--out DIR` (a folder)
+    still works, deprecated."""
+    p.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        dest=dest,
+        default=default,
+        help=f"the folder to write into (default: {shown_default})",
+    )
     if old_out:
-        p.add_argument("--out", dest="out_dir", action=Deprecated, new="--out-dir")
+        p.add_argument("--out", dest=dest, action=Deprecated, new="--out-dir")
 
 
 def add_strict(p: argparse.ArgumentParser) -> None:
@@ -188,7 +208,7 @@ def add_strict(p: argparse.ArgumentParser) -> None:
     )
 
 
-def unreadable(files: list[tuple], strict: bool) -> None:
+def report_unreadable(files: list[tuple], strict: bool) -> None:
     """The records a command could not read ((path, why) pairs, as repro.results.load_records returns them): each
     named on stderr, or with `strict` an error that names them."""
     if not files:

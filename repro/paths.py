@@ -100,7 +100,7 @@ def input_file(path: str | Path, what: str, kind: str | None = None, hint: str =
         raise PathError(f"{what}={path}: cannot be read ({exc.strerror or exc})") from None
     if kind is not None:
         if why := KINDS[kind](p, head):
-            raise PathError(f"{what}={path}: not a {kind} file ({why})")
+            raise PathError(f"{what}={path}: not a {KIND_NAMES.get(kind, kind)} file ({why})")
     return p
 
 
@@ -138,3 +138,4 @@ def _not_safetensors(path: Path, head: bytes) -> str | None:
 
 
 KINDS = {"text": _not_text, "json": _not_json, "safetensors": _not_safetensors}
+KIND_NAMES = {"json": "JSON"}
