@@ -244,7 +244,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     check_inputs(args)
     np.set_printoptions(precision=3, suppress=True)
-    files = args.func(args)
+    try:
+        files = args.func(args)
+    except ValueError as exc:  # how repro.analysis.factors refuses an adapter it cannot read as LoRA factors (a DoRA
+        # or PiSSA checkpoint, no factors, a record beside it that is not JSON): bad input, one line
+        raise ReproError(str(exc)) from exc
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
     return 0
