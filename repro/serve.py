@@ -15,15 +15,20 @@ The paper's deployment: one pre-trained W0 is shared and each task keeps only it
 A `TaskAdapter` is read from a cell's checkpoint (repro.methods.checkpoint; LoRA-family methods whose ΔW over the
 pretrained W0 is low-rank: lora, rslora, lora_all_linear, and PiSSA (`init: pissa`, whichever method name), whose
 ΔW = s(B A − B0 A0) over the pretrained W is served as the rank-2r pair of `pretrained_factors`) and applies to the
-plain pretrained model (no LoRA modules): the paper's W is an nn.Linear weight. `python -m repro.serve <record> <record> ...` scores each task alone
-and under the weighted combination on its dev set, checks switching, and writes results/serve/combination.{json,md}.
+plain pretrained model (no LoRA modules): the paper's W is an nn.Linear weight.
+
+    python -m repro.serve RECORD RECORD [...] [--weights W W ...] [--out-dir DIR]     (console script: repro-serve)
+
+scores each task alone and under the weighted combination on its dev set (REPRO_DATA_DIR), checks switching, and
+writes <DIR>/combination.{json,md} (default results/serve/). Each RECORD is an `ok` record of a LoRA cell whose
+weights (seed<k>.safetensors) lie beside it, all on one base model.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -33,17 +38,17 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from transformers import DataCollatorWithPadding
 
+from repro.cli import Deprecated, add_out_dir, command, parser
 from repro.errors import ReproError
-from repro.methods.checkpoint import load_trainable, read_trainable
 from repro.methods.common import is_head
-from repro.methods.lora import LoRALinear, lora_modules
-from repro.methods.registry import apply_method
-from repro.metrics.glue import glue_metrics, predictions
-from repro.models import load_model, load_tokenizer
+from repro.paths import input_file, output_dir
 from repro.records import write_json_atomic
-from repro.tasks import family
+from repro.results import UnreadableRecord, load_record
+
+# Imported where used, not here, so that `repro-serve --help` answers before they load: repro.methods.checkpoint and
+# .lora (transformers' Trainer, PEFT), repro.metrics.glue (scikit-learn), repro.models and repro.tasks (transformers,
+# datasets).
 
 # ΔW over the pretrained W0 is low-rank: s B A (LoRA, rsLoRA, all-linear), s [B, −B0] [A; A0] (PiSSA, W0 a residual)
 SERVABLE = ("lora", "rslora", "pissa", "lora_all_linear")
@@ -74,6 +79,11 @@ class TaskAdapter:
         unchanged): a copy of `base` is adapted with the checkpoint's method and its LoRA tensors loaded, and each
         module's `pretrained_factors` taken (PiSSA's B0, A0 come from `base`'s W, as in training). The head is the
         checkpoint's (it may have another width than `base`'s)."""
+        # heavy: see the imports above
+        from repro.methods.checkpoint import load_trainable, read_trainable
+        from repro.methods.lora import LoRALinear, lora_modules
+        from repro.methods.registry import apply_method
+
         tensors, meta = read_trainable(Path(path))
         name = meta.get("method_name")
         if name not in SERVABLE:
@@ -279,7 +289,15 @@ class MixedBatchModel(nn.Module):
 
 # -------------------------------------------------------------------------------------------- dev scores (CLI)
 def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
-    record = json.loads(record_path.read_text())
+    """A record given on the command line, checked: readable, ok, with its weights beside it; the dev set's data
+    folder set."""
+    input_file(record_path, "record", kind="json")
+    try:
+        record = load_record(record_path).raw
+    except UnreadableRecord as exc:
+        raise ServeError(str(exc)) from None
+    if not isinstance(record.get("config"), dict) or not (record["config"].get("model") or {}).get("name"):
+        raise ServeError(f"{record_path}: not a record of repro.run (no resolved `config` with a model)")
     if record.get("status") != "ok":
         raise ServeError(f"{record_path}: status {record.get('status')!r}; only ok cells have trained adapters")
     cfg = OmegaConf.create(record["config"])
@@ -299,6 +317,10 @@ def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
 
 def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> dict[str, float]:
     """The task's GLUE metrics on its dev set (repro.metrics.glue, as the runner scores)."""
+    from transformers import DataCollatorWithPadding  # heavy: see the imports above
+
+    from repro.metrics.glue import glue_metrics, predictions
+
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in dev.column_names]
     loader = torch.utils.data.DataLoader(
         dev.select_columns(keep), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer)
@@ -316,6 +338,9 @@ def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> di
 def combination_report(record_paths: list[Path], weights: list[float], switches: int = 10) -> dict:
     """Each task's dev score alone (its adapter merged) and under the weighted combination (its own head), and the
     drift of W from W0 after `switches` switches between the adapters."""
+    from repro.models import load_model, load_tokenizer  # heavy: see the imports above
+    from repro.tasks import family
+
     cells = [_cell(p) for p in record_paths]
     base_cfg = cells[0][1]
     if len({c.model.name for _, c, _ in cells}) != 1:
@@ -379,23 +404,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m repro.serve", description=__doc__.split("\n\n")[0])
+    p = parser("serve", __doc__)
     p.add_argument("records", nargs="+", type=Path, help="two or more ok records of LoRA cells on one base model")
     p.add_argument("--weights", nargs="+", type=float, help="w_i of the combination (default: 1 each)")
-    p.add_argument("--out", type=Path, default=Path("results/serve/combination"), help="writes <out>.json and <out>.md")
+    add_out_dir(p, "results/serve", old_out=False)
+    p.add_argument(
+        "--out", dest="out_stem", type=Path, action=Deprecated, new="--out-dir DIR (writes DIR/combination.*)"
+    )
     args = p.parse_args(argv)
-    try:
-        if len(args.records) < 2:
-            raise ServeError("give at least two records to combine")
-        weights = args.weights or [1.0] * len(args.records)
-        report = combination_report(args.records, weights)
-    except ReproError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out.with_suffix(".json"), report)
-    args.out.with_suffix(".md").write_text(markdown(report))
+    if len(args.records) < 2:
+        raise ServeError("give at least two records to combine")
+    weights = args.weights or [1.0] * len(args.records)
+    if len(weights) != len(args.records) or not all(math.isfinite(w) for w in weights):
+        raise ServeError(f"--weights={args.weights}: one finite number per record ({len(args.records)})")
+    stem = args.out_stem or Path(args.out_dir or "results/serve") / "combination"
+    output_dir(stem.parent, "--out-dir")
+    for record in args.records:
+        _cell(record)  # every record checked before anything loads
+    report = combination_report(args.records, weights)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stem.with_suffix(".json"), report)
+    stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     return 0
 
