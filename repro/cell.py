@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from repro import schema
+from repro import paths, schema
 from repro.errors import CellMismatch
 from repro.schema import ConfigError
 
@@ -96,6 +96,23 @@ def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> D
     if check:
         check_cell(cfg)
     return cfg
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """The paths a cell is given, usable before anything is loaded, locked or written (repro.paths): the results and
+    log folders exist or can be created, and can be written; the data folder (when set) exists; train.init_from (when
+    set) is a safetensors file. PathError (one line) otherwise."""
+    paths.output_dir(cfg.paths.results_dir, "paths.results_dir")
+    paths.output_dir(cfg.paths.log_dir, "paths.log_dir")
+    if cfg.paths.get("data_dir"):
+        paths.input_dir(cfg.paths.data_dir, "paths.data_dir")
+    if cfg.train.get("init_from"):
+        paths.input_file(
+            cfg.train.init_from,
+            "train.init_from",
+            kind="safetensors",
+            hint="run the cell that writes it first (the MNLI cell of the same model, method and seed)",
+        )
 
 
 def check_cell(cfg: DictConfig | dict, table_rules: bool = True) -> None:

@@ -8,9 +8,8 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -18,8 +17,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from repro.cli import (  # noqa: E402
+    add_out_dir,
+    add_results_dir,
+    add_strict,
+    command,
+    parser,
+    report_unreadable,
+    results_dir,
+)
+from repro.config import options  # noqa: E402
+from repro.paths import input_dir, output_dir  # noqa: E402
 from repro.results import load_records  # noqa: E402
-from repro.tables import build, load_paper, paper_average, parse_label, parse_params, table_columns  # noqa: E402
+from repro.tables import (  # noqa: E402
+    build,
+    load_paper,
+    load_table_config,
+    paper_average,
+    parse_label,
+    parse_params,
+    table_columns,
+)
 
 
 def _colour(method: str, cache: dict):
@@ -139,16 +157,22 @@ def render(table_name: str, results_dir, out_dir=None) -> list[Path]:
     return [score_vs_params(table_name, results_dir, out_dir), *loss_curves(table_name, results_dir, out_dir)]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="records -> PNG figures under results/plots/")
-    ap.add_argument("table")
-    ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
-    ap.add_argument("--out-dir", default=None, help="default: <results-dir>/plots")
-    args = ap.parse_args(argv)
-    results_dir = args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
-    for path in render(args.table, results_dir, args.out_dir):
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = parser("plots", __doc__)
+    p.add_argument("table", help=f"a table config under conf/table/ ({', '.join(options('table'))})")
+    add_results_dir(p)
+    add_out_dir(p, "<results-dir>/plots")
+    add_strict(p)
+    args = p.parse_args(argv)
+    load_table_config(args.table)  # an unknown table: refused before anything is read
+    results = str(input_dir(results_dir(args), "--results-dir"))
+    out_dir = output_dir(args.out_dir or Path(results) / "plots", "--out-dir")
+    report_unreadable(load_records(results, args.table)[1], args.strict)
+    for path in render(args.table, results, out_dir):
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -34,14 +34,13 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from transformers import set_seed
 
 from repro import dist, records
-from repro.cell import resolve_cell, smoke_reason
+from repro.cell import check_paths, resolve_cell, smoke_reason
+from repro.cli import debug, hydra_command, one_line
 from repro.errors import ReproError
 from repro.memory import hwm_rss_mb, reset_peak_rss
 from repro.methods import apply_method, parameter_counts
@@ -49,7 +48,6 @@ from repro.methods.checkpoint import init_from, save_trainable
 from repro.models import load_model, load_tokenizer
 from repro.plan.cost import fit_to_gpu
 from repro.plan.report import describe_cell
-from repro.schema import allowed_keys
 from repro.tasks import family
 from repro.train import Diverged, batch_plan, check_devices, check_precision
 
@@ -99,6 +97,10 @@ def run_cell(cfg: DictConfig) -> dict:
     (skip, busy, run) and the others follow it (repro/dist.py); only rank 0 holds the lock and writes."""
     batch_plan(cfg.train)  # a global batch the processes cannot share: bad input, before the process group and lock
     dist.init()
+    if dist.is_main():
+        check_paths(
+            cfg
+        )  # results, logs, data, init_from: usable, before any record is read, anything loaded or written
     path = records.record_path(cfg)
     done = dist.broadcast(records.finished_record(cfg) if dist.is_main() else None)
     if done is not None and not cfg.force:
@@ -307,56 +309,10 @@ def main(cfg: DictConfig):
     return "skipped" if record.get("skipped") else record["status"]
 
 
-def debug() -> bool:
-    """REPRO_DEBUG=1: bad input raises with its traceback instead of the one-line error."""
-    return os.environ.get("REPRO_DEBUG", "").lower() in ("1", "true", "yes")
-
-
-def one_line(text: str) -> str:
-    """A multi-line message (Hydra's lists of options are tab-indented) as one line."""
-    out: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if out and raw[:1] in ("\t", " "):
-            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
-        else:
-            out.append(line)
-    return "; ".join(out)
-
-
-def hydra_error(exc: BaseException) -> str:
-    """A command line that Hydra cannot compose (a group option that does not exist, a key the config does not have,
-    an override it cannot parse) as one line; an unknown key lists the keys the schema allows there."""
-    cause = exc.__cause__
-    if cause is not None and "not in struct" in str(cause) and getattr(cause, "full_key", None):
-        path = str(cause.full_key).split(".")
-        allowed = allowed_keys(path[:-1])
-        if allowed:
-            return f"{cause.full_key}: unknown key; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}"
-    text = str(exc).split("\nConfig search path:")[0]  # Hydra's search path says nothing about the mistake
-    if cause is not None and str(cause) not in text:
-        text += f"\n{cause}"
-    return one_line(text)
-
-
 def cli() -> None:
-    """`python -m repro.run`: Hydra's own errors (composing the command line) as one line and exit 2, like bad values."""
-    if debug():
-        os.environ["HYDRA_FULL_ERROR"] = "1"
-        main()
-        return
-    previous = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report: formatted below
-    try:
-        main()
-    except (HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {hydra_error(exc)}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if previous is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+    """`python -m repro.run` (the console script repro-run): Hydra's own errors (composing the command line) and file
+    errors (a log folder Hydra cannot create) as one line and exit 2, like bad values (repro.cli.hydra_command)."""
+    hydra_command(main)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ epoch), their mean +- std (the suite's statistic) and median (the paper's: "medi
 of seeds, the paper's number beside it and the difference. Rows whose numbers the paper took from prior work (`*`,
 `cited: true`) are marked "cited": the paper did not run them. A stand-in model (minilm, tiny-*) gets its own row,
 next to the paper row of the model it stands in for. Missing cells print as "-", failed ones as "failed xN" (the
-reasons are listed under the table); records that fit no row are listed too: nothing is dropped silently. A cell
-with a record whose code cannot be traced (no git commit, or uncommitted changes without the seed<k>.diff that
-`repro.run` writes beside the record) is marked §, and those records are listed under the table.
+reasons are listed under the table); records that fit no row are listed too, and so are files that cannot be read as
+records (`--strict`: an error instead): nothing is dropped silently. A cell with a record whose code cannot be traced
+(no git commit, or uncommitted changes without the seed<k>.diff that `repro.run` writes beside the record) is marked
+§, and those records are listed under the table.
 
 The NLG tables (3, 13, 14) print one task's metrics as columns instead (the table config's `render.columns`: the
 paper's column name, the record's metric key, the scale the paper prints it at, and the paper file's column), e.g.
@@ -21,10 +22,8 @@ repro.results; this module lays them out beside the paper's numbers and renders 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import os
 import re
 import statistics
 import sys
@@ -35,7 +34,10 @@ from pathlib import Path
 import yaml
 
 from repro import PROJECT_ROOT, tune
+from repro.cli import add_out_dir, add_results_dir, add_strict, command, parser, report_unreadable, results_dir
 from repro.config import group_path, options, read_group
+from repro.errors import ReproError
+from repro.paths import input_dir, output_dir
 from repro.results import Cell, Record, Tuning, by_cell, load_records, main_metric
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
@@ -47,10 +49,14 @@ UNTRACED = "§"
 
 
 def load_table_config(name: str) -> dict:
-    """conf/table/<name>.yaml's `table` node (plain YAML: the rows, tasks, stand-ins and paper file)."""
+    """conf/table/<name>.yaml's `table` node (plain YAML: the rows, tasks, stand-ins and paper file); ReproError for
+    a name that is no table."""
     data = read_group("table", name)
     if data is None:
-        raise SystemExit(f"no table config {group_path('table', name)}; tables: {', '.join(options('table'))}")
+        raise ReproError(
+            f"table={name}: no such table ({group_path('table', name).relative_to(PROJECT_ROOT)}); "
+            f"tables: {', '.join(options('table'))}"
+        )
     return data["table"]
 
 
@@ -178,7 +184,7 @@ def check_columns(columns: list[Column], paper: dict | None, table_name: str) ->
     allowed = [f"{m}.{s}" for m, splits in cols.items() for s in splits] if isinstance(cols, dict) else list(cols or [])
     bad = [c.paper for c in columns if isinstance(c.paper, str) and c.paper not in allowed]
     if bad:
-        raise SystemExit(
+        raise ReproError(
             f"table {table_name}: render.columns paper={bad[0]!r} is not a column of {paper['source']['paper']}; "
             f"allowed: {', '.join(allowed)}"
         )
@@ -629,7 +635,8 @@ def render(
     n_records = sum(
         c.n + sum(c.failed.values()) for r in rows for col, c in zip(r.columns, r.cells.values()) if col.first_of_task
     ) + len(unmatched)
-    walls = [r.wall_s for r in load_records(results_dir, table_name)[0]]
+    every, unreadable = load_records(results_dir, table_name)
+    walls = [r.wall_s for r in every]
     n_all = len(walls)
     counted = (
         f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)"
@@ -718,6 +725,9 @@ def render(
         md += [
             f"- {r.path}: status {r.status}, model {r.model}, method {r.method}, variant {r.variant}" for r in unmatched
         ]
+    if unreadable:  # never left out silently: named under the table (repro.tables --strict refuses them)
+        md += ["", f"Records that could not be read ({len(unreadable)}), in no row above:", ""]
+        md += [f"- {p}: {why}" for p, why in unreadable]
     text = "\n".join(md) + "\n"
     out_dir = Path(out_dir) if out_dir else Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -731,17 +741,21 @@ def render(
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("table", help="a table config under conf/table/ (e.g. glue)")
-    ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
-    ap.add_argument("--out-dir", default=None, help="default: <results-dir>/tables")
-    args = ap.parse_args(argv)
-    results_dir = args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
-    sys.stdout.write(render(args.table, results_dir, args.out_dir))
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = parser("tables", __doc__)
+    p.add_argument("table", help=f"a table config under conf/table/ ({', '.join(options('table'))})")
+    add_results_dir(p)
+    add_out_dir(p, "<results-dir>/tables")
+    add_strict(p)
+    args = p.parse_args(argv)
+    load_table_config(args.table)  # an unknown table: refused before anything is read
+    results = str(input_dir(results_dir(args), "--results-dir"))
+    out_dir = output_dir(args.out_dir or Path(results) / "tables", "--out-dir")
+    report_unreadable(load_records(results, args.table)[1], args.strict)
+    sys.stdout.write(render(args.table, results, out_dir))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from repro import plots, records, tables
+from repro.errors import ReproError
 from repro.results import Record, cell_cost, load_records
 
 
@@ -355,7 +356,7 @@ def test_webnlg_cpu_columns_come_from_table_14s_per_metric_splits(tmp_path):
 def test_a_render_column_the_paper_does_not_have_is_refused(tmp_path):
     table = tables.load_table_config("webnlg_cpu")
     table["render"]["columns"][0]["paper"] = "BLEU.X"
-    with pytest.raises(SystemExit, match=r"paper='BLEU.X' is not a column .* allowed: BLEU.U, BLEU.S, BLEU.A, MET.U"):
+    with pytest.raises(ReproError, match=r"paper='BLEU.X' is not a column .* allowed: BLEU.U, BLEU.S, BLEU.A, MET.U"):
         tables.build("webnlg_cpu", tmp_path, table)
 
 

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from repro import records
 from repro.plan.grid import Expansion, cartesian, filter_jobs, job_values, resolve_jobs
 from repro.plan.order import deferred_jobs, describe_waves, init_sources, launch_waves, tuning_choices
+from repro.results import UnreadableRecord, load_record
 from repro.tune import group_of
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ class TableSweeper(BasicSweeper):
                 why[tuple(job)] = (
                     f"ended {record['status']}: {record.get('error')}"
                     if record.get("status") not in (None, "ok")
-                    else f"has no ok record with its config's fingerprint ({records.record_path(cfg)})"
+                    else unreadable_record(cfg)
+                    or f"has no ok record with its config's fingerprint ({records.record_path(cfg)})"
                 )
         return {i: why[tuple(src)] for i, src in sources.items() if tuple(src) in why}
 
@@ -176,6 +178,8 @@ class TableSweeper(BasicSweeper):
             return jobs
         todo, done = [], []
         for job, cfg, note in resolve_jobs(self.hydra_context.config_loader, self.config, jobs, fallback=False):
+            if cfg is not None and (why := unreadable_record(cfg)):
+                print(f"warning: {why}: the cell runs again and replaces it", flush=True)
             if cfg is None or note or records.finished_record(cfg) is None:
                 todo.append(job)
             else:
@@ -187,3 +191,16 @@ class TableSweeper(BasicSweeper):
             flush=True,
         )
         return todo
+
+
+def unreadable_record(cfg) -> str | None:
+    """The cell's record file, when it exists and cannot be read (path and why: repro.results.load_record), else None:
+    such a cell is not done, and the sweep says so instead of running it over the file silently."""
+    path = records.record_path(cfg)
+    if not path.exists():
+        return None
+    try:
+        load_record(path)
+    except UnreadableRecord as exc:
+        return str(exc)
+    return None
