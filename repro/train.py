@@ -22,7 +22,6 @@ from repro import records
 from repro.dist import world_size
 from repro.errors import ReproError
 from repro.methods.registry import loss_term
-from repro.tasks import traits
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,10 @@ def batch_plan(train: DictConfig, processes: int | None = None) -> tuple[int, in
     return per_device, per_step // per_device
 
 
-def eval_batch(cfg: DictConfig, processes: int | None = None) -> int:
-    """The per-device batch of evaluation: the training's, and at least the task family's floor (repro.tasks)."""
-    return max(batch_plan(cfg.train, processes)[0], traits(cfg.task.kind).eval_batch_floor)
+def eval_batch(train: DictConfig, floor: int, processes: int | None = None) -> int:
+    """The per-device batch of evaluation: the training's, and at least `floor`, the task family's
+    (repro.tasks.Traits.eval_batch_floor)."""
+    return max(batch_plan(train, processes)[0], floor)
 
 
 def batch_record(train: DictConfig) -> dict:
@@ -320,18 +320,19 @@ def training_arguments(
     select: str | None = None,
     greater_is_better: bool = True,
     prediction_loss_only: bool = False,
+    eval_batch_floor: int = 0,
 ) -> TrainingArguments:
     """The Trainer's arguments of a cell. `main_metric_key`: the logged dev metric that selects the best weights (None:
     no evaluation while training); `select`: "best" (load them at the end) or "last" (train.select unless given);
     `greater_is_better`: False for a loss; `prediction_loss_only`: evaluation computes the loss alone (no logits
-    gathered). The per-device eval batch is `eval_batch`'s."""
+    gathered); `eval_batch_floor`: the task family's least per-device eval batch (`eval_batch`)."""
     t = cfg.train
     per_device, accumulation = batch_plan(t)
     evaluate = main_metric_key is not None
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=eval_batch(cfg),
+        per_device_eval_batch_size=eval_batch(t, eval_batch_floor),
         gradient_accumulation_steps=accumulation,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,

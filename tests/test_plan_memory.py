@@ -236,7 +236,8 @@ def test_plan_prints_memory_ddp_checkpoints_and_disk_per_row(tmp_path):
     deberta_ft = next(r for r in rows if "deberta-v2-xxlarge   ft" in r)
     assert "DOES NOT FIT" in deberta_ft.split("DDP8")[1] and "steps)" in deberta_ft
     assert (
-        "does not fit: deberta-v2-xxlarge ft default, torchrun on 8 GPUs" in text and "DDP's gradient buckets" in text
+        "does not fit, torchrun on 8 GPUs: model=deberta-v2-xxlarge method=ft task=mnli" in text
+        and "DDP's gradient buckets" in text
     )
     assert "peak memory per GPU, one process: largest cell" in text and "10 of 10 jobs fit" in text
     assert "scratch disk:" in text and "final weights kept after the grid" in text

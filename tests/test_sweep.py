@@ -147,7 +147,7 @@ def test_estimate_formula(hydra_ctx):
     n = 12 * (4 * 768**2 + 2 * 768 * 3072)
     assert est["params"] == n
     examples = 2490 * 80  # RTE train x 80 epochs (roberta_base_rte.sh)
-    b, b_eval = batch_plan(cfg.train)[0], eval_batch(cfg)
+    b, b_eval = batch_plan(cfg.train)[0], eval_batch(cfg.train, cost.eval_floor(cfg))
     assert (b, b_eval) == (16, 32)
     tokens = lengths.padded_length("rte", b, 512)[0]  # dynamic padding: a batch of 16 RTE pairs is ~190 tokens long
     assert 150 < tokens < 250 and est["tokens"] == tokens and est["lengths"] == "measured on train"

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from repro import CONF_DIR
 from repro.cli import UsageError, command, hydra_command, prog
 from repro.config import options
-from repro.plan.report import JOBS_FILE
+from repro.plan import JOBS_FILE
 
 
 def _launch_nothing(cfg: DictConfig) -> None:

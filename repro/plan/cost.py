@@ -67,6 +67,7 @@ from repro.methods import apply_method, parameter_counts
 from repro.models import build_on_meta
 from repro.plan.activations import layer_bytes
 from repro.plan.lengths import padded_length
+from repro.tasks import traits
 from repro.train import batch_plan, eval_batch
 
 # Train / dev examples per task (GLUE: the official dev split; MNLI dev = matched). Sources: GLUE (Wang et al. 2019)
@@ -157,7 +158,7 @@ def estimate(cfg: DictConfig) -> dict:
         examples = int(math.ceil(n_train * float(t.num_train_epochs)))
         evals = max(1, math.ceil(float(t.num_train_epochs)))
     tokens, lengths = tokens_per_example(cfg, batch_plan(t, 1)[0])
-    eval_tokens, _ = tokens_per_example(cfg, eval_batch(cfg, 1))
+    eval_tokens, _ = tokens_per_example(cfg, eval_batch(cfg.train, eval_floor(cfg), 1))
     k = 6 if cfg.method.name in FULL_UPDATE_METHODS else 4
     train_flops = k * n * examples * tokens
     flops = train_flops + 2 * n * n_dev * eval_tokens * evals
@@ -266,6 +267,11 @@ def param_counts(cfg: DictConfig) -> tuple[int, int]:
         return n, n if cfg.method.get("name") in FULL_UPDATE_METHODS else 0
 
 
+def eval_floor(cfg: DictConfig) -> int:
+    """The task family's least per-device eval batch (repro.tasks.Traits)."""
+    return traits(cfg.task.kind).eval_batch_floor
+
+
 def per_device_batch(cfg: DictConfig, world_size: int = 1) -> int:
     return batch_plan(cfg.train, world_size)[0]
 
@@ -276,7 +282,7 @@ def memory_estimate(cfg: DictConfig, world_size: int = 1) -> dict:
     p, pt = param_counts(cfg)
     a = _arch(cfg.model)
     s, h, L = int(cfg.data.max_seq_length), a["h"], a["L"]
-    b, b_eval = per_device_batch(cfg, world_size), eval_batch(cfg, world_size)
+    b, b_eval = per_device_batch(cfg, world_size), eval_batch(cfg.train, eval_floor(cfg), world_size)
     precision = str(cfg.train.get("precision", "fp32"))
     half = precision in ("fp16", "bf16")
     full = cfg.method.get("name") in FULL_UPDATE_METHODS

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from repro import records
 from repro.errors import ReproError
+from repro.plan import JOBS_FILE
 from repro.plan.cost import (
     DDP_WORLD_SIZE,
     GPU_MARGIN,
@@ -30,8 +31,6 @@ from repro.plan.cost import (
 )
 from repro.plan.grid import Expansion, resolve_jobs
 from repro.plan.order import deferred_jobs, init_sources
-
-JOBS_FILE = "REPRO_PLAN_JOBS"  # `python -m repro.plan --jobs FILE` sets it: plan_jobs then also writes the job list
 
 
 def plan_jobs(config_loader, primary: DictConfig, jobs: list[list[str]], expansion: Expansion) -> str:

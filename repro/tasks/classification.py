@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding
 from repro.data.glue import load_glue
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.glue import glue_metrics, predictions
-from repro.tasks import Head
+from repro.tasks import Head, traits
 from repro.train import DivergenceGuard, Outcome, ReproTrainer, TaskLoss, fit, training_arguments
 
 
@@ -69,7 +69,7 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     main_key = f"eval_dev_{task.main_metric}"
     trainer = ReproTrainer(
         model=model,
-        args=training_arguments(cfg, output_dir, main_key),
+        args=training_arguments(cfg, output_dir, main_key, eval_batch_floor=traits(task.kind).eval_batch_floor),
         train_dataset=data["train"],
         eval_dataset=eval_sets,
         data_collator=DataCollatorWithPadding(tokenizer),

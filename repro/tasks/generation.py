@@ -46,7 +46,7 @@ from repro.errors import CellMismatch, DataFileMissing
 from repro.methods.lora import merged
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
-from repro.tasks import Head
+from repro.tasks import Head, traits
 from repro.tasks.scorers import score
 from repro.train import (
     DivergenceGuard,
@@ -253,9 +253,15 @@ class CompletionTrainer(ReproTrainer):
 
 def generation_arguments(cfg: DictConfig, output_dir: Path) -> transformers.TrainingArguments:
     """The shared training arguments, selecting by the dev loss: lower is better, evaluation computes the loss alone
-    (never gathering B x T x 50257 logits), in the training's per-device batch (the family's eval_batch_floor is 0)."""
+    (never gathering B x T x 50257 logits), in the training's per-device batch (the family's eval_batch_floor, 0)."""
     return training_arguments(
-        cfg, output_dir, DEV_LOSS, select=cfg.decode.checkpoint, greater_is_better=False, prediction_loss_only=True
+        cfg,
+        output_dir,
+        DEV_LOSS,
+        select=cfg.decode.checkpoint,
+        greater_is_better=False,
+        prediction_loss_only=True,
+        eval_batch_floor=traits(cfg.task.kind).eval_batch_floor,
     )
 
 
