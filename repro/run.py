@@ -197,8 +197,8 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     METEOR, a cell too large for this GPU) breaks. Every error here is a ReproError (exit 2, nothing written); see the
     module's docstring."""
     check_devices()
+    check_cpu_allowed(cfg)  # first: a paper cell on a CPU is told about allow_cpu before its precision (fp16)
     check_precision(cfg.train)
-    check_cpu_allowed(cfg)
     check_tools(cfg)
     fit_this_gpu(cfg)
     with setup_step("tracking set-up"):
