@@ -4,6 +4,7 @@ the variant axis, stand-ins, the launchers' configs and the dry run's estimate."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -266,7 +267,15 @@ def test_sweep_launches_dependents_after_their_mnli_cell(hydra_ctx, tmp_path, ca
             f"not run: model=roberta-base method=lora task={task} seed=1: its train.init_from source "
             f"({' '.join(failing)}) ended failed: boom" in out
         )
-    assert "table sweeper: 10 jobs: 1 failed, 3 not run (init_from source not ok), 6 ok" in out
+    # one progress line per finished cell, [k/N]: N is the jobs less those left out so far (here 10, then 7 once the
+    # 3 whose MNLI cell failed are known), then the summary
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line.split("/")[0] for line in lines] == [f"[{k}" for k in range(1, 8)]
+    assert lines[0].startswith("[1/10] ") and lines[-1].startswith("[7/7] ") and "ETA" not in lines[-1]
+    assert any(line.startswith("[") and "glue/roberta-base/lora/mnli/seed1: failed (boom)" in line for line in lines)
+    assert "glue/roberta-base/lora/sst2/seed0: ok, no accuracy recorded" in out  # the fake records have no metrics
+    assert re.search(r"table sweeper: 10 jobs in \d+ s: 1 failed, 3 not run \(init_from source not ok\), 6 ok", out)
+    assert "  not ok: glue/roberta-base/lora/mnli/seed1: boom" in out
 
 
 def test_cpu_nlg_tables_run_the_rows_seeds(hydra_ctx, tmp_path):
