@@ -6,9 +6,9 @@ nothing.
 Jobs are launched in waves so that a cell starting from another cell's weights (train.init_from) runs after it, and
 a tune group's other seeds run after its selection seed, for the chosen candidate only (repro/tune.py).
 Each launched cell that finishes prints one line (k/N, the cell, its status and main score, its time, the sweep's
-elapsed time and ETA) and the sweep ends with a summary (progress.py). Hydra's in-process launcher gets one job at a
-time (it runs them one after another anyway), so that each cell's line comes as it ends; submitit's launchers report a
-batch when it has ended.
+elapsed time and ETA) as it ends, and the sweep ends with a summary (progress.py): submitit's launchers (SLURM, local
+processes) call back as each job of a batch ends (launchers.py); Hydra's in-process launcher gets one job at a time (it
+runs them one after another anyway).
 """
 
 from __future__ import annotations
@@ -139,35 +139,40 @@ class TableSweeper(BasicSweeper):
 
     def launch_batches(self, todo: list[list[str]], initial_job_idx: int, returns: list, errors: list) -> int:
         """Launch `todo` in batches (max_batch_size; one job at a time on Hydra's in-process launcher, which runs them
-        one after another anyway) and report each finished cell."""
+        one after another anyway) and report each cell as it ends (submitit's launchers: launchers.py) or, for a
+        launcher that cannot say, when its batch has ended."""
         if not todo:
             return initial_job_idx
         size = self.max_batch_size or (1 if isinstance(self.launcher, BasicLauncher) else None)
+        reports_each = hasattr(self.launcher, "on_job_end")
         for batch in self.split_overrides_to_chunks(todo, size):
             tic = time.perf_counter()
             self.validate_batch_is_legal(batch)
             log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
+            if reports_each:
+                self.launcher.on_job_end = lambda i, r, batch=batch: self.report(batch[i], r, errors)
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            self.report(batch, results, errors)
+            if not reports_each:
+                for job, r in zip(batch, results):
+                    self.report(job, r, errors)
             initial_job_idx += len(batch)
             returns.append(results)
         return initial_job_idx
 
-    def report(self, batch: list[list[str]], results: Sequence[JobReturn], errors: list) -> None:
-        """One progress line per finished job of a batch: its status (the job's return value), and its record's main
-        score and time. A job that raised is counted as `error`; its exception is re-raised after the sweep."""
-        resolved = resolve_jobs(self.hydra_context.config_loader, self.config, batch, fallback=False)
-        for (job, cfg, _), r in zip(resolved, results):
-            path = records.record_path(cfg) if cfg is not None else None
-            record = records.read_record(path) if path is not None else None
-            error = None
-            try:
-                status = str(r.return_value)
-            except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
-                status, error = "error", f"{type(exc).__name__}: {exc}"
-                errors.append(exc)
-            label = cell_label(path, cfg.paths.results_dir if cfg is not None else None, job)
-            print(self.progress.cell_done(label, status, record, error), flush=True)
+    def report(self, job: list[str], result: JobReturn, errors: list) -> None:
+        """The progress line of a job that ended: its status (the job's return value), and its record's main score and
+        time. A job that raised is counted as `error`; its exception is re-raised after the sweep."""
+        [(_, cfg, _)] = resolve_jobs(self.hydra_context.config_loader, self.config, [job], fallback=False)
+        path = records.record_path(cfg) if cfg is not None else None
+        record = records.read_record(path) if path is not None else None
+        error = None
+        try:
+            status = str(result.return_value)
+        except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
+            status, error = "error", f"{type(exc).__name__}: {exc}"
+            errors.append(exc)
+        label = cell_label(path, cfg.paths.results_dir if cfg is not None else None, job)
+        print(self.progress.cell_done(label, status, record, error), flush=True)
 
     def sources_not_ok(self, sources: dict[int, list[str]]) -> dict[int, str]:
         """{job index: why} for the jobs whose init_from source job has no `ok` record with its config's fingerprint."""

@@ -1,6 +1,5 @@
 """`python -m repro.plan +table=<name> [axis=v1,v2 ...]`: the table sweeper's dry run (`--multirun ... dry_run=true`),
-under the runner's config but with a task function of its own, so the planner never imports the runner (repro.run
-imports repro.plan.report for a single cell's dry run)."""
+under the runner's config but with a task function of its own, so the planner never imports the runner."""
 
 from __future__ import annotations
 
