@@ -170,6 +170,14 @@ def record_score(record: Record | Mapping, metric: str | None = None, scale: flo
     return None if value is None else scale * float(value)
 
 
+def score_text(record: Record | Mapping) -> str:
+    """A record's main score as a person reads it: `accuracy 61.37` (the score rule, x100), or `no accuracy recorded`."""
+    if not isinstance(record, Record):
+        record = Record.from_dict(record)
+    score = record_score(record)
+    return f"{record.main_metric} {score:.2f}" if score is not None else f"no {record.main_metric} recorded"
+
+
 def shown_params(record: Record) -> int | None:
     """The parameter rule, the count a row shows for its method: full fine-tuning (`ft`) all its trainable
     parameters, every other method its adapter's (the trainable parameters less the task head)."""

@@ -614,6 +614,17 @@ class WandbConfig(Group):
     mode: Literal["offline", "online", "disabled"]
     project: Name
     entity: Name | None
+    group: Name | None = Field(None, description="null: the cell, table/model/method[.variant]/task")
+    tags: list[Name] = []
+    notes: str | None = None
+    log_weights: bool = Field(True, description="the trained tensors as an artifact")
+
+
+class DebugConfig(Group):
+    """A debug preset (conf/debug/<name>.yaml, e.g. debug=smoke): its settings go over the table's (repro/cell.py)."""
+
+    name: Name
+    set: dict[str, Any] = Field(description="settings over the table's, under the command line")
 
 
 # ---------------------------------------------------------------- the cell
@@ -634,6 +645,7 @@ class CellConfig(Group):
     data: DataConfig
     train: TrainConfig
     wandb: WandbConfig
+    debug: DebugConfig | None = None
     decode: DecodeConfig | None = None
     cli_overrides: list[str] = []
     local: dict[str, Any] | None = None  # conf/local/ (untracked, machine-specific) when it is its own package

@@ -741,6 +741,68 @@ def render(
     return text
 
 
+# ---------------------------------------------------------------- compact: one number per cell
+
+STATS = {  # --stat: a Cell's statistic -> what it is
+    "median": "the median over seeds (the paper's statistic)",
+    "mean": "the mean over seeds",
+    "std": "the standard deviation over seeds",
+    "n": "the number of seeds scored",
+    "paper": "the paper's number",
+    "diff": "the median over seeds minus the paper's number",
+}
+NOT_AVERAGED = ("std", "n")  # statistics whose mean over tasks means nothing
+
+
+def stat_cell(c: Cell, stat: str, nd: int) -> str:
+    """One cell as one number: `failed ×N` where every seed failed (except the paper's number, which is not ours),
+    `-` where there is none, § where a record's code cannot be traced."""
+    mark = f" {UNTRACED}" if c.untraced and stat != "paper" else ""
+    if stat == "n":
+        return str(c.n) + mark
+    value = getattr(c, stat)
+    if value is None and stat != "paper" and c.n == 0 and c.failed:
+        return f"failed ×{sum(c.failed.values())}" + mark
+    return fmt(value, nd) + mark
+
+
+def stat_average(row: Row, stat: str, n_tasks: int) -> float | None:
+    """The row's Avg of a statistic over its task columns, only when every task has it (else None)."""
+    if stat == "paper":
+        return paper_average(row, n_tasks)
+    if stat == "diff":
+        med, k = row.average("median")
+        paper = paper_average(row, n_tasks)
+        return med - paper if med is not None and paper is not None and k == n_tasks else None
+    value, k = row.average(stat)
+    return value if k == n_tasks else None
+
+
+def compact(table_name: str, results_dir: str | Path, stat: str, table: dict | None = None) -> str:
+    """The table as one number per cell (`--stat`: a key of STATS), one line per row, an Avg over the task columns
+    where every task has the statistic. Markdown only: nothing is written."""
+    if stat not in STATS:
+        raise SystemExit(f"--stat {stat}: allowed: {', '.join(STATS)}")
+    rows, unmatched, table = build(table_name, results_dir, table)
+    cols = table_columns(table, load_paper(table))
+    averaged = stat not in NOT_AVERAGED and not any(c.metric for c in cols)
+    lines = [["Model", "Method", *[c.name for c in cols]] + (["Avg"] if averaged else [])]
+    for row in rows:
+        cells = [stat_cell(c, stat, col.digits) for c, col in zip(row.cells.values(), cols)]
+        if averaged:
+            cells.append(fmt(stat_average(row, stat, len(table["tasks"]))))
+        lines.append([*row_title(row), *cells])
+    note = (
+        f"Each cell: {STATS[stat]}"
+        + ("" if stat == "n" or any(c.metric for c in cols) else ", score ×100")
+        + (f"; Avg: over the {len(table['tasks'])} task columns, only where every task has one" if averaged else "")
+        + f'. "{MISSING}": none; "failed ×k": every seed failed. The full table, with the reasons: '
+        f"`python -m repro.tables {table_name}`."
+    )
+    extra = f"\n\n{len(unmatched)} records are no row of this table (listed by the full table)." if unmatched else ""
+    return f"# Table {table_name}: {stat}\n\n{note}\n\n{markdown(lines)}{extra}\n"
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     p = parser("tables", __doc__)
@@ -748,9 +810,14 @@ def main(argv: list[str] | None = None) -> int:
     add_results_dir(p)
     add_out_dir(p, "<results-dir>/tables")
     add_strict(p)
+    p.add_argument("--stat", choices=list(STATS), help="one number per cell (prints only, writes nothing)")
     args = p.parse_args(argv)
     load_table_config(args.table)  # an unknown table: refused before anything is read
     results = str(input_dir(results_dir(args), "--results-dir"))
+    if args.stat:
+        report_unreadable(load_records(results, args.table)[1], args.strict)
+        sys.stdout.write(compact(args.table, results, args.stat))
+        return 0
     out_dir = output_dir(args.out_dir or Path(results) / "tables", "--out-dir")
     report_unreadable(load_records(results, args.table)[1], args.strict)
     sys.stdout.write(render(args.table, results, out_dir))

@@ -15,8 +15,9 @@
 #   5. step 1's cell on 2 GPUs under torchrun, 50 steps (with one GPU: skipped, and the summary says so)
 #   6. Table 1's latency grid (GPT-2 M: 32x512, 16x256, 1x128), 45 s of timed rounds          -> latency.json
 #   7. ours vs PEFT, training-step time, RoBERTa-base LoRA and FT                              -> train.json
-#   8. summary.json: each step's status and minutes (estimated and taken), each cell's record status, steps, time,
-#      and torch.cuda.max_memory_allocated while training beside the plan's estimate of it (repro/plan/cost.py)
+#   8. summary.json: each step's status and minutes (estimated and taken), each cell's record status, steps, time
+#      (the records themselves under $RUNS), and torch.cuda.max_memory_allocated while training beside the plan's
+#      estimate of it (repro/plan/cost.py)
 #
 # Every step is attempted: a failed or timed-out step is recorded and the next one runs; the exit status is 1 when
 # any failed. Minutes are estimated from the plan (FLOPs at an H100's sustained rate, repro/plan/cost.py) plus the
@@ -33,7 +34,8 @@ PY=${PYTHON:-python}
 BUDGET_MIN=${BUDGET_MIN:-8}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=${WANDB_MODE:-disabled}
 export REPRO_DATA_DIR=${REPRO_DATA_DIR:-../shared/data}
-RUNS="$OUT/runs"
+# the cells' records: short random-weight runs, i.e. smoke runs, which never write into results/ (repro/cell.py)
+RUNS=${RUNS:-.smoke/gpu_check/runs}
 COMMON=(model.source=tiny force=true "paths.results_dir=$RUNS" "paths.log_dir=$OUT/logs")
 
 # The steps' arguments. A cell's minutes come from its plan (below); a benchmark's are stated here.

@@ -180,7 +180,7 @@ def test_plots_written(built, tmp_path):
     paths = plots.render("glue", built, tmp_path / "plots")
     names = {p.name for p in paths}
     assert "glue_score_vs_params.png" in names
-    assert "tiny-roberta__lora__rte.png" in names
+    assert "glue_curves.png" in names and "glue_lora_minus_ft.png" in names
     for p in paths:
         assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,7 @@ already done (its `ok` record has the config's fingerprint); nothing is launched
 
 The arguments are the runner's Hydra overrides (`python -m repro.run -m ...`; `--help` of the runner lists them): it is
 the table sweeper's dry run (`--multirun ... dry_run=true`) under the runner's config, with a task function of its
-own, so the planner never imports the runner (repro.run imports repro.plan.report for a single cell's dry run).
+own, so the planner never imports the runner (a single cell's `dry_run=true` is the runner's: its resolved config).
 """
 
 from __future__ import annotations

@@ -14,7 +14,13 @@ SCRIPT = PROJECT_ROOT / "scripts" / "gpu_check.sh"
 
 
 def dry_run(tmp_path, data_dir, **env):
-    env = {**os.environ, "OUT": str(tmp_path / "gpu"), "REPRO_DATA_DIR": str(data_dir), **env}
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "gpu"),
+        "RUNS": str(tmp_path / "gpu" / "runs"),
+        "REPRO_DATA_DIR": str(data_dir),
+        **env,
+    }
     return subprocess.run(
         ["bash", str(SCRIPT), "--dry-run"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
