@@ -47,13 +47,20 @@ CELL3=(+table=glue model=deberta-v2-xxlarge method=lora task=sst2 train.max_step
 CELL4=(+table=glue model=deberta-v2-xxlarge method=ft task=sst2 train.max_steps=4 data.max_train_samples=2000
   data.max_eval_samples=256 seed=0)
 CELL5=(+table=glue model=roberta-base method=lora task=cola train.max_steps=50 data.max_eval_samples=500 seed=1)
-LATENCY=(latency --device cuda --budget-s 45 --max-wait-s 0 --out "$OUT/latency.json")
+LATENCY=(latency --device cuda --budget-s 45 --max-wait-s 0 --out-dir "$OUT" --name latency)
 TRAIN=(train --device cuda --models roberta-base --methods lora,ft --steps 5 --peft-rounds 4 --max-wait-s 0
-  --out "$OUT/train.json")
+  --out-dir "$OUT" --name train)
 LATENCY_MIN=2.0 # GPT-2 M built 5 ways, warm-up, 45 s of rounds
 TRAIN_MIN=1.2   # one worker process per method, then the ours-vs-PEFT rounds
 
-mkdir -p "$OUT"
+# the plan and the steps' outcomes: beside the figures, or in a temporary folder for a dry run (which writes nothing)
+if (( DRY )); then
+  STATE=$(mktemp -d)
+  trap 'rm -rf "$STATE"' EXIT
+else
+  STATE=$OUT
+  mkdir -p "$OUT/logs"
+fi
 NGPU=0
 if (( ! DRY )); then
   NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)
@@ -62,8 +69,9 @@ fi
 
 # The plan of every step: minutes and memory on this GPU (an H100 in a dry run), and the checks a dry run makes.
 # One line per step in plan.tsv: name, minutes, plan GiB, what it checked (FAIL: ..., or SKIP: why it cannot run).
-"$PY" - "$DRY" "$NGPU" "$LATENCY_MIN ${LATENCY[*]}" "$TRAIN_MIN ${TRAIN[*]}" "${CELL1[*]}" "${CELL2[*]}" "${CELL3[*]}" \
-  "${CELL4[*]}" "${CELL5[*]}" > "$OUT/plan.tsv" <<'PY'
+"$PY" - "$DRY" "$NGPU" "$LATENCY_MIN ${LATENCY[*]}" "$TRAIN_MIN ${TRAIN[*]}" "${CELL1[*]} ${COMMON[*]}" \
+  "${CELL2[*]} ${COMMON[*]}" "${CELL3[*]} ${COMMON[*]}" "${CELL4[*]} ${COMMON[*]}" "${CELL5[*]} ${COMMON[*]}" \
+  > "$STATE/plan.tsv" <<'PY'
 import os, shutil, sys
 from pathlib import Path
 
@@ -88,7 +96,7 @@ with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         world = 2 if k == 5 else 1
         notes = []
         try:
-            cfg = resolve_cell(compose("config", overrides=[*args, "model.source=tiny"]), [*args, "model.source=tiny"])
+            cfg = resolve_cell(compose("config", overrides=args), args)  # as repro.run resolves it
         except Exception as exc:  # noqa: BLE001 - reported, the other steps go on
             print(f"cell{k}\t0\t?\tFAIL: does not compose: {type(exc).__name__}: {exc}")
             continue
@@ -128,10 +136,10 @@ for line in benches:  # "<minutes> <what> <arguments>": parsed as repro.bench wo
     print(f"{args[0]}\t{minutes}\t-\t{note}")
 PY
 plan_rc=$?
-if (( plan_rc )); then echo "gpu_check: the plan failed ($plan_rc): $OUT/plan.tsv" >&2; fi
+if (( plan_rc )); then echo "gpu_check: the plan failed ($plan_rc)" >&2; fi
 
-field() { awk -F'\t' -v s="$1" -v f="$2" '$1 == s { print $f }' "$OUT/plan.tsv"; }
-: > "$OUT/steps.tsv"
+field() { awk -F'\t' -v s="$1" -v f="$2" '$1 == s { print $f }' "$STATE/plan.tsv"; }
+: > "$STATE/steps.tsv"
 FAILED=0
 START=$(date +%s)
 # step NAME MINUTES CMD...: run CMD under twice its estimate, inside the budget left; record the outcome
@@ -140,7 +148,7 @@ step() {
   local note; note=$(field "$name" 4)
   if [[ "$note" == *"SKIP:"* ]]; then
     echo "skipped: $name: ${note#*SKIP: }" >&2
-    printf '%s\tskipped\t%s\t0\t%s\n' "$name" "$minutes" "${note#*SKIP: }" >> "$OUT/steps.tsv"
+    printf '%s\tskipped\t%s\t0\t%s\n' "$name" "$minutes" "${note#*SKIP: }" >> "$STATE/steps.tsv"
     return
   fi
   if (( DRY )); then
@@ -153,7 +161,7 @@ step() {
   local limit; limit=$(awk -v m="$minutes" 'BEGIN { printf "%d", 2 * m * 60 + 30 }')
   if awk -v m="$minutes" -v l="$left" 'BEGIN { exit !(m * 60 > l) }'; then
     echo "skipped: $name: ~$minutes min estimated, ${left}s of the ${BUDGET_MIN}-minute budget left" >&2
-    printf '%s\tskipped\t%s\t0\tbudget spent\n' "$name" "$minutes" >> "$OUT/steps.tsv"
+    printf '%s\tskipped\t%s\t0\tbudget spent\n' "$name" "$minutes" >> "$STATE/steps.tsv"
     return
   fi
   (( limit > left )) && limit=$left
@@ -166,10 +174,8 @@ step() {
   if (( rc == 124 )); then status="timed out"; elif (( rc )); then status="failed (exit $rc)"; fi
   [[ $status == ok ]] || FAILED=1
   echo "$name: $status in ${took}s (estimated ~$minutes min); log $OUT/logs/$name.log" >&2
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$minutes" "$took" "$(tail -c 300 "$OUT/logs/$name.log" | tr '\t\n' '  ')" >> "$OUT/steps.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$minutes" "$took" "$(tail -c 300 "$OUT/logs/$name.log" | tr '\t\n' '  ')" >> "$STATE/steps.tsv"
 }
-mkdir -p "$OUT/logs"
-
 if (( DRY )); then echo "gpu_check --dry-run: the steps, estimated for one H100 (budget $BUDGET_MIN min):" >&2; fi
 step cell1 "$(field cell1 2)" "$PY" -m repro.run "${CELL1[@]}" "${COMMON[@]}"
 step cell2 "$(field cell2 2)" "$PY" -m repro.run "${CELL2[@]}" "${COMMON[@]}"
@@ -180,7 +186,7 @@ step latency "$(field latency 2)" "$PY" -m repro.bench "${LATENCY[@]}"
 step train "$(field train 2)" "$PY" -m repro.bench "${TRAIN[@]}"
 
 if (( DRY )); then
-  total=$(awk -F'\t' '$4 !~ /SKIP:/ { s += $2 } END { print s }' "$OUT/plan.tsv")
+  total=$(awk -F'\t' '$4 !~ /SKIP:/ { s += $2 } END { print s }' "$STATE/plan.tsv")
   echo "total: ~$total min of $BUDGET_MIN" >&2
   awk -v t="$total" -v b="$BUDGET_MIN" 'BEGIN { exit !(t > b) }' && { echo "FAIL: over the budget" >&2; FAILED=1; }
   (( plan_rc )) && FAILED=1

@@ -49,7 +49,7 @@ def test_gpu_check_dry_run_lists_every_step_within_eight_minutes(tmp_path, data_
     total = float(re.search(r"total: ~([\d.]+) min of 8", err).group(1))
     assert abs(total - sum(float(m) for _, m in listed)) < 0.05
     assert 0 < total <= 8
-    assert not (tmp_path / "gpu" / "runs").exists()  # a dry run writes no record
+    assert not (tmp_path / "gpu").exists()  # a dry run writes nothing: no record, no figure
 
 
 def test_gpu_check_dry_run_fails_naming_the_missing_data(tmp_path):
