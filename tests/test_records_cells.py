@@ -253,6 +253,7 @@ def test_a_killed_cell_resumes_from_its_last_step_checkpoint_bit_identically(com
         "data.max_eval_samples=16",
         "train.global_batch_size=4",
         "train.save_every_steps=3",
+        "threads=1",  # the same torch threads in this process (an earlier test may have set them) and the resumed one
     ]
     whole = run_cell(resolved(compose_config, overrides))
     assert whole["status"] == "ok" and whole["steps"] == 12 and whole["resumed_from"] is None
