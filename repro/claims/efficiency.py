@@ -21,7 +21,7 @@ from repro.claims import (
 )
 from repro.claims.evidence import Evidence, paper
 
-# How a shape with too few rounds is measured again (an idle machine; about 25 min and 65 min on the 2-core CPU).
+# How a shape with too few rounds is measured again (an idle machine; about 30 and 70 minutes on the 2-core CPU).
 REMEASURE = (
     "re-measure on an idle machine: `python -m repro.bench latency --min-rounds 5 --budget-s 1500` "
     "(16x256 and 1x128 -> bench/latency.json) and `python -m repro.bench latency --grid 32x512 --min-rounds 5 "
