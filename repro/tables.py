@@ -319,9 +319,9 @@ def fmt_params(n) -> str:
     return str(int(n))
 
 
-def mean_cell(c: Cell, nd: int = 1, untrained: bool = True) -> str:
+def mean_cell(c: Cell, nd: int = 1, show_untrained: bool = True) -> str:
     """mean ± std (n), then what else the cell holds: failed seeds, seeds that did not train (their scores are in
-    the statistics: the table shows what ran; repro.results.did_not_train; `untrained` False leaves that out, for a
+    the statistics: the table shows what ran; repro.results.did_not_train; `show_untrained` False leaves that out, for a
     task's metric columns after its first), records whose code cannot be traced."""
     mark = f" {UNTRACED}" if c.untraced else ""
     if c.n == 0:
@@ -330,7 +330,7 @@ def mean_cell(c: Cell, nd: int = 1, untrained: bool = True) -> str:
     return (
         s
         + (f" +{sum(c.failed.values())} failed" if c.failed else "")
-        + (f", {DID_NOT_TRAIN} ×{len(c.untrained)}" if c.untrained and untrained else "")
+        + (f", {DID_NOT_TRAIN} ×{len(c.untrained)}" if c.untrained and show_untrained else "")
         + mark
     )
 
@@ -616,7 +616,7 @@ def long_rows(rows: list[Row]) -> list[dict]:
                     "diff_median_paper": c.diff,
                     "failed": sum(c.failed.values()),
                     "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
-                    "did_not_train": " ".join(str(seed) for seed, _, _ in c.untrained),
+                    "did_not_train_seeds": " ".join(str(seed) for seed, _, _ in c.untrained),
                     "untraced": len(c.untraced),
                 }
             )

@@ -160,7 +160,7 @@ def test_seeds_that_did_not_train_are_marked_and_listed(tmp_path):
     assert "- tiny-roberta (for roberta-base) LoRA / rte seed 1: training loss 0.69 -> 0.69" in md
     rows = list(csv.DictReader(open(root / "tables" / "glue.csv")))
     rte = next(r for r in rows if r["model"] == "tiny-roberta" and r["method"] == "lora" and r["task"] == "rte")
-    assert rte["did_not_train"] == "1" and rte["n"] == "2"
+    assert rte["did_not_train_seeds"] == "1" and rte["n"] == "2"
 
 
 def test_records_whose_code_cannot_be_traced_are_marked(tmp_path):
