@@ -219,7 +219,7 @@ def test_the_header_counts_records_ok_and_chosen_candidates(tmp_path):
         "`glue_cpu_tuned` 50 records: 50 ok, 30 of them the chosen candidates' (counted), 20 candidates not chosen"
         in md
     )
-    assert "`glue_cpu` 1 records: 0 ok, 1 excluded (status not ok)" in md
+    assert "`glue_cpu` 1 record: 0 ok, 1 excluded (status not ok)" in md
     assert ev.counts["glue_cpu_tuned"] == {"records": 50, "ok": 50, "chosen": 30}
 
 

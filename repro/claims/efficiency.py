@@ -24,7 +24,7 @@ from repro.claims.evidence import Evidence, paper
 # How a shape with too few rounds is measured again (an idle machine; about 30 and 70 minutes on the 2-core CPU).
 REMEASURE = (
     "re-measure on an idle machine: `python -m repro.bench latency --min-rounds 5 --budget-s 1500` "
-    "(16x256 and 1x128 -> bench/latency.json) and `python -m repro.bench latency --grid 32x512 --min-rounds 5 "
+    "(16x256 and 1x128 -> results/bench/latency.json) and `python -m repro.bench latency --grid 32x512 --min-rounds 5 "
     "--max-rounds 5 --budget-s 4000 --out results/bench/latency-32x512.json`"
 )
 

@@ -56,7 +56,7 @@ def record_counts(ev: Evidence) -> str:
 
     def one(t: str) -> str:
         n = ev.counts.get(t) or {"records": len(ev.records[t]), "ok": len(ev.records[t]), "chosen": None}
-        text = f"`{t}` {n['records']} records: {n['ok']} ok"
+        text = f"`{t}` {n['records']} record{'' if n['records'] == 1 else 's'}: {n['ok']} ok"
         if n["chosen"] is not None:
             text += f", {n['chosen']} of them the chosen candidates' (counted), {n['ok'] - n['chosen']} candidates not chosen"
         if n["records"] > n["ok"]:
