@@ -12,9 +12,10 @@ The paper's deployment: one pre-trained W0 is shared and each task keeps only it
   A and B in a single forward pass, if one chooses to absorb A and B into W"): left unmerged, each example i of task
   t(i) gets its own pair,  h_i = W0 x_i + s_t B_t A_t x_i,  and its own task head (`MixedBatchModel`).
 
-A `TaskAdapter` is read from a cell's checkpoint (repro.methods.checkpoint; only LoRA-family methods whose ΔW is
-s·B A over the pretrained W0: lora, rslora, lora_all_linear) and applies to the plain pretrained model (no LoRA
-modules): the paper's W is an nn.Linear weight. `python -m repro.serve <record> <record> ...` scores each task alone
+A `TaskAdapter` is read from a cell's checkpoint (repro.methods.checkpoint; LoRA-family methods whose ΔW over the
+pretrained W0 is low-rank: lora, rslora, lora_all_linear, and PiSSA (`init: pissa`, whichever method name), whose
+ΔW = s(B A − B0 A0) over the pretrained W is served as the rank-2r pair of `pretrained_factors`) and applies to the
+plain pretrained model (no LoRA modules): the paper's W is an nn.Linear weight. `python -m repro.serve <record> <record> ...` scores each task alone
 and under the weighted combination on its dev set, checks switching, and writes results/serve/combination.{json,md}.
 """
 
@@ -35,15 +36,17 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from repro.errors import ReproError
-from repro.methods.checkpoint import read_trainable
+from repro.methods.checkpoint import load_trainable, read_trainable
 from repro.methods.common import is_head
-from repro.methods.lora import lora_scaling
+from repro.methods.lora import LoRALinear, lora_modules
+from repro.methods.registry import apply_method
 from repro.metrics.glue import glue_metrics, predictions
 from repro.models import load_model, load_tokenizer
 from repro.records import write_json_atomic
 from repro.tasks import family
 
-SERVABLE = ("lora", "rslora", "lora_all_linear")  # ΔW = s B A over the pretrained W0 (PiSSA's W0 is a residual)
+# ΔW over the pretrained W0 is low-rank: s B A (LoRA, rsLoRA, all-linear), s [B, −B0] [A; A0] (PiSSA, W0 a residual)
+SERVABLE = ("lora", "rslora", "pissa", "lora_all_linear")
 
 
 class ServeError(ReproError):
@@ -66,25 +69,27 @@ class TaskAdapter:
         return sB @ A
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, task: str | None = None) -> TaskAdapter:
+    def from_checkpoint(cls, path: str | Path, base: nn.Module, task: str | None = None) -> TaskAdapter:
+        """The checkpoint's LoRA as factors over the pretrained weights of `base` (the plain pretrained model, left
+        unchanged): a copy of `base` is adapted with the checkpoint's method and its LoRA tensors loaded, and each
+        module's `pretrained_factors` taken (PiSSA's B0, A0 come from `base`'s W, as in training). The head is the
+        checkpoint's (it may have another width than `base`'s)."""
         tensors, meta = read_trainable(Path(path))
         name = meta.get("method_name")
         if name not in SERVABLE:
             raise ServeError(
-                f"{path}: method {name!r} cannot be served by switching or combining (ΔW must be s·B A over the "
-                f"pretrained W0); allowed: {', '.join(SERVABLE)}"
+                f"{path}: method {name!r} cannot be served by switching or combining (ΔW over the pretrained W0 must "
+                f"be low-rank, s·B A); allowed: {', '.join(SERVABLE)}"
             )
-        method = json.loads(meta["method"])
-        s = lora_scaling(method["alpha"], method["r"], bool(method.get("rslora", False)))
+        method = OmegaConf.create(json.loads(meta["method"]))
+        adapted = apply_method(copy.deepcopy(base), method)
+        load_trainable(adapted, path, method, only="lora")
         factors = {}
-        for key, A in tensors.items():
-            if key.endswith(".lora_A"):
-                module = key[: -len(".lora_A")]
-                factors[module] = (A.float(), s * tensors[f"{module}.lora_B"].float())
-            elif ".lora_A." in key:
-                raise ServeError(
-                    f"{path}: {key} is a fused (GPT-2 c_attn) LoRA pair; serving handles nn.Linear targets"
-                )
+        for module, _, lora in lora_modules(adapted):
+            if not isinstance(lora, LoRALinear):
+                raise ServeError(f"{path}: {module} is a fused (GPT-2 c_attn) LoRA; serving handles nn.Linear targets")
+            A, B = lora.pretrained_factors(lora.targets[0])
+            factors[module] = (A, lora.scaling * B)
         head = {k: v.float() for k, v in tensors.items() if is_head(k)}
         return cls(task or meta.get("task", ""), factors, head, num_labels=_num_labels(head), source=str(path))
 
@@ -219,13 +224,16 @@ class MixedLoRALinear(nn.Module):
 class MixedLinear(nn.Module):
     """A task head's nn.Linear with one (W_t, b_t) per task, chosen per example; outputs zero-padded to the widest."""
 
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor]):
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
+        """biases[t] None: task t's head has no bias (Llama's `score`): zero."""
         super().__init__()
         d_out, d_in = max(w.shape[0] for w in weights), weights[0].shape[1]
         self.register_buffer("weight", torch.zeros(len(weights), d_out, d_in))
         self.register_buffer("bias", torch.zeros(len(weights), d_out))
         for t, (w, b) in enumerate(zip(weights, biases)):
-            self.weight[t, : w.shape[0]], self.bias[t, : b.shape[0]] = w, b
+            self.weight[t, : w.shape[0]] = w
+            if b is not None:
+                self.bias[t, : b.shape[0]] = b
         self.task_ids: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +261,7 @@ class MixedBatchModel(nn.Module):
             self._replace(
                 module,
                 MixedLinear(
-                    [a.head[f"{module}.weight"] for a in adapters], [a.head[f"{module}.bias"] for a in adapters]
+                    [a.head[f"{module}.weight"] for a in adapters], [a.head.get(f"{module}.bias") for a in adapters]
                 ),
             )
 
@@ -316,9 +324,10 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
         )
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base_cfg.model, base_cfg.paths.data_dir)
-    adapters = [TaskAdapter.from_checkpoint(w, task=c.task.name) for _, c, w in cells]
+    base = load_model(base_cfg.model, cells[0][1].task, tokenizer)
+    adapters = [TaskAdapter.from_checkpoint(w, base, task=c.task.name) for _, c, w in cells]
     out = {"base_model": base_cfg.model.name, "weights": weights, "tasks": []}
-    board = Switchboard(load_model(base_cfg.model, cells[0][1].task, tokenizer))
+    board = Switchboard(base)
     for k in range(switches):  # switch around and come back to W0
         board.switch(adapters[k % len(adapters)])
     board.switch(None)
