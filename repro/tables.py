@@ -43,6 +43,7 @@ from repro.results import Cell, Record, Tuning, by_cell, load_records, main_metr
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
 MISSING = "-"
 UNTRACED = "§"
+DID_NOT_TRAIN = "did not train"
 
 
 # ---------------------------------------------------------------- inputs
@@ -324,12 +325,20 @@ def fmt_params(n) -> str:
     return str(int(n))
 
 
-def mean_cell(c: Cell, nd: int = 1) -> str:
+def mean_cell(c: Cell, nd: int = 1, show_untrained: bool = True) -> str:
+    """mean ± std (n), then what else the cell holds: failed seeds, seeds that did not train (their scores are in
+    the statistics: the table shows what ran; repro.results.did_not_train; `show_untrained` False leaves that out, for a
+    task's metric columns after its first), records whose code cannot be traced."""
     mark = f" {UNTRACED}" if c.untraced else ""
     if c.n == 0:
         return (f"failed ×{sum(c.failed.values())}" + mark) if c.failed else MISSING
     s = f"{c.mean:.{nd}f} ± {c.std:.{nd}f} (n={c.n})" if c.std is not None else f"{c.mean:.{nd}f} (n=1)"
-    return s + (f" +{sum(c.failed.values())} failed" if c.failed else "") + mark
+    return (
+        s
+        + (f" +{sum(c.failed.values())} failed" if c.failed else "")
+        + (f", {DID_NOT_TRAIN} ×{len(c.untrained)}" if c.untrained and show_untrained else "")
+        + mark
+    )
 
 
 def row_title(row: Row) -> tuple[str, str]:
@@ -370,7 +379,13 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> lis
         params = f"{(row.paper or {}).get('params', MISSING)} / {ours}"
         cells = list(row.cells.values())
         lines = [
-            [model, label, params, "mean ± std (n)", *[mean_cell(c, nd) for c, nd in zip(cells, nds)]],
+            [
+                model,
+                label,
+                params,
+                "mean ± std (n)",
+                *[mean_cell(c, nd, col.first_of_task) for c, nd, col in zip(cells, nds, columns)],
+            ],
             ["", "", "", "median (paper's statistic)", *[fmt(c.median, nd) for c, nd in zip(cells, nds)]],
             [
                 "",
@@ -607,6 +622,7 @@ def long_rows(rows: list[Row]) -> list[dict]:
                     "diff_median_paper": c.diff,
                     "failed": sum(c.failed.values()),
                     "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
+                    "did_not_train_seeds": " ".join(str(seed) for seed, _, _ in c.untrained),
                     "untraced": len(c.untraced),
                 }
             )
@@ -709,6 +725,25 @@ def render(
         md += ["", "Failed cells:", ""]
         md += [
             f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures
+        ]
+    untrained = [
+        (row, col.task, seed, why)
+        for row in rows
+        for col, c in zip(row.columns, row.cells.values())
+        if col.first_of_task
+        for seed, _, why in c.untrained
+    ]
+    if untrained:
+        md += [
+            "",
+            f'Seeds that did not train ("{DID_NOT_TRAIN} ×k"; repro.results.did_not_train: the training loss fell '
+            "less than 5%, most outputs are empty, or the score is at or below a constant prediction's). Their scores "
+            "are in the row's statistics; the claims count such a baseline neither for nor against LoRA:",
+            "",
+        ]
+        md += [
+            f"- {row_title(row)[0]} {row_title(row)[1]} / {task} seed {seed}: {why}"
+            for row, task, seed, why in untrained
         ]
     untraced = [(p, why) for row in rows for c in row.cells.values() for p, why in c.untraced]
     if untraced:
