@@ -213,6 +213,12 @@ class PrefixConfig(Group):
     l_i: NonNegInt = Field(description="the infix length")
     init_seed: NonNegInt = 0
     mode: Literal["embed", "layer"] | None = None
+    reparam: Literal["mlp"] | None = Field(
+        None,
+        description="null: the prefix is trained directly; mlp: through Li & Liang's MLP, prefix = MLP(P'), "
+        "the MLP dropped after training (repro/methods/prefix.py)",
+    )
+    mid_dim: PosInt = Field(512, description="the MLP's hidden width (Li & Liang's mid_dim; reparam: mlp only)")
 
     @model_validator(mode="after")
     def _some_tokens(self):

@@ -18,6 +18,20 @@ Where the context ends: the first position whose label is not -100 in training, 
 are no labels (generation: the whole input is the prompt, left-padded).
 Initialisation: activations/embeddings of random real vocabulary tokens (Li & Liang: real-word init is more stable).
 
+Li & Liang's MLP reparametrization (`reparam: mlp`; their Sec. 4.3, "directly updating the P_θ parameters leads to
+unstable optimization"): the prefix is not trained directly but computed, P_θ[i,:] = MLP_θ(P'_θ[i,:]), from a
+smaller matrix P' (one row per special token) through MLP = Linear(d_model, mid_dim) -> tanh -> Linear(mid_dim, L x
+d_model) (PreLayer: one d_model vector per block; PreEmbed: Linear(mid_dim, d_model)). As in their code
+(XiangLi1999/PrefixTuning, gpt2/train_control.py, class PrefixTuning, `control_trans`, and PrefixEmbTuning for the
+embedding variant): P' is d_model wide (an nn.Embedding of l_p rows; their paper's footnote calls the narrow side
+k = 512, which their code puts in the MLP's hidden width, `mid_dim`, default 512 in train_e2e.py), initialised as
+PyTorch initialises an nn.Embedding (N(0, 1)) and the MLP as nn.Linear does, no real-token init (theirs is for the
+low-data setting). At the end of training the MLP is dropped (`drop_reparametrization`, run by the Trainer callback
+the method registers): the prefix it computes becomes the trained tensor, under the name the plain method uses
+(`prefix_tuning.activations` / `.embedding`), so decoding, the saved checkpoint and |Θ| are the prefix alone, as Li
+& Liang count it (L x d_model x (l_p + l_i) for PreLayer); `parameter_counts` reports that as the adapter's
+parameters and the training-time count (P' and the MLP) as the trainable ones (`kept_numel`).
+
 The keys and values of the special positions are computed by each block's own W_k, W_v from the trained activations,
 so they always have the model's key/value shape: on Llama with grouped-query attention (SmolLM2-135M: 3 key/value
 heads of 64 for 9 query heads) each layer's cache holds (batch, n_kv_heads, l_p + l_i + T, head_dim) (tested).
@@ -25,11 +39,13 @@ heads of 64 for 9 query heads) each layer's cache holds (batch, n_kv_heads, l_p 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from transformers import TrainerCallback
 
 from repro.errors import CellMismatch
 from repro.methods.common import mark_trainable
@@ -39,17 +55,67 @@ DECODERS = ("gpt2", "llama")
 
 
 class PrefixTuning(nn.Module):
-    def __init__(self, mode: str, l_p: int, l_i: int, n_layers: int, d_model: int, like: torch.Tensor):
+    """The special tokens' trained vectors: `embedding` (n, d) for PreEmbed, `activations` (L, n, d) for PreLayer,
+    n = l_p + l_i; with `reparam="mlp"` they are computed, MLP(P'), until `drop_reparametrization`."""
+
+    def __init__(
+        self,
+        mode: str,
+        l_p: int,
+        l_i: int,
+        n_layers: int,
+        d_model: int,
+        like: torch.Tensor,
+        reparam: str | None = None,
+        mid_dim: int = 512,
+        seed: int = 0,
+    ):
         super().__init__()
         if l_p < 0 or l_i < 0 or l_p + l_i == 0:
             raise CellMismatch(f"prefix tuning needs l_p >= 0, l_i >= 0 and l_p + l_i > 0 (got l_p={l_p}, l_i={l_i})")
+        if reparam not in (None, "mlp"):
+            raise CellMismatch(f"method.reparam={reparam!r}; allowed: null (the prefix trained directly), mlp")
         self.mode, self.l_p, self.l_i, self.n = mode, l_p, l_i, l_p + l_i
+        self.name = "embedding" if mode == "embed" else "activations"
+        self.shape = (self.n, d_model) if mode == "embed" else (n_layers, self.n, d_model)
         kw = {"device": like.device, "dtype": like.dtype}
-        if mode == "embed":
-            self.embedding = nn.Parameter(torch.zeros(self.n, d_model, **kw))
+        if reparam == "mlp":
+            with torch.random.fork_rng(devices=[]):  # the init depends on init_seed alone, not on the global RNG
+                torch.manual_seed(seed)
+                self.prefix_input = nn.Parameter(torch.randn(self.n, d_model, **kw))  # P', as nn.Embedding inits it
+                out = d_model if mode == "embed" else n_layers * d_model
+                self.mlp = nn.Sequential(nn.Linear(d_model, mid_dim, **kw), nn.Tanh(), nn.Linear(mid_dim, out, **kw))
         else:
-            self.activations = nn.Parameter(torch.zeros(n_layers, self.n, d_model, **kw))
+            self.register_parameter(self.name, nn.Parameter(torch.zeros(self.shape, **kw)))
         self.slots: torch.Tensor | None = None  # (B, T + n): slot index of each position, -1 for real tokens
+        self.current: torch.Tensor | None = None  # PreLayer: the prefix of the forward pass under way
+
+    @property
+    def reparametrized(self) -> bool:
+        return hasattr(self, "mlp")
+
+    def prefix(self) -> torch.Tensor:
+        """The trained vectors, (n, d) or (L, n, d): the parameter itself, or MLP(P') while reparametrized."""
+        if not self.reparametrized:
+            return getattr(self, self.name)
+        out = self.mlp(self.prefix_input)  # (n, L·d) or (n, d): Li & Liang's layout, the layer index outermost
+        return out if self.mode == "embed" else out.view(self.n, self.shape[0], self.shape[2]).transpose(0, 1)
+
+    def kept_numel(self) -> int:
+        """|Θ| as Li & Liang count it: the prefix that remains after training, not the MLP that trains it."""
+        return math.prod(self.shape)
+
+    @torch.no_grad()
+    def drop_reparametrization(self) -> None:
+        """P := MLP(P'), stored as the trained tensor (fp32, outside any autocast); P' and the MLP are deleted. Then the
+        module is the plain method's, with the same parameter names and shapes. A no-op when not reparametrized."""
+        if not self.reparametrized:
+            return
+        with torch.autocast(self.prefix_input.device.type, enabled=False):
+            kept = self.prefix().detach().clone().contiguous()
+        del self.mlp, self.prefix_input
+        self.register_parameter(self.name, nn.Parameter(kept))
+        self.current = None
 
     @torch.no_grad()
     def init_from_real_tokens(self, lm: nn.Module, seed: int = 0) -> None:
@@ -62,6 +128,17 @@ class PrefixTuning(nn.Module):
         out = lm.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
         for i in range(self.activations.shape[0]):  # hidden_states[i] enters block i
             self.activations[i].copy_(out.hidden_states[i][0])
+
+
+class DropReparametrization(TrainerCallback):
+    """At the end of training (after the Trainer has loaded the best checkpoint, if it selects one), the MLP goes and
+    the prefix it computes stays: what the dev loss is evaluated on, what decodes, what the checkpoint holds."""
+
+    def __init__(self, pt: PrefixTuning):
+        self.pt = pt
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.pt.drop_reparametrization()
 
 
 def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
@@ -77,7 +154,7 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
     mask = torch.ones(B, T, dtype=torch.long, device=embeds.device) if mask is None else mask
     kwargs["inputs_embeds"] = embeds
     if past is not None and past.get_seq_length() > 0:  # decoding with a cache: the special tokens are in it
-        pt.slots = None
+        pt.slots = pt.current = None
         need = past.get_seq_length() + T  # generate's mask lacks the l_p + l_i special positions: visible
         if mask.shape[1] < need:
             mask = torch.cat([mask.new_ones(B, need - mask.shape[1]), mask], dim=1)
@@ -101,8 +178,9 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
     if l_i:
         infix = l_p + ctx[:, None] + torch.arange(l_i, device=embeds.device)
         slots[rows, infix] = l_p + torch.arange(l_i, device=embeds.device)
+    prefix = pt.prefix()  # once per forward pass (through the MLP while reparametrized)
     if pt.mode == "embed":
-        new_embeds = pt.embedding.to(embeds.dtype)[slots.clamp(min=0)]
+        new_embeds = prefix.to(embeds.dtype)[slots.clamp(min=0)]
     else:  # replaced at the entry of block 0 by the trainable activations
         new_embeds = embeds.new_zeros(B, T + n, embeds.shape[-1])
     new_embeds = new_embeds.index_put((rows.expand(B, T), new_pos), embeds)
@@ -113,6 +191,7 @@ def _expand_inputs(pt: PrefixTuning, lm: nn.Module, args, kwargs):
     if labels is not None:
         kwargs["labels"] = labels.new_full((B, T + n), -100).index_put((rows.expand(B, T), new_pos), labels)
     pt.slots = slots if pt.mode == "layer" else None
+    pt.current = prefix if pt.mode == "layer" else None
     return (), kwargs
 
 
@@ -121,7 +200,7 @@ def _replace_activations(pt: PrefixTuning, layer: int, block: nn.Module, args, k
     if pt.slots is None:
         return None
     hidden = args[0] if args else kwargs["hidden_states"]
-    trained = pt.activations[layer].to(hidden.dtype)[pt.slots.clamp(min=0)]
+    trained = pt.current[layer].to(hidden.dtype)[pt.slots.clamp(min=0)]
     hidden = torch.where((pt.slots >= 0)[..., None], trained, hidden)
     if args:
         return (hidden, *args[1:]), kwargs
@@ -139,11 +218,15 @@ def apply_prefix(model: nn.Module, cfg: DictConfig) -> nn.Module:
             "bitfit or ft."
         )
     L, d = len(blocks(model)), model.config.hidden_size
-    pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like=model.get_input_embeddings().weight)
+    seed, reparam = int(cfg.get("init_seed", 0)), cfg.get("reparam")
+    like = model.get_input_embeddings().weight
+    pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like, reparam, int(cfg.get("mid_dim", 512)), seed)
     model.prefix_tuning = pt
     mark_trainable(model, lambda name: name.startswith("prefix_tuning."))
-    if next(pt.parameters()).device.type != "meta":
-        pt.init_from_real_tokens(model, seed=int(cfg.get("init_seed", 0)))
+    if pt.reparametrized:  # Li & Liang's init (see the module docstring); the MLP goes when training ends
+        model.repro_callbacks = [DropReparametrization(pt)]
+    elif like.device.type != "meta":
+        pt.init_from_real_tokens(model, seed=seed)
     model.register_forward_pre_hook(partial(_expand_inputs, pt), with_kwargs=True)
     if mode == "layer":
         for i, block in enumerate(blocks(model)):
