@@ -16,7 +16,8 @@ so at decoding time they sit in the KV cache like real tokens (the hook only wid
 The returned logits keep the extra positions (the last position still predicts the next token).
 Where the context ends: the first position whose label is not -100 in training, the end of the input when there
 are no labels (generation: the whole input is the prompt, left-padded).
-Initialisation: activations/embeddings of random real vocabulary tokens (Li & Liang: real-word init is more stable).
+Initialisation (`init`): real_tokens (the default), the activations/embeddings of random real vocabulary tokens (Li &
+Liang Sec. 7.2: real-word init is more stable); random, N(0, 1).
 
 Li & Liang's MLP reparametrization (`reparam: mlp`; their Sec. 4.3, "directly updating the P_θ parameters leads to
 unstable optimization"): the prefix is not trained directly but computed, P_θ[i,:] = MLP_θ(P'_θ[i,:]), from a
@@ -25,8 +26,15 @@ d_model) (PreLayer: one d_model vector per block; PreEmbed: Linear(mid_dim, d_mo
 (XiangLi1999/PrefixTuning, gpt2/train_control.py, class PrefixTuning, `control_trans`, and PrefixEmbTuning for the
 embedding variant): P' is d_model wide (an nn.Embedding of l_p rows; their paper's footnote calls the narrow side
 k = 512, which their code puts in the MLP's hidden width, `mid_dim`, default 512 in train_e2e.py), initialised as
-PyTorch initialises an nn.Embedding (N(0, 1)) and the MLP as nn.Linear does, no real-token init (theirs is for the
-low-data setting). At the end of training the MLP is dropped (`drop_reparametrization`, run by the Trainer callback
+PyTorch initialises an nn.Embedding (N(0, 1)) and the MLP as nn.Linear does. With `init: random` that is all (their
+full-data runs); with `init: real_tokens` the MLP's output layer is then solved so that MLP(P') is exactly the
+real-token prefix the plain method starts from (their low-data init fits the MLP to real words' activations by 500
+Adam steps on an MSE, `lowdata_init_train3`; here in closed form: `init_from_real_tokens`). On SmolLM2 a random
+prefix, in the positions every later token attends to first, wrecks the model: in two short E2E probes (l_p=13, lr
+1e-3, bf16) the random start logged a training loss of 9.4 over its first 10 steps and a dev loss of 6.6 at step 15
+(6.2 at 30), the real-token start 4.8 over its first 4 steps and 3.0 at step 12 (2.6 at 24): real_tokens is the
+default for both.
+At the end of training the MLP is dropped (`drop_reparametrization`, run by the Trainer callback
 the method registers): the prefix it computes becomes the trained tensor, under the name the plain method uses
 (`prefix_tuning.activations` / `.embedding`), so decoding, the saved checkpoint and |Θ| are the prefix alone, as Li
 & Liang count it (L x d_model x (l_p + l_i) for PreLayer); `parameter_counts` reports that as the adapter's
@@ -119,15 +127,36 @@ class PrefixTuning(nn.Module):
 
     @torch.no_grad()
     def init_from_real_tokens(self, lm: nn.Module, seed: int = 0) -> None:
+        """The prefix := the embeddings (PreEmbed) or the activations entering every block (PreLayer) of n random
+        vocabulary tokens. Reparametrized: P', W_1, b_1 and b_2 stay as initialised and W_2 is the least-norm solution
+        of H W_2^T = real - b_2, H = tanh(P' W_1^T + b_1) (n x mid_dim): exact when n <= mid_dim (H has full row
+        rank), the least-squares fit otherwise."""
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, lm.config.vocab_size, (1, self.n), generator=g).to(lm.device)
         if self.mode == "embed":
-            self.embedding.copy_(lm.get_input_embeddings()(ids)[0])
+            real = lm.get_input_embeddings()(ids)[0]
+        else:
+            self.slots = None
+            out = lm.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
+            real = torch.stack(
+                [out.hidden_states[i][0] for i in range(self.shape[0])]
+            )  # hidden_states[i] enters block i
+        if not self.reparametrized:
+            getattr(self, self.name).copy_(real)
             return
-        self.slots = None
-        out = lm.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
-        for i in range(self.activations.shape[0]):  # hidden_states[i] enters block i
-            self.activations[i].copy_(out.hidden_states[i][0])
+        target = real if self.mode == "embed" else real.transpose(0, 1).reshape(self.n, -1)  # MLP(P')'s layout
+        first, last = self.mlp[0], self.mlp[2]
+        h = torch.tanh(first(self.prefix_input)).double()
+        w2 = torch.linalg.pinv(h) @ (target.double() - last.bias.double())  # (mid_dim, out)
+        last.weight.copy_(w2.T.to(last.weight.dtype))
+
+    @torch.no_grad()
+    def init_random(self, seed: int = 0) -> None:
+        """`init: random`: the prefix ~ N(0, 1) (reparametrized: P' and the MLP as constructed, already so)."""
+        if not self.reparametrized:
+            g = torch.Generator().manual_seed(seed)
+            p = getattr(self, self.name)
+            p.copy_(torch.randn(p.shape, generator=g).to(p.dtype))
 
 
 class DropReparametrization(TrainerCallback):
@@ -223,10 +252,15 @@ def apply_prefix(model: nn.Module, cfg: DictConfig) -> nn.Module:
     pt = PrefixTuning(mode, int(cfg.l_p), int(cfg.l_i), L, d, like, reparam, int(cfg.get("mid_dim", 512)), seed)
     model.prefix_tuning = pt
     mark_trainable(model, lambda name: name.startswith("prefix_tuning."))
-    if pt.reparametrized:  # Li & Liang's init (see the module docstring); the MLP goes when training ends
+    init = cfg.get("init", "real_tokens")
+    if init not in ("real_tokens", "random"):
+        raise CellMismatch(f"method.init={init!r}; allowed: real_tokens, random")
+    if pt.reparametrized:  # the MLP goes when training ends (module docstring)
         model.repro_callbacks = [DropReparametrization(pt)]
-    elif like.device.type != "meta":
+    if like.device.type != "meta" and init == "real_tokens":
         pt.init_from_real_tokens(model, seed=seed)
+    elif like.device.type != "meta":
+        pt.init_random(seed)
     model.register_forward_pre_hook(partial(_expand_inputs, pt), with_kwargs=True)
     if mode == "layer":
         for i, block in enumerate(blocks(model)):

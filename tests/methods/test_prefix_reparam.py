@@ -139,19 +139,36 @@ def test_checkpoint_holds_the_prefix_alone_and_loads_into_plain_prelayer(tmp_pat
         assert torch.allclose(plain(**b).logits, model(**b).logits, atol=1e-6, rtol=0)
 
 
-def test_init_is_li_and_liangs_and_follows_init_seed():
-    """P' ~ N(0, 1) (nn.Embedding's init), the MLP as nn.Linear initialises it; seeded by init_seed, not by the
-    global RNG."""
+def test_random_init_is_li_and_liangs_and_follows_init_seed():
+    """init: random, their full-data setting: P' ~ N(0, 1) (nn.Embedding's init), the MLP as nn.Linear initialises
+    it; seeded by init_seed, not by the global RNG."""
     torch.manual_seed(123)
-    a = apply_method(tiny("gpt2"), reparam(init_seed=1)).prefix_tuning
+    a = apply_method(tiny("gpt2"), reparam(init="random", init_seed=1)).prefix_tuning
     torch.manual_seed(456)
-    b = apply_method(tiny("gpt2"), reparam(init_seed=1)).prefix_tuning
-    c = apply_method(tiny("gpt2"), reparam(init_seed=2)).prefix_tuning
+    b = apply_method(tiny("gpt2"), reparam(init="random", init_seed=1)).prefix_tuning
+    c = apply_method(tiny("gpt2"), reparam(init="random", init_seed=2)).prefix_tuning
     assert torch.equal(a.prefix_input, b.prefix_input) and torch.equal(a.mlp[2].weight, b.mlp[2].weight)
     assert not torch.equal(a.prefix_input, c.prefix_input)
     bound = 1 / MID**0.5  # nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
     assert a.mlp[2].weight.abs().max() <= bound and a.mlp[2].bias.abs().max() <= bound
     assert 0.7 < a.prefix_input.std() < 1.3
+
+
+@pytest.mark.parametrize("arch", DECODERS)
+@pytest.mark.parametrize("name", ["prefix_layer", "prefix_embed"])
+def test_real_token_init_starts_where_the_plain_method_starts(arch, name):
+    """init: real_tokens (the default): MLP(P') is, at the start, exactly the prefix the plain method starts from
+    (the same init_seed's random tokens), so both give the same logits before any step; P', W_1, b_1, b_2 keep their
+    PyTorch init and W_2 is the least-norm solution (n = 5 rows <= mid_dim = 16)."""
+    b = batch(arch)
+    plain = apply_method(tiny(arch), method(name, l_p=3, l_i=2, init_seed=4)).eval()
+    model = apply_method(tiny(arch), reparam(name, init_seed=4)).eval()
+    assert torch.allclose(model.prefix_tuning.prefix(), plain.prefix_tuning.prefix(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(model(**b).logits, plain(**b).logits, atol=1e-5, rtol=0)
+    random = apply_method(tiny(arch), reparam(name, init="random", init_seed=4)).prefix_tuning
+    assert torch.equal(model.prefix_tuning.prefix_input, random.prefix_input)  # only W_2 was solved for
+    assert torch.equal(model.prefix_tuning.mlp[0].weight, random.mlp[0].weight)
 
 
 def test_a_tiny_model_learns_through_it_and_the_trainer_drops_the_mlp(tmp_path):
