@@ -44,6 +44,7 @@ BASE_CELLS = [
     ["+table=variants_cpu", "model=minilm", "method=dora", "task=sst2"],  # table.render
     ["+table=glue_cpu_tuned", "model=minilm", "method=lora", "variant=lr1e-3", "task=rte"],  # table.tune
     ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "variant=fp32", "task=e2e"],  # table.render.precision_check
+    ["+table=e2e_cpu_tuned", "model=smollm2-135m", "method=prefix_layer", "variant=lr3e-4", "task=e2e"],  # convergence
 ]
 
 
