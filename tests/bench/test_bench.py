@@ -30,7 +30,7 @@ def _reject_constant(name: str):
 
 def run_bench(what: str, tmp_path, *extra: str) -> dict:
     out = tmp_path / f"{what}.json"
-    assert main([what, "--quick", "--device", "cpu", "--out", str(out), *extra]) == 0
+    assert main([what, "--quick", "--device", "cpu", "--out-dir", str(tmp_path), "--name", what, *extra]) == 0
     result = json.loads(out.read_text(), parse_constant=_reject_constant)
     assert not list(tmp_path.glob(".*.tmp")), "the atomic write left a temporary file"
     assert result["benchmark"] == what and result["quick"] is True
@@ -122,23 +122,36 @@ def test_cli_help_lists_benchmark(what, capsys):
 
 
 def test_decode_quick(tmp_path):
-    """Our beam search vs transformers' generate on tiny-llama, 4 E2E inputs: well-formed, both decoders timed, each
-    output scored by the paper's rule (which of the two found the better hypothesis by it is the measurement, not
-    asserted: beam search is not exhaustive)."""
+    """Issue 27: today's decoder, the fast decoder (fp32 and bf16, at each batch size), generate and (when installed)
+    CTranslate2 on tiny-llama, 4 E2E inputs: well-formed, every decoder timed, the ratios taken in the same run, fast
+    fp32 equal to today's decoder on every input, every output scored by the paper's rule (which search found the
+    better hypothesis by it is the measurement, not asserted: beam search is not exhaustive)."""
     result = run_bench("decode", tmp_path)
-    s = result["summary"]
-    assert s["inputs"] == len(result["rows"]) == 4 and 0 <= s["equal_outputs"] <= 4
-    assert set(s["seconds_per_input"]) == {"ours", "generate"}
-    assert all(v > 0 for d in s["seconds_per_input"].values() for v in d.values())
-    assert s["batch_size_changed_outputs"] == []  # batching never changes an output, ours or theirs
+    s, rows = result["summary"], result["rows"]
+    fast = [f"fast {p} batch{bs}" for p in ("fp32", "bf16") for bs in result["settings"]["fast_batch_sizes"]]
+    names = {"reference fp32", "reference bf16-autocast", "generate", *fast}
+    ct2 = s["ctranslate2"]
+    assert ct2["status"] == "ran" or ct2["status"].startswith("not installed")
+    if ct2["status"] == "ran":
+        names |= {f"ctranslate2 {c}" for c in ct2["compute_types"]}
+    assert set(s["seconds_per_input"]) == names and all(v > 0 for v in s["seconds_per_input"].values())
+    assert set(s["ratios"]) == {f"reference fp32 / {f}" for f in fast} | {
+        f"reference bf16-autocast / fast bf16 batch{s['fast_bf16_batch_size_chosen']}"
+    }
+    assert s["inputs"] == len(rows) == 4 and set(s["outputs"]) == names
+    for name in fast:
+        if "fp32" in name:
+            assert s["outputs"][name]["equal_to_reference"] == 4  # the same search, the same floats
+        else:
+            assert 0 <= s["outputs"][name]["equal_to_reference_bf16_autocast"] <= 4
+    assert s["outputs_changed_between_rounds"] == {}
     end = set(result["settings"]["end_token_ids"])
     assert end in ({2, 1116}, {50256, 628})  # SmolLM2's tokenizer (package installed), else GPT-2's
-    for row in result["rows"]:
-        for name in ("ours", "generate"):
-            ids = row[name]["ids"]
-            assert ids and not (end & set(ids[:-1]))  # cut at the first end token
-        assert row["equal"] == (row["ours"]["ids"] == row["generate"]["ids"])
-        assert row["better_by_paper_score"] in ("same", "ours", "generate", "tie")
+    for row in rows:
+        assert set(row["outputs"]) == names
+        for out in row["outputs"].values():
+            assert out["ids"] and not (end & set(out["ids"][:-1]))  # cut at the first end token
+            assert out["equal_to_reference"] == (out["ids"] == row["outputs"]["reference fp32"]["ids"])
     assert "no-repeat" in result["known_differences"]
 
 
