@@ -16,6 +16,7 @@ seed<k>.json; `load_records` reads each into a typed `Record`. On top of it, the
   whose score is no better than a constant prediction's; such a seed is shown as "did not train" and, as a baseline,
   counts neither for nor against the method it is compared with;
 - the seed noise of a margin between two rows (`margin_noise`, `beyond_noise`): a margin inside it is no win;
+- the convergence test (`convergence`): whether a cell's dev loss had stopped falling over the last fifth of training;
 - the aggregation of a cell's seeds (`Cell`): their scores, mean ± std and median, what failed and why, which seeds
   did not train, their costs;
 - tuned-table resolution (`Tuning`): per task, the candidate of a tune group (repro/tune.py) that the records on the
@@ -60,8 +61,8 @@ class Record:
     task: str | None
     seed: int | None
     metrics: dict  # metric -> value on its own scale (accuracy 0.91, BLEU 0.68, NIST 8.6)
-    trainable_params: int | None  # adapter + task head
-    adapter_params: int | None  # trainable less the task head
+    trainable_params: int | None  # what the optimizer trained: adapter + task head (+ a reparametrization it drops)
+    adapter_params: int | None  # |Θ|: trainable less the task head; a reparametrized prefix: the prefix it keeps
     head_params: int | None
     total_params: int | None
     steps: int | None  # optimizer steps taken
@@ -174,6 +175,13 @@ def record_score(record: Record | Mapping, metric: str | None = None, scale: flo
         record = Record.from_dict(record)
     value = record.metrics.get(metric or record.main_metric)
     return None if value is None else scale * float(value)
+
+
+def selection_score(record: Record | Mapping, table: Mapping) -> float | None:
+    """A tune candidate's score on the table's criterion (repro/tune.py `criterion`): the task's main metric x 100,
+    or the named metric on its own scale (dev_loss)."""
+    metric, _ = tune.criterion(table)
+    return record_score(record) if metric is None else record_score(record, metric, scale=1.0)
 
 
 def score_text(record: Record | Mapping) -> str:
@@ -293,6 +301,65 @@ def beyond_noise(margin: float, noise: Noise | float) -> int:
     return 1 if margin > bound else -1 if margin < -bound else 0
 
 
+@dataclass(frozen=True)
+class Convergence:
+    """Whether a cell had stopped improving on the dev set when training ended (`convergence`): its dev-loss curve,
+    the point where the last part of training begins, the relative improvement after it, and the verdict."""
+
+    curve: list  # [(step, dev loss)] of the evaluations during training, in step order
+    start: tuple | None  # (step, dev loss) of the last evaluation at or before the last part of training
+    best_after: tuple | None  # (step, dev loss) of the lowest dev loss after it
+    improvement: float | None  # (start loss - best loss after it) / start loss; negative when it rose
+    verdict: str  # "converged", "still improving", or "undecided: <why>"
+
+    @property
+    def converged(self) -> bool:
+        return self.verdict == "converged"
+
+
+def dev_loss_curve(record: Record) -> list[tuple[int, float]]:
+    """(step, dev loss) of each evaluation during training, from the record's history. Left out: a repeated step (the
+    evaluation of the selected weights that generation cells log after training, at the last step: `fit`) and, with
+    `train.eval_strategy: steps`, a step that is no multiple of `train.eval_steps` (the same, when the last step is
+    no evaluation step)."""
+    train = record.config.get("train") or {}
+    every = train.get("eval_steps") if train.get("eval_strategy") == "steps" else None
+    curve: dict[int, float] = {}
+    for e in record.history.get("eval", []):
+        step, loss = e.get("step"), e.get("loss")
+        if step is None or loss is None or step in curve or (every and step % every):
+            continue
+        curve[int(step)] = float(loss)
+    return sorted(curve.items())
+
+
+def convergence(record: Record, last: float = 0.2, below: float = 0.01) -> Convergence:
+    """The convergence test (issue 28): a cell has stopped improving when its dev loss improved by less than `below`
+    (relative) over the last `last` of its training steps: from the last evaluation at or before step (1 - last) x
+    steps to the lowest dev loss after it. A curve with no evaluation on either side of that step is undecided.
+    Under a decaying learning rate the last part trains at a small rate, so passing says the schedule ended on a
+    plateau of its own, not that a longer schedule could not do better."""
+    curve = dev_loss_curve(record)
+    steps = record.steps or (curve[-1][0] if curve else None)
+    if not curve or not steps:
+        return Convergence(curve, None, None, None, "undecided: no dev-loss curve in the record")
+    boundary = (1.0 - last) * steps
+    before = [p for p in curve if p[0] <= boundary]
+    after = [p for p in curve if p[0] > boundary]
+    if not before or not after:
+        side = "at or before" if not before else "after"
+        return Convergence(
+            curve,
+            None,
+            None,
+            None,
+            f"undecided: no dev evaluation {side} step {boundary:g} of {steps} (evaluate more often)",
+        )
+    start, best = before[-1], min(after, key=lambda p: p[1])
+    improvement = (start[1] - best[1]) / start[1]
+    return Convergence(curve, start, best, improvement, "converged" if improvement < below else "still improving")
+
+
 def short_reason(error: str | None) -> str:
     """A failed record's reason, its error's first line cut to 90 characters."""
     first = (error or "unknown").strip().splitlines()[0]
@@ -375,7 +442,8 @@ class Cell:
 @dataclass(frozen=True)
 class Tuning:
     """A tuned table's choices, read from its records with repro/tune.py's rule: per (tune group, task) the candidate
-    with the best dev score on the selection seed. `choices`: (model, method, tune name, task) -> (chosen variant or
+    with the best dev score on the selection seed (on the table's criterion: `selection_score`). `choices`: (model,
+    method, tune name, task) -> (chosen variant or
     None, why, {variant: score on the selection seed, None if it failed, tune.NOT_RUN if it has no record})."""
 
     table: Mapping
@@ -389,13 +457,13 @@ class Tuning:
             return None
         cells = by_cell(records)
 
-        def selection_score(model, method, variant, task, seed):
+        def candidate_score(model, method, variant, task, seed):
             for r in cells.get((model, method, variant, task), []):
                 if r.seed == seed:
-                    return record_score(r) if r.ok else None
+                    return selection_score(r, table) if r.ok else None
             return tune.NOT_RUN
 
-        return cls(table, tune.choices(table, table["tasks"], selection_score))
+        return cls(table, tune.choices(table, table["tasks"], candidate_score))
 
     def unfinished(self, records: Iterable[Record]) -> str | None:
         """Why the table does not stand for its rows yet, or None: every (group, task) choice must be made and the
