@@ -343,7 +343,11 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path:
 # before the key existed: a cell at that value hashes as if the key were absent, so committed records stay done (and a
 # cell that sets another value is a new cell). A new key that changes the computation goes here with its
 # behaviour-preserving default; a key that never changes it goes in VOLATILE_KEYS.
-ADDED_KEYS: dict[str, object] = {}
+ADDED_KEYS: dict[str, object] = {
+    "method.reparam": None,  # prefix tuning trained directly (Li & Liang's MLP reparametrization: mlp)
+    "method.mid_dim": 512,  # that MLP's hidden width; read only with reparam: mlp
+    "method.init": "real_tokens",  # prefix tuning's start (LoRA's own `init` values, kaiming ..., never equal it)
+}
 
 
 def _drop(data: dict, key: str, only_if=None, check: bool = False) -> None:

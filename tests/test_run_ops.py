@@ -267,7 +267,7 @@ def test_cell_lock_other_flock_errors_still_raise(compose_config, monkeypatch):
 
 def test_paper_model_refuses_cpu_unless_allowed(compose_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    overrides = ["+table=glue", "model=roberta-base", "method=lora", "task=rte"]
+    overrides = ["+table=glue", "model=roberta-base", "method=lora", "task=cola"]
     with pytest.raises(ReproError, match="allow_cpu=true"):
         run_cell(cell(compose_config, overrides))
     assert written_outside_logs(tmp_path) == []
@@ -301,7 +301,7 @@ def test_cli_paper_cell_on_cpu_exits_2_naming_allow_cpu(tmp_path):
         pytest.skip("a GPU is present: the cell is allowed")
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
     proc = subprocess.run(
-        [sys.executable, "-m", "repro.run", "+table=glue", "model=roberta-large", "method=lora", "task=rte"],
+        [sys.executable, "-m", "repro.run", "+table=glue", "model=roberta-large", "method=lora", "task=cola"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
