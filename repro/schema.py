@@ -582,6 +582,10 @@ class TrainConfig(Group):
     group_by_length: bool
     select: Literal["best", "last"]
     keep_checkpoints: bool
+    save_every_steps: PosInt | None = Field(description="a checkpoint every N optimizer steps (null: by time only)")
+    save_every_minutes: Annotated[float, Field(gt=0)] | None = Field(
+        description="a checkpoint every M minutes of training (null: off)"
+    )
     init_from: Name | None
     allow_smoke_init: bool = Field(description="accept an init_from checkpoint written by a smoke run")
     divergence_patience: PosInt = Field(description="consecutive non-finite steps before a cell is called diverged")

@@ -46,9 +46,17 @@ from repro.errors import CellMismatch, DataFileMissing
 from repro.methods.lora import merged
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
-from repro.tasks import Head
+from repro.tasks import Head, traits
 from repro.tasks.scorers import score
-from repro.train import DivergenceGuard, Outcome, ReproTrainer, batch_plan, fit, training_arguments
+from repro.train import (
+    DivergenceGuard,
+    Outcome,
+    ReproTrainer,
+    TaskLoss,
+    fit,
+    normalised,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +155,23 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) ->
     return nll if smoothing <= 0 else (1.0 - smoothing) * nll + smoothing * (-logprobs.mean(dim=-1))
 
 
-def _mean(total: torch.Tensor, count, num_items) -> torch.Tensor:
-    denom = num_items if num_items is not None else count
-    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+def completion_sums(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: gpt2_ft.py / model.py's loss on shifted targets summed over its completion tokens (token_loss), and
+    their number."""
+    labels = labels[:, 1:]
+    mask = labels.ne(-100)
+    loss = token_loss(logits[:, :-1, :], labels, smoothing)
+    return (loss * mask).sum(-1), mask.sum(-1)
 
 
 def completion_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, num_items=None) -> torch.Tensor:
     """gpt2_ft.py / model.py's loss on shifted targets, masked to the completion (token_loss), averaged over the
     completion tokens (or over `num_items`, the Trainer's count for the whole accumulated batch)."""
-    labels = labels[:, 1:]
-    mask = labels.ne(-100)
-    loss = token_loss(logits[:, :-1, :], labels, smoothing)
-    return _mean((loss * mask).sum(), mask.sum(), num_items)
+    sums, counts = completion_sums(logits, labels, smoothing)
+    return normalised(sums.sum(), counts.sum(), num_items)
 
 
-class CompletionLoss:
+class CompletionLoss(TaskLoss):
     """The training/dev loss of a causal LM as gpt2_ft.py computes it, for the Trainer (`CompletionTrainer`).
 
     While a batch is in the model (`attach`), three forward pre-hooks are in place:
@@ -173,6 +183,7 @@ class CompletionLoss:
       transformers' own loss) and kept;
     - on the output embeddings (the LM head): only the positions that predict a completion token go through it.
       The loss is the same; the 50257-way head, ~95% of a small model's step, is skipped on context and padding.
+    Per example it gives the loss summed over its completion tokens and their number; TaskLoss divides.
     """
 
     def __init__(self, model, smoothing: float):
@@ -212,15 +223,15 @@ class CompletionLoss:
             for h in handles:
                 h.remove()
 
-    def __call__(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    def example_sums(self, outputs, labels) -> tuple[torch.Tensor, torch.Tensor]:
         # label smoothing while training only; the dev loss is the plain completion NLL (gpt2_ft.py's evaluate)
         smoothing = self.smoothing if self.model.training else 0.0
         seen = self.labels if self.labels is not None else labels
         if not self.selected:
-            return completion_loss(outputs.logits, seen, smoothing, num_items_in_batch)
-        targets = seen[:, 1:][self.positions]
-        loss = token_loss(outputs.logits, targets, smoothing)
-        return _mean(loss.sum(), targets.numel(), num_items_in_batch)
+            return completion_sums(outputs.logits, seen, smoothing)
+        loss = token_loss(outputs.logits, seen[:, 1:][self.positions], smoothing)  # the selected positions, row-major
+        rows = self.positions.nonzero()[:, 0]
+        return loss.new_zeros(len(seen)).index_add(0, rows, loss), self.positions.sum(-1)
 
 
 class CompletionTrainer(ReproTrainer):
@@ -242,15 +253,15 @@ class CompletionTrainer(ReproTrainer):
 
 def generation_arguments(cfg: DictConfig, output_dir: Path) -> transformers.TrainingArguments:
     """The shared training arguments, selecting by the dev loss: lower is better, evaluation computes the loss alone
-    (never gathering B x T x 50257 logits), in the training's per-device batch."""
+    (never gathering B x T x 50257 logits), in the training's per-device batch (the family's eval_batch_floor, 0)."""
     return training_arguments(
         cfg,
         output_dir,
         DEV_LOSS,
         select=cfg.decode.checkpoint,
         greater_is_better=False,
-        eval_batch_size=batch_plan(cfg.train)[0],
         prediction_loss_only=True,
+        eval_batch_floor=traits(cfg.task.kind).eval_batch_floor,
     )
 
 
