@@ -35,6 +35,8 @@ NAMED = {
     "threads",
     "train.allow_smoke_init",
     "train.divergence_patience",
+    "train.save_every_steps",
+    "train.save_every_minutes",
     "model.max_per_device_batch_size",
     "model.gradient_checkpointing",
     "wandb.group",
