@@ -229,7 +229,7 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path:
 # before the key existed: a cell at that value hashes as if the key were absent, so committed records stay done (and a
 # cell that sets another value is a new cell). A new key that changes the computation goes here with its
 # behaviour-preserving default; a key that never changes it goes in VOLATILE_KEYS.
-ADDED_KEYS: dict[str, object] = {}
+ADDED_KEYS: dict[str, object] = {"train.fast_path": False}
 
 
 def _drop(data: dict, key: str, only_if=None, check: bool = False) -> None:

@@ -20,6 +20,7 @@ from repro import records
 from repro.dist import world_size
 from repro.errors import ReproError
 from repro.methods.registry import loss_term
+from repro.precision import prepare_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,29 @@ class DivergenceGuard(TrainerCallback):
         return None
 
 
+class TokenCount:
+    """The tokens the training batches carried: real ones (attention mask 1) and padding, on this process."""
+
+    def __init__(self):
+        self.real = self.padded = 0
+
+    def count(self, inputs: dict) -> None:
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            real = int(mask.sum())
+            self.real, self.padded = self.real + real, self.padded + mask.numel() - real
+
+    def record(self) -> dict:
+        total = self.real + self.padded
+        return {"real": self.real, "padding": self.padded, "padded_fraction": self.padded / total if total else None}
+
+
 class ReproTrainer(Trainer):
     """Trainer that hands each micro-batch's training loss to the divergence guard (see DivergenceGuard)."""
 
     def __init__(self, *, guard: DivergenceGuard | None = None, **kwargs):
         self.guard = guard or DivergenceGuard()
+        self.tokens = TokenCount()
         super().__init__(callbacks=[*(kwargs.pop("callbacks", None) or []), self.guard], **kwargs)
         self.guard.trainer = self
 
@@ -161,6 +180,7 @@ class ReproTrainer(Trainer):
         return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self.tokens.count(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.saw_loss(loss)
         return loss
@@ -233,7 +253,7 @@ def training_arguments(
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=True,  # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
         average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (the recipes' losses)
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length or fast_path(cfg) else "random",
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=["wandb"] if cfg.wandb.enabled else "none",
@@ -242,6 +262,25 @@ def training_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+
+
+# ------------------------------------------------------------------ the fast path (train.fast_path, issue 27)
+
+
+def fast_path(cfg: DictConfig) -> bool:
+    """train.fast_path: the frozen base held in the compute precision and fp32-backward attention
+    (repro.precision), the causal LM's loss fused with its head in chunks (repro.tasks.generation), batches grouped by
+    length, and (bf16) decoding a bf16 copy with LoRA merged. Off (absent from older configs): as the committed
+    records were computed."""
+    return bool(cfg.train.get("fast_path", False))
+
+
+def prepare_training(cfg: DictConfig, model) -> dict:
+    """What the cell's training engine is, applied to `model` before it trains: {"fast_path": False} or the fast
+    path's changes (repro.precision.prepare_fast_path)."""
+    if not fast_path(cfg):
+        return {"fast_path": False}
+    return {"fast_path": True, **prepare_fast_path(model, str(cfg.train.precision))}
 
 
 def train_resuming(trainer: Trainer, output_dir: Path, guard: DivergenceGuard) -> str | None:
@@ -290,6 +329,7 @@ class Outcome:
     batch: dict  # batch_record
     skipped_steps: int  # optimizer steps the loss scaler skipped (DivergenceGuard)
     nonfinite_steps: int  # optimizer steps with a non-finite loss
+    engine: dict = field(default_factory=dict)  # prepare_training's answer, and the training tokens (TokenCount)
     selected: dict | None = None  # {"rule", "step", "epoch"} of the weights scored
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -307,6 +347,7 @@ class Outcome:
             "batch": self.batch,
             "skipped_steps": self.skipped_steps,
             "nonfinite_steps": self.nonfinite_steps,
+            "engine": self.engine,
         }
 
 
@@ -321,6 +362,7 @@ def fit(
     """Train the cell (from its last complete checkpoint, if any; Diverged if the loss stays non-finite) and return
     the training part of its outcome. `evaluate_selected`: evaluate the weights training leaves (the best or the
     last) once more on the eval set; the evaluation is logged, so it is the history's last `eval` entry."""
+    engine = prepare_training(cfg, trainer.model)
     resumed_from = train_resuming(trainer, output_dir, trainer.guard)
     if evaluate_selected:
         trainer.evaluate()
@@ -332,4 +374,5 @@ def fit(
         batch=batch_record(cfg.train),
         skipped_steps=trainer.guard.skipped_steps,
         nonfinite_steps=trainer.guard.nonfinite_steps,
+        engine={**engine, "train_tokens": trainer.tokens.record()},
     )
