@@ -190,3 +190,20 @@ def test_sweep_quick(tmp_path):
     # the same 4 cells in both modes
     assert [c["cell"] for c in by["parallel"]["cells"]] == [c["cell"] for c in by["sequential"]["cells"]]
     assert result["faster"] in ("sequential", "parallel")
+
+
+def test_roofline_quick(tmp_path):
+    """Issue 27 item 1: matmul rates at the model's shapes, the block roofline, every (method, engine) step with its
+    FLOPs from the real tokens and its fraction of the roofline, and decoding's rate, in one JSON."""
+    result = run_bench("roofline", tmp_path)
+    (model,) = result["models"]
+    assert model["model"] == "tiny-llama" and {m["name"] for m in model["matmuls"]} >= {"self_attn.q_proj", "lm_head"}
+    assert all(m["gflops"]["fp32"] >= 0 and m["gflops"]["bf16"] >= 0 for m in model["matmuls"])
+    assert model["block_roofline_gflops"]["bf16"] > 0
+    rows = {(r["method"], r["engine"]): r for r in model["train"]}
+    assert set(rows) == {(m, e) for m in ("lora", "ft") for e in ("fp32", "bf16", "bf16+fast")}
+    for (method, _), r in rows.items():
+        check_stats(r["step"])
+        assert r["flops"] == (4 if method == "lora" else 6) * r["block_params"] * r["tokens"]["real"]
+        assert r["fraction_of_bf16_block_roofline"] > 0
+    assert model["decode"]["rows"] > 0 and model["decode"]["tokens_per_s"] > 0
