@@ -207,3 +207,21 @@ def test_roofline_quick(tmp_path):
         assert r["flops"] == (4 if method == "lora" else 6) * r["block_params"] * r["tokens"]["real"]
         assert r["fraction_of_bf16_block_roofline"] > 0
     assert model["decode"]["rows"] > 0 and model["decode"]["tokens_per_s"] > 0
+
+
+def test_ours_vs_peft_on_llama_names_and_gpt2_refused(tmp_path):
+    """Issue 27 item 4: PEFT's target names come from repro.methods.targets (Llama: q_proj, v_proj, where the bench
+    asked for 'query', 'value' and PEFT refused); the same weights give the same loss; GPT-2's fused c_attn is refused
+    with the reason (PEFT adapts it whole, ours per projection)."""
+    import torch
+
+    from repro.bench import common
+    from repro.bench import train as bench_train
+
+    weights = common.weights_file("tiny-llama", "classification", tmp_path)
+    out = bench_train.ours_vs_peft("tiny-llama", "classification", weights, 2, 16, 1, torch.device("cpu"))
+    assert out["lora"]["targets"] == ["q", "v"] and out["lora_tensors_copied"] == 8
+    assert out["initial_loss_abs_diff"] < 1e-5
+    gpt2 = common.build_model("tiny-gpt2", "generation")
+    with pytest.raises(ValueError, match="c_attn"):
+        bench_train.peft_target_names(gpt2, ["q", "v"])
