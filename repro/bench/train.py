@@ -30,6 +30,7 @@ from repro.config import load_group
 from repro.methods import parameter_counts
 from repro.methods.common import is_head
 from repro.methods.targets import BLOCK_MODULES, FUSED_QKV, model_type
+from repro.precision import prepare_fast_path
 
 RESULT_TAG = "@@BENCH_RESULT "
 FULL_MODELS = {"roberta-base": "classification", "gpt2-medium": "generation"}
@@ -113,14 +114,19 @@ def prepare(model_name: str, task_kind: str, method: str, weights: Path, device)
 
 
 class Trainer:
-    def __init__(self, model, batch):
+    def __init__(self, model, batch, precision: str = "fp32"):
         self.model, self.batch = model, batch
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=1e-4, weight_decay=0.01)
+        self.autocast = precision != "fp32"  # bf16: the runner's CPU autocast (train.precision=bf16)
+
+    def loss(self) -> torch.Tensor:
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(**self.batch).loss
 
     def step(self) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
-        loss = self.model(**self.batch).loss
+        loss = self.loss()
         loss.backward()
         self.opt.step()
         return loss.detach()
@@ -135,7 +141,7 @@ class Trainer:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = self.model(**self.batch).loss
+            loss = self.loss()
         loss.backward()
         self.opt.zero_grad(set_to_none=True)
         params = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
@@ -161,7 +167,9 @@ def worker(spec: dict) -> dict[str, Any]:
     torch.manual_seed(0)
     model = prepare(spec["model"], spec["task_kind"], spec["method"], Path(spec["weights"]), device)
     counts = parameter_counts(model if spec["method"] != "peft_lora" else model.base_model.model)
-    trainer = Trainer(model, make_batch(model, spec["task_kind"], spec["batch"], spec["seq"], device))
+    precision = spec.get("precision", "fp32")
+    engine = prepare_fast_path(model, precision) if spec.get("fast_path") else None  # train.fast_path's changes
+    trainer = Trainer(model, make_batch(model, spec["task_kind"], spec["batch"], spec["seq"], device), precision)
     rss_loaded = memory.rss_now_mb()
     hwm_reset = memory.reset_peak_rss()
     if device.type == "cuda":
@@ -173,6 +181,8 @@ def worker(spec: dict) -> dict[str, Any]:
     acts = trainer.saved_activation_bytes()
     return {
         "status": "ok",
+        "precision": precision,
+        "fast_path": engine,
         "params": counts,
         "step": common.summarize(times),
         "first_losses": losses,
@@ -313,6 +323,8 @@ def run(args) -> dict[str, Any]:
                     "device": str(device),
                     "threads": torch.get_num_threads(),
                     "overrides": overrides_for(model_name, method),
+                    "precision": args.precision,
+                    "fast_path": args.fast_path,
                 }
                 print(
                     f"  {model_name} / {method}: batch {batch} x seq {seq}, {warmup} warm-up + {steps} timed steps",
@@ -350,6 +362,7 @@ def run(args) -> dict[str, Any]:
         "device": str(device),
         "settings": {
             "optimizer": "AdamW(lr=1e-4, weight_decay=0.01), fp32",
+            "precision": f"{args.precision}{' + train.fast_path' if args.fast_path else ''} (the ours-vs-PEFT rounds: fp32)",
             "models": models,
             "method_overrides": {f"{k[0]}/{k[1]}": v for k, v in METHOD_OVERRIDES.items()},
             "peak_memory": "CPU: VmHWM reset after loading the weights (weights resident + training); "
