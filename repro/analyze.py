@@ -13,7 +13,6 @@ middle one. ΔW is always (alpha/r)·B A from the checkpoint's factors, in fp32.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,12 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+
+from repro.cli import add_out_dir, add_results_dir, add_strict, command, parser, report_unreadable, results_dir  # noqa: E402
+from repro.config import options  # noqa: E402
+from repro.errors import ReproError  # noqa: E402
+from repro.paths import input_dir, input_file, output_dir  # noqa: E402
+from repro.results import load_records  # noqa: E402
 
 
 def _name(path: str) -> str:
@@ -187,12 +192,13 @@ def cmd_ablation(args) -> list[Path]:
 DEFAULT_OUT = "results/analysis"
 
 
+@command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repro.analyze", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = parser("analyze", __doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{report,subspace,spectrum,amplification,ablation}")
 
     def common(p):
-        p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default results/analysis)")
+        add_out_dir(p, DEFAULT_OUT, dest="out", default=DEFAULT_OUT)
         p.add_argument(
             "--layer", type=int, default=None, help="1-based layer for the single-layer figure (default: middle)"
         )
@@ -200,7 +206,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("report", help="Figures 3/4/6/7, spectra and Table 7 for one table's LoRA cells")
     common(p)
-    p.add_argument("--results", default="results")
+    add_results_dir(p, dest="results")
+    add_strict(p)
     p.add_argument("--table", default="rank")
     p.add_argument("--model", default="minilm")
     p.add_argument("--task", default="sst2")
@@ -228,17 +235,45 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("ablation", help="Table 5 (which_weights) or 6 (rank) from the records")
     p.add_argument("table", choices=("rank", "which_weights"))
-    p.add_argument("--results", default="results")
-    p.add_argument("--out", default=DEFAULT_OUT)
+    add_results_dir(p, dest="results")
+    add_out_dir(p, DEFAULT_OUT, dest="out", default=DEFAULT_OUT)
+    add_strict(p)
     p.add_argument("--model", default=None, help="read this model's records instead of each row's (default: the row's)")
     p.set_defaults(func=cmd_ablation)
 
     args = ap.parse_args(argv)
+    check_inputs(args)
     np.set_printoptions(precision=3, suppress=True)
-    files = args.func(args)
+    try:
+        files = args.func(args)
+    except ValueError as exc:  # how repro.analysis.factors refuses an adapter it cannot read as LoRA factors (a DoRA
+        # or PiSSA checkpoint, no factors, a record beside it that is not JSON): bad input, one line
+        raise ReproError(str(exc)) from exc
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
     return 0
+
+
+def check_inputs(args) -> None:
+    """Names and paths, before any work (repro.paths): the table and model exist, the results folder is a folder and
+    each record in it that cannot be read is named (--strict: an error), each adapter is a safetensors file, the
+    output folder can be written."""
+    reads_records = hasattr(args, "results")  # report, ablation: the records under --results-dir
+    if reads_records:
+        args.results = results_dir(args, "results")
+        if args.cmd == "report":
+            for group, name in (("table", args.table), ("model", args.model)):
+                if name not in options(group):
+                    raise ReproError(f"--{group}={name}: no such {group}; {group}s: {', '.join(options(group))}")
+        input_dir(args.results, "--results-dir")
+        report_unreadable(load_records(args.results, args.table)[1], args.strict)
+    for flag in ("a", "b", "adapter"):
+        value = getattr(args, flag, None)
+        for path in value if isinstance(value, list) else [value] if value else []:
+            input_file(path, f"--{flag}", kind="safetensors")
+    # report and ablation write under <results-dir>/analysis by default, the others under results/analysis
+    default = Path(args.results) / "analysis" if reads_records else Path(DEFAULT_OUT)
+    output_dir(default if args.out == DEFAULT_OUT else args.out, "--out-dir")
 
 
 if __name__ == "__main__":

@@ -2,21 +2,26 @@
 apply the table's hyperparameters for this cell.
 
 Precedence, lowest to highest: conf/config.yaml < model/method/task options < the table's `common` block < its
-`per_task` block < the table row's `set` < the row's per-task settings < the command line. The command line always wins, so
-`train.max_steps=20` shortens any cell of any table.
+`per_task` block < the table row's `set` < the row's per-task settings < a debug preset's `set` (debug=smoke) < the
+command line. The command line always wins, so `train.max_steps=20` shortens any cell of any table.
+
+A smoke run (a debug preset, or a command line that shortens training: `smoke_reason`) never writes into the committed
+results tree (`check_scratch`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from repro import schema
+from repro import PROJECT_ROOT, paths, schema
 from repro.errors import CellMismatch
 from repro.schema import ConfigError
 
-GROUPS = ("model", "method", "task", "table", "paths", "local", "hydra")
+GROUPS = ("model", "method", "task", "table", "paths", "local", "debug", "hydra")
 
 
 def cli_value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
@@ -31,10 +36,13 @@ def cli_value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
 
 
 def smoke_reason(cfg: DictConfig) -> str | None:
-    """Why a cell is a smoke run, else None. A smoke run is one whose command line shortens the training its config
-    and table define: it sets `train.max_steps` > 0 or a `data.max_train_samples` (a table's own subsample or
-    step count, e.g. glue_cpu's, is the cell's schedule, not smoke). Stored with its weights (the checkpoint's
-    `smoke`), so that a table cell never starts from a smoke run's weights (train.init_from)."""
+    """Why a cell is a smoke run, else None. A smoke run is one under a debug preset (debug=smoke), or one whose command
+    line shortens the training its config and table define: it sets `train.max_steps` > 0 or a
+    `data.max_train_samples` (a table's own subsample or step count, e.g. glue_cpu's, is the cell's schedule, not
+    smoke). Stored with its weights (the checkpoint's `smoke`), so that a table cell never starts from a smoke run's
+    weights (train.init_from)."""
+    if cfg.get("debug"):
+        return f"debug={cfg.debug.name}"
     for key, value in cli_value_overrides(list(cfg.get("cli_overrides") or [])):
         if (key == "train.max_steps" and value is not None and int(value) > 0) or (
             key == "data.max_train_samples" and value is not None
@@ -95,7 +103,42 @@ def resolve_cell(cfg: DictConfig, overrides: list[str], check: bool = True) -> D
     cfg = resolved
     if check:
         check_cell(cfg)
+        check_scratch(cfg)
     return cfg
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """The paths a cell is given, usable before anything is loaded, locked or written (repro.paths): the results and
+    log folders exist or can be created, and can be written; the data folder (when set) exists; train.init_from (when
+    set) is a safetensors file. PathError (one line) otherwise."""
+    paths.output_dir(cfg.paths.results_dir, "paths.results_dir")
+    paths.output_dir(cfg.paths.log_dir, "paths.log_dir")
+    if cfg.paths.get("data_dir"):
+        paths.input_dir(cfg.paths.data_dir, "paths.data_dir")
+    if cfg.train.get("init_from"):
+        paths.input_file(
+            cfg.train.init_from,
+            "train.init_from",
+            kind="safetensors",
+            hint="run the cell that writes it first (the MNLI cell of the same model, method and seed)",
+        )
+
+
+COMMITTED_RESULTS = PROJECT_ROOT / "results"
+
+
+def check_scratch(cfg: DictConfig) -> None:
+    """A smoke run writes nowhere inside the repository's results/ (the committed records, which tables and claims
+    read): ConfigError naming the folder and where to write instead."""
+    why = smoke_reason(cfg)
+    results = Path(str(cfg.paths.results_dir)).resolve()
+    committed = COMMITTED_RESULTS.resolve()
+    if why is not None and (results == committed or committed in results.parents):
+        raise ConfigError(
+            f"paths.results_dir={cfg.paths.results_dir}: a smoke run ({why}) never writes into the committed results "
+            f"tree {committed}: run it with debug=smoke (records under .smoke/), or set paths.results_dir (or "
+            "REPRO_RESULTS_DIR) to a folder outside it"
+        )
 
 
 def check_cell(cfg: DictConfig | dict, table_rules: bool = True) -> None:
@@ -144,6 +187,9 @@ def _resolve(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         OmegaConf.set_struct(cfg.model.config_overrides, False)
     if "decode" in cfg:  # open for the optional keys (decode.pad_batches), which the schema checks
         OmegaConf.set_struct(cfg.decode, False)
+    if cfg.get("debug"):  # a debug preset's settings: over the table's, under the command line; only the cell's groups
+        preset = cfg.debug.get("set") or {}
+        layers.append({group: value for group, value in preset.items() if group in cfg})
     cfg = OmegaConf.merge(cfg, *layers)
     with open_dict(cfg):
         for key, value in cli_value_overrides(overrides):

@@ -2,7 +2,7 @@
 paper's printed figure and its formula (Section 5.1). Models are built on the meta device from conf/model/*.yaml
 (no weights, no download), adapted with our methods, and counted with the task head left out (as the paper does).
 
-    python -m repro.params                 # a text table
+    python -m repro.params                 # a text table (console script: repro-params)
     python -m repro.params --format json   # [{table, model, method, config, ours, paper, formula, formula_value, ...}]
     python -m repro.params --variants      # the LoRA variants (issue 14) beside LoRA, ours and their formulas
 
@@ -21,23 +21,23 @@ so AdapterH's trained norms add L̂_LN·d, not 2·L̂_LN·d; it has no bias at a
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
 import sys
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import OmegaConf
 
+from repro.cli import command, parser
 from repro.config import load_group
 from repro.errors import ReproError
 from repro.method_traits import VARIANT_METHODS
-from repro.methods import apply_method, parameter_counts
-from repro.models import build_on_meta
-from repro.tasks import kind_for_model
+
+if TYPE_CHECKING:
+    import torch
 
 PAPER_DIR = Path(__file__).parent / "paper"
 TABLES = {
@@ -77,12 +77,20 @@ def dims(name: str) -> tuple[int, int]:
 
 @cache
 def meta_model(model: str) -> torch.nn.Module:
+    # here, not at the top: building models needs torch and transformers, `repro-params --help` does not
+    from repro.models import build_on_meta
+    from repro.tasks import kind_for_model
+
     mc = load_group("model", model)
     return build_on_meta(mc, kind_for_model(mc.kind), num_labels=2)
 
 
 def count(model: str, method: str, **overrides) -> int:
     """Our |Θ| (task head excluded) of `method` on the paper's `model`, built on the meta device."""
+    import torch  # here, not at the top: as in meta_model
+
+    from repro.methods import apply_method, parameter_counts
+
     net = copy.deepcopy(meta_model(model))
     with torch.device("meta"):
         net = apply_method(net, load_group("method", method, **overrides))
@@ -358,8 +366,9 @@ def fmt_text(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m repro.params", description=__doc__.split("\n\n")[0])
+    p = parser("params", __doc__)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--variants", action="store_true", help="the LoRA variants (rsLoRA, PiSSA, DoRA, all-linear)")
     args = p.parse_args(argv)

@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 # Keys that do not change what a cell computes, left out of its fingerprint (dotted paths): where results and logs
 # go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
 # over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan); how a table
-# is printed (table.render).
+# is printed (table.render); tracking (wandb); a debug preset's name and settings (`debug`: the settings it applies
+# are hashed where they land, train.max_steps etc.).
 VOLATILE_KEYS = (
     "force",
     "dry_run",
     "paths",
     "wandb",
+    "debug",
     "cli_overrides",
     "allow_cpu",
     "threads",

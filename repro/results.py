@@ -28,6 +28,7 @@ from pathlib import Path
 
 from repro import tune
 from repro.config import read_group
+from repro.errors import ReproError
 from repro.records import untraced
 
 # Two scores "match" when within one point (x100 scale): about one seed std of the 2-seed CPU cells; the paper's own
@@ -99,21 +100,41 @@ class Record:
         return (self.config.get("train") or {}).get("precision")
 
 
+class UnreadableRecord(ReproError):
+    """A record file that cannot be read: missing, not UTF-8 JSON, or JSON that is not an object."""
+
+
+def _read(path: Path) -> tuple[dict | None, str | None]:
+    """(the record's JSON, None) or (None, why it cannot be read)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if not isinstance(data, dict):
+        return None, f"not a record: a JSON {type(data).__name__}"
+    return data, None
+
+
+def load_record(path: str | Path) -> Record:
+    """One record file as a Record; UnreadableRecord (the path and why) when it cannot be read."""
+    data, why = _read(Path(path))
+    if why is not None:
+        raise UnreadableRecord(f"{path}: cannot be read as a record ({why})")
+    return Record.from_dict(data, Path(path))
+
+
 def load_records(results_dir: str | Path, table: str | None = None) -> tuple[list[Record], list[tuple[Path, str]]]:
     """Every seed*.json under <results_dir>[/<table>], sorted by path: (the Records, the paths that could not be read,
-    each with why)."""
+    each with why). A reader names every unreadable path to its user (repro.cli.report_unreadable; the tables and the
+    claims report list them; --strict refuses them): none is dropped silently."""
     root = Path(results_dir) / table if table else Path(results_dir)
     records, unreadable = [], []
     for path in sorted(root.rglob("seed*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            unreadable.append((path, f"{type(exc).__name__}: {exc}"))
-            continue
-        if not isinstance(data, dict):
-            unreadable.append((path, f"not a record: a JSON {type(data).__name__}"))
-            continue
-        records.append(Record.from_dict(data, path))
+        data, why = _read(path)
+        if why is not None:
+            unreadable.append((path, why))
+        else:
+            records.append(Record.from_dict(data, path))
     return records, unreadable
 
 
@@ -147,6 +168,14 @@ def record_score(record: Record | Mapping, metric: str | None = None, scale: flo
         record = Record.from_dict(record)
     value = record.metrics.get(metric or record.main_metric)
     return None if value is None else scale * float(value)
+
+
+def score_text(record: Record | Mapping) -> str:
+    """A record's main score as a person reads it: `accuracy 61.37` (the score rule, x100), or `no accuracy recorded`."""
+    if not isinstance(record, Record):
+        record = Record.from_dict(record)
+    score = record_score(record)
+    return f"{record.main_metric} {score:.2f}" if score is not None else f"no {record.main_metric} recorded"
 
 
 def shown_params(record: Record) -> int | None:

@@ -1,19 +1,33 @@
 """Train and score one grid cell of the paper, and write its record.
 
     python -m repro.run +table=glue model=roberta-base method=lora task=rte seed=0
+    python -m repro.run +table=glue_cpu model=minilm method=lora task=rte dry_run=true   # its resolved config (YAML)
+    python -m repro.run +table=glue model=tiny-roberta method=lora task=rte debug=smoke  # seconds, under .smoke/
     python -m repro.run -m +table=glue model=tiny-roberta method=lora,ft task=rte,mrpc seed=0,1   # a grid
+    python -m repro.run --help                                                            # the usage text
 
-Steps: compose the config (Hydra) -> resolve the cell (table settings) and check it against the schema
-(repro/schema.py) -> skip if an `ok` record with the same fingerprint exists -> load tokenizer, data, model -> apply
-the method -> take the cell's lock -> train and evaluate -> write the record and the trained weights. What depends on
-the task's kind (its data, its head, its training and scoring recipe) is its family's (repro/tasks/).
+Steps: compose the config (Hydra) -> resolve the cell (table settings, a debug preset, the command line: repro/cell.py)
+and check it against the schema (repro/schema.py) -> with dry_run=true, print the resolved config and stop -> skip if an
+`ok` record with the same fingerprint exists (saying its score) -> log the resolved config -> load tokenizer, data,
+model -> apply the method -> take the cell's lock -> open the cell's log folder -> train and evaluate -> write the record
+and the trained weights (and the W&B run's summary and artifact: repro/tracking.py). What depends on the task's kind
+(its data, its head, its training and scoring recipe) is its family's (repro/tasks/).
 
 The boundary between bad input and a failed run is the cell's lock (run_cell):
   * before it (composing, the schema, loading the tokenizer, data and model, the method's surgery, init_from) any error
-    is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell. Errors that are not already
-    a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the traceback instead.
+    is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell, no log folder. Errors that
+    are not already a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the
+    traceback instead.
   * after it (training, evaluation, decoding, scoring) an error is a result: a `failed` record with the reason
     (divergence, out of memory, a crash in a library), exit 1 for a single run.
+
+Logs: what a cell logs from its start is kept in memory until the cell runs, then goes to its log folder (`log_folder`:
+cell.log and the resolved config.yaml), so a rejected or skipped command leaves no folder (Hydra's own run folder is the
+working directory, conf/config.yaml).
+
+Start-up: the training stack (torch, transformers, the methods, the task families) is imported inside the functions
+that train a cell, not at the top of this module, so that `--help`, a rejected command and a dry run answer in about a
+second.
 """
 
 from __future__ import annotations
@@ -21,35 +35,26 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import resource
 import shutil
 import sys
 import time
 import traceback
 import warnings
+from logging.handlers import MemoryHandler
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from transformers import set_seed
 
-from repro import dist, records
-from repro.cell import resolve_cell, smoke_reason
+from repro import records, tracking
+from repro.cell import check_paths, resolve_cell, smoke_reason
+from repro.cli import debug, hydra_command, one_line
 from repro.errors import ReproError
 from repro.memory import hwm_rss_mb, reset_peak_rss
-from repro.methods import apply_method, parameter_counts
-from repro.methods.checkpoint import init_from, save_trainable
-from repro.models import load_model, load_tokenizer
-from repro.plan.report import describe_cell
-from repro.schema import allowed_keys
-from repro.tasks import family
-from repro.train import Diverged, check_devices
+from repro.results import score_text
 
 log = logging.getLogger("repro.run")
 
@@ -60,75 +65,134 @@ warnings.filterwarnings(
 )
 
 
-def configure_tracking(cfg: DictConfig) -> None:
-    """wandb is off unless enabled; when on, offline by default. The API key stays in the environment only.
-
-    The Trainer's wandb callback logs the cell (losses, dev metrics per evaluation, the run config); runs are
-    named table/model/method/task/seed and grouped by table, so a sweep shows as one group."""
-    os.environ["WANDB_MODE"] = cfg.wandb.mode if cfg.wandb.enabled else "disabled"
-    os.environ["WANDB_PROJECT"] = cfg.wandb.project
-    os.environ["WANDB_DIR"] = str(cfg.paths.log_dir)
-    os.environ["WANDB_RUN_GROUP"] = str(cfg.table.name)
-    os.environ["WANDB_TAGS"] = ",".join(map(str, (cfg.table.name, cfg.model.name, cfg.method.name, cfg.task.name)))
-    if cfg.wandb.entity:
-        os.environ["WANDB_ENTITY"] = cfg.wandb.entity
-    Path(cfg.paths.log_dir).mkdir(parents=True, exist_ok=True)
+def config_yaml(cfg: DictConfig) -> str:
+    """The resolved cell config as YAML, secrets redacted (what the cell runs: table rows, per-task settings, a debug
+    preset and the command line applied; the same as its record's `config`)."""
+    return OmegaConf.to_yaml(OmegaConf.create(records.redact(OmegaConf.to_container(cfg, resolve=True))))
 
 
-def finish_tracking(cfg: DictConfig, record: dict) -> None:
-    """The record's outcome as the wandb run's summary, then close the run (one run per cell, also in a sweep)."""
-    if not cfg.wandb.enabled:
-        return
-    import wandb  # an optional dependency, imported only when tracking is on
+def record_summary(path: Path, record: dict) -> str:
+    """`<path> (ok, accuracy 61.37, fingerprint ...)`: where a finished record is and its main score."""
+    return f"{path} ({record.get('status')}, {score_text(record)}, fingerprint {record.get('fingerprint')})"
 
-    if wandb.run is not None:
-        wandb.run.summary.update(
-            {
-                "status": record["status"],
-                **{f"final/{k}": v for k, v in record["metrics"].items()},
-                **{k: record.get(k) for k in ("trainable_params", "adapter_params", "wall_s")},
-            }
+
+def dry_run(cfg: DictConfig) -> str:
+    """The cell's resolved config as YAML, under comment lines that say which record it writes and whether it would run
+    (the whole text parses as YAML: the comments are ignored)."""
+    path = records.record_path(cfg)
+    done = records.finished_record(cfg)
+    if done is not None and not cfg.force:
+        status = (
+            f"would be skipped: its ok record has this fingerprint, {record_summary(path, done)}; force=true reruns it"
         )
-        wandb.finish(exit_code=0 if record["status"] == "ok" else 1)
+    else:
+        status = "would run"
+    head = [
+        f"# dry run of {path} (fingerprint {records.fingerprint(cfg)}): nothing runs, nothing is written",
+        f"# {status}",
+        "# the resolved config (table rows, per-task settings, a debug preset and the command line applied); the cost"
+        " estimate: python -m repro.plan <the same overrides>",
+    ]
+    return "\n".join(head) + "\n" + config_yaml(cfg)
+
+
+class CellLog:
+    """The cell's log file: every record the root logger handles from the cell's start is kept in memory, and written to
+    <folder>/cell.log once the cell runs (`open`); a cell that is bad input or skipped leaves no folder."""
+
+    def __init__(self) -> None:
+        self.buffer = MemoryHandler(capacity=10**9, flushLevel=logging.CRITICAL + 1)  # no target: holds every record
+        self.file: logging.Handler | None = None
+
+    def __enter__(self) -> CellLog:
+        logging.getLogger().addHandler(self.buffer)
+        return self
+
+    def open(self, folder: Path, cfg: DictConfig) -> Path:
+        """Make the log folder, write the resolved config.yaml there, and send the log (so far and from now) to
+        cell.log."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(config_yaml(cfg))
+        self.file = logging.FileHandler(folder / "cell.log", encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root = logging.getLogger()
+        root.removeHandler(self.buffer)
+        for rec in self.buffer.buffer:
+            self.file.handle(rec)
+        self.buffer.buffer.clear()
+        root.addHandler(self.file)
+        return folder
+
+    def __exit__(self, *exc) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self.buffer)
+        self.buffer.buffer.clear()
+        if self.file is not None:
+            root.removeHandler(self.file)
+            self.file.close()
+
+
+def log_folder(cfg: DictConfig) -> Path:
+    """The cell's log folder: in a sweep, Hydra's job folder (<log_dir>/multiruns/<time>/<job number>, which the
+    launcher has made); otherwise <log_dir>/runs/<time>_<table>_<model>_<method>_<task>_seed<k>."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    name = f"{stamp}_{cfg.table.name}_{cfg.model.name}_{records.method_dirname(cfg)}_{cfg.task.name}_seed{cfg.seed}"
+    return Path(cfg.paths.log_dir) / "runs" / name
 
 
 def run_cell(cfg: DictConfig) -> dict:
     """Skip, or set up, lock, train, score and record the cell. Under torchrun every rank calls this: rank 0 decides
     (skip, busy, run) and the others follow it (repro/dist.py); only rank 0 holds the lock and writes."""
+    import torch  # the training stack: see the module's docstring (start-up)
+
+    from repro import dist
+
     dist.init()
+    if dist.is_main():
+        # results, logs, data, init_from: usable, before any record is read, anything loaded or written
+        check_paths(cfg)
     path = records.record_path(cfg)
     done = dist.broadcast(records.finished_record(cfg) if dist.is_main() else None)
     if done is not None and not cfg.force:
-        log.info("skipped: %s is done (status ok, fingerprint %s); force=true reruns it", path, done["fingerprint"])
+        log.info("skipped: %s is done; force=true reruns it", record_summary(path, done))
         return {**done, "skipped": True}
-    start = time.time()
-    rss_scope = "cell" if reset_peak_rss() else "process"  # peak memory of this cell, not of the sweep's process
-    setup = set_up_cell(cfg)  # bad input fails here, before any file or folder of the cell is written
-    if cfg.get("threads"):  # submitit's local executor ignores cpus_per_task: the cell sets its own threads
-        torch.set_num_threads(int(cfg.threads))
-    with contextlib.ExitStack() as lock:
-        verdict = None
-        if dist.is_main():
-            try:
-                lock.enter_context(records.cell_lock(cfg))
-                # another job of this cell may have finished between the check above and taking the lock
-                done = records.finished_record(cfg)
-                verdict = {"done": done} if done is not None and not cfg.force else {"run": True}
-            except records.CellBusy as exc:
-                verdict = {"busy": str(exc)}
-        verdict = dist.broadcast(verdict)
-        if "busy" in verdict:
-            log.warning("skipped: %s", verdict["busy"])
-            return {"status": "busy", "error": verdict["busy"], "metrics": {}}
-        if "done" in verdict:
-            log.info("skipped: %s was finished by another job (fingerprint %s)", path, verdict["done"]["fingerprint"])
-            return {**verdict["done"], "skipped": True}
-        return _run_cell(cfg, path, start, rss_scope, *setup)
+    with CellLog() as cell_log:
+        log.info("cell %s, resolved config:\n%s", path, config_yaml(cfg).rstrip())
+        start = time.time()
+        rss_scope = "cell" if reset_peak_rss() else "process"  # peak memory of this cell, not of the sweep's process
+        setup = set_up_cell(cfg)  # bad input fails here, before any file or folder of the cell is written
+        if cfg.get("threads"):  # submitit's local executor ignores cpus_per_task: the cell sets its own threads
+            torch.set_num_threads(int(cfg.threads))
+        with contextlib.ExitStack() as lock:
+            verdict = None
+            if dist.is_main():
+                try:
+                    lock.enter_context(records.cell_lock(cfg))
+                    # another job of this cell may have finished between the check above and taking the lock
+                    done = records.finished_record(cfg)
+                    verdict = {"done": done} if done is not None and not cfg.force else {"run": True}
+                except records.CellBusy as exc:
+                    verdict = {"busy": str(exc)}
+            verdict = dist.broadcast(verdict)
+            if "busy" in verdict:
+                log.warning("skipped: %s", verdict["busy"])
+                return {"status": "busy", "error": verdict["busy"], "metrics": {}}
+            if "done" in verdict:
+                log.info("skipped: %s was finished by another job", record_summary(path, verdict["done"]))
+                return {**verdict["done"], "skipped": True}
+            if dist.is_main():
+                folder = cell_log.open(log_folder(cfg), cfg)
+                log.info("log folder %s", folder)
+            return _run_cell(cfg, path, start, rss_scope, *setup)
 
 
 def check_cpu_allowed(cfg: DictConfig) -> None:
     """A paper model in its paper table (not a stand-in, not the adhoc table) is a GPU job: on a machine without CUDA
     it would run for days, so it is refused unless allow_cpu=true."""
+    import torch  # the training stack: see the module's docstring (start-up)
+
     if cfg.table.name == "adhoc" or cfg.model.get("source") != "hub" or cfg.get("allow_cpu", False):
         return
     if cfg.model.name in (cfg.table.get("stand_ins") or {}) or torch.cuda.is_available():
@@ -174,12 +238,19 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
     several GPUs without torchrun, a paper cell on a CPU, no Java for METEOR) breaks. Every error here is a ReproError
     (exit 2, nothing written); see the module's docstring."""
+    # the training stack: see the module's docstring (start-up)
+    from transformers import set_seed
+
+    from repro.methods import apply_method
+    from repro.methods.checkpoint import init_from
+    from repro.models import load_model, load_tokenizer
+    from repro.tasks import family
+    from repro.train import check_devices
+
     check_devices()
     check_cpu_allowed(cfg)
     check_tools(cfg)
-    with setup_step("tracking set-up"):
-        configure_tracking(cfg)
-        set_seed(cfg.seed)
+    set_seed(cfg.seed)
     with setup_step(f"loading the tokenizer of model={cfg.model.name}"):
         tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)
     with setup_step(f"loading the data of task={cfg.task.name}"):
@@ -201,9 +272,18 @@ _CELLS_RUN = [0]  # cells this process has trained before the current one (recor
 
 
 def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, data: dict, model) -> dict:
+    # the training stack: see the module's docstring (start-up)
+    from repro import dist
+    from repro.methods import parameter_counts
+    from repro.methods.checkpoint import save_trainable
+    from repro.tasks import family
+    from repro.train import Diverged
+
     main = dist.is_main()
     if main:
         records.prepare_checkpoint_dir(cfg)
+        with setup_step("opening the cell's W&B run (wandb.enabled=true)"):  # before the Trainer logs to it
+            tracking.start(cfg, records.fingerprint(cfg))
     dist.barrier()  # the folder is ready (an other config's checkpoints gone) before any rank's Trainer uses it
     counts = parameter_counts(model)
     log.info("cell %s: %s", path, json.dumps(counts))
@@ -255,7 +335,10 @@ def _run_cell(cfg: DictConfig, path, start: float, rss_scope: str, tokenizer, da
         record["provenance"] = records.provenance(diff := records.code_diff())
         records.write_diff(path, diff)  # seed<k>.diff: the uncommitted code change, beside the record (removed if none)
         records.write_json_atomic(path, record)
-        finish_tracking(cfg, record)
+        try:
+            tracking.finish(cfg, record, path)
+        except Exception as exc:  # noqa: BLE001 - the record is written: a tracking failure does not undo the cell
+            log.warning("W&B: the run's summary and artifact were not logged (%s: %s)", type(exc).__name__, exc)
         if record["status"] == "ok" and not cfg.train.keep_checkpoints:
             shutil.rmtree(records.checkpoint_dir(cfg), ignore_errors=True)
         log.info("%s %s: %s (%.0f s)", record["status"], path, json.dumps(record["metrics"]), record["wall_s"])
@@ -270,7 +353,7 @@ def main(cfg: DictConfig):
     try:
         cfg = resolve_cell(cfg, list(HydraConfig.get().overrides.task))
         if cfg.dry_run:  # one cell; a grid's dry run (-m) is the table sweeper's, and never reaches this function
-            print(json.dumps(describe_cell(cfg), indent=2, default=str))
+            print(dry_run(cfg), end="", flush=True)
             return "dry_run"
         record = run_cell(cfg)
     except ReproError as exc:
@@ -285,56 +368,10 @@ def main(cfg: DictConfig):
     return "skipped" if record.get("skipped") else record["status"]
 
 
-def debug() -> bool:
-    """REPRO_DEBUG=1: bad input raises with its traceback instead of the one-line error."""
-    return os.environ.get("REPRO_DEBUG", "").lower() in ("1", "true", "yes")
-
-
-def one_line(text: str) -> str:
-    """A multi-line message (Hydra's lists of options are tab-indented) as one line."""
-    out: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if out and raw[:1] in ("\t", " "):
-            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
-        else:
-            out.append(line)
-    return "; ".join(out)
-
-
-def hydra_error(exc: BaseException) -> str:
-    """A command line that Hydra cannot compose (a group option that does not exist, a key the config does not have,
-    an override it cannot parse) as one line; an unknown key lists the keys the schema allows there."""
-    cause = exc.__cause__
-    if cause is not None and "not in struct" in str(cause) and getattr(cause, "full_key", None):
-        path = str(cause.full_key).split(".")
-        allowed = allowed_keys(path[:-1])
-        if allowed:
-            return f"{cause.full_key}: unknown key; allowed keys of {'.'.join(path[:-1]) or 'the config'}: {', '.join(allowed)}"
-    text = str(exc).split("\nConfig search path:")[0]  # Hydra's search path says nothing about the mistake
-    if cause is not None and str(cause) not in text:
-        text += f"\n{cause}"
-    return one_line(text)
-
-
 def cli() -> None:
-    """`python -m repro.run`: Hydra's own errors (composing the command line) as one line and exit 2, like bad values."""
-    if debug():
-        os.environ["HYDRA_FULL_ERROR"] = "1"
-        main()
-        return
-    previous = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its report: formatted below
-    try:
-        main()
-    except (HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {hydra_error(exc)}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if previous is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
+    """`python -m repro.run` (the console script repro-run): Hydra's own errors (composing the command line) and file
+    errors (a log folder Hydra cannot create) as one line and exit 2, like bad values (repro.cli.hydra_command)."""
+    hydra_command(main)
 
 
 if __name__ == "__main__":

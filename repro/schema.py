@@ -12,6 +12,7 @@ so a new field is tested without a new test.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -32,8 +33,10 @@ def bad(field: str, value: Any, why: str) -> PydanticCustomError:
 
 
 class Group(BaseModel):
-    # strict: no silent coercion (a float seed, "1" for a number, 1 for a bool); a float field still takes an int
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: no silent coercion (a float seed, "1" for a number, 1 for a bool); a float field still takes an int.
+    # allow_inf_nan=False: a float field takes finite numbers only (inf, -inf and nan are refused, `must be a finite
+    # number`); a field that means to take them would say Field(allow_inf_nan=True) -- none does.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -147,6 +150,9 @@ class ModelConfig(Group):
                 self.kind,
                 f"model_type={self.model_type} is {'a decoder' if self.model_type in DECODER_TYPES else 'an encoder'}",
             )
+        for key, value in self.config_overrides.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise bad(f"config_overrides.{key}", value, "must be a finite number")
         if self.source == "hub" and not self.hub_id:
             raise bad("hub_id", self.hub_id, "source=hub needs the hub id")
         if self.source == "package" and not self.package:
@@ -525,8 +531,12 @@ class TableConfig(Group):
 
 # ---------------------------------------------------------------- train, data, decode, paths, wandb
 class TrainConfig(Group):
-    learning_rate: Annotated[float, Field(gt=0)]
-    num_train_epochs: Annotated[float, Field(gt=0)]
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="AdamW's peak step size; above 1 it is no learning rate (the paper's: 2e-5 to 2e-3)"
+    )
+    num_train_epochs: Annotated[float, Field(gt=0, le=1000)] = Field(
+        description="passes over the training set (the paper's longest schedule: 80 epochs)"
+    )
     max_steps: Annotated[int, Field(ge=-1)] = Field(description="-1: num_train_epochs decides; > 0 overrides epochs")
     global_batch_size: PosInt = Field(description="the batch the optimizer sees")
     max_per_device_batch_size: PosInt
@@ -539,7 +549,7 @@ class TrainConfig(Group):
     max_grad_norm: Annotated[float, Field(ge=0)] = Field(description="0: no clipping")
     adam_beta1: Annotated[float, Field(ge=0, lt=1)]
     adam_beta2: Annotated[float, Field(ge=0, lt=1)]
-    adam_epsilon: Annotated[float, Field(gt=0)]
+    adam_epsilon: Annotated[float, Field(gt=0, lt=1)] = Field(description="added to Adam's denominator (1e-8, 1e-6)")
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     precision: Literal["fp32", "fp16", "bf16"]
     eval_strategy: Literal["epoch", "steps"]
@@ -574,7 +584,9 @@ class DecodeConfig(Group):
     """Beam search for the NLG tasks (conf/task/{e2e,webnlg,dart}.yaml set it)."""
 
     num_beams: PosInt = Field(description="the beam size")
-    length_penalty: float
+    length_penalty: Annotated[float, Field(ge=-5, le=5)] = Field(
+        description="beam scores are log p / length^length_penalty: 0 plain log p, 1 per token (the paper's 0.8-0.9)"
+    )
     no_repeat_ngram_size: NonNegInt = Field(description="0: off")
     eos_token_ids: Annotated[list[NonNegInt], Field(min_length=1)]
     max_new_tokens: PosInt
@@ -601,6 +613,17 @@ class WandbConfig(Group):
     mode: Literal["offline", "online", "disabled"]
     project: Name
     entity: Name | None
+    group: Name | None = Field(None, description="null: the cell, table/model/method[.variant]/task")
+    tags: list[Name] = []
+    notes: str | None = None
+    log_weights: bool = Field(True, description="the trained tensors as an artifact")
+
+
+class DebugConfig(Group):
+    """A debug preset (conf/debug/<name>.yaml, e.g. debug=smoke): its settings go over the table's (repro/cell.py)."""
+
+    name: Name
+    set: dict[str, Any] = Field(description="settings over the table's, under the command line")
 
 
 # ---------------------------------------------------------------- the cell
@@ -621,6 +644,7 @@ class CellConfig(Group):
     data: DataConfig
     train: TrainConfig
     wandb: WandbConfig
+    debug: DebugConfig | None = None
     decode: DecodeConfig | None = None
     cli_overrides: list[str] = []
     local: dict[str, Any] | None = None  # conf/local/ (untracked, machine-specific) when it is its own package

@@ -1,6 +1,6 @@
 """Score generated text with the official metrics, outside any training run.
 
-    python -m repro.score e2e --refs e2e_ref.txt --hyps e2e_pred.txt [--format json]
+    python -m repro.score e2e --refs e2e_ref.txt --hyps e2e_pred.txt [--format json]     (console script: repro-score)
     python -m repro.score webnlg --refs ref.txt --hyps hyp.txt --seen seen.txt
     python -m repro.score dart --refs ref.txt --hyps hyp.txt
 
@@ -17,32 +17,27 @@ WebNLG/DART BLEU, METEOR, TER as fractions (the paper prints BLEU x100).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
+from repro.cli import command, parser
+from repro.errors import ReproError
+from repro.paths import read_text
 from repro.tasks.scorers import SCORERS, score
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(ReproError):
     pass
 
 
-def read_hyps(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise ScoreInputError(f"hypothesis file not found: {path}")
-    return [line.strip() for line in p.read_text(encoding="utf8").splitlines()]
+def read_hyps(path: str, what: str = "--hyps") -> list[str]:
+    return [line.strip() for line in read_text(path, what).splitlines()]
 
 
 def read_refs(path: str) -> list[list[str]]:
     """measure_scores.read_lines(multi_ref=True): blocks separated by blank lines."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScoreInputError(f"reference file not found: {path}")
     buf: list[list[str]] = [[]]
-    for line in p.read_text(encoding="utf8").splitlines():
+    for line in read_text(path, "--refs").splitlines():
         line = line.strip()
         if not line:
             buf.append([])
@@ -66,15 +61,16 @@ def score_files(task: str, refs_path: str, hyps_path: str, seen_path: str | None
         )
     seen = None
     if seen_path and SCORERS[task].by_seen is not None:
-        flags = read_hyps(seen_path)
+        flags = read_hyps(seen_path, "--seen")
         if len(flags) != len(hyps) or any(f not in ("0", "1") for f in flags):
             raise ScoreInputError(f"{seen_path}: need one 0/1 line per hypothesis ({len(hyps)})")
         seen = [f == "1" for f in flags]
     return score(task, hyps, refs, seen)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repro.score", description=__doc__.split("\n\n")[0])
+    ap = parser("score", __doc__)
     ap.add_argument("task", choices=list(SCORERS))
     ap.add_argument("--refs", required=True, help="references: one block per instance, blank line between blocks")
     ap.add_argument("--hyps", required=True, help="hypotheses: one per line")
@@ -83,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         scores = score_files(args.task, args.refs, args.hyps, args.seen)
-    except (ScoreInputError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except RuntimeError as exc:  # a metric's external tool (METEOR's Java) that cannot run
+        raise ScoreInputError(str(exc)) from exc
     if args.format == "json":
         print(json.dumps(scores))
     else:

@@ -12,17 +12,23 @@ The paper's deployment: one pre-trained W0 is shared and each task keeps only it
   A and B in a single forward pass, if one chooses to absorb A and B into W"): left unmerged, each example i of task
   t(i) gets its own pair,  h_i = W0 x_i + s_t B_t A_t x_i,  and its own task head (`MixedBatchModel`).
 
-A `TaskAdapter` is read from a cell's checkpoint (repro.methods.checkpoint; only LoRA-family methods whose ΔW is
-s·B A over the pretrained W0: lora, rslora, lora_all_linear) and applies to the plain pretrained model (no LoRA
-modules): the paper's W is an nn.Linear weight. `python -m repro.serve <record> <record> ...` scores each task alone
-and under the weighted combination on its dev set, checks switching, and writes results/serve/combination.{json,md}.
+A `TaskAdapter` is read from a cell's checkpoint (repro.methods.checkpoint; LoRA-family methods whose ΔW over the
+pretrained W0 is low-rank: lora, rslora, lora_all_linear, and PiSSA (`init: pissa`, whichever method name), whose
+ΔW = s(B A − B0 A0) over the pretrained W is served as the rank-2r pair of `pretrained_factors`) and applies to the
+plain pretrained model (no LoRA modules): the paper's W is an nn.Linear weight.
+
+    python -m repro.serve RECORD RECORD [...] [--weights W W ...] [--out-dir DIR]     (console script: repro-serve)
+
+scores each task alone and under the weighted combination on its dev set (REPRO_DATA_DIR), checks switching, and
+writes <DIR>/combination.{json,md} (default results/serve/). Each RECORD is an `ok` record of a LoRA cell whose
+weights (seed<k>.safetensors) lie beside it, all on one base model.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -32,18 +38,20 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from transformers import DataCollatorWithPadding
 
+from repro.cli import Deprecated, add_out_dir, command, parser
 from repro.errors import ReproError
-from repro.methods.checkpoint import read_trainable
 from repro.methods.common import is_head
-from repro.methods.lora import lora_scaling
-from repro.metrics.glue import glue_metrics, predictions
-from repro.models import load_model, load_tokenizer
+from repro.paths import input_file, output_dir
 from repro.records import write_json_atomic
-from repro.tasks import family
+from repro.results import UnreadableRecord, load_record
 
-SERVABLE = ("lora", "rslora", "lora_all_linear")  # ΔW = s B A over the pretrained W0 (PiSSA's W0 is a residual)
+# Imported where used, not here, so that `repro-serve --help` answers before they load: repro.methods.checkpoint and
+# .lora (transformers' Trainer, PEFT), repro.metrics.glue (scikit-learn), repro.models and repro.tasks (transformers,
+# datasets).
+
+# ΔW over the pretrained W0 is low-rank: s B A (LoRA, rsLoRA, all-linear), s [B, −B0] [A; A0] (PiSSA, W0 a residual)
+SERVABLE = ("lora", "rslora", "pissa", "lora_all_linear")
 
 
 class ServeError(ReproError):
@@ -66,25 +74,32 @@ class TaskAdapter:
         return sB @ A
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, task: str | None = None) -> TaskAdapter:
+    def from_checkpoint(cls, path: str | Path, base: nn.Module, task: str | None = None) -> TaskAdapter:
+        """The checkpoint's LoRA as factors over the pretrained weights of `base` (the plain pretrained model, left
+        unchanged): a copy of `base` is adapted with the checkpoint's method and its LoRA tensors loaded, and each
+        module's `pretrained_factors` taken (PiSSA's B0, A0 come from `base`'s W, as in training). The head is the
+        checkpoint's (it may have another width than `base`'s)."""
+        # heavy: see the imports above
+        from repro.methods.checkpoint import load_trainable, read_trainable
+        from repro.methods.lora import LoRALinear, lora_modules
+        from repro.methods.registry import apply_method
+
         tensors, meta = read_trainable(Path(path))
         name = meta.get("method_name")
         if name not in SERVABLE:
             raise ServeError(
-                f"{path}: method {name!r} cannot be served by switching or combining (ΔW must be s·B A over the "
-                f"pretrained W0); allowed: {', '.join(SERVABLE)}"
+                f"{path}: method {name!r} cannot be served by switching or combining (ΔW over the pretrained W0 must "
+                f"be low-rank, s·B A); allowed: {', '.join(SERVABLE)}"
             )
-        method = json.loads(meta["method"])
-        s = lora_scaling(method["alpha"], method["r"], bool(method.get("rslora", False)))
+        method = OmegaConf.create(json.loads(meta["method"]))
+        adapted = apply_method(copy.deepcopy(base), method)
+        load_trainable(adapted, path, method, only="lora")
         factors = {}
-        for key, A in tensors.items():
-            if key.endswith(".lora_A"):
-                module = key[: -len(".lora_A")]
-                factors[module] = (A.float(), s * tensors[f"{module}.lora_B"].float())
-            elif ".lora_A." in key:
-                raise ServeError(
-                    f"{path}: {key} is a fused (GPT-2 c_attn) LoRA pair; serving handles nn.Linear targets"
-                )
+        for module, _, lora in lora_modules(adapted):
+            if not isinstance(lora, LoRALinear):
+                raise ServeError(f"{path}: {module} is a fused (GPT-2 c_attn) LoRA; serving handles nn.Linear targets")
+            A, B = lora.pretrained_factors(lora.targets[0])
+            factors[module] = (A, lora.scaling * B)
         head = {k: v.float() for k, v in tensors.items() if is_head(k)}
         return cls(task or meta.get("task", ""), factors, head, num_labels=_num_labels(head), source=str(path))
 
@@ -219,13 +234,16 @@ class MixedLoRALinear(nn.Module):
 class MixedLinear(nn.Module):
     """A task head's nn.Linear with one (W_t, b_t) per task, chosen per example; outputs zero-padded to the widest."""
 
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor]):
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
+        """biases[t] None: task t's head has no bias (Llama's `score`): zero."""
         super().__init__()
         d_out, d_in = max(w.shape[0] for w in weights), weights[0].shape[1]
         self.register_buffer("weight", torch.zeros(len(weights), d_out, d_in))
         self.register_buffer("bias", torch.zeros(len(weights), d_out))
         for t, (w, b) in enumerate(zip(weights, biases)):
-            self.weight[t, : w.shape[0]], self.bias[t, : b.shape[0]] = w, b
+            self.weight[t, : w.shape[0]] = w
+            if b is not None:
+                self.bias[t, : b.shape[0]] = b
         self.task_ids: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +271,7 @@ class MixedBatchModel(nn.Module):
             self._replace(
                 module,
                 MixedLinear(
-                    [a.head[f"{module}.weight"] for a in adapters], [a.head[f"{module}.bias"] for a in adapters]
+                    [a.head[f"{module}.weight"] for a in adapters], [a.head.get(f"{module}.bias") for a in adapters]
                 ),
             )
 
@@ -271,7 +289,15 @@ class MixedBatchModel(nn.Module):
 
 # -------------------------------------------------------------------------------------------- dev scores (CLI)
 def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
-    record = json.loads(record_path.read_text())
+    """A record given on the command line, checked: readable, ok, with its weights beside it; the dev set's data
+    folder set."""
+    input_file(record_path, "record", kind="json")
+    try:
+        record = load_record(record_path).raw
+    except UnreadableRecord as exc:
+        raise ServeError(str(exc)) from None
+    if not isinstance(record.get("config"), dict) or not (record["config"].get("model") or {}).get("name"):
+        raise ServeError(f"{record_path}: not a record of repro.run (no resolved `config` with a model)")
     if record.get("status") != "ok":
         raise ServeError(f"{record_path}: status {record.get('status')!r}; only ok cells have trained adapters")
     cfg = OmegaConf.create(record["config"])
@@ -291,6 +317,10 @@ def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
 
 def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> dict[str, float]:
     """The task's GLUE metrics on its dev set (repro.metrics.glue, as the runner scores)."""
+    from transformers import DataCollatorWithPadding  # heavy: see the imports above
+
+    from repro.metrics.glue import glue_metrics, predictions
+
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in dev.column_names]
     loader = torch.utils.data.DataLoader(
         dev.select_columns(keep), batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer)
@@ -308,6 +338,9 @@ def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> di
 def combination_report(record_paths: list[Path], weights: list[float], switches: int = 10) -> dict:
     """Each task's dev score alone (its adapter merged) and under the weighted combination (its own head), and the
     drift of W from W0 after `switches` switches between the adapters."""
+    from repro.models import load_model, load_tokenizer  # heavy: see the imports above
+    from repro.tasks import family
+
     cells = [_cell(p) for p in record_paths]
     base_cfg = cells[0][1]
     if len({c.model.name for _, c, _ in cells}) != 1:
@@ -316,9 +349,10 @@ def combination_report(record_paths: list[Path], weights: list[float], switches:
         )
     torch.manual_seed(0)
     tokenizer = load_tokenizer(base_cfg.model, base_cfg.paths.data_dir)
-    adapters = [TaskAdapter.from_checkpoint(w, task=c.task.name) for _, c, w in cells]
+    base = load_model(base_cfg.model, cells[0][1].task, tokenizer)
+    adapters = [TaskAdapter.from_checkpoint(w, base, task=c.task.name) for _, c, w in cells]
     out = {"base_model": base_cfg.model.name, "weights": weights, "tasks": []}
-    board = Switchboard(load_model(base_cfg.model, cells[0][1].task, tokenizer))
+    board = Switchboard(base)
     for k in range(switches):  # switch around and come back to W0
         board.switch(adapters[k % len(adapters)])
     board.switch(None)
@@ -370,23 +404,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m repro.serve", description=__doc__.split("\n\n")[0])
+    p = parser("serve", __doc__)
     p.add_argument("records", nargs="+", type=Path, help="two or more ok records of LoRA cells on one base model")
     p.add_argument("--weights", nargs="+", type=float, help="w_i of the combination (default: 1 each)")
-    p.add_argument("--out", type=Path, default=Path("results/serve/combination"), help="writes <out>.json and <out>.md")
+    add_out_dir(p, "results/serve", old_out=False)
+    p.add_argument(
+        "--out", dest="out_stem", type=Path, action=Deprecated, new="--out-dir DIR (writes DIR/combination.*)"
+    )
     args = p.parse_args(argv)
-    try:
-        if len(args.records) < 2:
-            raise ServeError("give at least two records to combine")
-        weights = args.weights or [1.0] * len(args.records)
-        report = combination_report(args.records, weights)
-    except ReproError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out.with_suffix(".json"), report)
-    args.out.with_suffix(".md").write_text(markdown(report))
+    if len(args.records) < 2:
+        raise ServeError("give at least two records to combine")
+    weights = args.weights or [1.0] * len(args.records)
+    if len(weights) != len(args.records) or not all(math.isfinite(w) for w in weights):
+        raise ServeError(f"--weights={args.weights}: one finite number per record ({len(args.records)})")
+    stem = args.out_stem or Path(args.out_dir or "results/serve") / "combination"
+    output_dir(stem.parent, "--out-dir")
+    for record in args.records:
+        _cell(record)  # every record checked before anything loads
+    report = combination_report(args.records, weights)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stem.with_suffix(".json"), report)
+    stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     return 0
 

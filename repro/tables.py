@@ -7,9 +7,10 @@ epoch), their mean +- std (the suite's statistic) and median (the paper's: "medi
 of seeds, the paper's number beside it and the difference. Rows whose numbers the paper took from prior work (`*`,
 `cited: true`) are marked "cited": the paper did not run them. A stand-in model (minilm, tiny-*) gets its own row,
 next to the paper row of the model it stands in for. Missing cells print as "-", failed ones as "failed xN" (the
-reasons are listed under the table); records that fit no row are listed too: nothing is dropped silently. A cell
-with a record whose code cannot be traced (no git commit, or uncommitted changes without the seed<k>.diff that
-`repro.run` writes beside the record) is marked §, and those records are listed under the table.
+reasons are listed under the table); records that fit no row are listed too, and so are files that cannot be read as
+records (`--strict`: an error instead): nothing is dropped silently. A cell with a record whose code cannot be traced
+(no git commit, or uncommitted changes without the seed<k>.diff that `repro.run` writes beside the record) is marked
+§, and those records are listed under the table.
 
 The NLG tables (3, 13, 14) print one task's metrics as columns instead (the table config's `render.columns`: the
 paper's column name, the record's metric key, the scale the paper prints it at, and the paper file's column), e.g.
@@ -21,10 +22,8 @@ repro.results; this module lays them out beside the paper's numbers and renders 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import os
 import re
 import statistics
 import sys
@@ -35,7 +34,10 @@ from pathlib import Path
 import yaml
 
 from repro import PROJECT_ROOT, tune
+from repro.cli import add_out_dir, add_results_dir, add_strict, command, parser, report_unreadable, results_dir
 from repro.config import group_path, options, read_group
+from repro.errors import ReproError
+from repro.paths import input_dir, output_dir
 from repro.results import Cell, Record, Tuning, by_cell, load_records, main_metric
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
@@ -47,10 +49,14 @@ UNTRACED = "§"
 
 
 def load_table_config(name: str) -> dict:
-    """conf/table/<name>.yaml's `table` node (plain YAML: the rows, tasks, stand-ins and paper file)."""
+    """conf/table/<name>.yaml's `table` node (plain YAML: the rows, tasks, stand-ins and paper file); ReproError for
+    a name that is no table."""
     data = read_group("table", name)
     if data is None:
-        raise SystemExit(f"no table config {group_path('table', name)}; tables: {', '.join(options('table'))}")
+        raise ReproError(
+            f"table={name}: no such table ({group_path('table', name).relative_to(PROJECT_ROOT)}); "
+            f"tables: {', '.join(options('table'))}"
+        )
     return data["table"]
 
 
@@ -178,7 +184,7 @@ def check_columns(columns: list[Column], paper: dict | None, table_name: str) ->
     allowed = [f"{m}.{s}" for m, splits in cols.items() for s in splits] if isinstance(cols, dict) else list(cols or [])
     bad = [c.paper for c in columns if isinstance(c.paper, str) and c.paper not in allowed]
     if bad:
-        raise SystemExit(
+        raise ReproError(
             f"table {table_name}: render.columns paper={bad[0]!r} is not a column of {paper['source']['paper']}; "
             f"allowed: {', '.join(allowed)}"
         )
@@ -629,7 +635,8 @@ def render(
     n_records = sum(
         c.n + sum(c.failed.values()) for r in rows for col, c in zip(r.columns, r.cells.values()) if col.first_of_task
     ) + len(unmatched)
-    walls = [r.wall_s for r in load_records(results_dir, table_name)[0]]
+    every, unreadable = load_records(results_dir, table_name)
+    walls = [r.wall_s for r in every]
     n_all = len(walls)
     counted = (
         f" ({n_records} in the rows; the other {n_all - n_records}: tuning candidates not chosen, under Tuning)"
@@ -718,6 +725,9 @@ def render(
         md += [
             f"- {r.path}: status {r.status}, model {r.model}, method {r.method}, variant {r.variant}" for r in unmatched
         ]
+    if unreadable:  # never left out silently: named under the table (repro.tables --strict refuses them)
+        md += ["", f"Records that could not be read ({len(unreadable)}), in no row above:", ""]
+        md += [f"- {p}: {why}" for p, why in unreadable]
     text = "\n".join(md) + "\n"
     out_dir = Path(out_dir) if out_dir else Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -731,17 +741,88 @@ def render(
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+# ---------------------------------------------------------------- compact: one number per cell
+
+STATS = {  # --stat: a Cell's statistic -> what it is
+    "median": "the median over seeds (the paper's statistic)",
+    "mean": "the mean over seeds",
+    "std": "the standard deviation over seeds",
+    "n": "the number of seeds scored",
+    "paper": "the paper's number",
+    "diff": "the median over seeds minus the paper's number",
+}
+NOT_AVERAGED = ("std", "n")  # statistics whose mean over tasks means nothing
+
+
+def stat_cell(c: Cell, stat: str, nd: int) -> str:
+    """One cell as one number: `failed ×N` where every seed failed (except the paper's number, which is not ours),
+    `-` where there is none, § where a record's code cannot be traced."""
+    mark = f" {UNTRACED}" if c.untraced and stat != "paper" else ""
+    if stat == "n":
+        return str(c.n) + mark
+    value = getattr(c, stat)
+    if value is None and stat != "paper" and c.n == 0 and c.failed:
+        return f"failed ×{sum(c.failed.values())}" + mark
+    return fmt(value, nd) + mark
+
+
+def stat_average(row: Row, stat: str, n_tasks: int) -> float | None:
+    """The row's Avg of a statistic over its task columns, only when every task has it (else None)."""
+    if stat == "paper":
+        return paper_average(row, n_tasks)
+    if stat == "diff":
+        med, k = row.average("median")
+        paper = paper_average(row, n_tasks)
+        return med - paper if med is not None and paper is not None and k == n_tasks else None
+    value, k = row.average(stat)
+    return value if k == n_tasks else None
+
+
+def compact(table_name: str, results_dir: str | Path, stat: str, table: dict | None = None) -> str:
+    """The table as one number per cell (`--stat`: a key of STATS), one line per row, an Avg over the task columns
+    where every task has the statistic. Markdown only: nothing is written."""
+    if stat not in STATS:
+        raise SystemExit(f"--stat {stat}: allowed: {', '.join(STATS)}")
+    rows, unmatched, table = build(table_name, results_dir, table)
+    cols = table_columns(table, load_paper(table))
+    averaged = stat not in NOT_AVERAGED and not any(c.metric for c in cols)
+    lines = [["Model", "Method", *[c.name for c in cols]] + (["Avg"] if averaged else [])]
+    for row in rows:
+        cells = [stat_cell(c, stat, col.digits) for c, col in zip(row.cells.values(), cols)]
+        if averaged:
+            cells.append(fmt(stat_average(row, stat, len(table["tasks"]))))
+        lines.append([*row_title(row), *cells])
+    note = (
+        f"Each cell: {STATS[stat]}"
+        + ("" if stat == "n" or any(c.metric for c in cols) else ", score ×100")
+        + (f"; Avg: over the {len(table['tasks'])} task columns, only where every task has one" if averaged else "")
+        + f'. "{MISSING}": none; "failed ×k": every seed failed. The full table, with the reasons: '
+        f"`python -m repro.tables {table_name}`."
     )
-    ap.add_argument("table", help="a table config under conf/table/ (e.g. glue)")
-    ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
-    ap.add_argument("--out-dir", default=None, help="default: <results-dir>/tables")
-    args = ap.parse_args(argv)
-    results_dir = args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
-    sys.stdout.write(render(args.table, results_dir, args.out_dir))
+    extra = f"\n\n{len(unmatched)} records are no row of this table (listed by the full table)." if unmatched else ""
+    return f"# Table {table_name}: {stat}\n\n{note}\n\n{markdown(lines)}{extra}\n"
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = parser("tables", __doc__)
+    p.add_argument("table", help=f"a table config under conf/table/ ({', '.join(options('table'))})")
+    add_results_dir(p)
+    add_out_dir(p, "<results-dir>/tables")
+    add_strict(p)
+    p.add_argument("--stat", choices=list(STATS), help="one number per cell (prints only, writes nothing)")
+    args = p.parse_args(argv)
+    load_table_config(args.table)  # an unknown table: refused before anything is read
+    results = str(input_dir(results_dir(args), "--results-dir"))
+    if args.stat:
+        report_unreadable(load_records(results, args.table)[1], args.strict)
+        sys.stdout.write(compact(args.table, results, args.stat))
+        return 0
+    out_dir = output_dir(args.out_dir or Path(results) / "tables", "--out-dir")
+    report_unreadable(load_records(results, args.table)[1], args.strict)
+    sys.stdout.write(render(args.table, results, out_dir))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

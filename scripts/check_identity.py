@@ -71,9 +71,9 @@ def snapshot(dest: Path) -> None:
             dest / "tables" / f"{t}.stdout",
         )
         run(["-m", "repro.plan", f"+table={t}"], dest / "plan" / f"{t}.txt")
-    run(["-m", "repro.claims", "--results-dir", "results", "--out", str(dest / "claims")], dest / "claims.stdout")
+    run(["-m", "repro.claims", "--results-dir", "results", "--out-dir", str(dest)], dest / "claims.stdout")
     for t in ("rank", "which_weights"):
-        run(["-m", "repro.analyze", "ablation", t, "--results", "results", "--out", str(dest / "analysis")])
+        run(["-m", "repro.analyze", "ablation", t, "--results-dir", "results", "--out-dir", str(dest / "analysis")])
     run(["-m", "repro.params"], dest / "params.txt")
     run(["-m", "repro.params", "--variants"], dest / "params_variants.txt")
     (dest / "fingerprints.json").write_text(json.dumps(fingerprints(), indent=1, sort_keys=True) + "\n")

@@ -7,7 +7,7 @@
 #   scripts/gpu_check.sh --dry-run                                # no GPU: every command composes/parses, nothing trains
 #
 # Steps (figures as JSON under $OUT, default results/bench/gpu/):
-#   1. RoBERTa-base LoRA, Table 2's CoLA cell (fp32, seq 512, global batch 64), 300 steps       -> runs/ + summary.json
+#   1. RoBERTa-base LoRA, Table 2's CoLA cell (fp32, seq 512, global batch 64), 300 steps       -> summary.json ($RUNS: records)
 #   2. GPT-2 M LoRA, Table 3's E2E cell (seq 512, batch 8), 300 steps, beam-10 decoding of 100 test inputs
 #   3. DeBERTa XXL LoRA, Table 2's MNLI cell: one step at the paper's batch (global 64, seq 256, fp16, checkpointing)
 #   4. the CoLA cell of step 1 on 2 GPUs with torchrun (only when two GPUs are present), 50 steps
@@ -25,7 +25,8 @@ STEPS=${STEPS:-300}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=${WANDB_MODE:-disabled}
 : "${REPRO_DATA_DIR:?set REPRO_DATA_DIR to the prepared data folder (e.g. ../shared/data)}"
 mkdir -p "$OUT"
-RUNS="$OUT/runs"
+# the cells' records: short random-weight runs, i.e. smoke runs, which never write into results/ (repro/cell.py)
+RUNS=${RUNS:-.smoke/gpu_check/runs}
 COMMON=(model.source=tiny force=true "paths.results_dir=$RUNS" "paths.log_dir=$OUT/logs")
 
 # A cell through repro.run; with --dry-run, the same command composes and resolves the cell (dry_run=true).

@@ -398,9 +398,8 @@ def test_amplification_not_reproduced(tmp_path):
 
 
 def test_report_over_committed_results(tmp_path):
-    out = tmp_path / "claims"
     proc = subprocess.run(
-        [sys.executable, "-m", "repro.claims", "--results-dir", "results", "--out", str(out)],
+        [sys.executable, "-m", "repro.claims", "--results-dir", "results", "--out-dir", str(tmp_path)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

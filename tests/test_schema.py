@@ -1,11 +1,13 @@
 """The config schema (repro/schema.py), table-driven from the schema itself: for every field of every schema model, a
-value of the wrong type and a value out of its range (past a bound, not in the allowed set, an empty list or name)
-are rejected by the check resolve_cell runs, with one line that names the field. A field added to the schema is tested
-here without a new test. Then the cross-group rules, and the runner end to end: exit 2, one line, nothing written."""
+value of the wrong type and a value out of its range (past each of its bounds, not in the allowed set, an empty list or
+name), and for every field that takes a float inf, -inf and nan, are rejected by the check resolve_cell runs, with one
+line that names the field. A field added to the schema is tested here without a new test. Then the cross-group rules,
+and the runner end to end: exit 2, one line, nothing written."""
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -92,45 +94,62 @@ def wrong_type(annotation: Any) -> Any:
     return 5  # a mapping (a dict field, a group, a union of groups) given a scalar
 
 
-def out_of_range(annotation: Any, metadata: list) -> tuple[str, Any] | None:
-    """(path suffix, bad value) past the field's declared range or set, or None for a field with none."""
+def out_of_range(annotation: Any, metadata: list) -> list[tuple[str, Any]]:
+    """(path suffix, bad value) past each of the field's declared bounds, or outside its set; [] for a field with
+    none."""
     base, meta = _unwrap(annotation, list(metadata))
     if get_origin(base) is Literal:
-        return "", "no-such-option"
+        return [("", "no-such-option")]
     if base in (int, float):
-        for m in meta:
-            if isinstance(m, at.Ge):
-                return "", m.ge - 1
-            if isinstance(m, at.Gt):
-                return "", m.gt
-            if isinstance(m, at.Le):
-                return "", m.le + 1
-            if isinstance(m, at.Lt):
-                return "", m.lt
-        return None
+        past = {at.Ge: lambda m: m.ge - 1, at.Gt: lambda m: m.gt, at.Le: lambda m: m.le + 1, at.Lt: lambda m: m.lt}
+        return [("", past[type(m)](m)) for m in meta if type(m) in past]
     if base is str:
-        return ("", "") if any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta) else None
+        return [("", "")] if any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta) else []
     if get_origin(base) is list:
         if any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta):
-            return "", []
+            return [("", [])]
         if any(isinstance(m, at.MaxLen) for m in meta):
-            return "", ["x"] * (next(m.max_length for m in meta if isinstance(m, at.MaxLen)) + 1)
-        item = out_of_range(get_args(base)[0], [])
-        return (f".0{item[0]}", [item[1]]) if item else None
+            return [("", ["x"] * (next(m.max_length for m in meta if isinstance(m, at.MaxLen)) + 1))]
+        return [(f".0{suffix}", [value]) for suffix, value in out_of_range(get_args(base)[0], [])]
     if get_origin(base) is dict:
-        item = out_of_range(get_args(base)[1], [])
-        return (f".k{item[0]}", {"k": item[1]}) if item else None
-    return None
+        return [(f".k{suffix}", {"k": value}) for suffix, value in out_of_range(get_args(base)[1], [])]
+    return []
+
+
+def non_finite(annotation: Any, metadata: list) -> list[tuple[str, Any]]:
+    """(path suffix, value) for inf, -inf and nan where the field takes a float (a list's or a dict's items too),
+    unless the field says it takes them (allow_inf_nan=True); [] for a field that takes no float."""
+    base, meta = _unwrap(annotation, list(metadata))
+    if any(getattr(m, "allow_inf_nan", False) for m in meta):
+        return []
+    if base is float:
+        return [("", v) for v in (math.inf, -math.inf, math.nan)]
+    if get_origin(base) is list:
+        return [(f".0{suffix}", [value]) for suffix, value in non_finite(get_args(base)[0], [])]
+    if get_origin(base) is dict:
+        return [(f".k{suffix}", {"k": value}) for suffix, value in non_finite(get_args(base)[1], [])]
+    return []
+
+
+KINDS = {"out_of_range": out_of_range, "non_finite": non_finite}
 
 
 def cases() -> list:
     out = []
     for cls in all_models():
         for name, info in cls.model_fields.items():
-            out.append(pytest.param(cls, name, "wrong_type", id=f"{cls.__name__}.{name}-wrong_type"))
-            if out_of_range(info.annotation, info.metadata) is not None:
-                out.append(pytest.param(cls, name, "out_of_range", id=f"{cls.__name__}.{name}-out_of_range"))
+            out.append(pytest.param(cls, name, "wrong_type", 0, id=f"{cls.__name__}.{name}-wrong_type"))
+            for kind, derive in KINDS.items():
+                for i, (_, value) in enumerate(derive(info.annotation, info.metadata)):
+                    out.append(pytest.param(cls, name, kind, i, id=f"{cls.__name__}.{name}-{kind}-{value!r}"))
     return out
+
+
+def test_every_float_field_has_non_finite_cases():
+    """The derivation reaches every float the schema takes (e.g. train.learning_rate, decode.length_penalty)."""
+    ids = {p.id for p in cases()}
+    for field in ("TrainConfig.learning_rate", "TrainConfig.num_train_epochs", "DecodeConfig.length_penalty"):
+        assert {f"{field}-non_finite-{v}" for v in ("inf", "-inf", "nan")} <= ids
 
 
 # ---------------------------------------------------------------- where each schema model lives in a real cell
@@ -190,14 +209,14 @@ def _set(container: dict, path: list, value: Any) -> dict:
     return out
 
 
-@pytest.mark.parametrize("cls,field,kind", cases())
-def test_every_field_rejects_a_wrong_type_and_an_out_of_range_value(homes, cls, field, kind):
+@pytest.mark.parametrize("cls,field,kind,i", cases())
+def test_every_field_rejects_a_wrong_type_an_out_of_range_and_a_non_finite_value(homes, cls, field, kind, i):
     container, where = homes[cls]
     info = cls.model_fields[field]
     if kind == "wrong_type":
         suffix, value = "", wrong_type(info.annotation)
     else:
-        suffix, value = out_of_range(info.annotation, info.metadata)
+        suffix, value = KINDS[kind](info.annotation, info.metadata)[i]
     bad = _set(container, [*where, field], value)
     dotted = ".".join(str(p) for p in [*where, field]) + suffix
     with pytest.raises(ConfigError) as err:
@@ -207,6 +226,8 @@ def test_every_field_rejects_a_wrong_type_and_an_out_of_range_value(homes, cls, 
     assert msg.startswith(f"{dotted}="), msg  # names the field
     if not suffix and not isinstance(value, (dict, list)):
         assert msg.startswith(f"{dotted}={value!r}: "), msg  # and the value, then what is allowed
+    if kind == "non_finite":
+        assert "must be a finite number" in msg, msg
 
 
 def test_an_unknown_key_lists_the_allowed_ones(homes):
@@ -305,6 +326,11 @@ def test_an_unknown_key_lists_the_allowed_ones(homes):
             ["+table=e2e", "model=tiny-gpt2", "method=adalora", "task=e2e", "method.targets=[q,v]"],
             "method.targets=['q', 'v']: gpt2's q, k, v are one fused matrix",
         ),
+        # a float handed to transformers as it is: finite too
+        (
+            ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte", "+model.config_overrides.cls_dropout=inf"],
+            "model.config_overrides.cls_dropout=inf: must be a finite number",
+        ),
         # a table's precision check names its columns and rows
         (
             [
@@ -383,12 +409,23 @@ def test_targets_are_a_list_of_names_or_all_linear(compose_config, targets, star
             ["+table=glue", "model=tiny-roberta", "task=rte", "train.lerning_rate=1"],
             "error: train.lerning_rate: unknown key; allowed keys of train:",
         ),
+        (
+            ["+table=glue", "model=tiny-roberta", "task=rte", "train.learning_rate=inf"],
+            "error: train.learning_rate=inf: must be a finite number",
+        ),
+        (
+            ["+table=glue", "model=tiny-roberta", "task=rte", "paths.results_dir={tmp}/a-file/results"],
+            "error: paths.results_dir={tmp}/a-file/results: is under {tmp}/a-file, which is a file",
+        ),
     ],
-    ids=["learning_rate", "seed", "lora_dropout", "num_beams", "hydra_unknown_key"],
+    ids=["learning_rate", "seed", "lora_dropout", "num_beams", "hydra_unknown_key", "inf", "results_dir"],
 )
 def test_runner_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, line):
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path / "results"), "REPRO_LOG_DIR": str(tmp_path / "logs")}
     env.pop("REPRO_DEBUG", None)
+    (tmp_path / "a-file").write_text("not a folder\n")
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    line = line.format(tmp=tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "repro.run", *overrides],
         cwd=PROJECT_ROOT,
@@ -400,3 +437,4 @@ def test_runner_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, li
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(line), proc.stderr
     assert not (tmp_path / "results").exists()  # no record, no lock, no folder of the cell
+    assert (tmp_path / "a-file").read_text() == "not a folder\n"

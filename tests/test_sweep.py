@@ -4,6 +4,7 @@ the variant axis, stand-ins, the launchers' configs and the dry run's estimate."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -266,7 +267,15 @@ def test_sweep_launches_dependents_after_their_mnli_cell(hydra_ctx, tmp_path, ca
             f"not run: model=roberta-base method=lora task={task} seed=1: its train.init_from source "
             f"({' '.join(failing)}) ended failed: boom" in out
         )
-    assert "table sweeper: 10 jobs: 1 failed, 3 not run (init_from source not ok), 6 ok" in out
+    # one progress line per finished cell, [k/N]: N is the jobs less those left out so far (here 10, then 7 once the
+    # 3 whose MNLI cell failed are known), then the summary
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line.split("/")[0] for line in lines] == [f"[{k}" for k in range(1, 8)]
+    assert lines[0].startswith("[1/10] ") and lines[-1].startswith("[7/7] ") and "ETA" not in lines[-1]
+    assert any(line.startswith("[") and "glue/roberta-base/lora/mnli/seed1: failed (boom)" in line for line in lines)
+    assert "glue/roberta-base/lora/sst2/seed0: ok, no accuracy recorded" in out  # the fake records have no metrics
+    assert re.search(r"table sweeper: 10 jobs in \d+ s: 1 failed, 3 not run \(init_from source not ok\), 6 ok", out)
+    assert "  not ok: glue/roberta-base/lora/mnli/seed1: boom" in out
 
 
 def test_cpu_nlg_tables_run_the_rows_seeds(hydra_ctx, tmp_path):
@@ -302,7 +311,7 @@ def test_cpu_nlg_tables_resolve_the_papers_recipe(hydra_ctx, tmp_path):
 
 
 def test_planner_does_not_import_the_runner(tmp_path):
-    """The runner stands above the planner: repro.run imports repro.plan.report (a cell's dry run), never the reverse,
+    """The runner stands above the planner: the planner never imports repro.run,
     neither on import of any planner module nor in `python -m repro.plan` (run here with repro.run made unimportable)."""
     code = (
         "import repro.plan.grid, repro.plan.order, repro.plan.cost, repro.plan.report, sys; "
@@ -321,3 +330,32 @@ def test_planner_does_not_import_the_runner(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "jobs: " in proc.stdout and "estimated GPU-hours (V100)" in proc.stdout
+
+
+def test_submitit_local_reports_each_job_as_it_ends(hydra_ctx, tmp_path):
+    """submitit's launchers tell the sweeper about each job as it ends (launchers.py), not when the whole batch has:
+    a job that ends first is reported first, while the other still runs. The sweep's submitit folder holds the jobs'
+    files, and no folder literally named `%j`."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.repro_table_sweeper import launchers
+    from tests.sweep_jobs import wait_seed_seconds
+
+    cfg = compose(
+        config_name="config",
+        overrides=["hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path}/sweep", f"paths.log_dir={tmp_path}"],
+        return_hydra_config=True,
+    )
+    context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
+    launcher = Plugins.instance().instantiate_launcher(
+        hydra_context=context, task_function=wait_seed_seconds, config=cfg
+    )
+    assert type(launcher).__name__ == "LocalLauncher" and isinstance(launcher, launchers.ReportingLauncher)
+    ended = []
+    launcher.on_job_end = lambda i, r: ended.append((i, r.return_value))
+    returns = launcher.launch([["seed=12"], ["seed=0"]], initial_job_idx=0)  # the first job ends 12 s after the other
+    assert [r.return_value for r in returns] == ["seed12", "seed0"]  # the launcher's return: in submission order
+    assert ended == [(1, "seed0"), (0, "seed12")]  # the sweeper's callback: as they ended
+    folders = {p.relative_to(tmp_path / "sweep").as_posix() for p in (tmp_path / "sweep").rglob("*") if p.is_dir()}
+    assert folders == {".submitit", "0", "1"}, folders

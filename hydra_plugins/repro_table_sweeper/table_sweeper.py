@@ -5,17 +5,21 @@ Selected by a table config with `defaults: [override /hydra/sweeper: table]`; it
 nothing.
 Jobs are launched in waves so that a cell starting from another cell's weights (train.init_from) runs after it, and
 a tune group's other seeds run after its selection seed, for the chosen candidate only (repro/tune.py).
+Each launched cell that finishes prints one line (k/N, the cell, its status and main score, its time, the sweep's
+elapsed time and ETA) as it ends, and the sweep ends with a summary (progress.py): submitit's launchers (SLURM, local
+processes) call back as each job of a batch ends (launchers.py); Hydra's in-process launcher gets one job at a time (it
+runs them one after another anyway).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
@@ -24,7 +28,10 @@ from omegaconf import OmegaConf
 from repro import records
 from repro.plan.grid import Expansion, cartesian, filter_jobs, job_values, resolve_jobs
 from repro.plan.order import deferred_jobs, describe_waves, init_sources, launch_waves, tuning_choices
+from repro.results import UnreadableRecord, load_record
 from repro.tune import group_of
+
+from .progress import Progress, cell_label
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ class TableSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.only_table_rows = only_table_rows
         self.expansion = None
+        self.progress: Progress | None = None
 
     def expand(self, arguments: list[str]) -> list[list[str]]:
         """The jobs this sweep launches, in order (also used by tests and the dry run)."""
@@ -92,9 +100,9 @@ class TableSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: list[Sequence[JobReturn]] = []
-        outcomes: Counter = Counter()
         errors: list[Exception] = []
         initial_job_idx = 0
+        self.progress = progress = Progress(len(jobs))
         for k, wave in enumerate(waves):
             blocked = self.sources_not_ok({i: jobs[sources[i]] for i in wave if i in sources})
             for i in wave:
@@ -104,11 +112,11 @@ class TableSweeper(BasicSweeper):
                         f"{blocked[i]}",
                         flush=True,
                     )
-                    outcomes["not run (init_from source not ok)"] += 1
-            todo = self.skip_done(
-                [jobs[i] for i in wave if i not in blocked], f"wave {k + 1}" if len(waves) > 1 else "the grid"
-            )
-            initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, outcomes, errors)
+                    progress.leave_out("not run (init_from source not ok)")
+            candidates = [jobs[i] for i in wave if i not in blocked]
+            todo = self.skip_done(candidates, f"wave {k + 1}" if len(waves) > 1 else "the grid")
+            progress.leave_out("done before (skipped)", len(candidates) - len(todo))
+            initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, errors)
         if deferred:  # the selection seed's jobs have ended: run the chosen candidates on the other seeds
             waiting = [jobs[i] for i in deferred]
             todo = []
@@ -116,42 +124,56 @@ class TableSweeper(BasicSweeper):
                 if run:
                     todo.append(waiting[i])
                 else:
-                    outcomes["not run (tuning undecided)" if run is None else "not run (not the chosen candidate)"] += 1
+                    progress.leave_out(
+                        "not run (tuning undecided)" if run is None else "not run (not the chosen candidate)"
+                    )
                     log.info("not run: %s: %s", " ".join(waiting[i]), why)
             print(f"tuning: {len(todo)} of {len(waiting)} jobs on the other seeds are chosen candidates", flush=True)
-            todo = self.skip_done(todo, "the chosen candidates' other seeds")
-            initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, outcomes, errors)
-        if not outcomes:
-            print("table sweeper: nothing to launch", flush=True)
-        else:
-            print(
-                f"table sweeper: {sum(outcomes.values())} jobs: "
-                + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())),
-                flush=True,
-            )
+            chosen = todo
+            todo = self.skip_done(chosen, "the chosen candidates' other seeds")
+            progress.leave_out("done before (skipped)", len(chosen) - len(todo))
+            initial_job_idx = self.launch_batches(todo, initial_job_idx, returns, errors)
+        print(progress.summary(), flush=True)
         if errors:  # as the basic sweeper, a job's exception fails the sweep (after every other job has run)
             raise errors[0]
         return returns
 
-    def launch_batches(
-        self, todo: list[list[str]], initial_job_idx: int, returns: list, outcomes: Counter, errors: list
-    ) -> int:
+    def launch_batches(self, todo: list[list[str]], initial_job_idx: int, returns: list, errors: list) -> int:
+        """Launch `todo` in batches (max_batch_size; one job at a time on Hydra's in-process launcher, which runs them
+        one after another anyway) and report each cell as it ends (submitit's launchers: launchers.py) or, for a
+        launcher that cannot say, when its batch has ended."""
         if not todo:
             return initial_job_idx
-        for batch in self.split_overrides_to_chunks(todo, self.max_batch_size):
+        size = self.max_batch_size or (1 if isinstance(self.launcher, BasicLauncher) else None)
+        reports_each = hasattr(self.launcher, "on_job_end")
+        for batch in self.split_overrides_to_chunks(todo, size):
             tic = time.perf_counter()
             self.validate_batch_is_legal(batch)
             log.debug("validated %d jobs in %.2f s", len(batch), time.perf_counter() - tic)
+            if reports_each:
+                self.launcher.on_job_end = lambda i, r, batch=batch: self.report(batch[i], r, errors)
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            for r in results:
-                try:
-                    outcomes[str(r.return_value)] += 1
-                except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
-                    outcomes["error"] += 1
-                    errors.append(exc)
+            if not reports_each:
+                for job, r in zip(batch, results):
+                    self.report(job, r, errors)
             initial_job_idx += len(batch)
             returns.append(results)
         return initial_job_idx
+
+    def report(self, job: list[str], result: JobReturn, errors: list) -> None:
+        """The progress line of a job that ended: its status (the job's return value), and its record's main score and
+        time. A job that raised is counted as `error`; its exception is re-raised after the sweep."""
+        [(_, cfg, _)] = resolve_jobs(self.hydra_context.config_loader, self.config, [job], fallback=False)
+        path = records.record_path(cfg) if cfg is not None else None
+        record = records.read_record(path) if path is not None else None
+        error = None
+        try:
+            status = str(result.return_value)
+        except Exception as exc:  # noqa: BLE001 - the job raised: counted, re-raised after the sweep
+            status, error = "error", f"{type(exc).__name__}: {exc}"
+            errors.append(exc)
+        label = cell_label(path, cfg.paths.results_dir if cfg is not None else None, job)
+        print(self.progress.cell_done(label, status, record, error), flush=True)
 
     def sources_not_ok(self, sources: dict[int, list[str]]) -> dict[int, str]:
         """{job index: why} for the jobs whose init_from source job has no `ok` record with its config's fingerprint."""
@@ -165,7 +187,8 @@ class TableSweeper(BasicSweeper):
                 why[tuple(job)] = (
                     f"ended {record['status']}: {record.get('error')}"
                     if record.get("status") not in (None, "ok")
-                    else f"has no ok record with its config's fingerprint ({records.record_path(cfg)})"
+                    else unreadable_record(cfg)
+                    or f"has no ok record with its config's fingerprint ({records.record_path(cfg)})"
                 )
         return {i: why[tuple(src)] for i, src in sources.items() if tuple(src) in why}
 
@@ -176,6 +199,8 @@ class TableSweeper(BasicSweeper):
             return jobs
         todo, done = [], []
         for job, cfg, note in resolve_jobs(self.hydra_context.config_loader, self.config, jobs, fallback=False):
+            if cfg is not None and (why := unreadable_record(cfg)):
+                print(f"warning: {why}: the cell runs again and replaces it", flush=True)
             if cfg is None or note or records.finished_record(cfg) is None:
                 todo.append(job)
             else:
@@ -187,3 +212,16 @@ class TableSweeper(BasicSweeper):
             flush=True,
         )
         return todo
+
+
+def unreadable_record(cfg) -> str | None:
+    """The cell's record file, when it exists and cannot be read (path and why: repro.results.load_record), else None:
+    such a cell is not done, and the sweep says so instead of running it over the file silently."""
+    path = records.record_path(cfg)
+    if not path.exists():
+        return None
+    try:
+        load_record(path)
+    except UnreadableRecord as exc:
+        return str(exc)
+    return None

@@ -106,11 +106,11 @@ def _ours(c: dict) -> str:
     return f"{c['mean']:.1f}{std} (n={c['n']})"
 
 
-def _weights(row: dict) -> str:
+def weights_label(row: dict) -> str:
     return ",".join(f"W_{t}" for t in row["targets"])
 
 
-def _tasks(result: dict) -> list[str]:
+def tasks_with_scores(result: dict) -> list[str]:
     return [t for t in result["tasks"] if any(r["tasks"][t]["n"] for r in result["rows"])] or result["tasks"][:1]
 
 
@@ -127,9 +127,9 @@ def ordering(result: dict) -> list[str]:
     names = result.get("task_names", {})
     datasets += [
         (names.get(t, t), {r["variant"]: r["tasks"][t]["mean"] for r in result["rows"]}, "ours, MiniLM")
-        for t in _tasks(result)
+        for t in tasks_with_scores(result)
     ]
-    label = {r["variant"]: _weights(r) for r in result["rows"]}
+    label = {r["variant"]: weights_label(r) for r in result["rows"]}
     rank = {r["variant"]: r["r"] for r in result["rows"]}
     lines = []
     for name, vals, who in datasets:
@@ -165,11 +165,11 @@ def ordering(result: dict) -> list[str]:
 def markdown(result: dict) -> str:
     """The paper's layout. Table 5: weight sets as columns, a row of ranks, then one row per dataset.
     Table 6: one row per (dataset, weight set), ranks as columns."""
-    tasks = _tasks(result)
+    tasks = tasks_with_scores(result)
     rows = result["rows"]
     names = result.get("task_names", {})
     if result["table"] == "which_weights":
-        head = ["", "Weight type", *[_weights(r) for r in rows]]
+        head = ["", "Weight type", *[weights_label(r) for r in rows]]
         body = [["", "Rank r", *[str(r["r"]) for r in rows]]]
         body += [[f"{d} (paper, GPT-3)", "", *[_paper(r[f"paper_{d}"]) for r in rows]] for d in DATASETS]
         body += [[f"{names.get(t, t)} (ours, MiniLM)", "", *[_ours(r["tasks"][t]) for r in rows]] for t in tasks]
@@ -177,10 +177,10 @@ def markdown(result: dict) -> str:
         ranks = sorted({r["r"] for r in rows})
         head = ["Dataset", "Weight type", *[f"r={k}" for k in ranks]]
         body = []
-        families = list(dict.fromkeys(_weights(r) for r in rows))
+        families = list(dict.fromkeys(weights_label(r) for r in rows))
         for name, who in [*((d, "paper, GPT-3") for d in DATASETS), *((t, "ours, MiniLM") for t in tasks)]:
             for fam in families:
-                by_r = {r["r"]: r for r in rows if _weights(r) == fam}
+                by_r = {r["r"]: r for r in rows if weights_label(r) == fam}
                 cells = [
                     (_paper(by_r[k][f"paper_{name}"]) if name in DATASETS else _ours(by_r[k]["tasks"][name]))
                     if k in by_r

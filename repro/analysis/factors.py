@@ -12,6 +12,8 @@ The only contract relied on (repro/methods/lora.py):
   targets) and `model` = the model config name (conf/model/<model>.yaml).
 
 Nothing else of the method's code is used here: the analysis reads any checkpoint with these keys.
+`keep_factors` cuts a checkpoint down to exactly that (the factors and the metadata): the files committed beside
+the Section 7 cells' records.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers.pytorch_utils import Conv1D
 
 from repro.analysis.linalg import delta_from_factors
@@ -210,6 +213,35 @@ def load_adapter(path: str | Path) -> Adapter:
         method=method,
         record=record,
     )
+
+
+FACTORS_FORMAT = "repro-lora-factors-v1"  # a checkpoint cut down to its LoRA factors (keep_factors)
+
+
+def keep_factors(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the LoRA factors of a runner checkpoint (every `<module>.lora_A[.part]` / `.lora_B[.part]` tensor) and
+    its metadata to `out`, without the rest: what this module reads (load_adapter: the factors, the method config
+    and the model name) and no more. The task head (a MiniLM classifier's pooler and output layer: 148,610 of the
+    222,338 trainable parameters of an r=8 W_q,W_v cell) is left out, so the file cannot score or serve the cell:
+    its metadata `format` is FACTORS_FORMAT, not the runner's, and repro.methods.checkpoint refuses it. The
+    committed Section 7 cells carry these files (docs/usage.md, Section 7 analysis)."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    with safe_open(str(checkpoint), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        state = {k: f.get_tensor(k) for k in f.keys() if KEY.match(k)}
+    if not state:
+        raise ValueError(f"{checkpoint}: no LoRA factors (keys `<module>.lora_A` / `.lora_B`)")
+    meta.update(
+        format=FACTORS_FORMAT,
+        contents="the LoRA factors A and B only (the task head left out): for the Section 7 analysis "
+        "(repro.analysis), not for scoring or serving the cell",
+        factors_of=str(meta.get("format")),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: t.contiguous() for k, t in state.items()}, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return out
 
 
 def adapter_from_model(model: torch.nn.Module, model_name: str | None = None) -> Adapter:

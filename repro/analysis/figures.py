@@ -1,4 +1,7 @@
-"""Heatmaps in the style of the paper's Figures 3, 4, 6, 7 and the singular-value spectra (matplotlib, PNG)."""
+"""Heatmaps in the style of the paper's Figures 3, 4, 6, 7 and the singular-value spectra (matplotlib, PNG).
+
+Every figure uses matplotlib's constrained layout: panel titles, tick labels, colour bars and the suptitle each get
+their own room, so none overlaps another."""
 
 from __future__ import annotations
 
@@ -57,8 +60,9 @@ def figure3(
     fig, axes = plt.subplots(
         1,
         2 * len(targets),
-        figsize=(4.2 * len(targets) + 2.6 * len(targets), 2.9),
+        figsize=(4.2 * len(targets) + 2.6 * len(targets), 3.3),
         gridspec_kw={"width_ratios": [3] * len(targets) + [1.3] * len(targets)},
+        layout="constrained",
     )
     axes = np.atleast_1d(axes)
     im = None
@@ -67,12 +71,11 @@ def figure3(
         im = heatmap(axes[k], g, f"ΔW_{t}: φ(A_r={r_small}, A_r={r_large}, i, j)")
         n = min(r_small, g.shape[1])
         heatmap(axes[len(targets) + k], g[:, :n], f"ΔW_{t}, j ≤ {n}")
-    fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
+    fig.colorbar(im, ax=list(axes), shrink=0.85)
     fig.suptitle(
         f"Subspace similarity between the right-singular vectors of A_r={r_small} and A_r={r_large}, "
         f"{layer_label}" + (f"\n{note}" if note else ""),
         fontsize=9,
-        y=1.06 if note else 1.02,
     )
     return save(fig, path)
 
@@ -89,16 +92,15 @@ def figure4(
     """Figure 4: φ(A_r, A'_r, i, j) for two seeds, ΔW_q and ΔW_v, and two random Gaussian matrices of A's shape."""
     panels = [(f"ΔW_{t}: φ(A_r={r}, A'_r={r}, i, j)", g) for t, g in grids.items()]
     panels.append((f"random Gaussian {r}×d pair", random_grid))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 0.8, 2.9))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels) + 0.8, 3.3), layout="constrained")
     axes = np.atleast_1d(axes)
     im = None
     for ax, (title, g) in zip(axes, panels):
         im = heatmap(ax, g, title, vmax=vmax)
-    fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
+    fig.colorbar(im, ax=list(axes), shrink=0.85)
     fig.suptitle(
         f"Two random seeds, r={r}, {layer_label} (colour scale 0..{vmax:g})" + (f"\n{note}" if note else ""),
         fontsize=9,
-        y=1.06 if note else 1.02,
     )
     return save(fig, path)
 
@@ -110,7 +112,11 @@ def per_layer(
     layers = sorted(grids)
     targets = list(grids[layers[0]])
     fig, axes = plt.subplots(
-        len(layers), len(targets), figsize=(3.6 * len(targets) + 0.8, 2.0 * len(layers)), squeeze=False
+        len(layers),
+        len(targets),
+        figsize=(3.6 * len(targets) + 0.8, 2.2 * len(layers) + 0.5),
+        squeeze=False,
+        layout="constrained",
     )
     im = None
     for a, layer in enumerate(layers):
@@ -118,15 +124,16 @@ def per_layer(
             g = grids[layer][t]
             if zoom:
                 g = g[:, :zoom]
-            im = heatmap(axes[a, b], g, f"layer {layer + 1}, ΔW_{t}", vmax=vmax)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01)
-    fig.suptitle(title, fontsize=9, y=1.0)
+            xlabel = "j" if a == len(layers) - 1 else ""  # the column's j axis, named once under the last row
+            im = heatmap(axes[a, b], g, f"layer {layer + 1}, ΔW_{t}", xlabel=xlabel, vmax=vmax)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6)
+    fig.suptitle(title, fontsize=9)
     return save(fig, path)
 
 
 def spectra(curves: dict[str, np.ndarray], title: str, path: Path, normalize: bool = True) -> Path:
     """Singular values (σ_k / σ_1 when normalize) on a log scale, one curve per matrix."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for label, s in curves.items():
         s = np.asarray(s, dtype=float)
         y = s / s[0] if normalize and s[0] > 0 else s

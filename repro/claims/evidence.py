@@ -16,6 +16,7 @@ from pathlib import Path
 
 from repro import tables
 from repro.config import read_group
+from repro.errors import ReproError
 from repro.results import Cell, Record, Tuning, load_records, record_score
 
 
@@ -27,25 +28,27 @@ class Evidence:
     bench: dict[str, tuple[str, dict]]  # bench file stem -> (path, json)
     analysis: dict[str, tuple[str, dict]]  # path under analysis/ -> (path, json)
     unfinished: dict[str, str] = field(default_factory=dict)  # tuned table -> why it is not used yet
-    unreadable: list = field(default_factory=list)  # (path, why) of record files that could not be read: not shown yet
+    unreadable: list = field(default_factory=list)  # (path, why) of the files that could not be read: records,
+    # benchmark and analysis JSONs (listed by the report, never left out silently)
 
 
 def table_config(name: str) -> dict | None:
     """conf/table/<name>.yaml's table node; None for a results folder with no (readable) table config."""
     try:
         return tables.load_table_config(name)
-    except (SystemExit, OSError, KeyError, ValueError):
+    except (ReproError, OSError, KeyError, ValueError):
         return None
 
 
-def load_json(folder: Path, pattern: str) -> dict[str, tuple[str, dict]]:
-    """{path under folder, without .json: (path, its JSON)}; files that are not JSON are left out."""
+def load_json(folder: Path, pattern: str, unreadable: list) -> dict[str, tuple[str, dict]]:
+    """{path under folder, without .json: (path, its JSON)}; a file that cannot be read as JSON is left out and added
+    to `unreadable` as (path, why)."""
     out = {}
     for p in sorted(folder.glob(pattern)) if folder.is_dir() else []:
         try:
             out[str(p.relative_to(folder).with_suffix(""))] = (str(p), json.loads(p.read_text()))
-        except (json.JSONDecodeError, OSError):
-            continue
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            unreadable.append((p, f"{type(exc).__name__}: {exc}"))
     return out
 
 
@@ -73,15 +76,9 @@ def load_evidence(results_dir: str | Path) -> Evidence:
                 records[table].append(r)
             else:
                 excluded[table] += 1
-    return Evidence(
-        root,
-        records,
-        excluded,
-        load_json(root / "bench", "*.json"),
-        load_json(root / "analysis", "**/*.json"),
-        unfinished,
-        unreadable,
-    )
+    bench = load_json(root / "bench", "*.json", unreadable)
+    analysis = load_json(root / "analysis", "**/*.json", unreadable)
+    return Evidence(root, records, excluded, bench, analysis, unfinished, unreadable)
 
 
 _MODEL_SOURCE: dict[str, str | None] = {}

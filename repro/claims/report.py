@@ -1,18 +1,33 @@
-"""The report: every claim evaluated on the loaded evidence, written as <out>.md (a table, then each claim's
-verdict, reason, source and evidence files) and <out>.json, and the command line (`python -m repro.claims`).
+"""The report: every claim evaluated on the loaded evidence, written as claims.md (a table, then each claim's verdict,
+reason, source and evidence files) and claims.json, and the command line:
+
+    python -m repro.claims [--results-dir DIR] [--out-dir DIR] [--strict]     (console script: repro-claims)
+
+--results-dir: the committed files to read (default $REPRO_RESULTS_DIR or results/); --out-dir: where claims.md and
+claims.json go (default: the results folder). A record, benchmark or analysis JSON that cannot be read is listed in
+the report and named on stderr; --strict makes it an error (exit 2, nothing written).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 from repro.claims import VERDICTS, Claim, analysis, efficiency, quality
 from repro.claims.evidence import Evidence, load_evidence
+from repro.cli import (
+    Deprecated,
+    add_out_dir,
+    add_results_dir,
+    add_strict,
+    command,
+    parser,
+    report_unreadable,
+    results_dir,
+)
+from repro.paths import input_dir, output_dir
 
 # In the report's order (quality, efficiency, Section 7, then the prefix-length sweep).
 CLAIMS = [
@@ -73,6 +88,7 @@ def markdown(claims: list[Claim], ev: Evidence) -> str:
         )
         + ".",
         "",
+        *_unreadable_lines(ev),
         "| claim | where | paper | this suite | verdict |",
         "|---|---|---|---|---|",
     ]
@@ -96,18 +112,36 @@ def markdown(claims: list[Claim], ev: Evidence) -> str:
     return "\n".join(out)
 
 
-def write(results_dir: str | Path = "results", out: str | Path | None = None) -> tuple[list[Claim], list[Path]]:
+def _unreadable_lines(ev: Evidence) -> list[str]:
+    """The files the evidence could not read, listed (nothing is left out silently); nothing when there are none."""
+    if not ev.unreadable:
+        return []
+    return [
+        f"Files that could not be read ({len(ev.unreadable)}), left out of every claim below:",
+        "",
+        *[f"- `{p}`: {_cell(why)}" for p, why in ev.unreadable],
+        "",
+    ]
+
+
+def write(
+    results_dir: str | Path = "results", out_dir: str | Path | None = None, strict: bool = False, stem: str = "claims"
+) -> tuple[list[Claim], list[Path]]:
+    """<out_dir>/<stem>.md and .json (out_dir: default the results folder); `strict`: refuse, writing nothing, when
+    a file could not be read (cli.UnreadableRecords)."""
     ev = load_evidence(results_dir)
+    report_unreadable(ev.unreadable, strict)
     claims = evaluate(ev)
-    stem = Path(out) if out else Path(results_dir) / "claims"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
+    folder = Path(out_dir) if out_dir else Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, js = folder / f"{stem}.md", folder / f"{stem}.json"
     md.write_text(markdown(claims, ev))
     js.write_text(
         json.dumps(
             {
                 "results_dir": str(ev.results_dir),
                 "records": {t: {"ok": len(ev.records[t]), "excluded": ev.excluded[t]} for t in sorted(ev.records)},
+                **({"unreadable": [[str(p), why] for p, why in ev.unreadable]} if ev.unreadable else {}),
                 "claims": [asdict(c) for c in claims],
             },
             indent=1,
@@ -118,15 +152,21 @@ def write(results_dir: str | Path = "results", out: str | Path | None = None) ->
     return claims, [md, js]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description="The claims report: every claim of the paper beside what this suite measured, with a verdict."
-    )
-    ap.add_argument("--results-dir", default=None, help="default: $REPRO_RESULTS_DIR or results/")
-    ap.add_argument("--out", default=None, help="output stem (default: <results-dir>/claims -> claims.md, claims.json)")
-    args = ap.parse_args(argv)
-    results_dir = args.results_dir or os.environ.get("REPRO_RESULTS_DIR") or "results"
-    claims, paths = write(results_dir, args.out)
+@command
+def main(argv: list[str] | None = None) -> int:
+    p = parser("claims", __doc__)
+    add_results_dir(p)
+    add_out_dir(p, "the results folder", old_out=False)
+    p.add_argument("--out", dest="out_stem", action=Deprecated, new="--out-dir DIR (writes DIR/claims.md, claims.json)")
+    add_strict(p)
+    args = p.parse_args(argv)
+    results = input_dir(results_dir(args), "--results-dir")
+    out_dir, stem = args.out_dir, "claims"
+    if args.out_stem:  # the old --out STEM: <STEM>.md and <STEM>.json
+        out_dir, stem = Path(args.out_stem).parent, Path(args.out_stem).name
+    output_dir(out_dir or results, "--out-dir")
+    claims, paths = write(results, out_dir, args.strict, stem)
     for c in claims:
         print(f"{c.verdict:18} {c.id}")
     print("wrote " + ", ".join(map(str, paths)))
+    return 0

@@ -30,7 +30,7 @@ from torch import nn
 from repro.errors import CellMismatch, ReproError
 from repro.methods.adalora import rank_pattern
 from repro.methods.common import is_head, trainable_state_dict
-from repro.methods.lora import LoRAConv1D, LoRALinear, delta_weights, lora_scaling
+from repro.methods.lora import delta_weights, lora_scaling
 from repro.methods.registry import apply_method
 from repro.methods.targets import BLOCK_MODULES
 
@@ -245,78 +245,3 @@ def load_delta_weights(path: Path, base_model: nn.Module | None = None) -> list[
         B = tensors[key.replace(".lora_A", ".lora_B")]
         out.append((layer, target, scaling * (B.float() @ tensors[key].float())))
     return sorted(out, key=lambda x: (x[0], x[1]))
-
-
-PEFT_TARGET_NAMES = {
-    "roberta": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
-    "bert": {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"},
-    "deberta-v2": {"q": "query_proj", "k": "key_proj", "v": "value_proj", "o": "attention.output.dense"},
-}
-
-
-def export_peft(model: nn.Module, cfg: DictConfig, out_dir: Path) -> Path:
-    """Write the LoRA adapter in PEFT's on-disk format (adapter_config.json + adapter_model.safetensors, the task head
-    in modules_to_save), so `PeftModel.from_pretrained(base, out_dir)` gives the same outputs.
-
-    Refused for GPT-2: the paper's LoRA adapts W_q and W_v *inside* the fused c_attn with two independent rank-r
-    pairs; PEFT can only adapt c_attn as a whole (one shared A, updates to q, k and v), which is another model."""
-    m = cfg.method
-    if m.name != "lora":
-        raise CellMismatch(f"PEFT export is for LoRA adapters; method={m.name}")
-    mt = model.config.model_type
-    if any(isinstance(x, LoRAConv1D) for x in model.modules()) or mt not in PEFT_TARGET_NAMES:
-        raise CellMismatch(
-            f"cannot export {mt} LoRA in PEFT's format: PEFT has no module for LoRA on q and v only inside GPT-2's fused "
-            "c_attn (two separate rank-r pairs, loralib MergedLinear(enable_lora=[True, False, True])); targeting c_attn "
-            "in PEFT adapts q, k and v with one shared A -- a different model (peft #706, #852). Use our checkpoint."
-        )
-    if any(getattr(x, "merged", False) for x in model.modules()):
-        raise CellMismatch("unmerge the LoRA weights before exporting")
-    targets = [PEFT_TARGET_NAMES[mt][t] for t in m.targets if t in PEFT_TARGET_NAMES[mt]]
-    if len(targets) != len(m.targets):
-        raise CellMismatch(f"targets {list(m.targets)}: only {sorted(PEFT_TARGET_NAMES[mt])} are exported to PEFT")
-    state, heads = {}, set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if ".lora_" in name:
-            state[f"base_model.model.{name}.weight"] = p.detach().cpu().contiguous()
-        elif is_head(name):
-            state[f"base_model.model.{name}"] = p.detach().cpu().contiguous()
-            heads.add("pooler" if "pooler." in name else name.split(".")[0])
-        else:
-            raise CellMismatch(f"{name} is trained but is neither LoRA nor head: PEFT's LoRA format cannot hold it")
-    dropout = next(
-        (
-            x.lora_dropout.p
-            for x in model.modules()
-            if isinstance(x, LoRALinear) and isinstance(x.lora_dropout, nn.Dropout)
-        ),
-        0.0,
-    )
-    config = {
-        "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
-        "r": int(m.r),
-        "lora_alpha": m.alpha,
-        "lora_dropout": dropout,
-        "target_modules": targets,
-        "fan_in_fan_out": False,
-        "bias": "none",
-        "modules_to_save": sorted(heads),
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "use_rslora": False,
-        "use_dora": False,
-        "base_model_name_or_path": str(cfg.model.get("hub_id") or cfg.model.name),
-    }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for fname, write in (
-        ("adapter_model.safetensors", lambda t: save_file(state, str(t), metadata={"format": "pt"})),
-        ("adapter_config.json", lambda t: t.write_text(json.dumps(config, indent=2))),
-    ):
-        tmp = out_dir / f".{fname}.tmp"
-        write(tmp)
-        os.replace(tmp, out_dir / fname)
-    return out_dir

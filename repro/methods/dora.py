@@ -5,9 +5,13 @@
 the pretrained weight split into a magnitude m (one entry per output row, d_out) and a direction (W0 + s B A, each row
 normalised), LoRA on the direction. m is trained and initialised to the row norms of W0, so W' = W0 at init (B = 0).
 The norm is computed from W0 + s B A with B A detached and is itself detached from the graph (the paper's Sec. 4.3,
-"treat ‖V + ΔV‖_c as a constant"; PEFT's `use_dora` does the same), so the forward is
+"treat ‖V + ΔV‖_c as a constant"; PEFT's `use_dora` does the same), so with n = m / ‖W0 + s B A‖_row the forward is
 
-    h = (m / ‖W0 + s B A‖_row) ⊙ (W0 x + s B A dropout(x)) + b.
+    h = W0 x + (n − 1) ⊙ W0 dropout(x) + n ⊙ s B A dropout(x) + b
+
+as the DoRA authors' code (nbasyl/DoRA, `dora.py` Linear.forward) and PEFT's `use_dora` write it: the LoRA dropout
+enters the magnitude's rescaling of W0 x as well as the LoRA path. Without dropout (eval, or dropout 0) it is
+n ⊙ (W0 x + s B A x) + b, Eq. 5 applied to x.
 
 "Row" is one output unit: dim 1 of the (d_out × d_in) weight (GPT-2's Conv1D stores Wᵀ: per column there, per part of
 the fused c_attn). Keys: `<module>.lora_magnitude` (d_out), or `<module>.lora_magnitude.<part>` for a Conv1D.
@@ -34,6 +38,9 @@ class _DoRAMath:
     @staticmethod
     def _row_norm(W: torch.Tensor) -> torch.Tensor:
         return torch.linalg.norm(W, dim=1)
+
+    def _dropout_active(self) -> bool:
+        return self.training and isinstance(self.lora_dropout, nn.Dropout) and self.lora_dropout.p > 0
 
     def magnitude(self, t: str) -> torch.Tensor:
         return self.lora_magnitude if isinstance(self.lora_magnitude, nn.Parameter) else self.lora_magnitude[t]
@@ -74,7 +81,7 @@ class _DoRAMath:
 
 
 class DoRALinear(_DoRAMath, LoRALinear):
-    """h = (m / ‖W0 + s B A‖_row) ⊙ (W0 x + s B A dropout(x)) + b."""
+    """h = W0 x + (n − 1) ⊙ W0 dropout(x) + n ⊙ s B A dropout(x) + b,  n = m / ‖W0 + s B A‖_row."""
 
     def __init__(self, base: nn.Linear, target: str, r: int, alpha: float, **kw):
         super().__init__(base, target, r, alpha, **kw)
@@ -83,16 +90,18 @@ class DoRALinear(_DoRAMath, LoRALinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return nn.functional.linear(x, self.weight, self.bias)
-        t = self.targets[0]
+        n = self.norm_scale(self.targets[0])
         Wx = nn.functional.linear(x, self.weight)  # W0 x
-        BAx = self.scaling * (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T)  # s B A x
-        h = self.norm_scale(t) * (Wx + BAx)
+        xd = self.lora_dropout(x)
+        Wxd = nn.functional.linear(xd, self.weight) if self._dropout_active() else Wx  # W0 dropout(x)
+        BAx = self.scaling * (xd @ self.lora_A.T @ self.lora_B.T)  # s B A dropout(x)
+        h = Wx + (n - 1) * Wxd + n * BAx
         return h if self.bias is None else h + self.bias
 
 
 class DoRAConv1D(_DoRAMath, LoRAConv1D):
-    """Per adapted part t of the output columns: h_t = (m_t / ‖W0_t + s B_t A_t‖_row) ⊙ (x W0_t + s x A_tᵀ B_tᵀ) + b_t;
-    parts without a target (GPT-2's k) stay x W0_t + b_t."""
+    """Per adapted part t of the output columns, n_t = m_t / ‖W0_t + s B_t A_t‖_row and x' = dropout(x):
+    h_t = x W0_t + (n_t − 1) ⊙ x' W0_t + n_t ⊙ s x' A_tᵀ B_tᵀ + b_t; parts without a target (GPT-2's k) stay x W0_t + b_t."""
 
     def __init__(self, base, parts, targets, r: int, alpha: float, **kw):
         super().__init__(base, parts, targets, r, alpha, **kw)
@@ -103,15 +112,19 @@ class DoRAConv1D(_DoRAMath, LoRAConv1D):
         if self.merged:
             return h
         xd = self.lora_dropout(x)
+        xd_W = xd @ self.weight if self._dropout_active() else None  # x' W0, every part (no bias)
         out = []
         for i, t in enumerate(self.parts):
-            h_t = h[..., i * self.d_part : (i + 1) * self.d_part]
+            cols = slice(i * self.d_part, (i + 1) * self.d_part)
+            h_t = h[..., cols]
             if t not in self.targets:
                 out.append(h_t)
                 continue
-            b_t = 0 if self.bias is None else self.bias[i * self.d_part : (i + 1) * self.d_part]
+            Wx = h_t if self.bias is None else h_t - self.bias[cols]  # x W0_t
+            Wxd = Wx if xd_W is None else xd_W[..., cols]
+            n = self.norm_scale(t)
             BAx = self.scaling * (xd @ self.lora_A[t].T @ self.lora_B[t].T)
-            out.append(self.norm_scale(t) * (h_t - b_t + BAx) + b_t)
+            out.append(h_t + (n - 1) * Wxd + n * BAx)
         return torch.cat(out, dim=-1)
 
 

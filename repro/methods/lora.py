@@ -106,14 +106,23 @@ class _LoRAMath:
         A, B = self.lora_AB(t)
         return self.scaling * (B.float() @ A.float())
 
+    def pretrained_factors(self, t: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A', B'), fp32, with ΔW relative to the *pretrained* W = scaling · B' A' exactly: (A, B) for LoRA and rsLoRA;
+        for PiSSA, whose frozen W0 is the residual W − s B0 A0, the rank-2r pair A' = [A; A0], B' = [B, −B0]
+        (PEFT's conversion of a PiSSA adapter into a LoRA on the original W, `path_initial_model_for_weight_conversion`).
+        What serving on the plain pretrained model (repro.serve) and the PEFT export (repro.export) start from."""
+        A, B = (x.float() for x in self.lora_AB(t))
+        if self.init != "pissa":
+            return A, B
+        A0, B0 = getattr(self, f"pissa_A0_{t}"), getattr(self, f"pissa_B0_{t}")
+        return torch.cat([A, A0.float()], 0), torch.cat([B, -B0.float()], 1)
+
     def delta_weights(self) -> dict[str, torch.Tensor]:
         """{target: ΔW} relative to the pretrained W; PiSSA: (alpha/r)(B A − B0 A0), since W0 here is W_res."""
         out = {}
         for t in self.targets:
-            dw = self.update(t)
-            if self.init == "pissa":
-                dw = dw - self.scaling * (getattr(self, f"pissa_B0_{t}") @ getattr(self, f"pissa_A0_{t}"))
-            out[t] = dw
+            A, B = self.pretrained_factors(t)
+            out[t] = self.scaling * (B @ A)
         return out
 
     @property

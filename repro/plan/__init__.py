@@ -9,6 +9,6 @@ One idea per module, in the order a sweep uses them:
   grid      the sweep's cartesian product narrowed to the table's rows (filter_jobs), and each job's resolved cell
   order     launch order: waves for train.init_from chains, tune-group candidates that wait for the tuning choice
   cost      the stated formulas: FLOPs and GPU-hours, peak memory per GPU, scratch disk (no measurement)
-  report    the dry-run text: one line per cell and the totals (describe_cell is also repro.run's one-cell dry run)
+  report    the dry-run text: one line per cell and the totals
 `python -m repro.plan` is __main__.py: the table sweeper's dry run, without importing the runner.
 """

@@ -199,6 +199,10 @@ def fast_compose(primary: DictConfig, job: list[str], parser=None) -> DictConfig
             if o.value() != cfg.table.name:
                 return None
             continue
+        if key == "debug":  # a debug preset (debug=smoke) is the primary config's, already composed into it
+            if o.value() != (cfg.get("debug") or {}).get("name"):
+                return None
+            continue
         if key in FAST_GROUPS:
             path = group_path(key, o.value())
             if not path.exists():

@@ -1,6 +1,6 @@
 """The dry-run report: what a table's sweep would launch, one line per cell with its seeds, its costs (repro.plan.cost)
-and whether it would run or be skipped (an `ok` record with the same fingerprint), then the totals.
-`describe_cell` is also the one-cell dry run of repro.run (`dry_run=true` without -m).
+and whether it would run or be skipped (an `ok` record with the same fingerprint), then the totals. A single cell's
+dry run (`python -m repro.run ... dry_run=true` without -m) is the runner's own: its resolved config (repro/run.py).
 """
 
 from __future__ import annotations

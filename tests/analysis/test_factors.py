@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from repro.analysis.factors import adapter_from_model, base_weights, load_adapter, load_base_model
+from repro.analysis.factors import (
+    FACTORS_FORMAT,
+    adapter_from_model,
+    base_weights,
+    keep_factors,
+    load_adapter,
+    load_base_model,
+)
 from repro.analysis.linalg import numerical_rank, singular_values
+from repro.errors import CellMismatch
 from repro.methods import apply_method, lora
-from repro.methods.checkpoint import save_trainable
+from repro.methods.checkpoint import load_trainable, read_metadata, save_trainable
 from repro.models import model_config
 
 
@@ -68,6 +77,30 @@ def test_checkpoint_roundtrip_plain_linear(tmp_path):
     # W0 of the adapted matrices (unmerged model: the LoRA module's weight is the pretrained one)
     W = base_weights(a, model)
     torch.testing.assert_close(W[(0, "q")], model.roberta.encoder.layer[0].attention.self.query.weight.float())
+
+
+def test_kept_factors_give_the_same_adapter_without_the_head(tmp_path):
+    """keep_factors: the LoRA factors and the metadata, the task head left out; load_adapter reads the same factors
+    (ΔW equal bit for bit); the runner's loader refuses the file (it cannot score the cell)."""
+    cfg = _cfg("tiny-roberta", 4, 16, ["q", "v"])
+    model = apply_method(_tiny("tiny-roberta", AutoModelForSequenceClassification), cfg.method)
+    _train_B(model)
+    full, kept = tmp_path / "seed0.safetensors", tmp_path / "kept" / "seed0.safetensors"
+    save_trainable(model, full, cfg, fingerprint="abc")
+    keep_factors(full, kept)
+    a, b = load_adapter(full), load_adapter(kept)
+    assert set(a.factors) == set(b.factors) and (a.r, a.alpha, a.model) == (b.r, b.alpha, b.model)
+    for key in a.factors:
+        assert torch.equal(a[key].delta(), b[key].delta())
+    with safe_open(str(kept), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all(".lora_A" in k or ".lora_B" in k for k in keys)  # no classifier / pooler tensors
+    meta = read_metadata(kept)
+    assert (
+        meta["format"] == FACTORS_FORMAT and meta["source_fingerprint"] == "abc" and "head left out" in meta["contents"]
+    )
+    with pytest.raises(CellMismatch, match="not a repro adapter checkpoint"):
+        load_trainable(model, kept, cfg.method)
 
 
 def test_gpt2_fused_c_attn_q_and_v_blocks(tmp_path):

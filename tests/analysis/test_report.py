@@ -92,9 +92,9 @@ def test_report_writes_figures_tables_json(results, tmp_path):
 def test_cli_subspace_spectrum_amplification(results, tmp_path, capsys):
     a = str(results / "rank/tiny-roberta/lora.qv_r2/sst2/seed0.safetensors")
     b = str(results / "rank/tiny-roberta/lora.qv_r8/sst2/seed0.safetensors")
-    assert analyze.main(["subspace", "--a", a, "--b", b, "--out", str(tmp_path)]) == 0
-    assert analyze.main(["spectrum", "--adapter", b, "--out", str(tmp_path), "--layer", "2"]) == 0
-    assert analyze.main(["amplification", "--adapter", a, b, "--out", str(tmp_path)]) == 0
+    assert analyze.main(["subspace", "--a", a, "--b", b, "--out-dir", str(tmp_path)]) == 0
+    assert analyze.main(["spectrum", "--adapter", b, "--out-dir", str(tmp_path), "--layer", "2"]) == 0
+    assert analyze.main(["amplification", "--adapter", a, b, "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "φ(1,1)=" in out and "numerical rank 8 (r=8)" in out and "amplification" in out
     assert len(list(tmp_path.glob("*.png"))) >= 4 and len(list(tmp_path.glob("*.json"))) == 3

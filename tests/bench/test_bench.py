@@ -30,7 +30,7 @@ def _reject_constant(name: str):
 
 def run_bench(what: str, tmp_path, *extra: str) -> dict:
     out = tmp_path / f"{what}.json"
-    assert main([what, "--quick", "--device", "cpu", "--out", str(out), *extra]) == 0
+    assert main([what, "--quick", "--device", "cpu", "--out-dir", str(tmp_path), "--name", what, *extra]) == 0
     result = json.loads(out.read_text(), parse_constant=_reject_constant)
     assert not list(tmp_path.glob(".*.tmp")), "the atomic write left a temporary file"
     assert result["benchmark"] == what and result["quick"] is True

@@ -1,8 +1,8 @@
-"""Adapter-only checkpoints: round trip, refusal of a wrong method config or shape, init_from, PEFT export."""
+"""Adapter-only checkpoints: round trip, refusal of a wrong method config or shape, init_from (the PEFT export:
+tests/test_export.py)."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -15,7 +15,6 @@ from repro.cell import smoke_reason
 from repro.errors import CellMismatch, ReproError
 from repro.methods import apply_method
 from repro.methods.checkpoint import (
-    export_peft,
     init_from,
     load_delta_weights,
     load_trainable,
@@ -126,24 +125,6 @@ def test_delta_weights_from_checkpoint(tmp_path):
         live = sorted(delta_weights(model), key=lambda x: (x[0], x[1]))
         assert [(l, t) for l, t, _ in from_file] == [(l, t) for l, t, _ in live]
         assert all(torch.allclose(a[2], b[2]) for a, b in zip(from_file, live))
-
-
-@pytest.mark.parametrize("arch", ["roberta", "deberta-v2", "bert"])
-def test_peft_export_loads_in_peft(tmp_path, arch):
-    peft = pytest.importorskip("peft")
-    m = method("lora", r=2, alpha=4)
-    base = tiny(arch)
-    model = trained(arch, m).eval()
-    out = export_peft(model, cell(f"tiny-{arch}", m), tmp_path / "peft")
-    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(out)).eval()
-    b = batch(arch)
-    assert torch.allclose(loaded(input_ids=b["input_ids"]).logits, model(input_ids=b["input_ids"]).logits, atol=1e-6)
-
-
-def test_peft_export_refused_for_gpt2(tmp_path):
-    m = method("lora", r=2)
-    with pytest.raises(CellMismatch, match="c_attn"):
-        export_peft(apply_method(tiny("gpt2"), m), cell("tiny-gpt2", m), tmp_path)
 
 
 def test_checkpoint_carries_source_fingerprint_steps_and_smoke(tmp_path):

@@ -3,7 +3,9 @@ METEOR/ROUGE-L/CIDEr) and the WebNLG/DART metrics against GenerationEval's steps
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import sacrebleu
@@ -190,6 +192,18 @@ def test_gem_ter_mean_of_best_reference():
     assert math.isclose(nlg.ter(h, r), (0.25 + 1.0) / 2)
     assert nlg.ter(["a"], [[""]]) == 1.0  # an empty reference scores 1 (GenerationEval)
     assert math.isclose(nlg.ter(["b c d a"], [["a b c d"]]), 0.25)  # one block shift = one edit
+
+
+def test_gem_ter_equals_pyter_values_on_committed_outputs():
+    """TER as the WebNLG challenge's eval.py computes it (pyter on nltk tokens, min over the 6 references, an empty
+    reference 1): per segment and averaged, against pyter's values stored in the fixture. The fixture's segments were
+    picked where sacrebleu's TER (the implementation before) gives another value: 10 of its 13."""
+    cases = json.loads((Path(__file__).parent / "fixtures" / "webnlg_ter_pyter.json").read_text())["cases"]
+    refs = [nlg.references_for_eval(c["refs"]) for c in cases]
+    for c, r in zip(cases, refs):
+        assert math.isclose(nlg.ter([c["hyp"]], [r]), c["pyter"], abs_tol=1e-12), c["line"]
+    assert math.isclose(nlg.ter([c["hyp"] for c in cases], refs), sum(c["pyter"] for c in cases) / len(cases))
+    assert sum(c["sacrebleu"] is not None and abs(c["sacrebleu"] - c["pyter"]) > 1e-3 for c in cases) == 10
 
 
 def test_webnlg_scores_split_seen_unseen():

@@ -52,7 +52,7 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "r.txt").write_text(REFS)
     (tmp_path / "h.txt").write_text(HYPS + "one too many\n")
     assert main(["e2e", "--refs", str(tmp_path / "r.txt"), "--hyps", str(tmp_path / "missing.txt")]) == 2
-    assert "hypothesis file not found" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: --hyps={tmp_path / 'missing.txt'}: no such file\n"
     assert main(["e2e", "--refs", str(tmp_path / "r.txt"), "--hyps", str(tmp_path / "h.txt")]) == 2
     assert "3 hypotheses" in capsys.readouterr().err
 
