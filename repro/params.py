@@ -13,8 +13,10 @@ Paper label -> our method config:
   so r (or l_p, with l_i = 0) is the integer whose formula value is closest to the printed count (stated per row).
 Where the printed count disagrees with the formula (beyond its rounding), the row says so; counts are never bent.
 
-Stand-in rows (table `e2e_cpu`, no paper figure): SmolLM2-135M (a Llama) under each method of conf/table/e2e_cpu.yaml,
-with the formula written for its architecture. Grouped-query attention makes W_k, W_v d -> d_kv (576 -> 192), so
+Stand-in rows (tables `e2e_cpu` and `e2e_cpu_tuned`, no paper figure): SmolLM2-135M (a Llama) under each method of
+conf/table/e2e_cpu.yaml and the sizes e2e_cpu_tuned adds, with the formula written for its architecture. A prefix
+trained through Li & Liang's MLP reparametrization counts, as they do, the prefix that remains (the MLP is dropped
+after training); the row's note gives the count while training. Grouped-query attention makes W_k, W_v d -> d_kv (576 -> 192), so
 LoRA on W_q, W_v is L·r·((d + d) + (d + d_kv)), not 2·L̂·d·r; its block norms are RMSNorms (a weight of d, no bias),
 so AdapterH's trained norms add L̂_LN·d, not 2·L̂_LN·d; it has no bias at all, so BitFit is refused.
 """
@@ -85,8 +87,8 @@ def meta_model(model: str) -> torch.nn.Module:
     return build_on_meta(mc, kind_for_model(mc.kind), num_labels=2)
 
 
-def count(model: str, method: str, **overrides) -> int:
-    """Our |Θ| (task head excluded) of `method` on the paper's `model`, built on the meta device."""
+def counts(model: str, method: str, **overrides) -> dict[str, int]:
+    """repro.methods.parameter_counts of `method` on the paper's `model`, built on the meta device."""
     import torch  # here, not at the top: as in meta_model
 
     from repro.methods import apply_method, parameter_counts
@@ -94,7 +96,13 @@ def count(model: str, method: str, **overrides) -> int:
     net = copy.deepcopy(meta_model(model))
     with torch.device("meta"):
         net = apply_method(net, load_group("method", method, **overrides))
-    return parameter_counts(net)["adapter_params"]
+    return parameter_counts(net)
+
+
+def count(model: str, method: str, **overrides) -> int:
+    """Our |Θ| (task head excluded) of `method` on the paper's `model`: for a prefix trained through Li & Liang's MLP,
+    the prefix that remains (repro.methods.common.parameter_counts)."""
+    return counts(model, method, **overrides)["adapter_params"]
 
 
 def adapter_formula(L: int, d: int, method: str, r: int, drop: int = 0) -> tuple[str, int]:
@@ -265,6 +273,13 @@ STAND_IN_ROWS = [
     ("LoRA", "lora", {"r": 4, "alpha": 32, "targets": ["q", "v"]}),
     ("BitFit", "bitfit", {}),
 ]
+# ... and the sizes conf/table/e2e_cpu_tuned.yaml adds: the adapters and the prefix at LoRA's budget (230,400), the
+# prefix trained through Li & Liang's MLP (|Θ| = the prefix that remains; the note gives the count while training)
+TUNED_ROWS = [
+    ("AdapterL", "adapter_l", {"r": 5}),
+    ("AdapterH", "adapter_h", {"r": 2}),
+    ("PreLayer", "prefix_layer", {"l_p": 13, "l_i": 0, "reparam": "mlp"}),
+]
 
 
 def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]:
@@ -309,16 +324,38 @@ def llama_formula(model: str, method: str, over: dict) -> tuple[str, int | None]
     raise KeyError(method)
 
 
-def stand_in_rows(model: str = "smollm2-135m") -> list[dict]:
+def reparam_formula(model: str, method: str, over: dict) -> tuple[str, int] | None:
+    """The count while training of a prefix trained through Li & Liang's MLP: P' (n x d) and the MLP, Linear(d, mid)
+    -> tanh -> Linear(mid, L·d) (PreEmbed: Linear(mid, d)); None without the reparametrization."""
+    if not over.get("reparam"):
+        return None
+    L, d = dims(model)
+    n, mid = over["l_p"] + over["l_i"], over.get("mid_dim", load_group("method", method).mid_dim)
+    out, name = (L * d, "L·d") if method == "prefix_layer" else (d, "d")
+    return (
+        f"n·d + (d·mid + mid) + (mid·{name} + {name}) = {n}·{d} + ({d}·{mid} + {mid}) + ({mid}·{out} + {out})",
+        n * d + (d * mid + mid) + (mid * out + out),
+    )
+
+
+def stand_in_rows(model: str = "smollm2-135m", table: str = "e2e_cpu", rows: list | None = None) -> list[dict]:
     out = []
-    for label, method, over in STAND_IN_ROWS:
+    for label, method, over in STAND_IN_ROWS if rows is None else rows:
         formula, fval = llama_formula(model, method, over)
         try:
-            ours, note = count(model, method, **over), ""
+            got, note = counts(model, method, **over), ""
+            ours = got["adapter_params"]
         except ReproError as exc:  # BitFit on a model without biases
-            ours, note = None, f"refused: {exc}"
+            got, ours, note = None, None, f"refused: {exc}"
         if fval is not None and ours != fval:
             note = f"ours != formula ({ours:,} vs {fval:,})"
+        if (training := reparam_formula(model, method, over)) is not None:
+            note = (
+                f"|Θ| = the prefix kept after training (Li & Liang's count); while training, P' and the MLP: "
+                f"{got['trainable_params']:,}"
+                + ("" if got["trainable_params"] == training[1] else f" != formula {training[1]:,}")
+                + f" ({training[0]})"
+            )
         config = (
             method
             + "".join(f" {k}={v}" for k, v in over.items() if k not in ("targets", "alpha"))
@@ -326,7 +363,7 @@ def stand_in_rows(model: str = "smollm2-135m") -> list[dict]:
         )
         out.append(
             {
-                "table": "e2e_cpu",
+                "table": table,
                 "model": model,
                 "method": label,
                 "config": config,
@@ -349,18 +386,18 @@ def all_rows() -> list[dict]:
         doc = OmegaConf.to_container(OmegaConf.load(PAPER_DIR / fname), resolve=True)
         for row in doc["rows"]:
             out.append({"table": table, **row_count(row, precise)})
-    return out + stand_in_rows()
+    return out + stand_in_rows() + stand_in_rows(table="e2e_cpu_tuned", rows=TUNED_ROWS)
 
 
 def fmt_text(rows: list[dict]) -> str:
-    head = f"{'table':<8} {'model':<19} {'method':<10} {'config':<22} {'ours':>13} {'paper':>8} {'formula value':>14}  agrees  note"
+    head = f"{'table':<13} {'model':<19} {'method':<10} {'config':<22} {'ours':>13} {'paper':>8} {'formula value':>14}  agrees  note"
     lines = [head, "-" * len(head)]
     for r in rows:
         fv = f"{r['formula_value']:,}" if r["formula_value"] is not None else "-"
         ag = {True: "yes", False: "NO", None: "-"}[r["paper_matches_formula"]]
         ours = f"{r['ours']:,}" if r["ours"] is not None else "-"
         lines.append(
-            f"{r['table']:<8} {r['model']:<19} {r['method']:<10} {r['config']:<22} {ours:>13} "
+            f"{r['table']:<13} {r['model']:<19} {r['method']:<10} {r['config']:<22} {ours:>13} "
             f"{r['paper']:>8} {fv:>14}  {ag:<6}  {r['note']}"
         )
     return "\n".join(lines)

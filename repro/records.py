@@ -18,6 +18,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -27,10 +30,11 @@ from repro import PROJECT_ROOT
 log = logging.getLogger(__name__)
 
 # Keys that do not change what a cell computes, left out of its fingerprint (dotted paths): where results and logs
-# go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on); how the global batch is split
-# over memory (per-device cap, activation checkpointing: the same optimization, see train.batch_plan); how a table
-# is printed (table.render); tracking (wandb); a debug preset's name and settings (`debug`: the settings it applies
-# are hashed where they land, train.max_steps etc.).
+# go; how a cell runs (a guard policy, a smoke-init switch, the device it may run on, how often it saves a resumable
+# checkpoint: a resumed cell ends bit-identical); how the global batch is split over memory (per-device cap,
+# activation checkpointing: the same optimization, see train.batch_plan); how a table is printed (table.render);
+# tracking (wandb); a debug preset's name and settings (`debug`: the settings it applies are hashed where they land,
+# train.max_steps etc.).
 VOLATILE_KEYS = (
     "force",
     "dry_run",
@@ -45,6 +49,8 @@ VOLATILE_KEYS = (
     "train.logging_steps",
     "train.allow_smoke_init",
     "train.divergence_patience",
+    "train.save_every_steps",
+    "train.save_every_minutes",
     "model.max_per_device_batch_size",
     "model.gradient_checkpointing",
 )
@@ -81,109 +87,215 @@ class CellBusy(RuntimeError):
 
 # flock errors that mean "this filesystem has no flock" (NFS without lockd, Lustre mounted without -o flock)
 NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
-_warned_no_flock = False
+MOUNTS = Path("/proc/mounts")  # where the kernel lists every mount: its type and options
+HEARTBEAT_S = 60  # a lock file's holder touches it this often ...
+STALE_AFTER_S = 600  # ... and one untouched for this long has no live holder
+SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
+SLURM_ENDED |= {"TIMEOUT"}  # squeue's terminal job states; a requeued job is PENDING again, under the same id
+_warned_file_locks = False
+
+
+def flock_reaches_other_nodes(path: Path, mounts: str | None = None) -> str | None:
+    """None when a flock on `path` excludes processes on every node that sees the file; else why not: the mount that
+    holds it locks on this node only. NFS mounted with `local_lock=flock` or `local_lock=all` (or `nolock`) and Lustre
+    mounted with `localflock` grant every node its own flock on the same file, so two jobs on two nodes would both
+    hold the cell. Read from /proc/mounts (`mounts`: its text): the mount whose mount point is the longest prefix of
+    the path's real location, its type and options."""
+    if mounts is None:
+        try:
+            mounts = MOUNTS.read_text()
+        except OSError:
+            return None
+    where = os.path.realpath(path)
+    best = None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (where == point or where.startswith(point.rstrip("/") + "/")) and (
+            best is None or len(point) > len(best[0])
+        ):
+            best = (point, parts[2], parts[3].split(","))
+    if best is None:
+        return None
+    point, fstype, options = best
+    if fstype.startswith("nfs"):
+        local = [o for o in options if o in ("local_lock=flock", "local_lock=all", "nolock")]
+        if local:
+            return f"{point} is {fstype} mounted with {local[0]}: flock locks on this node only"
+    if fstype == "lustre" and "localflock" in options:
+        return f"{point} is lustre mounted with localflock: flock locks on this node only"
+    return None
 
 
 @contextlib.contextmanager
 def cell_lock(cfg: DictConfig):
     """An exclusive, non-blocking flock on the cell: released by the OS when the holder dies (a killed or requeued
-    job never leaves a stale lock behind). Where the filesystem has no flock, an exclusive lock file instead
-    (`exclusive_file_lock`), with one warning."""
-    global _warned_no_flock
+    job never leaves a stale lock behind). An exclusive lock file instead (`exclusive_file_lock`, with one warning)
+    where flock cannot exclude other nodes: the filesystem has no flock, or flock reaches this node only
+    (`flock_reaches_other_nodes`: NFS local_lock=flock|all, Lustre localflock)."""
     path = lock_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        raise CellBusy(f"{record_path(cfg)} is being run by another job ({holder or 'unknown'}); lock {path}") from None
-    except OSError as exc:
-        f.close()
-        if exc.errno not in NO_FLOCK:
-            raise
-        no_flock = exc.errno
-    else:
-        no_flock = None
-    if no_flock is not None:
-        if not _warned_no_flock:
-            _warned_no_flock = True
-            log.warning(
-                "flock is not supported on %s (%s): cell locks fall back to exclusive lock files "
-                "(seed<k>.lock.pid, holding pid, host and SLURM job). A job killed with SIGKILL on another host "
-                "leaves its file behind: delete it by hand if no job of that cell runs (the same SLURM job, "
-                "requeued, and a dead pid on the same host take it over).",
-                path.parent,
-                os.strerror(no_flock),
-            )
-        with exclusive_file_lock(cfg, path.with_name(path.name + ".pid")) as held:
-            yield held
-        return
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {platform.node()}\n")
-        f.flush()
-        yield path
-    finally:
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        f.close()
+    why_not = flock_reaches_other_nodes(path.parent)
+    if why_not is None:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            raise CellBusy(
+                f"{record_path(cfg)} is being run by another job ({holder or 'unknown'}); lock {path}"
+            ) from None
+        except OSError as exc:
+            f.close()
+            if exc.errno not in NO_FLOCK:
+                raise
+            why_not = f"flock is not supported on {path.parent} ({os.strerror(exc.errno)})"
+        else:
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {platform.node()}\n")
+                f.flush()
+                yield path
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                f.close()
+            return
+    global _warned_file_locks
+    if not _warned_file_locks:
+        _warned_file_locks = True
+        log.warning(
+            "%s: cell locks are exclusive lock files instead (seed<k>.lock.pid: pid, host, SLURM job, refreshed every "
+            "%d s). One whose holder is gone (its SLURM job no longer running, its pid ended on this host, or no "
+            "refresh for %d s) is taken over.",
+            why_not,
+            HEARTBEAT_S,
+            STALE_AFTER_S,
+        )
+    with exclusive_file_lock(cfg, path.with_name(path.name + ".pid")) as held:
+        yield held
 
 
 def _lock_owner() -> dict:
-    return {"pid": os.getpid(), "host": platform.node(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    return {
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "token": uuid.uuid4().hex,  # this holding: a takeover replaces it, a release removes only its own
+        "heartbeat_s": HEARTBEAT_S,  # the holder touches the file this often (a file without it is never aged out)
+    }
 
 
-def _stale(holder: dict) -> bool:
-    """A lock file left by a holder that cannot be running: on this host, a pid that no longer exists; on another
-    host, the same SLURM job (a requeued job is this job again, on whatever node). Any other holder is assumed alive."""
+def slurm_job_ended(job: str) -> str | None:
+    """Why SLURM job `job` is no longer running (squeue forgets an ended job, or lists it in a terminal state), or
+    None when it is, or squeue cannot tell (not installed, the controller unreachable, timed out)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:  # "Invalid job id specified": ended long enough ago for squeue to forget it (MinJobAge)
+        return f"squeue does not know SLURM job {job}" if "invalid job id" in out.stderr.lower() else None
+    state = out.stdout.strip().splitlines()[0].strip() if out.stdout.strip() else ""
+    if not state:
+        return f"squeue lists no SLURM job {job}"
+    if state in SLURM_ENDED:
+        return f"SLURM job {job} is {state}"
+    return None
+
+
+def _stale(holder: dict, age_s: float) -> str | None:
+    """Why a lock file's holder cannot be running, or None: on this host, a pid that no longer exists; the same SLURM
+    job as this one (a requeued job is this job again, on whatever node); a SLURM job that has ended (squeue); a
+    holder that refreshes its file and has not for STALE_AFTER_S (`age_s`: seconds since the file last changed)."""
     me = _lock_owner()
     if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int):
         try:
             os.kill(holder["pid"], 0)
         except ProcessLookupError:
-            return True
+            return f"pid {holder['pid']} has ended on this host"
         except PermissionError:
-            return False
-        return False
-    return bool(holder.get("slurm_job")) and holder.get("slurm_job") == me["slurm_job"]
+            pass
+    job = holder.get("slurm_job")
+    if job and job == me["slurm_job"]:
+        return f"SLURM job {job} is this job, requeued"
+    if job and (ended := slurm_job_ended(job)):
+        return ended
+    if holder.get("heartbeat_s") and age_s > STALE_AFTER_S:
+        return f"its holder has not refreshed it for {age_s:.0f} s"
+    return None
+
+
+def _heartbeat(path: Path, token: str, stop: threading.Event) -> None:
+    """Touch the lock file every HEARTBEAT_S while it is ours (another job's takeover ends it)."""
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            if json.loads(path.read_text()).get("token") != token:
+                log.warning("the cell lock %s was taken over by another job", path)
+                return
+            os.utime(path)
+        except (OSError, json.JSONDecodeError):
+            return
 
 
 @contextlib.contextmanager
 def exclusive_file_lock(cfg: DictConfig, path: Path):
-    """The cell lock without flock: O_CREAT | O_EXCL creates the file only if it does not exist (atomic on NFS v3+ and
-    Lustre), with the holder's pid, host and SLURM job id; removed on release. A stale file (`_stale`) is replaced."""
+    """The cell lock without a flock that reaches other nodes: O_CREAT | O_EXCL creates the file only if it does not
+    exist (atomic on NFS v3+ and Lustre), with the holder's pid, host, SLURM job id and a token; refreshed every
+    HEARTBEAT_S while held, removed on release.
+
+    A file whose holder is gone (`_stale`) is taken over atomically, without a check-then-delete race: the taker first
+    creates `<lock>.takeover-<stale token>` with O_EXCL, so that of all the jobs that found the same stale holder
+    exactly one goes on, and that one renames its own file over the lock (os.replace: atomic). Any other job finds a
+    live holder, or the marker, and is told the cell is busy."""
     me = _lock_owner()
-    for attempt in (1, 2):
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                holder = {}
-            if attempt == 1 and _stale(holder):
-                log.warning("removing the stale cell lock %s (%s)", path, holder)
-                path.unlink(missing_ok=True)
-                continue
+            holder = json.loads(path.read_text() or "{}")
+            age = time.time() - path.stat().st_mtime
+        except (OSError, json.JSONDecodeError):  # being written, or just removed: someone is taking it
+            holder, age = {}, 0.0
+        why = _stale(holder, age) if holder else None
+        if why is None or not _claim_takeover(path, holder.get("token") or f"pid{holder.get('pid')}"):
             who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "unknown"
+            job = f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else ""
             raise CellBusy(
-                f"{record_path(cfg)} is being run by another job ({who}); lock file {path} (no flock on "
-                f"this filesystem: if no job of this cell is running, delete the file)"
+                f"{record_path(cfg)} is being run by another job ({who}{job}); lock file {path} (a lock file, not "
+                f"flock: taken over once its holder is gone: its SLURM job ended, or no refresh for {STALE_AFTER_S} s)"
             ) from None
+        log.warning("taking over the cell lock %s: %s (%s)", path, why, holder)
+        tmp = path.with_name(f"{path.name}.{me['token']}.tmp")
+        tmp.write_text(json.dumps(me))
+        os.replace(tmp, path)
+    else:
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
-        break
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(path, me["token"], stop), daemon=True)
+    beat.start()
     try:
         yield path
     finally:
+        stop.set()
         try:
-            if json.loads(path.read_text()) == me:
+            if json.loads(path.read_text()).get("token") == me["token"]:
                 path.unlink()
         except (OSError, json.JSONDecodeError):
             pass
+
+
+def _claim_takeover(path: Path, stale_token: str) -> bool:
+    """True for exactly one of the jobs that found the holder `stale_token` gone: the one that creates the marker."""
+    try:
+        os.close(os.open(path.with_name(f"{path.name}.takeover-{stale_token}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -231,7 +343,12 @@ def prepare_checkpoint_dir(cfg: DictConfig) -> Path:
 # before the key existed: a cell at that value hashes as if the key were absent, so committed records stay done (and a
 # cell that sets another value is a new cell). A new key that changes the computation goes here with its
 # behaviour-preserving default; a key that never changes it goes in VOLATILE_KEYS.
-ADDED_KEYS: dict[str, object] = {"train.fast_path": False}
+ADDED_KEYS: dict[str, object] = {
+    "method.reparam": None,  # prefix tuning trained directly (Li & Liang's MLP reparametrization: mlp)
+    "method.mid_dim": 512,  # that MLP's hidden width; read only with reparam: mlp
+    "method.init": "real_tokens",  # prefix tuning's start (LoRA's own `init` values, kaiming ..., never equal it)
+    "train.fast_path": False,  # issue 27's CPU engine (repro.precision); false computes as before
+}
 
 
 def _drop(data: dict, key: str, only_if=None, check: bool = False) -> None:

@@ -14,10 +14,11 @@ and the trained weights (and the W&B run's summary and artifact: repro/tracking.
 (its data, its head, its training and scoring recipe) is its family's (repro/tasks/).
 
 The boundary between bad input and a failed run is the cell's lock (run_cell):
-  * before it (composing, the schema, loading the tokenizer, data and model, the method's surgery, init_from) any error
-    is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell, no log folder. Errors that
-    are not already a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows the
-    traceback instead.
+  * before it (composing, the schema, the split of the global batch over the processes, the precision this machine
+    has, loading the tokenizer, data and model, the method's surgery, init_from, the cell's memory plan on this GPU)
+    any error is bad input: one line `error: ...` on stderr, exit 2, no record, no folder of the cell, no log folder.
+    Errors that are not already a ReproError are wrapped into one (SetupFailed, naming the step). REPRO_DEBUG=1 shows
+    the traceback instead.
   * after it (training, evaluation, decoding, scoring) an error is a result: a `failed` record with the reason
     (divergence, out of memory, a crash in a library), exit 1 for a single run.
 
@@ -148,7 +149,9 @@ def run_cell(cfg: DictConfig) -> dict:
     import torch  # the training stack: see the module's docstring (start-up)
 
     from repro import dist
+    from repro.train import batch_plan
 
+    batch_plan(cfg.train)  # a global batch the processes cannot share: bad input, before the process group and lock
     dist.init()
     if dist.is_main():
         # results, logs, data, init_from: usable, before any record is read, anything loaded or written
@@ -214,6 +217,27 @@ def check_tools(cfg: DictConfig) -> None:
         )
 
 
+def fit_this_gpu(cfg: DictConfig) -> None:
+    """On a GPU, the cell as it fits there (repro.plan.cost.fit_to_gpu: gradient checkpointing where it is over, not in
+    the fingerprint, the record's config says so), or refused with the per-device batch that would fit."""
+    import torch  # the training stack: see the module's docstring (start-up)
+
+    from repro import dist
+    from repro.plan.cost import fit_to_gpu
+
+    if not torch.cuda.is_available():
+        return
+    gpu = torch.cuda.get_device_properties(torch.cuda.current_device())
+    changed = fit_to_gpu(cfg, gpu.total_memory, dist.world_size())
+    if changed:
+        log.warning(
+            "the cell's memory plan is over %s's %.0f GiB as configured: %s",
+            gpu.name,
+            gpu.total_memory / 2**30,
+            ", ".join(changed),
+        )
+
+
 class SetupFailed(ReproError):
     """A step of a cell's set-up raised an error that is not a ReproError: still bad input (a data file whose columns
     do not fit, a checkpoint that does not load), reported in one line."""
@@ -236,8 +260,9 @@ def setup_step(what: str):
 def set_up_cell(cfg: DictConfig) -> tuple:
     """Tokenizer, tokenized data and the adapted model: everything that bad input (a model not available offline, a
     missing or malformed data file, a rank or target the model cannot take, an init_from checkpoint that does not fit,
-    several GPUs without torchrun, a paper cell on a CPU, no Java for METEOR) breaks. Every error here is a ReproError
-    (exit 2, nothing written); see the module's docstring."""
+    several GPUs without torchrun, a precision this machine does not have, a paper cell on a CPU, no Java for
+    METEOR, a cell too large for this GPU) breaks. Every error here is a ReproError (exit 2, nothing written); see the
+    module's docstring."""
     # the training stack: see the module's docstring (start-up)
     from transformers import set_seed
 
@@ -245,11 +270,13 @@ def set_up_cell(cfg: DictConfig) -> tuple:
     from repro.methods.checkpoint import init_from
     from repro.models import load_model, load_tokenizer
     from repro.tasks import family
-    from repro.train import check_devices
+    from repro.train import check_devices, check_precision
 
     check_devices()
-    check_cpu_allowed(cfg)
+    check_cpu_allowed(cfg)  # first: a paper cell on a CPU is told about allow_cpu before its precision (fp16)
+    check_precision(cfg.train)
     check_tools(cfg)
+    fit_this_gpu(cfg)
     set_seed(cfg.seed)
     with setup_step(f"loading the tokenizer of model={cfg.model.name}"):
         tokenizer = load_tokenizer(cfg.model, cfg.paths.data_dir)

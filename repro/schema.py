@@ -219,6 +219,15 @@ class PrefixConfig(Group):
     l_i: NonNegInt = Field(description="the infix length")
     init_seed: NonNegInt = 0
     mode: Literal["embed", "layer"] | None = None
+    reparam: Literal["mlp"] | None = Field(
+        None,
+        description="null: the prefix is trained directly; mlp: through Li & Liang's MLP, prefix = MLP(P'), "
+        "the MLP dropped after training (repro/methods/prefix.py)",
+    )
+    mid_dim: PosInt = Field(512, description="the MLP's hidden width (Li & Liang's mid_dim; reparam: mlp only)")
+    init: Literal["real_tokens", "random"] = Field(
+        "real_tokens", description="the prefix starts as random real tokens' embeddings/activations, or N(0, 1)"
+    )
 
     @model_validator(mode="after")
     def _some_tokens(self):
@@ -423,6 +432,10 @@ class TableTune(Group):
     seed: NonNegInt = Field(
         0, description="the selection seed: every candidate runs it; the chosen one runs the others"
     )
+    metric: Name | None = Field(
+        None, description="the record metric candidates are compared on (default: the task's main metric, x100)"
+    )
+    goal: Literal["max", "min"] = Field("max", description="max: the highest metric wins; min: the lowest (a loss)")
 
 
 class RenderColumn(Group):
@@ -450,9 +463,20 @@ class PrecisionCheck(Group):
     at_least: PosInt = Field(description="columns on which it must hold, in all")
 
 
+class ConvergenceCheck(Group):
+    """A cell has stopped improving when its dev loss fell by less than `below` (relative) over the last `last` of its
+    training steps (repro.results.convergence)."""
+
+    last: Annotated[float, Field(gt=0, lt=1)] = Field(0.2, description="the last part of training, as a fraction")
+    below: Annotated[float, Field(gt=0, lt=1)] = Field(0.01, description="the relative dev-loss improvement it allows")
+
+
 class TableRender(Group):
     cost: bool = Field(False, description="repro.tables adds a Cost section: peak memory, s/step, min/cell per row")
     precision_check: PrecisionCheck | None = Field(None, description="repro.tables adds a Precision check section")
+    convergence: ConvergenceCheck | None = Field(
+        None, description="repro.tables adds a Convergence section: each record's dev-loss curve and its verdict"
+    )
     columns: list[RenderColumn] = Field(
         [],
         description="one task's metrics as the columns (the NLG tables), "
@@ -561,6 +585,10 @@ class TrainConfig(Group):
     )
     select: Literal["best", "last"]
     keep_checkpoints: bool
+    save_every_steps: PosInt | None = Field(description="a checkpoint every N optimizer steps (null: by time only)")
+    save_every_minutes: Annotated[float, Field(gt=0)] | None = Field(
+        description="a checkpoint every M minutes of training (null: off)"
+    )
     init_from: Name | None
     allow_smoke_init: bool = Field(description="accept an init_from checkpoint written by a smoke run")
     divergence_patience: PosInt = Field(description="consecutive non-finite steps before a cell is called diverged")

@@ -38,11 +38,12 @@ from repro.cli import add_out_dir, add_results_dir, add_strict, command, parser,
 from repro.config import group_path, options, read_group
 from repro.errors import ReproError
 from repro.paths import input_dir, output_dir
-from repro.results import Cell, Record, Tuning, by_cell, load_records, main_metric
+from repro.results import Cell, Record, Tuning, by_cell, convergence, load_records, main_metric
 
 PAPER_DIR = PROJECT_ROOT / "repro" / "paper"
 MISSING = "-"
 UNTRACED = "§"
+DID_NOT_TRAIN = "did not train"
 
 
 # ---------------------------------------------------------------- inputs
@@ -208,6 +209,7 @@ class Row:
     )  # a tune group's row: task -> (chosen variant or None, why, {variant: score})
     tuning_labels: dict = field(default_factory=dict)  # its candidates' labels by variant
     columns: list = field(default_factory=list)  # the Column behind each cell, in order
+    records: list = field(default_factory=list)  # the records behind its cells, once each (the convergence check)
 
     @property
     def stand_in(self) -> bool:
@@ -232,15 +234,25 @@ class Row:
         return self.average(stat)
 
 
-def tuning_lines(rows: list[Row], tasks: list[str]) -> list[list[str]]:
+def criterion_text(table: dict) -> str:
+    """The tuned table's selection criterion in words (repro/tune.py `criterion`)."""
+    metric, lower = tune.criterion(table)
+    if metric is None:
+        return "the best dev score"
+    return f"the {'lowest' if lower else 'highest'} {metric}"
+
+
+def tuning_lines(rows: list[Row], tasks: list[str], table: dict) -> list[list[str]]:
     """A tune group's candidates on the selection seed, per task, the chosen one marked."""
-    out = [["Row", "Task", "candidates on the selection seed (dev score ×100)", "chosen"]]
+    metric, _ = tune.criterion(table)
+    what = "dev score ×100" if metric is None else metric
+    out = [["Row", "Task", f"candidates on the selection seed ({what})", "chosen"]]
     for row in rows:
         for task in tasks if row.tuning else []:
             chosen, why, scores = row.tuning[task]
             cands = ", ".join(
                 f"{row.tuning_labels.get(v, v)}: "
-                + ("failed" if s is None else MISSING if s == tune.NOT_RUN else f"{s:.1f}")
+                + ("failed" if s is None else MISSING if s == tune.NOT_RUN else f"{s:.{1 if metric is None else 3}f}")
                 + (" ✓" if v == chosen else "")
                 for v, s in scores.items()
             )
@@ -297,6 +309,8 @@ def build(table_name: str, results_dir: str | Path, table: dict | None = None) -
                 for r in sorted(cells_of.get((model, spec["method"], chosen, col.task), []), key=lambda r: r.seed or 0):
                     used.add(r.path)
                     cell.add(r, col.metric, col.scale)
+                    if col.first_of_task:
+                        row.records.append(r)
                 cells[col.key] = cell
             row.columns = columns
             rows.append(row)
@@ -324,12 +338,20 @@ def fmt_params(n) -> str:
     return str(int(n))
 
 
-def mean_cell(c: Cell, nd: int = 1) -> str:
+def mean_cell(c: Cell, nd: int = 1, show_untrained: bool = True) -> str:
+    """mean ± std (n), then what else the cell holds: failed seeds, seeds that did not train (their scores are in
+    the statistics: the table shows what ran; repro.results.did_not_train; `show_untrained` False leaves that out, for a
+    task's metric columns after its first), records whose code cannot be traced."""
     mark = f" {UNTRACED}" if c.untraced else ""
     if c.n == 0:
         return (f"failed ×{sum(c.failed.values())}" + mark) if c.failed else MISSING
     s = f"{c.mean:.{nd}f} ± {c.std:.{nd}f} (n={c.n})" if c.std is not None else f"{c.mean:.{nd}f} (n=1)"
-    return s + (f" +{sum(c.failed.values())} failed" if c.failed else "") + mark
+    return (
+        s
+        + (f" +{sum(c.failed.values())} failed" if c.failed else "")
+        + (f", {DID_NOT_TRAIN} ×{len(c.untrained)}" if c.untrained and show_untrained else "")
+        + mark
+    )
 
 
 def row_title(row: Row) -> tuple[str, str]:
@@ -370,7 +392,13 @@ def table_lines(rows: list[Row], tasks: list[str], columns: list[Column]) -> lis
         params = f"{(row.paper or {}).get('params', MISSING)} / {ours}"
         cells = list(row.cells.values())
         lines = [
-            [model, label, params, "mean ± std (n)", *[mean_cell(c, nd) for c, nd in zip(cells, nds)]],
+            [
+                model,
+                label,
+                params,
+                "mean ± std (n)",
+                *[mean_cell(c, nd, col.first_of_task) for c, nd, col in zip(cells, nds, columns)],
+            ],
             ["", "", "", "median (paper's statistic)", *[fmt(c.median, nd) for c, nd in zip(cells, nds)]],
             [
                 "",
@@ -536,6 +564,45 @@ def precision_check(rows: list[Row], check: dict) -> list[str]:
     ]
 
 
+def convergence_lines(rows: list[Row], spec: dict) -> list[str]:
+    """The table's convergence check (render.convergence, the rule: repro.results.convergence): per ok record of each
+    row, its dev-loss curve, the last part's start and best, the relative improvement and the verdict; then per row,
+    whether every seed had stopped improving. Markdown lines."""
+    last, below = float(spec.get("last", 0.2)), float(spec.get("below", 0.01))
+    lines = [["Row", "Task", "Seed", "dev loss (step: loss)", "last part: start → best", "improvement", "verdict"]]
+    summary = []
+    for row in rows:
+        checks = [(r, convergence(r, last, below)) for r in row.records if r.ok]
+        for r, c in checks:
+            lines.append(
+                [
+                    row_title(row)[1],
+                    r.task or MISSING,
+                    str(r.seed),
+                    ", ".join(f"{step}: {loss:.3f}" for step, loss in c.curve) or MISSING,
+                    f"{c.start[1]:.3f} @{c.start[0]} → {c.best_after[1]:.3f} @{c.best_after[0]}"
+                    if c.start
+                    else MISSING,
+                    f"{100 * c.improvement:.2f}%" if c.improvement is not None else MISSING,
+                    c.verdict,
+                ]
+            )
+        if checks:
+            done = sum(c.converged for _, c in checks)
+            verdict = "converged" if done == len(checks) else "**not converged**"
+            summary.append(f"- {row_title(row)[1]}: {verdict} ({done} of {len(checks)} records)")
+    return [
+        f"A cell has stopped improving when its dev loss fell by less than {100 * below:g}% (relative) over the last "
+        f"{100 * last:g}% of its training steps: from the last evaluation at or before that point to the lowest dev "
+        "loss after it (repro.results.convergence; under a decaying learning rate this says the run ended on a "
+        "plateau, not that a longer schedule could not go lower).",
+        "",
+        markdown(lines),
+        "",
+        *summary,
+    ]
+
+
 def markdown(lines: list[list[str]]) -> str:
     head, *body = lines
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -607,6 +674,7 @@ def long_rows(rows: list[Row]) -> list[dict]:
                     "diff_median_paper": c.diff,
                     "failed": sum(c.failed.values()),
                     "failed_reasons": "; ".join(f"{r} ×{n}" for r, n in c.failed.items()),
+                    "did_not_train_seeds": " ".join(str(seed) for seed, _, _ in c.untrained),
                     "untraced": len(c.untraced),
                 }
             )
@@ -688,15 +756,17 @@ def render(
         ]
     if check := (table.get("render") or {}).get("precision_check"):
         md += ["", "## Precision check", ""] + precision_check(rows, check)
+    if spec := (table.get("render") or {}).get("convergence"):
+        md += ["", "## Convergence", ""] + convergence_lines(rows, spec)
     if any(row.tuning for row in rows):
         md += [
             "",
             "## Tuning",
             "",
             f"Rows tuned per task (repro/tune.py): every candidate ran the selection seed {(table.get('tune') or {}).get('seed', 0)}; "
-            "the one with the best dev score (✓) ran the other seeds, and the row above reports its seeds.",
+            f"the one with {criterion_text(table)} (✓) ran the other seeds, and the row above reports its seeds.",
             "",
-            markdown(tuning_lines(rows, tasks)),
+            markdown(tuning_lines(rows, tasks, table)),
         ]
     failures = [
         (row, col.task, reason, n)
@@ -709,6 +779,25 @@ def render(
         md += ["", "Failed cells:", ""]
         md += [
             f"- {row_title(row)[0]} {row_title(row)[1]} / {task}: {reason} ×{n}" for row, task, reason, n in failures
+        ]
+    untrained = [
+        (row, col.task, seed, why)
+        for row in rows
+        for col, c in zip(row.columns, row.cells.values())
+        if col.first_of_task
+        for seed, _, why in c.untrained
+    ]
+    if untrained:
+        md += [
+            "",
+            f'Seeds that did not train ("{DID_NOT_TRAIN} ×k"; repro.results.did_not_train: the training loss fell '
+            "less than 5%, most outputs are empty, or the score is at or below a constant prediction's). Their scores "
+            "are in the row's statistics; the claims count such a baseline neither for nor against LoRA:",
+            "",
+        ]
+        md += [
+            f"- {row_title(row)[0]} {row_title(row)[1]} / {task} seed {seed}: {why}"
+            for row, task, seed, why in untrained
         ]
     untraced = [(p, why) for row in rows for c in row.cells.values() for p, why in c.untraced]
     if untraced:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast
 from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -43,20 +45,51 @@ def check_devices() -> None:
         )
 
 
-def batch_plan(train: DictConfig) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) that give the configured global batch on the devices present.
+def check_precision(train: DictConfig) -> None:
+    """Refuse a precision this machine would not train in, before the cell's lock: fp16 without a GPU (accelerate turns
+    native AMP off on a CPU and trains in fp32, with no loss scaler), bf16 on a GPU without bf16 (a V100: the Trainer
+    would stop after the lock). The record's `precision` is then the one that ran (`precision_in_use`)."""
+    if train.precision == "fp16" and not torch.cuda.is_available():
+        raise ReproError(
+            "train.precision=fp16: fp16 mixed precision needs a CUDA GPU, and there is none here (on a CPU it would "
+            "train in fp32); allowed here: fp32, bf16 (CPU autocast)"
+        )
+    if train.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ReproError(f"train.precision=bf16: {torch.cuda.get_device_name(0)} has no bf16; allowed here: fp32, fp16")
+
+
+def precision_in_use(accelerator) -> str:
+    """The precision the Trainer trains in: its accelerator's mixed precision when native AMP is on, else fp32."""
+    mixed = str(accelerator.mixed_precision)
+    return mixed if mixed in ("fp16", "bf16") and accelerator.native_amp else "fp32"
+
+
+def batch_plan(train: DictConfig, processes: int | None = None) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) that give the configured global batch on the devices present (or on
+    `processes` of them: the planner's).
 
     The paper's "batch size" was per GPU on 8 GPUs (microsoft/LoRA issues #35, #149): tables configure the global
-    batch, so a cell means the same optimization on 1 GPU, 8 GPUs or a CPU.
+    batch, so a cell means the same optimization on 1 GPU, 8 GPUs or a CPU. A global batch that the processes cannot
+    share is bad input (ReproError); the runner asks before anything else (repro.run.run_cell).
     """
-    per_step = train.global_batch_size / world_size()
-    if per_step != int(per_step):
-        raise ValueError(f"global batch {train.global_batch_size} does not split over {world_size()} processes")
-    per_step = int(per_step)
+    n, total = processes or world_size(), int(train.global_batch_size)
+    if total % n:
+        raise ReproError(
+            f"train.global_batch_size={total}: must be a multiple of the number of processes, {n} (torchrun's "
+            f"WORLD_SIZE), so that each gets the same per-device batch; e.g. {max(n, total - total % n)} or "
+            f"{total - total % n + n}"
+        )
+    per_step = total // n
     per_device = min(per_step, train.max_per_device_batch_size)
     while per_step % per_device:
         per_device -= 1
     return per_device, per_step // per_device
+
+
+def eval_batch(train: DictConfig, floor: int, processes: int | None = None) -> int:
+    """The per-device batch of evaluation: the training's, and at least `floor`, the task family's
+    (repro.tasks.Traits.eval_batch_floor)."""
+    return max(batch_plan(train, processes)[0], floor)
 
 
 def batch_record(train: DictConfig) -> dict:
@@ -124,6 +157,72 @@ class DivergenceGuard(TrainerCallback):
         return None
 
 
+class CheckpointCadence(TrainerCallback):
+    """A resumable checkpoint every `every_steps` optimizer steps or every `every_minutes` minutes of training,
+    whichever comes first (either may be None), besides the Trainer's own at each evaluation: a pre-empted or
+    timed-out job loses at most that much work (train.save_every_steps, train.save_every_minutes; the default, 60
+    minutes, keeps a day-long DeBERTa XXL epoch from being lost whole). A checkpoint holds the weights, the optimizer,
+    the scheduler and every RNG state, so the resumed cell ends bit-identical to one never stopped.
+
+    With several processes they must all save at the same step (each writes its RNG state): rank 0's clock decides,
+    broadcast through the Trainer's accelerator."""
+
+    def __init__(self, every_steps: int | None, every_minutes: float | None):
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.trainer = None  # set by fit: its accelerator broadcasts the time decision
+        self.last_step, self.last_time = 0, time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_step, self.last_time = state.global_step, time.monotonic()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_step, self.last_time = state.global_step, time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or (self.every_steps is None and self.every_minutes is None):
+            return
+        due = self.every_steps is not None and state.global_step - self.last_step >= self.every_steps
+        if self.every_minutes is not None and not due:
+            late = time.monotonic() - self.last_time >= 60 * self.every_minutes
+            acc = self.trainer.accelerator if self.trainer is not None else None
+            if acc is not None and acc.num_processes > 1:
+                late = bool(broadcast(torch.tensor([float(late)], device=acc.device), from_process=0).item())
+            due = late
+        if due:
+            control.should_save = True
+
+
+def normalised(total: torch.Tensor, count, num_items=None) -> torch.Tensor:
+    """A summed loss divided by its number of targets: `num_items` when the Trainer gives it (its count of targets in
+    the whole accumulated batch on all processes), else `count`."""
+    denom = num_items if num_items is not None else count
+    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+
+
+class TaskLoss:
+    """A task's loss, for the Trainer (its `compute_loss_func`): each task says, per example, the sum of the losses of
+    its targets and how many targets it has (`example_sums`: one per example for a classifier, the completion tokens
+    for a language model); the division is `normalised`, here and nowhere else.
+
+    Training: the micro-batch's sum divided by the Trainer's count of targets in the whole accumulated batch on all
+    processes (`num_items_in_batch`): the unaccumulated mean on every step, the last (short) one too (issue 16).
+    Evaluation: ReproTrainer adds up the examples' sums and counts over the whole dev set and divides once, so the dev
+    loss is the mean over every real target, whatever the eval batch and the number of processes (issue 31; the
+    Trainer's own averages per-batch means, and counts the duplicates that pad a distributed evaluation's last round).
+    `last` keeps the most recent call's per-example (sums, counts) for that."""
+
+    last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def example_sums(self, outputs, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example of the batch: (the summed loss of its targets, the number of its targets)."""
+        raise NotImplementedError
+
+    def __call__(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+        sums, counts = self.example_sums(outputs, labels)
+        self.last = (sums.detach(), counts.detach())
+        return normalised(sums.sum(), counts.sum(), num_items_in_batch)
+
+
 class TokenCount:
     """The tokens the training batches carried: real ones (attention mask 1) and padding, on this process."""
 
@@ -142,11 +241,13 @@ class TokenCount:
 
 
 class ReproTrainer(Trainer):
-    """Trainer that hands each micro-batch's training loss to the divergence guard (see DivergenceGuard)."""
+    """Trainer that hands each micro-batch's training loss to the divergence guard (see DivergenceGuard) and, with a
+    TaskLoss, computes the eval loss as one sum over the eval set's real targets divided by their count."""
 
     def __init__(self, *, guard: DivergenceGuard | None = None, **kwargs):
         self.guard = guard or DivergenceGuard()
         self.tokens = TokenCount()
+        self.eval_totals: list[torch.Tensor] = []  # per eval batch: [loss sum, target count] of its real examples
         super().__init__(callbacks=[*(kwargs.pop("callbacks", None) or []), self.guard], **kwargs)
         self.guard.trainer = self
 
@@ -178,6 +279,32 @@ class ReproTrainer(Trainer):
         if self.loss_is_scaled_for_ga is not None:
             return self.loss_is_scaled_for_ga
         return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The Trainer's evaluation step; with a TaskLoss, its examples' loss sums and counts are also added to the
+        evaluation's totals, gathered from every process without the duplicates that pad the last round
+        (gather_for_metrics drops them)."""
+        loss_fn = self.compute_loss_func if isinstance(self.compute_loss_func, TaskLoss) else None
+        if loss_fn is not None:
+            loss_fn.last = None
+        out = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if loss_fn is not None and loss_fn.last is not None:
+            sums, counts = self.accelerator.gather_for_metrics(loss_fn.last)
+            self.eval_totals.append(torch.stack([sums.double().sum(), counts.double().sum()]))
+        return out
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        """The Trainer's evaluation loop, whose `<prefix>_loss` is then, with a TaskLoss, one sum over the real targets
+        of the whole eval set divided by their count (TaskLoss)."""
+        self.eval_totals = []
+        out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.eval_totals:
+            total, count = torch.stack(self.eval_totals).sum(0).tolist()
+            if count > 0:
+                out.metrics[f"{metric_key_prefix}_loss"] = total / count
+        return out
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens.count(inputs)
@@ -212,20 +339,20 @@ def training_arguments(
     *,
     select: str | None = None,
     greater_is_better: bool = True,
-    eval_batch_size: int | None = None,
     prediction_loss_only: bool = False,
+    eval_batch_floor: int = 0,
 ) -> TrainingArguments:
     """The Trainer's arguments of a cell. `main_metric_key`: the logged dev metric that selects the best weights (None:
     no evaluation while training); `select`: "best" (load them at the end) or "last" (train.select unless given);
-    `greater_is_better`: False for a loss; `eval_batch_size`: the per-device batch of evaluation (default: at least
-    32); `prediction_loss_only`: evaluation computes the loss alone (no logits gathered)."""
+    `greater_is_better`: False for a loss; `prediction_loss_only`: evaluation computes the loss alone (no logits
+    gathered); `eval_batch_floor`: the task family's least per-device eval batch (`eval_batch`)."""
     t = cfg.train
     per_device, accumulation = batch_plan(t)
     evaluate = main_metric_key is not None
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=eval_batch_size or max(per_device, 32),
+        per_device_eval_batch_size=eval_batch(t, eval_batch_floor),
         gradient_accumulation_steps=accumulation,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
@@ -327,9 +454,11 @@ class Outcome:
     train_runtime_s: float | None
     resumed_from: str | None  # the checkpoint training resumed from, if any
     batch: dict  # batch_record
+    precision: str  # the precision training ran in (precision_in_use): the configured one (check_precision)
     skipped_steps: int  # optimizer steps the loss scaler skipped (DivergenceGuard)
     nonfinite_steps: int  # optimizer steps with a non-finite loss
     engine: dict = field(default_factory=dict)  # prepare_training's answer, and the training tokens (TokenCount)
+    gpu_peak_mb: float | None = None  # torch.cuda.max_memory_allocated while training (on a GPU; the plan's estimate)
     selected: dict | None = None  # {"rule", "step", "epoch"} of the weights scored
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -345,9 +474,11 @@ class Outcome:
             "train_runtime_s": self.train_runtime_s,
             "resumed_from": self.resumed_from,
             "batch": self.batch,
+            "precision": self.precision,
             "skipped_steps": self.skipped_steps,
             "nonfinite_steps": self.nonfinite_steps,
             "engine": self.engine,
+            **({"gpu_peak_allocated_mb": self.gpu_peak_mb} if self.gpu_peak_mb is not None else {}),
         }
 
 
@@ -359,20 +490,32 @@ def fit(
     *,
     evaluate_selected: bool = False,
 ) -> Outcome:
-    """Train the cell (from its last complete checkpoint, if any; Diverged if the loss stays non-finite) and return
-    the training part of its outcome. `evaluate_selected`: evaluate the weights training leaves (the best or the
+    """Train the cell (from its last complete checkpoint, if any; checkpoints at train.save_every_steps /
+    save_every_minutes besides each evaluation's; Diverged if the loss stays non-finite) and return the training part
+    of its outcome. `evaluate_selected`: evaluate the weights training leaves (the best or the
     last) once more on the eval set; the evaluation is logged, so it is the history's last `eval` entry."""
+    precision = precision_in_use(trainer.accelerator)
+    if precision != cfg.train.precision:  # check_precision refuses these before the lock; never record a wrong one
+        raise RuntimeError(f"train.precision={cfg.train.precision}, but the Trainer would train in {precision}")
+    cadence = CheckpointCadence(cfg.train.get("save_every_steps"), cfg.train.get("save_every_minutes"))
+    cadence.trainer = trainer
+    trainer.add_callback(cadence)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     engine = prepare_training(cfg, trainer.model)
     resumed_from = train_resuming(trainer, output_dir, trainer.guard)
     if evaluate_selected:
         trainer.evaluate()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return Outcome(
         history=history_from_logs(trainer.state.log_history, main_metric_key),
         steps=trainer.state.global_step,
         train_runtime_s=train_runtime(trainer),
         resumed_from=resumed_from,
         batch=batch_record(cfg.train),
+        precision=precision,
         skipped_steps=trainer.guard.skipped_steps,
         nonfinite_steps=trainer.guard.nonfinite_steps,
         engine={**engine, "train_tokens": trainer.tokens.record()},
+        gpu_peak_mb=None if peak is None else round(peak, 1),
     )

@@ -11,9 +11,12 @@ only in their `set:`, e.g. the learning rate), and `table.tune.seed` is the sele
         - {model: minilm, method: lora, variant: lr1e-3, tune: LoRA, set: {train: {learning_rate: 1.0e-3}}}
 
 1. every candidate runs on the selection seed;
-2. per task, the candidate with the best dev score (the task's main metric at the selected epoch) is *chosen*:
-   failed candidates (diverged at a large rate, ...) are not eligible; ties go to the first candidate in the table;
-   no choice is made while a candidate has no record on the selection seed;
+2. per task, the candidate with the best dev score is *chosen*: by default the task's main metric at the selected
+   epoch, the highest (GLUE: dev accuracy, the paper's protocol); a table may name another of the records' metrics
+   and whether lower is better (`tune: {seed: 0, metric: dev_loss, goal: min}`: the NLG tables, whose main metric,
+   BLEU, is scored on the test set and must not choose); failed candidates (diverged at a large rate, ...) are not
+   eligible; ties go to the first candidate in the table; no choice is made while a candidate has no record on the
+   selection seed;
 3. only the chosen candidate runs the table's other seeds, and the table reports its median over all seeds.
 
 The sweeper (hydra_plugins/repro_table_sweeper) launches the other seeds after the selection seed's jobs have ended;
@@ -38,6 +41,12 @@ def selection_seed(table: Mapping) -> int | None:
     return int(tune.get("seed", 0))
 
 
+def criterion(table: Mapping) -> tuple[str | None, bool]:
+    """(the record metric candidates are compared on, None for the task's main metric; whether lower is better)."""
+    tune = table.get("tune") or {}
+    return tune.get("metric"), tune.get("goal", "max") == "min"
+
+
 def groups(table: Mapping) -> OrderedDict[tuple[str, str, str], list[str]]:
     """(model, method, tune name) -> the candidates' variants, in table order."""
     out: OrderedDict = OrderedDict()
@@ -54,28 +63,33 @@ def group_of(table: Mapping, model: str, method: str, variant: str) -> tuple[str
     return None
 
 
-def choose(scores: Mapping[str, float | str | None]) -> tuple[str | None, str]:
+def choose(scores: Mapping[str, float | str | None], lower_is_better: bool = False) -> tuple[str | None, str]:
     """(chosen variant or None, why). `scores`: variant -> dev score, None if the candidate failed, NOT_RUN if it has
-    no record on the selection seed; in table order (ties go to the first)."""
+    no record on the selection seed; in table order (ties go to the first). The highest score wins, or the lowest
+    with `lower_is_better` (a loss)."""
     missing = [v for v, s in scores.items() if s == NOT_RUN]
     if missing:
         return None, f"undecided: {', '.join(missing)} not run on the selection seed"
     eligible = {v: s for v, s in scores.items() if s is not None}
     if not eligible:
         return None, "every candidate failed on the selection seed"
-    best = max(eligible.values())
+    best = (min if lower_is_better else max)(eligible.values())
     chosen = next(v for v, s in eligible.items() if s == best)
-    return chosen, f"best dev score on the selection seed ({best:.2f})"
+    return (
+        chosen,
+        f"{'lowest' if lower_is_better else 'best'} dev score on the selection seed ({best:.{3 if lower_is_better else 2}f})",
+    )
 
 
 def choices(table: Mapping, tasks, score_of: Callable[[str, str, str, str, int], float | str | None]):
     """{(model, method, tune name, task): (chosen variant or None, why, {variant: score})}.
-    score_of(model, method, variant, task, seed) -> score, None (failed) or NOT_RUN."""
+    score_of(model, method, variant, task, seed) -> score on the table's criterion, None (failed) or NOT_RUN."""
     seed = selection_seed(table)
+    lower = criterion(table)[1]
     out = {}
     for (model, method, name), variants in groups(table).items():
         for task in tasks:
             scores = {v: score_of(model, method, v, task, seed) for v in variants}
-            chosen, why = choose(scores)
+            chosen, why = choose(scores, lower)
             out[(model, method, name, task)] = (chosen, why, scores)
     return out

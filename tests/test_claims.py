@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # the documented way to see the operators a forward runs
 
 from repro import PROJECT_ROOT
 from repro import claims as cl
+from repro.bench import common as bench_common
 from repro.claims import quality
 from repro.claims.evidence import load_evidence
 from repro.claims.report import CLAIMS, evaluate, markdown
+from repro.methods.lora import merge
+from repro.results import MATCH_PTS, Cell, Record, beyond_noise, did_not_train, load_records, margin_noise
 
 
 def write_record(
@@ -69,7 +75,7 @@ def write_bench(root: Path, name: str, data: dict) -> None:
     (root / "bench" / f"{name}.json").write_text(json.dumps(data))
 
 
-def latency_cell(batch, seq, merged, adapter, within=None):
+def latency_cell(batch, seq, merged, adapter, within=None, rounds=5):
     """merged / adapter: (q1, median, q3) of the paired ratio to the base model."""
 
     def v(q):
@@ -78,7 +84,7 @@ def latency_cell(batch, seq, merged, adapter, within=None):
     return {
         "batch_size": batch,
         "seq_len": seq,
-        "rounds": 5,
+        "rounds": rounds,
         "noise": {} if within is None else {"lora_merged_within_noise": within},
         "variants": {"base": v((1, 1, 1)), "lora_merged": v(merged), "adapter_h": v(adapter)},
     }
@@ -102,6 +108,119 @@ def latency_cell(batch, seq, merged, adapter, within=None):
 )
 def test_the_verdict_from_a_margin(margin, kw, expected):
     assert cl.verdict(margin, **kw) == expected
+
+
+# ---------------------------------------------------------------- did it train? a margin against the seed noise
+
+
+def record(metric="accuracy", score=0.6, losses=(0.70, 0.60, 0.50, 0.45, 0.40), labels=2, **extra) -> Record:
+    """A Record with a training-loss log and, in `extra`, any other field (decode, status)."""
+    return Record.from_dict(
+        {
+            "status": "ok",
+            "task": "t",
+            "metrics": {metric: score},
+            "history": {"train_loss": [{"step": 10 * i, "loss": x} for i, x in enumerate(losses, 1)]},
+            "config": {"task": {"main_metric": metric, "num_labels": labels}},
+            **extra,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        ({}, None),  # the loss fell 36%, above chance
+        ({"losses": (4.87, 5.04, 4.95, 4.98, 4.94)}, "a fall of -1.4% (< 5%)"),  # PreLayer on e2e_cpu
+        ({"losses": (0.694, 0.70, 0.69, 0.68, 0.671)}, "a fall of 3.3% (< 5%)"),  # BitFit on RTE
+        ({"losses": (0.70, 0.67)}, "a fall of 4.3% (< 5%)"),  # two points: the last fifth is the last one
+        ({"losses": (0.70, 0.66)}, None),  # 5.7%: it moved
+        ({"losses": ()}, None),  # no log: judged on the rest
+        ({"score": 0.5}, "accuracy 0.5, at or below a constant prediction's 0.5"),  # 1 / num_labels
+        ({"score": 0.3, "labels": 3}, "at or below a constant prediction's 0.333"),
+        ({"score": 0.3, "labels": None}, None),  # the number of labels unknown: no chance level
+        ({"metric": "matthews_correlation", "score": 0.0}, "matthews_correlation 0, at or below"),
+        ({"metric": "pearson", "score": 0.087}, None),  # rsLoRA's STS-B seed 0: above 0, and its loss fell
+        ({"metric": "BLEU", "score": 0.0}, None),  # no chance level for BLEU ...
+        ({"metric": "BLEU", "score": 0.1, "decode": {"inputs": 630, "empty_hypotheses": 629}}, "629 of 630 outputs"),
+        ({"metric": "BLEU", "score": 0.6, "decode": {"inputs": 630, "empty_hypotheses": 315}}, None),  # half: not most
+        ({"score": 0.1, "status": "failed"}, None),  # a failed record failed; it is not "did not train"
+    ],
+)
+def test_did_not_train(kw, says):
+    why = did_not_train(record(**kw))
+    assert why is None if says is None else says in why, why
+
+
+def test_the_rule_on_the_committed_records():
+    """PreLayer on E2E (629 of 630 outputs empty, dev loss 3.34 -> 3.33) did not train; BitFit on RTE barely moved
+    its loss (3.3%); every other E2E and WebNLG record, and every LoRA and FT record on GLUE, trained."""
+    recs, _ = load_records(PROJECT_ROOT / "results")
+    flagged = {str(r.path.relative_to(PROJECT_ROOT / "results")) for r in recs if did_not_train(r)}
+    assert "e2e_cpu/smollm2-135m/prefix_layer/e2e/seed0.json" in flagged
+    assert {"glue_cpu/minilm/bitfit/rte/seed0.json", "glue_cpu/minilm/bitfit/rte/seed1.json"} <= flagged
+    assert not [p for p in flagged if p.startswith(("e2e_cpu", "webnlg_cpu")) and "prefix_layer" not in p]
+    assert not [p for p in flagged if p.startswith("glue_cpu") and ("/lora" in p or "/ft" in p)]
+
+
+def cell(*scores: float) -> Cell:
+    c = Cell()
+    for seed, s in enumerate(scores):
+        c.add(Record.from_dict({**record(score=s / 100).raw, "seed": seed}))
+    return c
+
+
+def test_the_seed_noise_of_a_margin():
+    # per task the larger of the two cells' seed stds: max(0.71, 1.41) = 1.41 and max(2.83, 0) = 2.83
+    noise = margin_noise([(cell(60, 61), cell(58, 60)), (cell(70, 74), cell(65, 65))])
+    assert noise.points == pytest.approx((2**0.5 + 8**0.5) / 2) and (noise.measured, noise.tasks) == (2, 2)
+    assert beyond_noise(2.2, noise) == 1 and beyond_noise(2.0, noise) == 0 and beyond_noise(-2.2, noise) == -1
+    one_seed = margin_noise([(cell(60), cell(59))])  # unmeasured: MATCH_PTS stands in
+    assert one_seed.points == MATCH_PTS and one_seed.measured == 0 and "1 of 1 tasks unmeasured" in str(one_seed)
+
+
+def write_trained(root: Path, table: str, method: str, task: str, seed: int, score: float, losses, **kw) -> None:
+    path = write_record(root, table, method, task, seed, score, **kw)
+    data = json.loads(path.read_text())
+    data["history"] = {"train_loss": [{"step": 10 * i, "loss": x} for i, x in enumerate(losses, 1)]}
+    path.write_text(json.dumps(data))
+
+
+def test_a_baseline_that_did_not_train_or_a_margin_inside_the_noise_is_no_win(tmp_path):
+    """The issue's case: LoRA 0.6 above an adapter whose seeds spread by more than that, and a prefix-tuning row whose
+    loss never moved. Before: both counted as beaten ("reproduced" once AdapterH is left aside). Now: neither."""
+    moving, flat = (0.7, 0.6, 0.5, 0.45, 0.4), (0.70, 0.71, 0.70, 0.70, 0.69)
+    for seed, (lora, adapter) in enumerate(((62.0, 60.0), (63.0, 63.8))):
+        write_trained(tmp_path, "glue_cpu", "lora", "rte", seed, lora, moving)
+        write_trained(tmp_path, "glue_cpu", "adapter_p", "rte", seed, adapter, moving, params=76_000)
+        write_trained(tmp_path, "glue_cpu", "prefix_layer", "rte", seed, 40.0, flat, params=60_000)
+    c = by_id(tmp_path)["lora_beats_adapters_prefix"]
+    assert c.verdict == cl.PARTLY, c.reason
+    assert "inside the noise of adapter_p" in c.reason and "seed noise 2.7: inside it" in c.ours  # Δ +0.6
+    assert "did not train, counted neither way: prefix_layer" in c.reason
+    assert "prefix tuning not tested" in c.reason and "prefix_layer (60.0K) did not train on rte" in c.ours
+    assert any("prefix_layer" in p for p in c.evidence)  # listed as the evidence that it did not train
+    # the same rows with seeds that agree: LoRA's 2.6 points are a win, and prefix tuning trained and lost
+    for seed in (0, 1):
+        write_trained(tmp_path, "glue_cpu", "adapter_p", "rte", seed, 60.0, moving, params=76_000)
+        write_trained(tmp_path, "glue_cpu", "lora", "rte", seed, 62.6, moving)
+        write_trained(tmp_path, "glue_cpu", "prefix_layer", "rte", seed, 40.0, moving, params=60_000)
+    assert by_id(tmp_path)["lora_beats_adapters_prefix"].verdict == cl.REPRODUCED
+
+
+def test_the_header_counts_records_ok_and_chosen_candidates(tmp_path):
+    tasks = ("rte", "mrpc", "stsb", "cola", "sst2")
+    tuned(tmp_path, {"ft": 70.0, "lora": 71.0}, tasks)
+    write_record(tmp_path, "glue_cpu", "lora", "rte", 0, None, status="failed")
+    ev = load_evidence(tmp_path)
+    md = markdown(evaluate(ev), ev)
+    # 2 methods x 5 tasks x (3 candidates on seed 0 + the chosen one on seeds 1, 2) = 50; 30 are the chosen ones'
+    assert (
+        "`glue_cpu_tuned` 50 records: 50 ok, 30 of them the chosen candidates' (counted), 20 candidates not chosen"
+        in md
+    )
+    assert "`glue_cpu` 1 record: 0 ok, 1 excluded (status not ok)" in md
+    assert ev.counts["glue_cpu_tuned"] == {"records": 50, "ok": 50, "chosen": 30}
 
 
 # ---------------------------------------------------------------- not testable
@@ -210,9 +329,13 @@ def test_adapters_and_prefix_beaten_is_reproduced(tmp_path):
 
 
 def test_which_weights_verdicts(tmp_path):
-    for variant, s in {"qv_r4": 85.0, "q_r8": 80.0, "k_r8": 80.0, "v_r8": 84.0, "o_r8": 83.0}.items():
+    for variant, s in {"qv_r4": 85.0, "q_r8": 80.0, "k_r8": 80.0, "v_r8": 83.0, "o_r8": 83.0}.items():
         write_record(tmp_path, "which_weights", "lora", "sst2", 0, s, variant=variant)
     assert by_id(tmp_path)["qv_beats_single"].verdict == cl.REPRODUCED
+    # one seed per cell: the noise is unmeasured, MATCH_PTS stands in for it; a 0.5-point margin is no win
+    write_record(tmp_path, "which_weights", "lora", "sst2", 0, 84.5, variant="v_r8")
+    c = by_id(tmp_path)["qv_beats_single"]
+    assert c.verdict == cl.PARTLY and "inside the noise of v_r8" in c.reason and "1 of 1 tasks unmeasured" in c.ours
     write_record(tmp_path, "which_weights", "lora", "sst2", 0, 75.0, variant="qv_r4")
     assert by_id(tmp_path)["qv_beats_single"].verdict == cl.NOT_REPRODUCED
 
@@ -267,14 +390,15 @@ def test_latency_verdicts(tmp_path):
             "benchmark": "latency",
             "model": "gpt2-medium",
             "cells": [
+                latency_cell(32, 512, (0.99, 1.0, 1.01), (1.005, 1.01, 1.02), within=True),
                 latency_cell(16, 256, (0.98, 1.0, 1.02), (1.01, 1.03, 1.04), within=True),
                 latency_cell(1, 128, (0.99, 1.01, 1.02), (1.05, 1.10, 1.12)),  # no noise flag: the 2% rule
-                {"batch_size": 32, "seq_len": 512, "skipped": "too slow"},
             ],
         },
     )
     c = by_id(tmp_path)
     assert c["no_latency_merged"].verdict == cl.REPRODUCED
+    assert "the same aten operators" in c["no_latency_merged"].ours
     assert c["adapters_add_latency"].verdict == cl.REPRODUCED
     write_bench(
         tmp_path,
@@ -282,6 +406,7 @@ def test_latency_verdicts(tmp_path):
         {
             "benchmark": "latency",
             "cells": [
+                latency_cell(32, 512, (1.05, 1.08, 1.1), (0.97, 1.0, 1.03), within=False),
                 latency_cell(16, 256, (1.05, 1.08, 1.1), (0.97, 1.0, 1.03), within=False),
                 latency_cell(1, 128, (1.04, 1.06, 1.1), (0.98, 0.99, 1.01), within=False),
             ],
@@ -290,6 +415,73 @@ def test_latency_verdicts(tmp_path):
     c = by_id(tmp_path)
     assert c["no_latency_merged"].verdict == cl.NOT_REPRODUCED
     assert c["adapters_add_latency"].verdict == cl.NOT_REPRODUCED
+
+
+def test_a_shape_with_fewer_than_min_rounds_is_not_evidence(tmp_path):
+    """The committed case: 32x512 in 2 rounds and 16x256 in 4 say nothing, whatever their ratios; 1x128 in 20 does."""
+    cells = [
+        latency_cell(32, 512, (1.02, 1.07, 1.13), (1.0, 1.01, 1.01), within=False, rounds=2),
+        latency_cell(16, 256, (0.96, 0.99, 1.02), (1.03, 1.03, 1.04), within=True, rounds=cl.MIN_ROUNDS - 1),
+        latency_cell(1, 128, (0.98, 1.0, 1.02), (1.03, 1.05, 1.08), within=True, rounds=20),
+    ]
+    write_bench(tmp_path, "latency", {"benchmark": "latency", "cells": cells})
+    c = by_id(tmp_path)
+    merged, adapters = c["no_latency_merged"], c["adapters_add_latency"]
+    assert merged.verdict == cl.PARTLY  # within noise where measured enough; 2 of Table 1's 3 shapes are not
+    assert "32x512 (2 rounds), 16x256 (4 rounds)" in merged.reason and "--min-rounds 5" in merged.reason
+    assert "2 rounds, fewer than 5 rounds: not evidence" in merged.ours
+    assert adapters.verdict == cl.PARTLY and "needs two shapes or more" in adapters.reason
+    # no shape measured enough: nothing to say
+    for cell in cells:
+        cell["rounds"] = 2
+    write_bench(tmp_path, "latency", {"benchmark": "latency", "cells": cells})
+    c = by_id(tmp_path)
+    assert c["no_latency_merged"].verdict == c["adapters_add_latency"].verdict == cl.NOT_TESTABLE
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten operator a forward runs, with the shapes of its tensor arguments, in order. (TorchDispatchMode sees
+    the operators themselves, below nn.Module and functional wrappers, so a model that calls F.linear and one that
+    calls nn.Linear log the same thing.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        shapes = tuple(tuple(a.shape) for a in torch.utils._pytree.tree_leaves((args, kwargs)) if torch.is_tensor(a))
+        self.ops.append((str(func), shapes))
+        return func(*args, **(kwargs or {}))
+
+
+def forward_ops(model, ids) -> tuple[list, torch.Tensor]:
+    with torch.inference_mode(), OpLog() as log:
+        out = model(input_ids=ids).logits
+    return log.ops, out
+
+
+@pytest.mark.parametrize("name, kind", [("tiny-gpt2", "generation"), ("tiny-roberta", "classification")])
+def test_a_merged_lora_runs_the_base_models_operations(name, kind):
+    """Why no_latency_merged holds by construction: merged, LoRA's model runs exactly the base model's operators on
+    tensors of the same shapes (its A and B take no part), and gives the outputs of a plain base model that holds
+    W0 + sBA bit for bit. Unmerged, it runs more (the check can fail). As the latency benchmark builds them: GPT-2's
+    fused Conv1D and a plain nn.Linear, r=4 on W_q, W_v, B random (at B = 0 a merge changes nothing)."""
+    base = bench_common.build_model(name, kind).eval()
+    lora = bench_common.apply_method(copy.deepcopy(base), "lora", r=4, alpha=32, targets=["q", "v"]).eval()
+    bench_common.randomize_lora_B(lora, std=0.05)
+    ids = torch.randint(0, base.config.vocab_size, (2, 16))
+    unmerged_ops, unmerged_out = forward_ops(lora, ids)
+    merge(lora)
+    merged_ops, merged_out = forward_ops(lora, ids)
+    base_ops, _ = forward_ops(base, ids)
+    assert merged_ops == base_ops
+    assert len(unmerged_ops) > len(base_ops)  # the two thin matmuls per adapted matrix, and the add
+    torch.testing.assert_close(merged_out, unmerged_out, rtol=1e-4, atol=1e-4)
+    plain = copy.deepcopy(base)  # the base architecture holding the merged weights
+    merged_weights = {k: v for k, v in lora.state_dict().items() if "lora_" not in k}
+    plain.load_state_dict(merged_weights)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), base.state_dict().values()))
+    assert torch.equal(forward_ops(plain, ids)[1], merged_out)
 
 
 def test_memory_switching_and_speed_verdicts(tmp_path):

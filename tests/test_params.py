@@ -31,7 +31,7 @@ def test_counts_equal_formulas(model, method, over, expected):
 
 def test_rows_and_json_keys():
     rows = [r for r in params.all_rows()]
-    assert len(rows) == 48 + len(params.STAND_IN_ROWS)
+    assert len(rows) == 48 + len(params.STAND_IN_ROWS) + len(params.TUNED_ROWS)
     for r in rows:
         assert {"table", "model", "method", "ours", "paper", "formula"} <= set(r)
         if r["formula_value"] is not None:
@@ -82,3 +82,19 @@ def test_smollm2_rows_equal_their_llama_formulas():
         "refused: method=bitfit: model smollm2-135m has no bias parameters (Llama: "
         "attention_bias=False, mlp_bias=False); BitFit trains biases only"
     )
+
+
+def test_tuned_rows_sit_at_loras_budget_and_prelayer_counts_the_kept_prefix():
+    """e2e_cpu_tuned's sizes on SmolLM2: AdapterL r=5, AdapterH r=2 and PreLayer l_p=13 are the closest to LoRA's
+    230,400; the reparametrized PreLayer counts L·d·l_p (what it keeps), its note the count while training."""
+    rows = {r["method"]: r for r in params.stand_in_rows(table="e2e_cpu_tuned", rows=params.TUNED_ROWS)}
+    L, d, lora = 30, 576, 230_400
+    assert rows["AdapterL"]["ours"] == L * (2 * d * 5 + 5 + d) + 2 * L * d == 224_790
+    assert rows["AdapterH"]["ours"] == 2 * L * (2 * d * 2 + 2 + d) + 2 * L * d == 207_480
+    assert rows["PreLayer"]["ours"] == rows["PreLayer"]["formula_value"] == L * d * 13 == 224_640
+    for label, method, key in (("AdapterL", "adapter_l", "r"), ("AdapterH", "adapter_h", "r")):
+        r = dict(params.TUNED_ROWS[[x[0] for x in params.TUNED_ROWS].index(label)][2])[key]
+        for other in (r - 1, r + 1):
+            assert abs(params.count("smollm2-135m", method, r=other) - lora) > abs(rows[label]["ours"] - lora)
+    training = 13 * d + (d * 512 + 512) + (512 * L * d + L * d)
+    assert f"{training:,}" in rows["PreLayer"]["note"] and "!=" not in rows["PreLayer"]["note"]

@@ -4,13 +4,18 @@ datasets)."""
 import errno
 import json
 import logging
+import multiprocessing as mp
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from repro import PROJECT_ROOT, records
 from repro.cell import resolve_cell
@@ -65,7 +70,7 @@ def test_cell_lock_falls_back_to_a_lock_file_without_flock(compose_config, tmp_p
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(records.fcntl, "flock", no_flock)
-    monkeypatch.setattr(records, "_warned_no_flock", False)
+    monkeypatch.setattr(records, "_warned_file_locks", False)
     cfg = compose_config(["model=tiny-roberta", "task=rte"])
     pid_file = records.lock_path(cfg).with_name(records.lock_path(cfg).name + ".pid")
     with caplog.at_level(logging.WARNING, logger="repro.records"):
@@ -73,7 +78,7 @@ def test_cell_lock_falls_back_to_a_lock_file_without_flock(compose_config, tmp_p
             assert held == pid_file
             holder = json.loads(pid_file.read_text())
             assert holder["pid"] == os.getpid() and holder["host"]
-            with pytest.raises(records.CellBusy, match="no flock on this filesystem"):
+            with pytest.raises(records.CellBusy, match="a lock file, not flock"):
                 with records.cell_lock(cfg):  # a second job of the cell, while the first runs
                     pass
         assert not pid_file.exists()  # released
@@ -87,9 +92,11 @@ def test_cell_lock_falls_back_to_a_lock_file_without_flock(compose_config, tmp_p
     pid_file.write_text(json.dumps({"pid": int(dead.stdout), "host": holder["host"], "slurm_job": None}))
     with records.cell_lock(cfg):
         assert json.loads(pid_file.read_text())["pid"] == os.getpid()
-    # one on another host is not: busy, and the message says what to delete
+    # one on another host is not (squeue cannot tell here, and the file has no heartbeat): busy, and the message says
+    # when it would be taken over
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     pid_file.write_text(json.dumps({"pid": 1, "host": "elsewhere", "slurm_job": "1234"}))
-    with pytest.raises(records.CellBusy, match="delete the file"):
+    with pytest.raises(records.CellBusy, match="taken over once its holder is gone"):
         with records.cell_lock(cfg):
             pass
     # unless it is this very SLURM job, requeued onto another node
@@ -97,6 +104,152 @@ def test_cell_lock_falls_back_to_a_lock_file_without_flock(compose_config, tmp_p
     with records.cell_lock(cfg):
         pass
     assert not pid_file.exists()
+
+
+MOUNTS = r"""/dev/vda / ext4 rw,relatime 0 0
+server:/export/home /home nfs4 rw,vers=4.2,local_lock=none,addr=10.0.0.1 0 0
+server:/export/scratch /scratch nfs rw,vers=3,local_lock=flock,addr=10.0.0.1 0 0
+server:/export/all /all nfs rw,vers=3,local_lock=all 0 0
+server:/export/old /old nfs rw,vers=3,nolock 0 0
+mds@o2ib:/lfs /lustre lustre rw,localflock 0 0
+mds@o2ib:/lfs2 /lustre2 lustre rw,flock 0 0
+server:/export/with\040space /with\040space nfs rw,local_lock=flock 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    "path, local",
+    [
+        ("/home/me/results", None),
+        ("/scratch/me/results", "nfs mounted with local_lock=flock"),
+        ("/scratch", "nfs mounted with local_lock=flock"),
+        ("/scratchpad/results", None),  # "/" (ext4), not /scratch: a mount point is a whole path component
+        ("/all/results", "local_lock=all"),
+        ("/old/results", "nolock"),
+        ("/lustre/results", "lustre mounted with localflock"),
+        ("/lustre2/results", None),
+        ("/with space/results", "local_lock=flock"),
+        ("/tmp/results", None),
+    ],
+)
+def test_flock_that_locks_one_node_only_is_detected_from_the_mounts(path, local):
+    """Issue 31 item 7: NFS local_lock=flock|all (or nolock) and Lustre localflock give each node its own flock."""
+    found = records.flock_reaches_other_nodes(path, MOUNTS)
+    assert (found is None) if local is None else (local in found), found
+
+
+def test_where_flock_is_local_only_the_cell_lock_is_a_lock_file(compose_config, tmp_path, monkeypatch):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nserver:/x {tmp_path} nfs rw,vers=3,local_lock=flock 0 0\n")
+    monkeypatch.setattr(records, "MOUNTS", mounts)
+    cfg = compose_config(["model=tiny-roberta", "task=rte"])
+    with records.cell_lock(cfg) as held:
+        assert held.name == "seed0.lock.pid" and json.loads(held.read_text())["pid"] == os.getpid()
+        with pytest.raises(records.CellBusy):
+            with records.cell_lock(cfg):
+                pass
+    assert not held.exists()
+
+
+FAKE_SQUEUE = """#!/bin/sh
+# squeue -h -j JOB -o %T
+case "$3" in
+  111) echo RUNNING ;;
+  222) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+  333) echo TIMEOUT ;;
+  *) echo "slurm_load_jobs error: Unable to contact slurm controller (connect failure)" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    "job, age_s, taken",
+    [
+        ("111", 0, False),  # running
+        ("222", 0, True),  # ended: squeue no longer knows it
+        ("333", 0, True),  # ended: timed out
+        ("444", 0, False),  # squeue cannot tell (controller unreachable), the heartbeat is fresh
+        ("444", 3600, True),  # no refresh for an hour
+        (None, 3600, True),  # not a SLURM job, no refresh for an hour
+        (None, 0, False),
+    ],
+)
+def test_a_lock_file_whose_holder_is_gone_is_taken_over(compose_config, tmp_path, monkeypatch, job, age_s, taken):
+    """Issue 31 item 7: a holder on another node is gone when SLURM says its job ended (fake squeue) or when it has not
+    refreshed its lock file for STALE_AFTER_S; otherwise the cell stays busy."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(FAKE_SQUEUE)
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    cfg = compose_config(["model=tiny-roberta", "task=rte"])
+    path = records.lock_path(cfg).with_name("seed0.lock.pid")
+    path.parent.mkdir(parents=True)
+    holder = {"pid": 1, "host": "elsewhere", "slurm_job": job, "token": "t-old", "heartbeat_s": 60}
+    path.write_text(json.dumps(holder))
+    os.utime(path, (os.path.getmtime(path) - age_s,) * 2)
+    if not taken:
+        with pytest.raises(records.CellBusy):
+            with records.exclusive_file_lock(cfg, path):
+                pass
+        assert json.loads(path.read_text()) == holder
+        return
+    with records.exclusive_file_lock(cfg, path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+
+
+def test_the_holder_refreshes_its_lock_file(compose_config, monkeypatch):
+    monkeypatch.setattr(records, "HEARTBEAT_S", 0.05)
+    cfg = compose_config(["model=tiny-roberta", "task=rte"])
+    path = records.lock_path(cfg).with_name("seed0.lock.pid")
+    path.parent.mkdir(parents=True)
+    with records.exclusive_file_lock(cfg, path):
+        os.utime(path, (0, 0))
+        for _ in range(100):
+            if path.stat().st_mtime > 0:
+                break
+            time.sleep(0.05)
+        assert path.stat().st_mtime > 0
+
+
+def _race(cfg_yaml, path, start, wins):
+    """One job: wait for the others, then try to take the cell's lock file; a winner holds it a moment."""
+    start.wait(30)
+    try:
+        with records.exclusive_file_lock(OmegaConf.create(cfg_yaml), Path(path)):
+            wins.put(os.getpid())
+            time.sleep(1.0)
+    except records.CellBusy:
+        pass
+
+
+def test_of_jobs_racing_for_a_stale_lock_file_exactly_one_takes_it(compose_config, monkeypatch):
+    """Issue 31 item 7: 4 jobs find the same stale holder (a pid that has ended on this host) at once. Deciding
+    'stale' is slowed down so that all of them have decided before any acts: a check-then-delete takeover then lets
+    each delete the file the one before it had just created, and several hold the cell; the takeover marker lets one."""
+    cfg = compose_config(["model=tiny-roberta", "task=rte"])
+    path = records.lock_path(cfg).with_name("seed0.lock.pid")
+    path.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(json.dumps({"pid": int(dead.stdout), "host": platform.node(), "token": "t-dead"}))
+    real = records._stale
+    monkeypatch.setattr(records, "_stale", lambda *a: (time.sleep(0.5), real(*a))[1])
+    ctx = mp.get_context("fork")
+    start, wins = ctx.Barrier(4), ctx.Queue()
+    jobs = [
+        ctx.Process(target=_race, args=(OmegaConf.to_container(cfg, resolve=True), str(path), start, wins))
+        for _ in range(4)
+    ]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join(60)
+    winners = []
+    while not wins.empty():
+        winners.append(wins.get())
+    assert len(winners) == 1, winners
 
 
 def test_cell_lock_other_flock_errors_still_raise(compose_config, monkeypatch):
@@ -114,7 +267,7 @@ def test_cell_lock_other_flock_errors_still_raise(compose_config, monkeypatch):
 
 def test_paper_model_refuses_cpu_unless_allowed(compose_config, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    overrides = ["+table=glue", "model=roberta-base", "method=lora", "task=rte"]
+    overrides = ["+table=glue", "model=roberta-base", "method=lora", "task=cola"]
     with pytest.raises(ReproError, match="allow_cpu=true"):
         run_cell(cell(compose_config, overrides))
     assert written_outside_logs(tmp_path) == []
@@ -148,7 +301,7 @@ def test_cli_paper_cell_on_cpu_exits_2_naming_allow_cpu(tmp_path):
         pytest.skip("a GPU is present: the cell is allowed")
     env = {**os.environ, "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
     proc = subprocess.run(
-        [sys.executable, "-m", "repro.run", "+table=glue", "model=roberta-large", "method=lora", "task=rte"],
+        [sys.executable, "-m", "repro.run", "+table=glue", "model=roberta-large", "method=lora", "task=cola"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -156,6 +309,45 @@ def test_cli_paper_cell_on_cpu_exits_2_naming_allow_cpu(tmp_path):
     )
     assert proc.returncode == 2 and "allow_cpu=true" in proc.stderr
     assert written_outside_logs(tmp_path) == []
+
+
+def test_fp16_without_a_gpu_is_refused_before_anything_is_written(compose_config, tmp_path, monkeypatch):
+    """Issue 31 item 2: on a CPU, accelerate turns fp16 off and the cell trained in fp32 while its record said fp16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    overrides = ["model=tiny-roberta", "method=lora", "task=rte", "train.max_steps=2", "train.precision=fp16"]
+    with pytest.raises(ReproError, match=r"^train.precision=fp16: .*allowed here: fp32, bf16"):
+        run_cell(cell(compose_config, overrides))
+    assert written_outside_logs(tmp_path) == []
+
+
+def test_bf16_on_a_gpu_without_bf16_is_refused(monkeypatch):
+    from repro.train import check_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla V100-SXM2-32GB")
+    with pytest.raises(ReproError, match=r"^train.precision=bf16: Tesla V100-SXM2-32GB has no bf16; allowed here"):
+        check_precision(OmegaConf.create({"precision": "bf16"}))
+    check_precision(OmegaConf.create({"precision": "fp16"}))  # a GPU: fp16 runs
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused_before_the_lock(compose_config, tmp_path, monkeypatch):
+    """Issue 31 item 4: 16 over 3 processes failed inside training (a failed record); now bad input, before the
+    process group starts and before the lock, at the entry point too (exit 2, one line)."""
+    from repro import dist
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(dist, "init", lambda: None)
+    overrides = ["model=tiny-roberta", "method=lora", "task=rte", "train.global_batch_size=16", "train.max_steps=2"]
+    with pytest.raises(ReproError, match=r"^train.global_batch_size=16: must be a multiple of .* 3 .*e.g. 15 or 18"):
+        run_cell(cell(compose_config, overrides))
+    assert written_outside_logs(tmp_path) == []
+    env = {**os.environ, "WORLD_SIZE": "3", "REPRO_RESULTS_DIR": str(tmp_path), "REPRO_LOG_DIR": str(tmp_path / "logs")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "repro.run", *overrides], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: train.global_batch_size=16: must be a multiple")
+    assert len(proc.stderr.strip().splitlines()) == 1 and written_outside_logs(tmp_path) == []
 
 
 def test_meteor_cell_without_java_fails_before_training(compose_config, tmp_path, data_dir, monkeypatch):

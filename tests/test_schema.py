@@ -32,7 +32,7 @@ BASE_CELLS = [
     ["+table=glue", "model=tiny-roberta", "method=lora", "task=rte"],
     ["+table=glue", "model=tiny-roberta", "method=adapter_h", "task=rte"],
     ["+table=glue", "model=tiny-roberta", "method=fttop2", "task=rte"],
-    ["+table=glue", "model=tiny-roberta", "method=ft", "task=rte"],
+    ["+table=glue", "model=tiny-roberta", "method=ft", "task=rte", "debug=smoke"],  # debug
     ["+table=e2e", "model=tiny-gpt2", "method=prefix_layer", "task=e2e"],
     [
         "+table=glue",
@@ -46,6 +46,7 @@ BASE_CELLS = [
     ["+table=variants_cpu", "model=minilm", "method=dora", "task=sst2"],  # table.render
     ["+table=glue_cpu_tuned", "model=minilm", "method=lora", "variant=lr1e-3", "task=rte"],  # table.tune
     ["+table=e2e_cpu", "model=smollm2-135m", "method=lora", "variant=fp32", "task=e2e"],  # table.render.precision_check
+    ["+table=e2e_cpu_tuned", "model=smollm2-135m", "method=prefix_layer", "variant=lr3e-4", "task=e2e"],  # convergence
 ]
 
 

@@ -18,7 +18,8 @@ from omegaconf import open_dict
 from hydra_plugins.repro_table_sweeper import table_sweeper
 from repro import CONF_DIR, PROJECT_ROOT, records
 from repro.cell import resolve_cell
-from repro.plan import cost, grid, order
+from repro.plan import cost, grid, lengths, order
+from repro.train import batch_plan, eval_batch
 
 
 def sweeper_for(overrides: list[str], tmp_path):
@@ -147,8 +148,13 @@ def test_estimate_formula(hydra_ctx):
     n = 12 * (4 * 768**2 + 2 * 768 * 3072)
     assert est["params"] == n
     examples = 2490 * 80  # RTE train x 80 epochs (roberta_base_rte.sh)
-    flops = 4 * n * examples * 512 + 2 * n * 277 * 512 * 80
-    assert est["examples"] == examples
+    b, b_eval = batch_plan(cfg.train)[0], eval_batch(cfg.train, cost.eval_floor(cfg))
+    assert (b, b_eval) == (16, 32)
+    tokens = lengths.padded_length("rte", b, 512)[0]  # dynamic padding: a batch of 16 RTE pairs is ~190 tokens long
+    assert 150 < tokens < 250 and est["tokens"] == tokens and est["lengths"] == "measured on train"
+    flops = 4 * n * examples * tokens + 2 * n * 277 * lengths.padded_length("rte", b_eval, 512)[0] * 80
+    assert est["examples"] == examples and est["steps"] == -(-examples // cfg.train.global_batch_size)
+    assert est["epochs"] == 80
     assert est["gpu_hours"] == pytest.approx(flops / 10e12 / 3600)  # fp32 at 10 TFLOP/s
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import statistics
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def write_record(
         "seed": seed,
         "metrics": {metric: score} if score is not None else {},
         "history": {
-            "train_loss": [{"step": s, "epoch": s / 10, "loss": 0.7 - 0.01 * s - 0.001 * seed} for s in (1, 2, 3, 4)],
+            "train_loss": [{"step": s, "epoch": s / 10, "loss": 0.7 - 0.05 * s - 0.001 * seed} for s in (1, 2, 3, 4)],
             "eval": [],
         },
         "trainable_params": adapter_params + 1000,
@@ -144,6 +145,23 @@ def test_render_writes_md_csv_tex(built, tmp_path):
     assert rte["n"] == "3" and float(rte["median"]) == pytest.approx(55.0) and float(rte["paper"]) == 86.6
     tex = (out / "glue.tex").read_text()
     assert "\\begin{tabular}" in tex and "$\\pm$" in tex
+
+
+def test_seeds_that_did_not_train_are_marked_and_listed(tmp_path):
+    """A seed whose training loss did not move (repro.results.did_not_train) stays in the statistics (the table shows
+    what ran) and is marked on its row, listed with why under the table and counted in the CSV."""
+    root = tmp_path / "results"
+    write_record(root, "tiny-roberta", "lora", "rte", 0, 0.60)
+    flat = write_record(root, "tiny-roberta", "lora", "rte", 1, 0.50)
+    data = json.loads(flat.read_text())
+    data["history"]["train_loss"] = [{"step": s, "loss": 0.69} for s in (1, 2, 3, 4, 5)]
+    records.write_json_atomic(flat, data)
+    md = tables.render("glue", root)
+    assert "55.0 ± 7.1 (n=2), did not train ×1 |" in md
+    assert "- tiny-roberta (for roberta-base) LoRA / rte seed 1: training loss 0.69 -> 0.69" in md
+    rows = list(csv.DictReader(open(root / "tables" / "glue.csv")))
+    rte = next(r for r in rows if r["model"] == "tiny-roberta" and r["method"] == "lora" and r["task"] == "rte")
+    assert rte["did_not_train_seeds"] == "1" and rte["n"] == "2"
 
 
 def test_records_whose_code_cannot_be_traced_are_marked(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ from repro.models import load_model, load_tokenizer
 from repro.records import record_path
 from repro.run import run_cell
 from repro.tasks import classification, generation
+from tests import dist_eval
 
 TEXTS = [
     "a b",
@@ -178,6 +180,41 @@ def test_record_states_the_real_global_batch(compose_config, monkeypatch):
     assert rt.batch_record(cfg.train) == {"per_device": 8, "accumulation": 4, "world_size": 2, "global": 64}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_record_says_the_precision_training_ran_in(compose_config, monkeypatch, precision):
+    """Issue 31 item 2: the record's `precision` is what the training steps ran in, seen from inside them (the dtype
+    of the model's linear layers' outputs), not only what the config asked for."""
+    ran = set()
+    real = rt.ReproTrainer.compute_loss
+
+    def seen(module, args, output):
+        ran.add({torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[output.dtype])
+
+    def watched(self, model, *args, **kwargs):
+        if not model.training:
+            return real(self, model, *args, **kwargs)
+        hooks = [m.register_forward_hook(seen) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        try:
+            return real(self, model, *args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    monkeypatch.setattr(rt.ReproTrainer, "compute_loss", watched)
+    overrides = [
+        "model=tiny-roberta",
+        "method=lora",
+        "task=rte",
+        "train.max_steps=2",
+        "data.max_train_samples=16",
+        "data.max_eval_samples=8",
+        f"train.precision={precision}",
+    ]
+    record = run_cell(resolve_cell(compose_config(overrides), overrides))
+    assert record["status"] == "ok", record.get("error")
+    assert ran == {precision} and record["precision"] == precision
+
+
 class FakeAccelerator:
     num_processes, device = 1, "cpu"
 
@@ -261,7 +298,7 @@ def test_cell_survives_one_nonfinite_loss_and_fails_when_it_stays(
 
 @pytest.mark.parametrize("num_labels", [1, 3])
 def test_classifier_loss_is_the_models_mean_over_the_accumulated_batch(num_labels):
-    """classifier_loss = transformers' own loss (MSE for STS-B's one label, else cross-entropy) times the micro-batch
+    """ClassifierLoss = transformers' own loss (MSE for STS-B's one label, else cross-entropy) times the micro-batch
     share of the accumulated batch: two halves sum to the loss of the whole."""
     torch.manual_seed(0)
     logits = torch.randn(6, num_labels)
@@ -271,13 +308,29 @@ def test_classifier_loss_is_the_models_mean_over_the_accumulated_batch(num_label
         if num_labels == 1
         else torch.nn.functional.cross_entropy(logits, labels)
     )
-    halves = [
-        classification.classifier_loss({"logits": logits[i : i + 3]}, labels[i : i + 3], torch.tensor(6))
-        for i in (0, 3)
-    ]
-    assert torch.isclose(sum(halves), whole) and torch.isclose(
-        classification.classifier_loss({"logits": logits}, labels), whole
-    )
+    loss = classification.ClassifierLoss()
+    halves = [loss({"logits": logits[i : i + 3]}, labels[i : i + 3], torch.tensor(6)) for i in (0, 3)]
+    assert torch.isclose(sum(halves), whole) and torch.isclose(loss({"logits": logits}, labels), whole)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or shutil.which("torchrun") is None, reason="no torchrun")
+def test_dev_loss_is_one_sum_over_one_count(tmp_path, data_dir):
+    """Issue 31 item 1: the same weights give the same dev loss at eval batch 1, 7 and 32 and on 2 processes (torchrun,
+    gloo): one sum over the dev set's real targets (STS-B's examples, E2E's completion tokens) divided by one count.
+    The Trainer's own averaged per-batch means over examples (E2E: 10.8007 at batch 1, 10.8025 at 7) and, on 2
+    processes, normalised each by a count that includes the duplicates padding the last round (STS-B +9% at batch 7)."""
+    out = tmp_path / "two.json"
+    cmd = [shutil.which("torchrun"), "--nproc_per_node=2", "-m", "tests.dist_eval", str(out), "1,7"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(out.read_text())
+    for task in dist_eval.CELLS:
+        one = dist_eval.dev_losses(task, [1, 7, 32], tmp_path / "one")
+        found = {f"1 process, batch {b}": v for b, v in one.items()}
+        found |= {f"2 processes, batch {b}": v for b, v in two[task].items()}
+        print(task, found)
+        assert all(v == pytest.approx(one[1], rel=1e-6) for v in found.values()), (task, found)
 
 
 @pytest.mark.parametrize("method,adapters_only", [("lora", True), ("ft", False)])

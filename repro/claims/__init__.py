@@ -42,6 +42,16 @@ Thresholds (points are score points, ×100 scale):
   "partly" (8 is the paper's default, still 8x below 64).
 * LATENCY_TOL = 0.02: without the benchmark's own noise verdict, merged LoRA "adds no latency" when its median
   paired ratio to the base model is within 2%.
+* MIN_ROUNDS = 5: a latency shape is evidence only when measured in at least 5 paired rounds (each round times every
+  variant once, in a rotating order; the ratio is taken within a round). From 5 rounds on, the quartiles of the
+  paired ratio (the noise band both latency claims read) are observed ratios with the extreme round on each side
+  left out; with fewer they are interpolated between the extremes, so one disturbed round sets them. A shape with
+  fewer rounds is listed as "not evidence", and a claim whose shapes are not all measured enough is at most "partly".
+* The seed noise of a margin and a baseline that did not train (repro.results: margin_noise, did_not_train): where a
+  claim says one row "beats" another, a margin counts as a win only above the noise (the mean over the compared
+  tasks of the larger of the two cells' seed std), as a loss only below minus it, and as neither inside it; a
+  baseline seed that did not train (its training loss fell less than 5%, most outputs empty, or a score at or below
+  a constant prediction's) is left out and listed as "did not train", counting neither for nor against LoRA.
 * MEM_REDUCTION_MIN = 0.2, CKPT_FRACTION_MAX = 0.01: "less training memory" = peak memory at least 20% below full
   fine-tuning's; "much smaller checkpoints" = the LoRA file at most 1% of the full model's.
 * SWITCH_SPEEDUP_MIN = 2.0: "fast task switching" = swapping LoRA weights at least 2x faster than loading the full
@@ -73,6 +83,7 @@ PARTLY_PTS = 3.0
 SIMILAR_BUDGET = 3.0
 SMALL_R = 2
 LATENCY_TOL = 0.02
+MIN_ROUNDS = 5
 MEM_REDUCTION_MIN = 0.2
 CKPT_FRACTION_MAX = 0.01
 SWITCH_SPEEDUP_MIN = 2.0

@@ -3,8 +3,9 @@ Section 7 reports under analysis/, and the paper's numbers (repro/paper/*.yaml, 
 
 A table's records count as evidence when their status is `ok` (the others are counted as excluded); a table with tune
 groups contributes its chosen candidates' records as its rows (repro.results.Tuning) and is marked unfinished until
-its tuning is decided and the chosen candidates have run every seed. Quality claims read scores from `cells`, which
-leaves out the models with random weights.
+its tuning is decided and the chosen candidates have run every seed. `counts` says, per table, how many records were
+read, how many are ok and, for a tuned table, how many of the ok ones are the chosen candidates' (the rest are
+candidates not chosen). Quality claims read scores from `cells`, which leaves out the models with random weights.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from repro.results import Cell, Record, Tuning, load_records, record_score
 @dataclass
 class Evidence:
     results_dir: Path
-    records: dict[str, list[Record]]  # table -> its ok records, random-weight models kept
+    records: dict[
+        str, list[Record]
+    ]  # table -> its ok records (a tuned table: its chosen candidates'), random-weight models kept
     excluded: Counter  # table -> records with status != ok
     bench: dict[str, tuple[str, dict]]  # bench file stem -> (path, json)
     analysis: dict[str, tuple[str, dict]]  # path under analysis/ -> (path, json)
     unfinished: dict[str, str] = field(default_factory=dict)  # tuned table -> why it is not used yet
     unreadable: list = field(default_factory=list)  # (path, why) of the files that could not be read: records,
     # benchmark and analysis JSONs (listed by the report, never left out silently)
+    counts: dict[str, dict] = field(default_factory=dict)  # table -> {records, ok, chosen (tuned tables; else None)}
 
 
 def table_config(name: str) -> dict | None:
@@ -62,23 +66,29 @@ def load_evidence(results_dir: str | Path) -> Evidence:
             found.setdefault(parts[0], []).append(r)
     records: dict[str, list[Record]] = {}
     excluded: Counter = Counter()
-    unfinished = {}
+    unfinished, counts = {}, {}
     for table, recs in found.items():
-        records[table] = []
+        counts[table] = {"records": len(recs), "ok": sum(r.ok for r in recs), "chosen": None}
+        excluded[table] = len(recs) - counts[table]["ok"]
         config = table_config(table)
         tuning = Tuning.of(config, recs) if config is not None else None
         if tuning is not None:
             if why := tuning.unfinished(recs):
                 unfinished[table] = why
             recs = tuning.chosen(recs)
-        for r in recs:
-            if r.ok:
-                records[table].append(r)
-            else:
-                excluded[table] += 1
-    bench = load_json(root / "bench", "*.json", unreadable)
-    analysis = load_json(root / "analysis", "**/*.json", unreadable)
-    return Evidence(root, records, excluded, bench, analysis, unfinished, unreadable)
+        records[table] = [r for r in recs if r.ok]
+        if tuning is not None:
+            counts[table]["chosen"] = len(records[table])
+    return Evidence(
+        root,
+        records,
+        excluded,
+        load_json(root / "bench", "*.json", unreadable),
+        load_json(root / "analysis", "**/*.json", unreadable),
+        unfinished,
+        unreadable,
+        counts,
+    )
 
 
 _MODEL_SOURCE: dict[str, str | None] = {}

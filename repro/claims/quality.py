@@ -9,7 +9,7 @@ tasks in common, and the verdict comes from the margin between their averages (r
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from repro import tables
 from repro.claims import (
@@ -25,7 +25,15 @@ from repro.claims import (
     verdict,
 )
 from repro.claims.evidence import Evidence, cells, paper, random_weights
-from repro.results import Cell, Record, main_metric, record_score
+from repro.results import (
+    Cell,
+    Noise,
+    Record,
+    beyond_noise,
+    main_metric,
+    margin_noise,
+    record_score,
+)
 
 GLUE_TABLES = ("glue", "glue_cpu")  # paper-sized first, then the CPU stand-in (each: `_tuned` first)
 E2E_TABLES = ("e2e", "e2e_cpu")  # paper-sized first, then the CPU stand-in (SmolLM2-135M)
@@ -40,13 +48,21 @@ PREFIXES = ("prefix_embed", "prefix_layer")
 
 @dataclass
 class Pair:
-    """Two rows of one table on one model, over the tasks both have."""
+    """Two rows of one table on one model, over the tasks both have. Row b is the baseline: its seeds that did not
+    train (repro.results.did_not_train) are left out and listed in `untrained` (task -> [(seed, path, why)]); a task
+    none of whose b seeds trained is not compared (it counts neither for nor against row a)."""
 
     table: str
     model: str
     tasks: list[str]
     a: dict[str, Cell]
     b: dict[str, Cell]
+    untrained: dict[str, list] = field(default_factory=dict)
+    b_all: dict[str, Cell] = field(default_factory=dict)  # b's cells on every shared task, every seed (its counts)
+
+    @property
+    def n_tasks(self) -> str:
+        return f"{len(self.tasks)} task" + ("" if len(self.tasks) == 1 else "s")
 
     @property
     def a_avg(self) -> float:
@@ -61,8 +77,22 @@ class Pair:
         return self.a_avg - self.b_avg
 
     @property
+    def noise(self) -> Noise:
+        """The seed noise of the margin (repro.results.margin_noise)."""
+        return margin_noise((self.a[t], self.b[t]) for t in self.tasks)
+
+    @property
+    def outcome(self) -> int:
+        """+1: row a wins beyond the seed noise, -1: loses beyond it, 0: inside it (repro.results.beyond_noise)."""
+        return beyond_noise(self.margin, self.noise)
+
+    @property
     def paths(self) -> list[str]:
         return [p for t in self.tasks for c in (self.a[t], self.b[t]) for p in c.paths]
+
+    @property
+    def untrained_paths(self) -> list[str]:
+        return [path for seeds in self.untrained.values() for _, path, _ in seeds]
 
     def side_paths(self, side: str) -> list[str]:
         """The record paths of one side ("a" or "b") over the common tasks."""
@@ -71,23 +101,44 @@ class Pair:
     def params(self, side: str) -> int | None:
         """The side's parameter count (repro.results.shown_params): the median over its tasks of each cell's (its
         last record's; a cell's seeds share it)."""
-        vals = [c.params[-1] for c in getattr(self, side).values() if c.params]
+        cells = (self.b_all or self.b) if side == "b" else self.a  # a baseline's count holds, trained or not
+        vals = [c.params[-1] for c in cells.values() if c.params]
         return int(statistics.median(vals)) if vals else None
 
     def per_task(self) -> str:
         return ", ".join(f"{t} {self.a[t].mean:.1f} vs {self.b[t].mean:.1f}" for t in self.tasks)
 
+    def did_not_train(self, name: str) -> str:
+        """One clause per task of b with seeds that did not train, '<name> (<params>) did not train on <task> (seed
+        k: why)'; empty when every seed trained."""
+        return "; ".join(
+            f"{name} ({tables.fmt_params(self.params('b'))}) did not train on {task} ("
+            + "; ".join(f"seed {seed}: {why}" for seed, _, why in seeds)
+            + ("" if task in self.tasks else "; the task is not compared")
+            + ")"
+            for task, seeds in sorted(self.untrained.items())
+        )
+
 
 def compare(ev: Evidence, table: str, a: tuple[str, str], b: tuple[str, str]) -> Pair | None:
-    """Rows a and b, each (method, variant), on the model that has the most tasks in common."""
+    """Rows a and b, each (method, variant), on the model that has the most tasks in common; b, the baseline, only
+    with its seeds that trained. A pair with no task left (b trained on none of the common tasks) has `tasks` empty
+    and says why in `untrained`; None when the two rows share no task at all."""
     cs = cells(ev, table)
     best = None
     for model in sorted({k[0] for k in cs}):
         ta = {k[3]: c for k, c in cs.items() if k[:3] == (model, *a)}
         tb = {k[3]: c for k, c in cs.items() if k[:3] == (model, *b)}
-        common = sorted(set(ta) & set(tb))
-        if common and (best is None or len(common) > len(best.tasks)):
-            best = Pair(table, model, common, {t: ta[t] for t in common}, {t: tb[t] for t in common})
+        shared = sorted(set(ta) & set(tb))
+        trained = {t: tb[t].trained() for t in shared}
+        common = [t for t in shared if trained[t].n]
+        untrained = {t: tb[t].untrained for t in shared if tb[t].untrained}
+        if shared and (best is None or (len(common), len(shared)) > (len(best.tasks), len(best.a))):
+            best = Pair(
+                table, model, common, {t: ta[t] for t in shared}, trained, untrained, {t: tb[t] for t in shared}
+            )
+    if best is not None:  # b keeps the compared tasks only (a keeps every shared task: LoRA's count)
+        best.b = {t: best.b[t] for t in best.tasks}
     return best
 
 
@@ -123,10 +174,17 @@ def paper_glue_row(model: str, label: str) -> dict | None:
 def lora_vs_ft(ev: Evidence, c: Claim, bases, where: str) -> tuple[str | None, Pair | None]:
     """The first table of `bases` with LoRA and FT rows (default variants) on one model: (table, pair). Sets the
     claim's source; with no such table, its reason ("no LoRA and FT records on <where>")."""
-    table, pair, note = pick(ev, bases, lambda t: compare(ev, t, ("lora", "default"), ("ft", "default")))
+
+    def usable(t):
+        pair = compare(ev, t, ("lora", "default"), ("ft", "default"))
+        return pair if pair and pair.tasks else None  # FT trained on none of LoRA's tasks: not this table
+
+    table, pair, note = pick(ev, bases, usable)
     c.source = note
     if not pair:
         c.reason = f"no LoRA and FT records on {where} ({note})"
+    elif pair.untrained:
+        c.source += f"; {pair.did_not_train('FT')}: not counted (repro.results.did_not_train)"
     return table, pair
 
 
@@ -259,6 +317,21 @@ def claim_lora_generalizes_unseen(ev: Evidence) -> Claim:
     return c
 
 
+def tally(outcomes: dict[str, int]) -> tuple[list[str], list[str], list[str]]:
+    """(won, inside the noise, lost) of {baseline: repro.results.beyond_noise outcome}."""
+    return (
+        [m for m, o in outcomes.items() if o > 0],
+        [m for m, o in outcomes.items() if o == 0],
+        [m for m, o in outcomes.items() if o < 0],
+    )
+
+
+def outcome_text(pair: Pair) -> str:
+    """'Δ +0.6, seed noise 1.3: inside it' for one compared pair."""
+    word = {1: "a win", 0: "inside it", -1: "a loss"}[pair.outcome]
+    return f"Δ {pair.margin:+.1f}, {pair.noise}: {word}"
+
+
 def claim_lora_beats_adapters_prefix(ev: Evidence) -> Claim:
     t2, t3 = paper("table2_glue.yaml"), paper("table3_e2e.yaml")
     large = [r for r in t2.get("rows", []) if r["model"] == "roberta-large" and r.get("marker") == "†"]
@@ -287,59 +360,67 @@ def claim_lora_beats_adapters_prefix(ev: Evidence) -> Claim:
         for m, p in found or []:
             lp, bp = p.params("a"), p.params("b")
             comps.append((m, p, lp, bp, bool(lp and bp and max(lp, bp) / min(lp, bp) <= SIMILAR_BUDGET)))
-    c.source = " | ".join(notes)
+    c.source = (
+        " | ".join(notes) + "; a margin counts as a win or a loss only beyond the seed noise "
+        "(repro.results.margin_noise); a baseline seed that did not train counts neither way (did_not_train)"
+    )
     similar = [x for x in comps if x[4]]
-    if not similar:
+    counted = [x for x in similar if x[1].tasks]
+    if not counted:
         c.reason = (
             "no LoRA and adapter/prefix records on the same pretrained model and task"
             + (f" within {SIMILAR_BUDGET}x of LoRA's budget" if comps else "")
+            + (" whose baseline trained" if similar else "")
             + f" ({c.source})"
         )
         return c
-    c.ours = "; ".join(
-        f"{p.model} on {p.table}: LoRA {tables.fmt_params(lp)} {p.a_avg:.1f} vs {m} {tables.fmt_params(bp)} {p.b_avg:.1f} "
-        f"(Δ {p.margin:+.1f}, {len(p.tasks)} tasks)" + ("" if sim else " [budget not similar: not counted]")
-        for m, p, lp, bp, sim in comps
-    )
-    c.evidence = sorted({path for _, p, *_ in similar for path in p.paths})
-    beaten = [m for m, p, *_ in similar if p.margin > 0]
-    lost = [m for m, p, *_ in similar if p.margin <= 0]
+
+    def part(m, p, lp, bp, sim):
+        head = f"{p.model} on {p.table}: "
+        if not p.tasks:
+            return head + f"{p.did_not_train(m)} [not counted]"
+        return (
+            head + f"LoRA {tables.fmt_params(lp)} {p.a_avg:.1f} vs {m} {tables.fmt_params(bp)} {p.b_avg:.1f} "
+            f"({outcome_text(p)}; {p.n_tasks})"
+            + ("" if sim else " [budget not similar: not counted]")
+            + (f"; {p.did_not_train(m)}" if p.untrained else "")
+        )
+
+    c.ours = "; ".join(part(*x) for x in comps)
+    c.evidence = sorted({path for _, p, *_ in similar for path in p.paths + p.untrained_paths})
+    won, inside, lost = tally({m: p.outcome for m, p, *_ in counted})
+    untrained = [m for m, p, *_ in similar if not p.tasks]
     families = {
-        "adapters": any(m in ADAPTERS for m, *_ in similar),
-        "prefix tuning": any(m in PREFIXES for m, *_ in similar),
+        "adapters": any(m in ADAPTERS for m, *_ in counted),
+        "prefix tuning": any(m in PREFIXES for m, *_ in counted),
     }
     untested = [f for f, ok in families.items() if not ok]
-    if not lost and not untested:
+    if won and not inside and not lost and not untested:
         c.verdict, c.reason = (
             REPRODUCED,
-            f"LoRA's average beats every baseline at a similar budget ({', '.join(beaten)})",
+            f"LoRA's average beats every baseline at a similar budget beyond the seed noise ({', '.join(won)})",
         )
-    elif beaten or all(p.margin > -MATCH_PTS for _, p, *_ in similar):
+    elif won or not lost:
         c.verdict = PARTLY
         c.reason = (
-            f"LoRA beats {', '.join(beaten) or 'none'}"
-            + (f", not {', '.join(lost)}" if lost else "")
-            + (f"; {' and '.join(untested)} not tested (no records beside LoRA's)" if untested else "")
+            f"LoRA beats {', '.join(won) or 'none'} beyond the seed noise"
+            + (f"; inside the noise of {', '.join(inside)} (no win)" if inside else "")
+            + (f"; below {', '.join(lost)}" if lost else "")
+            + (f"; did not train, counted neither way: {', '.join(untrained)}" if untrained else "")
+            + (
+                f"; {' and '.join(untested)} not tested (no records beside LoRA's"
+                + (" that trained" if untrained else "")
+                + ")"
+                if untested
+                else ""
+            )
         )
     else:
         c.verdict, c.reason = (
             NOT_REPRODUCED,
-            f"LoRA's average is below every baseline at a similar budget ({', '.join(lost)})",
+            f"LoRA wins against no baseline at a similar budget and loses to {', '.join(lost)} beyond the seed noise",
         )
     return c
-
-
-def _lora_avg(cs: dict, model: str, variant: str, tasks: list[str]) -> float:
-    return statistics.fmean(cs[(model, "lora", variant, t)].mean for t in tasks)
-
-
-def _variants(cs: dict) -> dict[tuple[str, str], dict[str, Cell]]:
-    """(model, variant) -> {task: Cell} of the LoRA rows."""
-    out: dict = {}
-    for (model, method, variant, task), cell in cs.items():
-        if method == "lora":
-            out.setdefault((model, variant), {})[task] = cell
-    return out
 
 
 def claim_qv_beats_single(ev: Evidence) -> Claim:
@@ -355,43 +436,55 @@ def claim_qv_beats_single(ev: Evidence) -> Claim:
     singles = ("q_r8", "k_r8", "v_r8", "o_r8")
 
     def usable(t):
-        vs = _variants(cells(ev, t))
-        out = []
-        for (model, variant), by_task in vs.items():
-            if variant in singles and (model, "qv_r4") in vs:
-                tasks = sorted(set(by_task) & set(vs[(model, "qv_r4")]))
-                if tasks:
-                    out.append((model, variant, tasks))
-        return out
+        found = {v: compare(ev, t, ("lora", "qv_r4"), ("lora", v)) for v in singles}
+        return {v: p for v, p in found.items() if p and p.tasks}
 
     table, found, note = pick(ev, ("which_weights", "rank"), usable)
-    c.source = note + (" (rank table: same budget rows q_r8 vs qv_r4)" if table and table.startswith("rank") else "")
+    c.source = (
+        note
+        + (" (rank table: same budget rows q_r8 vs qv_r4)" if table and table.startswith("rank") else "")
+        + "; a margin counts as a win or a loss only beyond the seed noise (repro.results.margin_noise)"
+    )
     if not found:
         c.reason = f"no LoRA records of W_q,W_v r=4 beside a single weight type at r=8 on the same task ({note})"
         return c
-    cs = cells(ev, table)
-    comps = []
-    for model, variant, tasks in found:
-        qv, single = _lora_avg(cs, model, "qv_r4", tasks), _lora_avg(cs, model, variant, tasks)
-        comps.append((variant, qv - single, qv, single, tasks, model))
-        c.evidence += [p for t in tasks for v in ("qv_r4", variant) for p in cs[(model, "lora", v, t)].paths]
-    c.evidence = sorted(set(c.evidence))
+    c.evidence = sorted({path for p in found.values() for path in p.paths + p.untrained_paths})
     c.ours = "; ".join(
-        f"{m} on {table}: W_q,W_v r=4 {qv:.1f} vs W_{v[0]} r=8 {s:.1f} (Δ {d:+.1f}; {', '.join(ts)})"
-        for v, d, qv, s, ts, m in comps
+        f"{p.model} on {table}: W_q,W_v r=4 {p.a_avg:.1f} vs W_{v[0]} r=8 {p.b_avg:.1f} ({outcome_text(p)}; "
+        f"{', '.join(p.tasks)})" + (f"; {p.did_not_train('W_' + v[0])}" if p.untrained else "")
+        for v, p in found.items()
     )
-    beaten = [v for v, d, *_ in comps if d > 0]
-    missing = [s for s in singles if s not in {v for v, *_ in comps}]
-    if len(beaten) == len(comps) and not missing:
-        c.verdict, c.reason = REPRODUCED, "W_q,W_v beats every single weight type at the same budget"
-    elif beaten or all(d > -MATCH_PTS for _, d, *_ in comps):
+    won, inside, lost = tally({v: p.outcome for v, p in found.items()})
+    missing = [s for s in singles if s not in found]
+    if won and not inside and not lost and not missing:
+        c.verdict, c.reason = (
+            REPRODUCED,
+            "W_q,W_v beats every single weight type at the same budget beyond the seed noise",
+        )
+    elif won or not lost:
         c.verdict = PARTLY
-        c.reason = f"W_q,W_v beats {', '.join(beaten) or 'none'} of the single types compared" + (
-            f"; not run: {', '.join(missing)}" if missing else ""
+        c.reason = (
+            f"W_q,W_v beats {', '.join(won) or 'none'} of the single types compared beyond the seed noise"
+            + (f"; inside the noise of {', '.join(inside)} (no win)" if inside else "")
+            + (f"; below {', '.join(lost)}" if lost else "")
+            + (f"; not run: {', '.join(missing)}" if missing else "")
         )
     else:
-        c.verdict, c.reason = NOT_REPRODUCED, "every single weight type compared beats or ties W_q,W_v"
+        c.verdict, c.reason = NOT_REPRODUCED, f"W_q,W_v wins against no single type and loses to {', '.join(lost)}"
     return c
+
+
+def _lora_avg(cs: dict, model: str, variant: str, tasks: list[str]) -> float:
+    return statistics.fmean(cs[(model, "lora", variant, t)].mean for t in tasks)
+
+
+def _variants(cs: dict) -> dict[tuple[str, str], dict[str, Cell]]:
+    """(model, variant) -> {task: Cell} of the LoRA rows."""
+    out: dict = {}
+    for (model, method, variant, task), cell in cs.items():
+        if method == "lora":
+            out.setdefault((model, variant), {})[task] = cell
+    return out
 
 
 def claim_small_rank_suffices(ev: Evidence) -> Claim:

@@ -29,16 +29,23 @@ def freeze_all_but_head(model: nn.Module) -> None:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """trainable = adapter + head; `adapter` is what the paper's tables count as |Θ| (for FT: all but the head)."""
+    """trainable = what the optimizer trains; `adapter` is what the paper's tables count as |Θ| (for FT: all but the
+    head): trainable - head, except where a module trains a reparametrization of what it keeps and says how much it
+    keeps (`kept_numel`: PreLayer through Li & Liang's MLP keeps the prefix, L x d x l_p; its MLP is dropped after
+    training): there |Θ| counts what is kept and `trainable` also counts the MLP."""
     trainable = head = total = 0
     for name, p in model.named_parameters():
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
             head += p.numel() if is_head(name) else 0
+    adapter = trainable - head
+    for m in model.modules():
+        if hasattr(m, "kept_numel"):
+            adapter += m.kept_numel() - sum(p.numel() for p in m.parameters() if p.requires_grad)
     return {
         "trainable_params": trainable,
-        "adapter_params": trainable - head,
+        "adapter_params": adapter,
         "head_params": head,
         "total_params": total,
     }

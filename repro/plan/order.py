@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from repro import records, tune
 from repro.plan.grid import job_values, override_key, resolve_jobs
-from repro.results import record_score
+from repro.results import selection_score
 
 # ---------------------------------------------------------------- waves: train.init_from chains
 
@@ -102,13 +102,13 @@ def tuning_choices(config_loader, primary: DictConfig, jobs: list[list[str]]) ->
     for (i, v), (_job, cfg, _note) in zip(slots, resolve_jobs(config_loader, primary, probes, fallback=False)):
         done = records.finished_record(cfg) if cfg is not None else None
         if done is not None:
-            scores[i][v] = record_score(done)
+            scores[i][v] = selection_score(done, table)
         else:
             previous = records.read_record(records.record_path(cfg)) if cfg is not None else None
             scores[i][v] = None if previous and previous.get("status") not in (None, "ok", "busy") else tune.NOT_RUN
     out = {}
     for i, job in enumerate(jobs):
         d = job_values(primary, job)
-        chosen, why = tune.choose(scores[i])
+        chosen, why = tune.choose(scores[i], tune.criterion(table)[1])
         out[i] = (None, why) if chosen is None else (chosen == d["variant"], f"{d['task']}: {chosen} chosen, {why}")
     return out

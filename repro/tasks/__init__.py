@@ -59,11 +59,14 @@ class Traits:
     module: str  # the module implementing TaskFamily
     model_kind: str  # the backbone it trains: "encoder" or "decoder" (conf/model/*.yaml `kind`)
     decodes: bool  # its cells generate text and need the `decode:` settings
+    eval_batch_floor: int  # the per-device eval batch is the training's, and at least this (repro.train.eval_batch)
 
 
 FAMILIES = {
-    "classification": Traits("repro.tasks.classification", model_kind="encoder", decodes=False),
-    "generation": Traits("repro.tasks.generation", model_kind="decoder", decodes=True),
+    # classifiers evaluate in batches of at least 32 (a forward pass, no gradients); a causal LM's dev loss runs at the
+    # training's per-device batch, never gathering its B x T x V logits (repro.tasks.generation)
+    "classification": Traits("repro.tasks.classification", model_kind="encoder", decodes=False, eval_batch_floor=32),
+    "generation": Traits("repro.tasks.generation", model_kind="decoder", decodes=True, eval_batch_floor=0),
 }
 
 

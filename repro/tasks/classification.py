@@ -7,7 +7,6 @@ then every dev split scored with the selected weights (train.select: the best ep
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from transformers import DataCollatorWithPadding
 from repro.data.glue import load_glue
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.glue import glue_metrics, predictions
-from repro.tasks import Head
-from repro.train import DivergenceGuard, Outcome, ReproTrainer, fit, training_arguments
+from repro.tasks import Head, traits
+from repro.train import DivergenceGuard, Outcome, ReproTrainer, TaskLoss, fit, training_arguments
 
 
 def head(num_labels: int | None) -> Head:
@@ -34,21 +33,27 @@ def load_data(cfg: DictConfig, tokenizer) -> dict:
     return load_glue(cfg.task, tokenizer, cfg.data, cfg.paths.data_dir, cfg.seed)
 
 
-def classifier_loss(outputs, labels, num_items_in_batch=None, smoothing: float = 0.0) -> torch.Tensor:
-    """transformers' sequence-classification loss (MSE for one label, else cross-entropy), summed over the examples and
-    divided by `num_items_in_batch`, the Trainer's count of labels in the whole accumulated batch on all processes.
+class ClassifierLoss(TaskLoss):
+    """transformers' sequence-classification loss (MSE for one label, else cross-entropy), per example; TaskLoss
+    divides the sum by the examples of the whole accumulated batch on all processes while training, by the dev set's
+    examples in evaluation.
 
-    Why: transformers 5 assumes that a model whose forward takes **kwargs divides its loss by that count, so it no longer
-    divides by the accumulation steps; the classifiers' own loss is a per-micro-batch mean, so 2 x 4 gave 4x the loss
-    and gradients of 8 x 1 (issue 16). Sum / count is the unaccumulated mean on every step, the last (short) one too.
-    With several processes the Trainer multiplies this by their number (average_tokens_across_devices) and DDP averages
-    the gradients: sum over all processes / global count again."""
-    logits = outputs["logits"].float()
-    if logits.shape[-1] == 1:  # STS-B: transformers' problem_type "regression" for num_labels == 1
-        total = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
-    else:
-        total = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
-    return total / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+    Why not the model's own loss: transformers 5 assumes that a model whose forward takes **kwargs divides its loss by
+    the Trainer's count, so it no longer divides by the accumulation steps; the classifiers' own loss is a
+    per-micro-batch mean, so 2 x 4 gave 4x the loss and gradients of 8 x 1 (issue 16). With several processes the
+    Trainer multiplies the training loss by their number (average_tokens_across_devices) and DDP averages the
+    gradients: sum over all processes / global count again."""
+
+    def __init__(self, smoothing: float = 0.0):
+        self.smoothing = smoothing
+
+    def example_sums(self, outputs, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = outputs["logits"].float()
+        if logits.shape[-1] == 1:  # STS-B: transformers' problem_type "regression" for num_labels == 1
+            losses = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="none")
+        else:
+            losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.smoothing)
+        return losses, torch.ones_like(losses)
 
 
 def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: Path) -> Outcome:
@@ -64,12 +69,12 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
     main_key = f"eval_dev_{task.main_metric}"
     trainer = ReproTrainer(
         model=model,
-        args=training_arguments(cfg, output_dir, main_key),
+        args=training_arguments(cfg, output_dir, main_key, eval_batch_floor=traits(task.kind).eval_batch_floor),
         train_dataset=data["train"],
         eval_dataset=eval_sets,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        compute_loss_func=partial(classifier_loss, smoothing=float(cfg.train.label_smoothing)),
+        compute_loss_func=ClassifierLoss(float(cfg.train.label_smoothing)),
         callbacks=trainer_callbacks(model),  # the method's own (AdaLoRA's rank allocation); the guard is appended
         guard=DivergenceGuard(cfg.train.divergence_patience),
     )

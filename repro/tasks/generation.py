@@ -48,9 +48,18 @@ from repro.errors import CellMismatch, DataFileMissing
 from repro.methods.lora import merge, merged
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
-from repro.tasks import Head
+from repro.tasks import Head, traits
 from repro.tasks.scorers import score
-from repro.train import DivergenceGuard, Outcome, ReproTrainer, batch_plan, fast_path, fit, training_arguments
+from repro.train import (
+    DivergenceGuard,
+    Outcome,
+    ReproTrainer,
+    TaskLoss,
+    fast_path,
+    fit,
+    normalised,
+    training_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +159,20 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) ->
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
-    """sum over rows of token_loss(hidden @ weight.T, targets, smoothing), with its gradients, never holding more than
-    `chunk` rows of logits. Per chunk: the logits z in the dtype of `hidden` (bf16 on the fast path), log_softmax(z) in
-    fp32 (one fused pass over each row), the loss (1 - eps)(-log p[target]) + eps mean_v(-log p[v]) from it, and the
+    """token_loss(hidden @ weight.T, targets, smoothing) per row, with its gradients, never holding more than `chunk`
+    rows of logits. Per chunk: the logits z in the dtype of `hidden` (bf16 on the fast path), log_softmax(z) in fp32
+    (one fused pass over each row), the loss (1 - eps)(-log p[target]) + eps mean_v(-log p[v]) from it, and the
     gradient with respect to z, softmax(z) - (1 - eps) onehot(target) - eps / V, in the dtype of `hidden` (what
     autocast's backward hands the head's matrix product too). The gradient with respect to `hidden` is made at once,
-    chunk by chunk, the one with respect to `weight` (when it is trained: FT, an embedding tied to the head) from the
-    kept logit gradients; the backward pass only scales them by the incoming gradient (the loss is one number)."""
+    chunk by chunk; the backward pass scales its rows by the incoming gradient, and makes the one with respect to
+    `weight` (when it is trained: FT, an embedding tied to the head) from the kept logit gradients."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, smoothing: float, chunk: int):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         w = weight.to(hidden.dtype)
         rows, vocab = len(hidden), w.shape[0]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_z = hidden.new_empty(rows, vocab) if want_w else None
         for lo in range(0, rows, chunk):
@@ -173,7 +182,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             loss = -logp.gather(1, t).squeeze(1)
             if smoothing > 0:
                 loss = (1.0 - smoothing) * loss - smoothing * logp.mean(dim=-1)
-            total += loss.sum()
+            losses[lo : lo + chunk] = loss
             if want_h or want_w:
                 del logp
                 g = torch.softmax(z, dim=-1, out=z) if z.dtype == torch.float32 else torch.softmax(z, dim=-1)
@@ -184,25 +193,26 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     grad_h[lo : lo + chunk] = g @ w
                 if want_w:
                     grad_z[lo : lo + chunk] = g
-        grad_w = (grad_z.T @ hidden).to(weight.dtype) if want_w else None
-        ctx.save_for_backward(*(t for t in (grad_h, grad_w) if t is not None))
-        ctx.which = (want_h, want_w)
-        return total
+        ctx.save_for_backward(grad_h, grad_z, hidden if want_w else None)
+        ctx.weight_dtype = weight.dtype
+        return losses
 
     @staticmethod
-    def backward(ctx, grad_total):
-        saved = list(ctx.saved_tensors)
-        grad_h, grad_w = (saved.pop(0) * grad_total if want else None for want in ctx.which)
-        return grad_h, grad_w, None, None, None
+    def backward(ctx, grad_losses):
+        grad_h, grad_z, hidden = ctx.saved_tensors
+        scale = grad_losses.unsqueeze(1)
+        dh = grad_h * scale.to(grad_h.dtype) if grad_h is not None else None
+        dw = ((grad_z * scale.to(grad_z.dtype)).T @ hidden).to(ctx.weight_dtype) if grad_z is not None else None
+        return dh, dw, None, None, None
 
 
 def chunked_head_loss(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, smoothing: float, chunk: int = 128
 ) -> torch.Tensor:
-    """token_loss summed over the rows of `hidden` (the positions that predict a target, N x d) under the LM head
-    `weight` (V x d), computed `chunk` rows at a time (_ChunkedHeadLoss): never N x V fp32 logits. The matrix
-    products run in the dtype of `hidden` (bf16 under autocast with the frozen base held in bf16, fp32 otherwise);
-    the softmax, the loss and its sum in fp32."""
+    """token_loss of each row of `hidden` (the positions that predict a target, N x d) under the LM head `weight`
+    (V x d), computed `chunk` rows at a time (_ChunkedHeadLoss): never N x V fp32 logits. The matrix products run in
+    the dtype of `hidden` (bf16 under autocast with the frozen base held in bf16, fp32 otherwise); the softmax and
+    the losses in fp32."""
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     if not torch.is_grad_enabled():  # evaluation: no gradients made
@@ -211,21 +221,23 @@ def chunked_head_loss(
         return _ChunkedHeadLoss.apply(hidden, weight, targets, float(smoothing), chunk)
 
 
-def _mean(total: torch.Tensor, count, num_items) -> torch.Tensor:
-    denom = num_items if num_items is not None else count
-    return total / torch.as_tensor(denom, dtype=total.dtype, device=total.device).clamp(min=1)
+def completion_sums(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: gpt2_ft.py / model.py's loss on shifted targets summed over its completion tokens (token_loss), and
+    their number."""
+    labels = labels[:, 1:]
+    mask = labels.ne(-100)
+    loss = token_loss(logits[:, :-1, :], labels, smoothing)
+    return (loss * mask).sum(-1), mask.sum(-1)
 
 
 def completion_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, num_items=None) -> torch.Tensor:
     """gpt2_ft.py / model.py's loss on shifted targets, masked to the completion (token_loss), averaged over the
     completion tokens (or over `num_items`, the Trainer's count for the whole accumulated batch)."""
-    labels = labels[:, 1:]
-    mask = labels.ne(-100)
-    loss = token_loss(logits[:, :-1, :], labels, smoothing)
-    return _mean((loss * mask).sum(), mask.sum(), num_items)
+    sums, counts = completion_sums(logits, labels, smoothing)
+    return normalised(sums.sum(), counts.sum(), num_items)
 
 
-class CompletionLoss:
+class CompletionLoss(TaskLoss):
     """The training/dev loss of a causal LM as gpt2_ft.py computes it, for the Trainer (`CompletionTrainer`).
 
     While a batch is in the model (`attach`), three forward pre-hooks are in place:
@@ -237,9 +249,10 @@ class CompletionLoss:
       transformers' own loss) and kept;
     - on the output embeddings (the LM head): only the positions that predict a completion token go through it.
       The loss is the same; the 50257-way head, ~95% of a small model's step, is skipped on context and padding.
-    `fused` (train.fast_path): those positions' hidden states are kept and the head gets none; the loss is then
-    chunked_head_loss of them under the head's weight (no logits over the vocabulary held for all of them at once,
-    none in fp32). Only for a plain bias-free linear head (GPT-2's, Llama's); any other head goes the first way.
+    Per example it gives the loss summed over its completion tokens and their number; TaskLoss divides.
+    `fused` (train.fast_path): those positions' hidden states are kept and the head gets none; their losses are then
+    chunked_head_loss's under the head's weight (no logits over the vocabulary held for all of them at once, none in
+    fp32). Only for a plain bias-free linear head (GPT-2's, Llama's); any other head goes the first way.
     """
 
     def __init__(self, model, smoothing: float, fused: bool = False):
@@ -263,7 +276,7 @@ class CompletionLoss:
         if self.positions is None or hidden.dim() != 3 or hidden.shape[:2] != self.labels.shape:
             return None
         self.selected = True
-        if self.fused:  # the head computes nothing; the loss takes these rows (__call__)
+        if self.fused:  # the head computes nothing; the loss takes these rows (example_sums)
             self.hidden = hidden[:, :-1][self.positions]
             return (self.hidden[:0], *args[1:])
         return (hidden[:, :-1][self.positions], *args[1:])
@@ -284,20 +297,20 @@ class CompletionLoss:
             for h in handles:
                 h.remove()
 
-    def __call__(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    def example_sums(self, outputs, labels) -> tuple[torch.Tensor, torch.Tensor]:
         # label smoothing while training only; the dev loss is the plain completion NLL (gpt2_ft.py's evaluate)
         smoothing = self.smoothing if self.model.training else 0.0
         seen = self.labels if self.labels is not None else labels
         if not self.selected:
-            return completion_loss(outputs.logits, seen, smoothing, num_items_in_batch)
-        targets = seen[:, 1:][self.positions]
+            return completion_sums(outputs.logits, seen, smoothing)
+        targets = seen[:, 1:][self.positions]  # the selected positions, row-major
         if self.hidden is not None:
-            head = self.model.get_output_embeddings().weight
-            total = chunked_head_loss(self.hidden, head, targets, smoothing)
-            self.hidden = None
-            return _mean(total, targets.numel(), num_items_in_batch)
-        loss = token_loss(outputs.logits, targets, smoothing)
-        return _mean(loss.sum(), targets.numel(), num_items_in_batch)
+            weight = self.model.get_output_embeddings().weight
+            loss, self.hidden = chunked_head_loss(self.hidden, weight, targets, smoothing), None
+        else:
+            loss = token_loss(outputs.logits, targets, smoothing)
+        rows = self.positions.nonzero()[:, 0]
+        return loss.new_zeros(len(seen)).index_add(0, rows, loss), self.positions.sum(-1)
 
 
 class CompletionTrainer(ReproTrainer):
@@ -319,15 +332,15 @@ class CompletionTrainer(ReproTrainer):
 
 def generation_arguments(cfg: DictConfig, output_dir: Path) -> transformers.TrainingArguments:
     """The shared training arguments, selecting by the dev loss: lower is better, evaluation computes the loss alone
-    (never gathering B x T x 50257 logits), in the training's per-device batch."""
+    (never gathering B x T x 50257 logits), in the training's per-device batch (the family's eval_batch_floor, 0)."""
     return training_arguments(
         cfg,
         output_dir,
         DEV_LOSS,
         select=cfg.decode.checkpoint,
         greater_is_better=False,
-        eval_batch_size=batch_plan(cfg.train)[0],
         prediction_loss_only=True,
+        eval_batch_floor=traits(cfg.task.kind).eval_batch_floor,
     )
 
 
@@ -419,8 +432,8 @@ def decoding_weights(cfg: DictConfig) -> str:
 
 def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
     """Beam search over the test inputs with LoRA merged (decoder; Section 4.1: loralib merges in eval mode, so
-    gpt2_beam.py decodes merged weights too), scored. Inputs that carry a `seen` flag (WebNLG's) are scored on the
-    seen, unseen and all inputs."""
+    gpt2_beam.py decodes merged weights too), scored. Inputs that carry a
+    `seen` flag (WebNLG's) are scored on the seen, unseen and all inputs."""
     settings = beam_settings(cfg, tokenizer)
     start = time.time()
     mine = dist.shard(test)  # under torchrun each rank decodes every world_size-th input; rank 0 scores them all

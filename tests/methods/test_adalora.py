@@ -19,7 +19,7 @@ from repro.methods.adalora import loss_term, rank_pattern, target_module_names
 from repro.methods.checkpoint import load_delta_weights, load_trainable, read_metadata, save_trainable
 from repro.methods.lora import delta_weights
 from repro.methods.registry import trainer_callbacks
-from repro.tasks.classification import classifier_loss
+from repro.tasks.classification import ClassifierLoss
 from repro.train import ReproTrainer
 from tests.methods.conftest import batch, method, tiny
 
@@ -84,7 +84,7 @@ def test_loss_and_grads_equal_peft_adalora(arch):
 
 @pytest.mark.parametrize("per_device", [8, 2])
 def test_reprotrainer_adds_the_penalty_once_per_optimizer_step(tmp_path, per_device):
-    """The runner's path (ReproTrainer, classifier_loss outside the model): one optimizer step on a batch of 8, as 8 x 1
+    """The runner's path (ReproTrainer, ClassifierLoss outside the model): one optimizer step on a batch of 8, as 8 x 1
     and as 2 x 4, hands the optimizer PeftModel's gradient of (mean loss over the 8 + orth_reg_weight · R) and logs that
     loss: the penalty enters once per step, not once per micro-batch."""
     base = tiny("roberta")
@@ -138,7 +138,7 @@ def test_reprotrainer_adds_the_penalty_once_per_optimizer_step(tmp_path, per_dev
         model=ours,
         args=args,
         train_dataset=ds,
-        compute_loss_func=classifier_loss,
+        compute_loss_func=ClassifierLoss(),
         callbacks=[*trainer_callbacks(ours), Grab()],
     )
     trainer.train()
