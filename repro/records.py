@@ -347,6 +347,7 @@ ADDED_KEYS: dict[str, object] = {
     "method.reparam": None,  # prefix tuning trained directly (Li & Liang's MLP reparametrization: mlp)
     "method.mid_dim": 512,  # that MLP's hidden width; read only with reparam: mlp
     "method.init": "real_tokens",  # prefix tuning's start (LoRA's own `init` values, kaiming ..., never equal it)
+    "train.fast_path": False,  # issue 27's CPU engine (repro.precision); false computes as before
 }
 
 

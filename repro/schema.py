@@ -580,6 +580,9 @@ class TrainConfig(Group):
     eval_steps: PosInt | None
     logging_steps: PosInt
     group_by_length: bool
+    fast_path: bool = Field(
+        False, description="the CPU training engine of issue 27 (repro.precision); false: as committed records ran"
+    )
     select: Literal["best", "last"]
     keep_checkpoints: bool
     save_every_steps: PosInt | None = Field(description="a checkpoint every N optimizer steps (null: by time only)")

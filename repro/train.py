@@ -22,6 +22,7 @@ from repro import records
 from repro.dist import world_size
 from repro.errors import ReproError
 from repro.methods.registry import loss_term
+from repro.precision import prepare_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +223,30 @@ class TaskLoss:
         return normalised(sums.sum(), counts.sum(), num_items_in_batch)
 
 
+class TokenCount:
+    """The tokens the training batches carried: real ones (attention mask 1) and padding, on this process."""
+
+    def __init__(self):
+        self.real = self.padded = 0
+
+    def count(self, inputs: dict) -> None:
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            real = int(mask.sum())
+            self.real, self.padded = self.real + real, self.padded + mask.numel() - real
+
+    def record(self) -> dict:
+        total = self.real + self.padded
+        return {"real": self.real, "padding": self.padded, "padded_fraction": self.padded / total if total else None}
+
+
 class ReproTrainer(Trainer):
     """Trainer that hands each micro-batch's training loss to the divergence guard (see DivergenceGuard) and, with a
     TaskLoss, computes the eval loss as one sum over the eval set's real targets divided by their count."""
 
     def __init__(self, *, guard: DivergenceGuard | None = None, **kwargs):
         self.guard = guard or DivergenceGuard()
+        self.tokens = TokenCount()
         self.eval_totals: list[torch.Tensor] = []  # per eval batch: [loss sum, target count] of its real examples
         super().__init__(callbacks=[*(kwargs.pop("callbacks", None) or []), self.guard], **kwargs)
         self.guard.trainer = self
@@ -288,6 +307,7 @@ class ReproTrainer(Trainer):
         return out
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        self.tokens.count(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.guard.saw_loss(loss)
         return loss
@@ -360,7 +380,7 @@ def training_arguments(
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=True,  # a non-finite step's loss is left out of the logged mean (DivergenceGuard)
         average_tokens_across_devices=True,  # the loss's divisor counts every process's labels (the recipes' losses)
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length or fast_path(cfg) else "random",
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=["wandb"] if cfg.wandb.enabled else "none",
@@ -369,6 +389,25 @@ def training_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=True,
     )
+
+
+# ------------------------------------------------------------------ the fast path (train.fast_path, issue 27)
+
+
+def fast_path(cfg: DictConfig) -> bool:
+    """train.fast_path: the frozen base held in the compute precision and fp32-backward attention
+    (repro.precision), the causal LM's loss fused with its head in chunks (repro.tasks.generation), batches grouped by
+    length, and (bf16) decoding a bf16 copy with LoRA merged. Off (absent from older configs): as the committed
+    records were computed."""
+    return bool(cfg.train.get("fast_path", False))
+
+
+def prepare_training(cfg: DictConfig, model) -> dict:
+    """What the cell's training engine is, applied to `model` before it trains: {"fast_path": False} or the fast
+    path's changes (repro.precision.prepare_fast_path)."""
+    if not fast_path(cfg):
+        return {"fast_path": False}
+    return {"fast_path": True, **prepare_fast_path(model, str(cfg.train.precision))}
 
 
 def train_resuming(trainer: Trainer, output_dir: Path, guard: DivergenceGuard) -> str | None:
@@ -418,6 +457,7 @@ class Outcome:
     precision: str  # the precision training ran in (precision_in_use): the configured one (check_precision)
     skipped_steps: int  # optimizer steps the loss scaler skipped (DivergenceGuard)
     nonfinite_steps: int  # optimizer steps with a non-finite loss
+    engine: dict = field(default_factory=dict)  # prepare_training's answer, and the training tokens (TokenCount)
     gpu_peak_mb: float | None = None  # torch.cuda.max_memory_allocated while training (on a GPU; the plan's estimate)
     selected: dict | None = None  # {"rule", "step", "epoch"} of the weights scored
     metrics: dict = field(default_factory=dict)
@@ -437,6 +477,7 @@ class Outcome:
             "precision": self.precision,
             "skipped_steps": self.skipped_steps,
             "nonfinite_steps": self.nonfinite_steps,
+            "engine": self.engine,
             **({"gpu_peak_allocated_mb": self.gpu_peak_mb} if self.gpu_peak_mb is not None else {}),
         }
 
@@ -461,6 +502,7 @@ def fit(
     trainer.add_callback(cadence)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    engine = prepare_training(cfg, trainer.model)
     resumed_from = train_resuming(trainer, output_dir, trainer.guard)
     if evaluate_selected:
         trainer.evaluate()
@@ -474,5 +516,6 @@ def fit(
         precision=precision,
         skipped_steps=trainer.guard.skipped_steps,
         nonfinite_steps=trainer.guard.nonfinite_steps,
+        engine={**engine, "train_tokens": trainer.tokens.record()},
         gpu_peak_mb=None if peak is None else round(peak, 1),
     )

@@ -281,6 +281,7 @@ def test_cell_survives_one_nonfinite_loss_and_fails_when_it_stays(
         "train.logging_steps=1",
         "++train.divergence_patience=3",
         "train.global_batch_size=4",
+        "train.max_per_device_batch_size=4",
         "data.max_eval_samples=8",
     ]
     cfg = resolve_cell(compose_config(overrides), overrides)
@@ -352,6 +353,7 @@ def test_trainer_checkpoints_hold_the_trainable_tensors_only(tmp_path, data_dir,
         "train.eval_strategy=steps",
         "train.eval_steps=3",
         "train.global_batch_size=4",
+        "train.max_per_device_batch_size=4",
         "data.max_train_samples=32",
         "data.max_eval_samples=8",
         "train.keep_checkpoints=true",
@@ -371,3 +373,62 @@ def test_trainer_checkpoints_hold_the_trainable_tensors_only(tmp_path, data_dir,
         )
     else:
         assert any("encoder.layer.0.attention.self.query.weight" in k for k in backbone), sorted(keys)[:10]
+
+
+# ------------------------------------------------------------------ the fast path (train.fast_path, issue 27)
+
+
+def first_losses(compose_config, data_dir, tmp_path, family: str, method: str, fast: bool) -> tuple[list, dict]:
+    """The logged losses of 4 optimizer steps (batch 4, bf16) through the runner's training path, and the engine."""
+    group, task, model_cfg = FAMILIES[family]
+    overrides = [
+        f"model={group}",
+        f"method={method}",
+        f"task={task}",
+        "train.global_batch_size=4",
+        "train.max_per_device_batch_size=4",
+        "train.max_steps=4",
+        "train.logging_steps=1",
+        "train.learning_rate=1e-2",
+        "train.warmup_ratio=0",
+        "train.lr_scheduler_type=constant",
+        "train.select=last",
+        "train.precision=bf16",
+        "train.group_by_length=true",  # the fast path groups by length: the reference sees the same batches
+        f"train.fast_path={str(fast).lower()}",
+        f"train.label_smoothing={0.1 if task == 'e2e' else 0.0}",
+    ]
+    cfg = compose_config(overrides + (["decode.checkpoint=last"] if task == "e2e" else []))
+    if model_cfg:
+        with open_dict(cfg):
+            cfg.model = OmegaConf.create(model_cfg)
+    tok = load_tokenizer(cfg.model, data_dir)
+    torch.manual_seed(0)
+    model = apply_method(load_model(cfg.model, cfg.task, tok), cfg.method)
+    out_dir = tmp_path / f"ckpt-{method}-{fast}"
+    if task == "e2e":
+        train = datasets.Dataset.from_list([encode_example(tok, c, t, 64) for c, t in PAIRS * 2])
+        out = generation.train_and_score(cfg, model, tok, {"train": train, "dev": train, "test": []}, out_dir)
+    else:
+        train = datasets.Dataset.from_list([{**tok(t), "label": i % 2} for i, t in enumerate(TEXTS * 2)])
+        out = classification.train_and_score(cfg, model, tok, {"train": train, "dev": train}, out_dir)
+    return [e["loss"] for e in out.history["train_loss"]], out.engine
+
+
+@pytest.mark.parametrize(
+    "family, method",
+    [("llama", "lora"), ("llama", "ft"), ("gpt2", "adapter_h"), ("roberta", "lora"), ("bert", "bitfit")],
+)
+def test_fast_path_gives_the_reference_losses(compose_config, data_dir, tmp_path, family, method):
+    """Issue 27: the fast path (frozen weights held in bf16, fp32-backward attention, the LM loss fused with its head in
+    chunks) trains as the reference bf16 path (autocast over fp32 weights) does: the same losses over the first 4 steps,
+    within bf16's rounding (8 bits of mantissa: ~0.4% per product), while the weights move (lr 1e-2)."""
+    ref, ref_engine = first_losses(compose_config, data_dir, tmp_path, family, method, fast=False)
+    fast, engine = first_losses(compose_config, data_dir, tmp_path, family, method, fast=True)
+    print(f"{family}/{method}: reference {ref}\n  fast {fast}")
+    assert ref_engine["fast_path"] is False and engine["fast_path"] is True
+    assert engine["fp32_backward_attention"] is True
+    assert (engine["frozen_elements_cast"] > 0) == (method != "ft")  # FT freezes nothing
+    assert engine["train_tokens"]["real"] == ref_engine["train_tokens"]["real"] > 0  # the same batches
+    assert len(fast) == len(ref) == 4 and ref[0] != ref[-1]
+    assert fast == pytest.approx(ref, rel=2e-2)

@@ -6,8 +6,10 @@ storage  -- checkpoint bytes per method and task-switch time (merge a LoRA adapt
 decode   -- our beam search (gpt2_beam.py) vs transformers' generate, same settings: outputs and time per input
 serve    -- a mixed-task batch (one LoRA per example, unmerged) vs one merged forward per task (repro.serve)
 sweep    -- cells per hour of a CPU grid: one cell at a time on every core vs two cells at a time on one core each
+roofline -- matmul rates at each model's shapes, the block roofline, training steps (reference vs train.fast_path)
+            and decoding as fractions of it (issue 27)
 
 Each writes results/bench/<what>.json (machine, load average, settings, raw samples) and prints a table.
 """
 
-BENCHMARKS = ("latency", "train", "storage", "decode", "serve", "sweep")
+BENCHMARKS = ("latency", "train", "storage", "decode", "serve", "sweep", "roofline")

@@ -1,4 +1,4 @@
-"""python -m repro.bench <latency|train|storage|decode|serve|sweep|all> [--quick] [--device cpu|cuda] [--out-dir DIR]
+"""python -m repro.bench <latency|train|storage|decode|serve|sweep|roofline|all> [--quick] [--device cpu|cuda] [--out-dir DIR]
 [--name STEM] [--grid 16x256,1x128] ...     (console script: repro-bench)
 
 Each benchmark writes <out-dir>/<name>.json (default results/bench/<what>.json, <what>-quick.json with --quick) and
@@ -45,6 +45,8 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="train: batch size (8)")
     p.add_argument("--seq", type=int, default=None, help="train: sequence length (128)")
     p.add_argument("--steps", type=int, default=None, help="train: timed steps per method (roberta 6, gpt2-medium 3)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="train: fp32, or bf16 autocast")
+    p.add_argument("--fast-path", action="store_true", help="train: train.fast_path's engine (repro.precision)")
     p.add_argument("--peft-rounds", type=int, default=None, help="train: alternating rounds ours vs PEFT (12)")
     p.add_argument("--switches", type=int, default=None, help="storage: task switches timed per kind (10)")
     return p

@@ -16,6 +16,7 @@ multi-reference format; where the inputs carry a seen/unseen flag, as WebNLG's d
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -39,11 +40,12 @@ from repro.decode import (
     beam_search,
     clean_output,
     decode_tokens,
+    decoding_model,
     group_references,
     resolve_end_token_ids,
 )
 from repro.errors import CellMismatch, DataFileMissing
-from repro.methods.lora import merged
+from repro.methods.lora import merge, merged
 from repro.methods.registry import trainer_callbacks
 from repro.metrics.nlg import decode_postprocess
 from repro.tasks import Head, traits
@@ -53,6 +55,7 @@ from repro.train import (
     Outcome,
     ReproTrainer,
     TaskLoss,
+    fast_path,
     fit,
     normalised,
     training_arguments,
@@ -155,6 +158,69 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) ->
     return nll if smoothing <= 0 else (1.0 - smoothing) * nll + smoothing * (-logprobs.mean(dim=-1))
 
 
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """token_loss(hidden @ weight.T, targets, smoothing) per row, with its gradients, never holding more than `chunk`
+    rows of logits. Per chunk: the logits z in the dtype of `hidden` (bf16 on the fast path), log_softmax(z) in fp32
+    (one fused pass over each row), the loss (1 - eps)(-log p[target]) + eps mean_v(-log p[v]) from it, and the
+    gradient with respect to z, softmax(z) - (1 - eps) onehot(target) - eps / V, in the dtype of `hidden` (what
+    autocast's backward hands the head's matrix product too). The gradient with respect to `hidden` is made at once,
+    chunk by chunk; the backward pass scales its rows by the incoming gradient, and makes the one with respect to
+    `weight` (when it is trained: FT, an embedding tied to the head) from the kept logit gradients."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, smoothing: float, chunk: int):
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(hidden.dtype)
+        rows, vocab = len(hidden), w.shape[0]
+        losses = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_z = hidden.new_empty(rows, vocab) if want_w else None
+        for lo in range(0, rows, chunk):
+            h, t = hidden[lo : lo + chunk], targets[lo : lo + chunk].unsqueeze(1)
+            z = h @ w.T
+            logp = torch.log_softmax(z, dim=-1, dtype=torch.float32)
+            loss = -logp.gather(1, t).squeeze(1)
+            if smoothing > 0:
+                loss = (1.0 - smoothing) * loss - smoothing * logp.mean(dim=-1)
+            losses[lo : lo + chunk] = loss
+            if want_h or want_w:
+                del logp
+                g = torch.softmax(z, dim=-1, out=z) if z.dtype == torch.float32 else torch.softmax(z, dim=-1)
+                if smoothing > 0:
+                    g.sub_(smoothing / vocab)
+                g.scatter_add_(1, t, g.new_full(t.shape, smoothing - 1.0))
+                if want_h:
+                    grad_h[lo : lo + chunk] = g @ w
+                if want_w:
+                    grad_z[lo : lo + chunk] = g
+        ctx.save_for_backward(grad_h, grad_z, hidden if want_w else None)
+        ctx.weight_dtype = weight.dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        grad_h, grad_z, hidden = ctx.saved_tensors
+        scale = grad_losses.unsqueeze(1)
+        dh = grad_h * scale.to(grad_h.dtype) if grad_h is not None else None
+        dw = ((grad_z * scale.to(grad_z.dtype)).T @ hidden).to(ctx.weight_dtype) if grad_z is not None else None
+        return dh, dw, None, None, None
+
+
+def chunked_head_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, smoothing: float, chunk: int = 128
+) -> torch.Tensor:
+    """token_loss of each row of `hidden` (the positions that predict a target, N x d) under the LM head `weight`
+    (V x d), computed `chunk` rows at a time (_ChunkedHeadLoss): never N x V fp32 logits. The matrix products run in
+    the dtype of `hidden` (bf16 under autocast with the frozen base held in bf16, fp32 otherwise); the softmax and
+    the losses in fp32."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+    if not torch.is_grad_enabled():  # evaluation: no gradients made
+        hidden, weight = hidden.detach(), weight.detach()
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _ChunkedHeadLoss.apply(hidden, weight, targets, float(smoothing), chunk)
+
+
 def completion_sums(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: gpt2_ft.py / model.py's loss on shifted targets summed over its completion tokens (token_loss), and
     their number."""
@@ -184,11 +250,16 @@ class CompletionLoss(TaskLoss):
     - on the output embeddings (the LM head): only the positions that predict a completion token go through it.
       The loss is the same; the 50257-way head, ~95% of a small model's step, is skipped on context and padding.
     Per example it gives the loss summed over its completion tokens and their number; TaskLoss divides.
+    `fused` (train.fast_path): those positions' hidden states are kept and the head gets none; their losses are then
+    chunked_head_loss's under the head's weight (no logits over the vocabulary held for all of them at once, none in
+    fp32). Only for a plain bias-free linear head (GPT-2's, Llama's); any other head goes the first way.
     """
 
-    def __init__(self, model, smoothing: float):
+    def __init__(self, model, smoothing: float, fused: bool = False):
         self.model, self.smoothing = model, smoothing
-        self.labels = self.positions = None
+        head = model.get_output_embeddings()
+        self.fused = fused and type(head) is torch.nn.Linear and head.bias is None
+        self.labels = self.positions = self.hidden = None
         self.selected = False
 
     def _give_labels(self, labels, module, args, kwargs):
@@ -205,12 +276,15 @@ class CompletionLoss(TaskLoss):
         if self.positions is None or hidden.dim() != 3 or hidden.shape[:2] != self.labels.shape:
             return None
         self.selected = True
+        if self.fused:  # the head computes nothing; the loss takes these rows (example_sums)
+            self.hidden = hidden[:, :-1][self.positions]
+            return (self.hidden[:0], *args[1:])
         return (hidden[:, :-1][self.positions], *args[1:])
 
     @contextlib.contextmanager
     def attach(self, labels: torch.Tensor):
         """The hooks in place for one forward pass of `labels`' batch."""
-        self.labels = self.positions = None
+        self.labels = self.positions = self.hidden = None
         self.selected = False
         handles = [
             self.model.register_forward_pre_hook(partial(self._give_labels, labels), with_kwargs=True, prepend=True),
@@ -229,7 +303,12 @@ class CompletionLoss(TaskLoss):
         seen = self.labels if self.labels is not None else labels
         if not self.selected:
             return completion_sums(outputs.logits, seen, smoothing)
-        loss = token_loss(outputs.logits, seen[:, 1:][self.positions], smoothing)  # the selected positions, row-major
+        targets = seen[:, 1:][self.positions]  # the selected positions, row-major
+        if self.hidden is not None:
+            weight = self.model.get_output_embeddings().weight
+            loss, self.hidden = chunked_head_loss(self.hidden, weight, targets, smoothing), None
+        else:
+            loss = token_loss(outputs.logits, targets, smoothing)
         rows = self.positions.nonzero()[:, 0]
         return loss.new_zeros(len(seen)).index_add(0, rows, loss), self.positions.sum(-1)
 
@@ -276,7 +355,7 @@ def train_and_score(cfg: DictConfig, model, tokenizer, data: dict, output_dir: P
         train_dataset=data["train"],
         eval_dataset=data["dev"],
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing)),
+        compute_loss_func=CompletionLoss(model, float(cfg.train.label_smoothing), fused=fast_path(cfg)),
         callbacks=trainer_callbacks(model),  # the method's own (AdaLoRA's rank allocation); the guard is appended
         guard=DivergenceGuard(cfg.train.divergence_patience),
     )
@@ -325,15 +404,41 @@ def decode_precision(cfg: DictConfig, model):
     return torch.autocast(device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
+def fast_decoding(cfg: DictConfig) -> bool:
+    """The fast path in half precision decodes a half-precision copy (decoder)."""
+    return fast_path(cfg) and str(cfg.train.precision) != "fp32"
+
+
+@contextlib.contextmanager
+def decoder(cfg: DictConfig, model):
+    """The model that decodes, LoRA merged (W = W0 + (alpha/r) B A, Section 4.1). As the committed records did: the
+    model itself, merged in place (unmerged on exit), under decode_precision's autocast. The fast path in half
+    precision (fast_decoding): a copy, LoRA merged into it in fp32 and every weight then in that precision
+    (repro.decode.decoding_model: no weight cast at every matrix product); the trained model is left untouched."""
+    if fast_decoding(cfg):
+        yield decoding_model(merge(copy.deepcopy(model)), str(cfg.train.precision))
+        return
+    with merged(model), decode_precision(cfg, model):
+        yield model
+
+
+def decoding_weights(cfg: DictConfig) -> str:
+    """What decoder decodes with, in words (the record's decode.weights)."""
+    p = str(cfg.train.precision)
+    if fast_decoding(cfg):
+        return f"a {p} copy, LoRA merged"
+    return "fp32" if p == "fp32" else f"fp32 under {p} autocast"
+
+
 def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tuple[dict, dict]:
-    """Beam search over the test inputs with LoRA merged (W = W0 + (alpha/r) B A, Section 4.1: loralib merges in
-    eval mode, so gpt2_beam.py decodes merged weights too; unmerged again afterwards), scored. Inputs that carry a
+    """Beam search over the test inputs with LoRA merged (decoder; Section 4.1: loralib merges in eval mode, so
+    gpt2_beam.py decodes merged weights too), scored. Inputs that carry a
     `seen` flag (WebNLG's) are scored on the seen, unseen and all inputs."""
     settings = beam_settings(cfg, tokenizer)
     start = time.time()
     mine = dist.shard(test)  # under torchrun each rank decodes every world_size-th input; rank 0 scores them all
-    with merged(model), decode_precision(cfg, model):
-        outputs = beam_search(model, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
+    with decoder(cfg, model) as decoding:
+        outputs = beam_search(decoding, [e["prompt"] for e in mine], settings, progress_every=50) if mine else []
     if dist.active():
         outputs = dist.unshard(dist.all_gather(outputs), len(test))
     decode_s = time.time() - start
@@ -354,6 +459,7 @@ def decode_and_score(cfg: DictConfig, model, tokenizer, test: list[dict]) -> tup
         "settings": OmegaConf.to_container(cfg.decode, resolve=True),
         "end_token_ids": list(settings.eos_token_ids),
         "precision": str(cfg.train.precision),
+        "weights": decoding_weights(cfg),
         "inputs": len(test),
         "decode_s": round(decode_s, 1),
         "score_s": round(time.time() - start, 1),

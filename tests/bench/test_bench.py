@@ -190,3 +190,38 @@ def test_sweep_quick(tmp_path):
     # the same 4 cells in both modes
     assert [c["cell"] for c in by["parallel"]["cells"]] == [c["cell"] for c in by["sequential"]["cells"]]
     assert result["faster"] in ("sequential", "parallel")
+
+
+def test_roofline_quick(tmp_path):
+    """Issue 27 item 1: matmul rates at the model's shapes, the block roofline, every (method, engine) step with its
+    FLOPs from the real tokens and its fraction of the roofline, and decoding's rate, in one JSON."""
+    result = run_bench("roofline", tmp_path)
+    (model,) = result["models"]
+    assert model["model"] == "tiny-llama" and {m["name"] for m in model["matmuls"]} >= {"self_attn.q_proj", "lm_head"}
+    assert all(m["gflops"]["fp32"] >= 0 and m["gflops"]["bf16"] >= 0 for m in model["matmuls"])
+    assert model["block_roofline_gflops"]["bf16"] > 0
+    rows = {(r["method"], r["engine"]): r for r in model["train"]}
+    assert set(rows) == {(m, e) for m in ("lora", "ft") for e in ("fp32", "bf16", "bf16+fast")}
+    for (method, _), r in rows.items():
+        check_stats(r["step"])
+        assert r["flops"] == (4 if method == "lora" else 6) * r["block_params"] * r["tokens"]["real"]
+        assert r["fraction_of_bf16_block_roofline"] > 0
+    assert model["decode"]["rows"] > 0 and model["decode"]["tokens_per_s"] > 0
+
+
+def test_ours_vs_peft_on_llama_names_and_gpt2_refused(tmp_path):
+    """Issue 27 item 4: PEFT's target names come from repro.methods.targets (Llama: q_proj, v_proj, where the bench
+    asked for 'query', 'value' and PEFT refused); the same weights give the same loss; GPT-2's fused c_attn is refused
+    with the reason (PEFT adapts it whole, ours per projection)."""
+    import torch
+
+    from repro.bench import common
+    from repro.bench import train as bench_train
+
+    weights = common.weights_file("tiny-llama", "classification", tmp_path)
+    out = bench_train.ours_vs_peft("tiny-llama", "classification", weights, 2, 16, 1, torch.device("cpu"))
+    assert out["lora"]["targets"] == ["q", "v"] and out["lora_tensors_copied"] == 8
+    assert out["initial_loss_abs_diff"] < 1e-5
+    gpt2 = common.build_model("tiny-gpt2", "generation")
+    with pytest.raises(ValueError, match="c_attn"):
+        bench_train.peft_target_names(gpt2, ["q", "v"])

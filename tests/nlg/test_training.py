@@ -13,7 +13,15 @@ from repro.data.nlg import encode_example, prompt_ids
 from repro.decode import BeamSettings, beam_search, clean_output, decode_tokens
 from repro.methods.registry import apply_method
 from repro.models import load_tokenizer
-from repro.tasks.generation import CompletionLoss, CompletionTrainer, completion_loss
+from repro.precision import hold_frozen
+from repro.tasks.generation import (
+    CompletionLoss,
+    CompletionTrainer,
+    chunked_head_loss,
+    completion_loss,
+    decoder,
+    token_loss,
+)
 
 EXAMPLES = [
     ("name : Blue Spice | Type : pub | area : riverside", "Blue Spice is a pub by the riverside ."),
@@ -141,3 +149,74 @@ def test_prefix_methods_train_on_generation(tok, tmp_path, method):
     loss.backward()
     trained = model.prefix_tuning.embedding if method == "prefix_embed" else model.prefix_tuning.activations
     assert trained.grad is not None and trained.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("train_weight", [False, True])
+def test_chunked_head_loss_gives_token_loss_and_its_gradients(smoothing, train_weight):
+    """The fast path's fused, chunked LM-head loss (issue 27): token_loss per row, and the same gradients for the
+    hidden states and (FT, a tied embedding) the head's weight under per-row weights, with chunks that do not divide
+    the rows."""
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=train_weight)
+    targets = torch.randint(0, 50, (37,))
+    row_weights = torch.rand(37)
+    want = token_loss(hidden @ weight.T, targets, smoothing)
+    inputs = (hidden, weight) if train_weight else (hidden,)
+    want_grads = torch.autograd.grad((want * row_weights).sum(), inputs)
+    got = chunked_head_loss(hidden, weight, targets, smoothing, chunk=8)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(torch.autograd.grad((got * row_weights).sum(), inputs), want_grads):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # evaluation: the losses alone
+        assert torch.allclose(
+            chunked_head_loss(hidden, weight, targets, smoothing, chunk=8), want, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_fused_completion_loss_gives_the_selected_head_loss(tok):
+    """CompletionLoss(fused=True) hands the head no rows and computes the loss from the kept hidden states: the same
+    loss and gradients as the selected-head path, fp32."""
+    batch = batch_of(tok, EXAMPLES)
+    results = []
+    for fused in (False, True):
+        model = small_gpt2().train()
+        loss_fn = CompletionLoss(model, 0.1, fused=fused)
+        assert loss_fn.fused is fused
+        with loss_fn.attach(batch["labels"]):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        assert out.logits.shape[0] == (0 if fused else int(batch["labels"][:, 1:].ne(-100).sum()))
+        loss = loss_fn(out, batch["labels"])
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (ref, ref_grads), (got, grads) = results
+    assert torch.isclose(got, ref, rtol=1e-5)
+    for n, g in ref_grads.items():
+        assert torch.allclose(grads[n], g, rtol=1e-4, atol=1e-6), n
+
+
+def test_fast_path_decodes_a_merged_bf16_copy_and_leaves_the_model_as_it_was():
+    """train.fast_path in bf16 decodes a copy: LoRA merged in fp32 into the held weights, then every weight in bf16
+    (no cast per matrix product); the trained model keeps its own weights and stays unmerged. The reference path
+    merges the model itself under autocast."""
+    model = apply_method(small_gpt2(), OmegaConf.create({"name": "lora", "r": 2, "alpha": 4, "targets": ["q", "v"]}))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    hold_frozen(model, torch.bfloat16)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    attn = model.transformer.h[0].attn.c_attn
+    want_q = (attn.w0("q").float() + attn.update("q")).to(torch.bfloat16)
+    cfg = OmegaConf.create({"train": {"fast_path": True, "precision": "bf16"}})
+    with decoder(cfg, model) as copy:
+        assert copy is not model
+        assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+        merged_attn = copy.transformer.h[0].attn.c_attn
+        assert merged_attn.merged and torch.equal(merged_attn.w0("q"), want_q)
+        assert beam_search(copy, [[1, 2, 3]], BeamSettings(max_new_tokens=4, num_beams=2))
+    assert not attn.merged
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    with decoder(OmegaConf.create({"train": {"fast_path": False, "precision": "bf16"}}), model) as same:
+        assert same is model and attn.merged and torch.is_autocast_enabled("cpu")
+    assert not attn.merged
