@@ -50,7 +50,7 @@ from repro.methods.common import is_head
 from repro.methods.dora import DoRAConv1D, DoRALinear
 from repro.methods.lora import LoRAConv1D, lora_modules
 from repro.models import load_model, load_tokenizer
-from repro.results import Record
+from repro.results import Record, weights_beside
 
 PEFT_REPRESENTS = ("lora", "rslora", "pissa", "dora", "lora_all_linear", "qlora", "adalora")
 DORA = (DoRALinear, DoRAConv1D)
@@ -235,14 +235,7 @@ def exportable_cell(record_path: Path) -> tuple[DictConfig, Path]:
             f"{record_path}: method={name}: PEFT has no format that represents it; exportable methods: "
             f"{', '.join(PEFT_REPRESENTS)}"
         )
-    weights = record_path.with_suffix(".safetensors")
-    if not weights.exists():
-        raise ReproError(
-            f"{weights} is missing (weights are not committed): rerun the cell to write it, e.g. python -m repro.run "
-            f"+table={record.table} model={record.model} method={record.method} task={record.task} "
-            f"seed={record.seed} force=true"
-        )
-    return cfg, weights
+    return cfg, weights_beside(record)
 
 
 def export_cell(cfg: DictConfig, weights: Path, out_dir: Path) -> Path:

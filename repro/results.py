@@ -130,6 +130,19 @@ def load_record(path: str | Path) -> Record:
     return Record.from_dict(data, Path(path))
 
 
+def weights_beside(record: Record) -> Path:
+    """The trained weights a cell wrote beside its record (seed<k>.safetensors); ReproError naming the command that
+    writes them again when they are missing (weights are not committed)."""
+    weights = record.path.with_suffix(".safetensors")
+    if not weights.exists():
+        raise ReproError(
+            f"{weights} is missing (weights are not committed): rerun the cell to write it, e.g. python -m repro.run "
+            f"+table={record.table} model={record.model} method={record.method} task={record.task} "
+            f"seed={record.seed} force=true"
+        )
+    return weights
+
+
 def load_records(results_dir: str | Path, table: str | None = None) -> tuple[list[Record], list[tuple[Path, str]]]:
     """Every seed*.json under <results_dir>[/<table>], sorted by path: (the Records, the paths that could not be read,
     each with why). A reader names every unreadable path to its user (repro.cli.report_unreadable; the tables and the

@@ -44,7 +44,7 @@ from repro.errors import ReproError
 from repro.methods.common import is_head
 from repro.paths import input_file, output_dir
 from repro.records import write_json_atomic
-from repro.results import UnreadableRecord, load_record
+from repro.results import UnreadableRecord, load_record, weights_beside
 
 # Imported where used, not here, so that `repro-serve --help` answers before they load: repro.methods.checkpoint and
 # .lora (transformers' Trainer, PEFT), repro.metrics.glue (scikit-learn), repro.models and repro.tasks (transformers,
@@ -293,9 +293,10 @@ def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
     folder set."""
     input_file(record_path, "record", kind="json")
     try:
-        record = load_record(record_path).raw
+        loaded = load_record(record_path)
     except UnreadableRecord as exc:
         raise ServeError(str(exc)) from None
+    record = loaded.raw
     if not isinstance(record.get("config"), dict) or not (record["config"].get("model") or {}).get("name"):
         raise ServeError(f"{record_path}: not a record of repro.run (no resolved `config` with a model)")
     if record.get("status") != "ok":
@@ -305,14 +306,7 @@ def _cell(record_path: Path) -> tuple[dict, OmegaConf, Path]:
     if not data_dir:
         raise ServeError("set REPRO_DATA_DIR to the offline data folder (e.g. ../shared/data) to score on dev")
     cfg.paths.data_dir = data_dir
-    weights = record_path.with_suffix(".safetensors")
-    if not weights.exists():
-        raise ServeError(
-            f"{weights} is missing (weights are not committed): rerun the cell to write it, e.g. "
-            f"python -m repro.run +table={record['table']} model={record['model']} method={record['method']} "
-            f"task={record['task']} seed={record['seed']} force=true"
-        )
-    return record, cfg, weights
+    return record, cfg, weights_beside(loaded)
 
 
 def dev_score(model: nn.Module, cfg, tokenizer, dev, batch_size: int = 64) -> dict[str, float]:
